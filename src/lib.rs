@@ -1,1 +1,14 @@
-//! nnzip
+//! nnzip: make deployed ONNX neural networks small and fast, and prove it.
+//!
+//! The data flows one way: [`onnx`] (load, weights view, save) → graph analysis and passes →
+//! container → the `nnc-codec` crate; [`runtime`] (ONNX Runtime) serves measurement.
+//! See `docs/ARCHITECTURE.md`.
+
+pub mod bench;
+pub mod fsutil;
+pub mod graph;
+pub mod inspect;
+pub mod npz;
+pub mod onnx;
+pub mod runtime;
+pub mod tensor;

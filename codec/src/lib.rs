@@ -1,1 +1,150 @@
-//! nnc-codec
+//! `nnc-codec`: ISO/IEC 15938-17 (MPEG-7 part 17, Neural Network Coding) bitstreams, bit-exact
+//! with the reference implementation NNCodec 2.1.3.
+//!
+//! * [`encode`] turns named tensors into an NNC bitstream (NNR_STR, NNR_MPS, optional NNR_TPL,
+//!   one NNR_NDU per tensor) with the reference encoder's decisions and defaults
+//!   ([`EncoderConfig::default`]).
+//! * [`decode`] / [`decode_stream`] reconstruct the tensors; [`units`] lists the units for
+//!   inspection. Decoding is bounded by [`Limits`] and never panics on malformed input.
+//!
+//! Module map: [`bits`] descriptors, [`cabac`] arithmetic coding engine and context models,
+//! [`coding`] level binarization / context selection / scans / entry points, [`quant`]
+//! quantizers and reconstruction, [`hls`] NNR units, `stream` the public encoder and decoder.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod bits;
+pub mod cabac;
+pub mod coding;
+mod error;
+pub mod hls;
+pub mod quant;
+mod stream;
+
+pub use error::{Error, Result};
+pub use hls::{topology_compression_format, topology_storage_format, NnrUnitType, PayloadType};
+pub use stream::{
+    decode, decode_stream, encode, encode_with_topology, units, DecodedStream, Limits, NduInfo,
+    Topology, UnitInfo,
+};
+
+use std::collections::HashMap;
+
+/// Element data of a tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData {
+    /// 32-bit floats (quantized on encoding).
+    F32(Vec<f32>),
+    /// 32-bit integers (coded losslessly as NNR_PT_INT).
+    I32(Vec<i32>),
+}
+
+impl TensorData {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            TensorData::F32(v) => v.len(),
+            TensorData::I32(v) => v.len(),
+        }
+    }
+
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A named tensor (row-major).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    /// Name; carried as `topology_elem_id`.
+    pub name: String,
+    /// Dimensions, first one the "rows" (output channels).
+    pub shape: Vec<usize>,
+    /// Elements.
+    pub data: TensorData,
+}
+
+/// Whether a tensor is quantized with the weight QP or the non-weight QP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorKind {
+    /// Weights: quantized with [`EncoderConfig::qp`].
+    Weight,
+    /// Biases, normalisation parameters, other vectors: [`EncoderConfig::nonweight_qp`].
+    NonWeight,
+}
+
+impl TensorKind {
+    /// The reference's rule (NNCodec `NNRModel`): a tensor with more than one dimension is a
+    /// weight, anything else (vectors, scalars) is not.
+    pub fn of_shape(shape: &[usize]) -> Self {
+        if shape.len() > 1 {
+            TensorKind::Weight
+        } else {
+            TensorKind::NonWeight
+        }
+    }
+}
+
+/// Per-tensor settings that override [`EncoderConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TensorOverride {
+    /// QP for this tensor (the reference's `qp_per_tensor`).
+    pub qp: Option<i32>,
+    /// Dependent quantization on or off.
+    pub use_dq: Option<bool>,
+    /// Weight or non-weight, instead of [`TensorKind::of_shape`].
+    pub kind: Option<TensorKind>,
+    /// Store the tensor uncompressed (NNR_PT_RAW_FLOAT; float tensors only).
+    pub raw: bool,
+}
+
+/// Encoder settings. `Default` gives the reference's `nnc.compress` defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncoderConfig {
+    /// QP of weights (`qp`, default −38).
+    pub qp: i32,
+    /// `qp_density` (default 2): 2^d QP steps per doubling of the step size.
+    pub qp_density: u8,
+    /// Dependent (trellis coded) quantization (`use_dq`, default on).
+    pub use_dq: bool,
+    /// 0 uniform, 1 codebook, 2 whichever is smaller per tensor (`codebook_mode`).
+    pub codebook_mode: u8,
+    /// Integer aligned quantization to this many bits (`int_quant_bw`), `None` off.
+    pub int_quant_bw: Option<u32>,
+    /// Signal all-zero rows with one flag each (`row_skipping`).
+    pub row_skipping: bool,
+    /// Choose per-context initialisations by a first pass (`param_opt`, default on).
+    pub param_opt: bool,
+    /// QP of non-weights (`nonweight_qp`, default −75); `None` means `qp − 2^(d+1)`.
+    pub nonweight_qp: Option<i32>,
+    /// `scan_order` for tensors with more than one row (0 = raster, as the reference; 1..=4
+    /// code blocks of 8..64 and add entry points so block rows decode in parallel).
+    pub scan_order: u8,
+    /// `cabac_unary_length_minus1` (default 10).
+    pub cabac_unary_length_minus1: u8,
+    /// Per-tensor overrides by name.
+    pub overrides: HashMap<String, TensorOverride>,
+    /// Encode tensors on several threads (rayon).
+    pub parallel: bool,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        EncoderConfig {
+            qp: -38,
+            qp_density: 2,
+            use_dq: true,
+            codebook_mode: 0,
+            int_quant_bw: None,
+            row_skipping: false,
+            param_opt: true,
+            nonweight_qp: Some(-75),
+            scan_order: 0,
+            cabac_unary_length_minus1: 10,
+            overrides: HashMap::new(),
+            parallel: true,
+        }
+    }
+}

@@ -1,0 +1,592 @@
+//! DeepCABAC binary arithmetic coding engine (ISO/IEC 15938-17 clause 9.3): context models with
+//! two-rate probability estimation, the 9-bit range coder (`BinEncoder` / `BinDecoder`), and the
+//! encoder-side estimator used to choose per-context initialisations ("parameter optimisation").
+
+mod tables;
+
+pub(crate) use tables::{INIT_SETS, RANGE_TAB_LPS, UPDATE_STEP};
+
+use std::sync::OnceLock;
+
+/// One adaptive binary context: two probability estimators of different window sizes whose sum
+/// (`s0 * 16 + s1`, kept as `s0_plus_s1`) is the probability state in the log domain.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ContextModel {
+    s0: i8,
+    s0_plus_s1: i16,
+    shift0: u8,
+    shift1: u8,
+    init_idx: u8,
+}
+
+#[inline(always)]
+fn step(idx: i32) -> i32 {
+    // Valid states keep the index inside 0..32; clamping only guards corrupt input.
+    i32::from(UPDATE_STEP[idx.clamp(0, 31) as usize])
+}
+
+impl ContextModel {
+    /// A context initialised with set `idx` (0..9) of the selectable initialisations.
+    pub fn new(idx: u8) -> Self {
+        let mut c = ContextModel::default();
+        c.init(idx);
+        c
+    }
+
+    /// (Re)initialises with set `idx` and remembers it for [`ContextModel::reset`].
+    #[inline]
+    pub fn init(&mut self, idx: u8) {
+        let set = INIT_SETS[usize::from(idx.min(8))];
+        self.init_idx = idx.min(8);
+        self.shift0 = set[0] as u8 + 4;
+        self.shift1 = set[1] as u8;
+        self.s0_plus_s1 = set[2];
+        self.s0 = set[3] as i8;
+    }
+
+    /// Back to the initial state of the remembered set (entry points, clause 9.3.2.3).
+    #[inline]
+    pub fn reset(&mut self) {
+        let set = INIT_SETS[usize::from(self.init_idx)];
+        self.s0_plus_s1 = set[2];
+        self.s0 = set[3] as i8;
+    }
+
+    /// Probability update after coding `bin`.
+    #[inline(always)]
+    pub fn update(&mut self, bin: u32) {
+        let sign: i32 = if bin != 0 { 1 } else { -1 };
+        let s0 = i32::from(self.s0);
+        let mut s1 = i32::from(self.s0_plus_s1) - s0 * 16;
+        let s0 = s0 + sign * (step(16 + ((sign * s0) >> 3)) >> self.shift0);
+        s1 += sign * (step(16 + ((sign * s1) >> 7)) >> self.shift1);
+        self.s0 = s0 as i8;
+        self.s0_plus_s1 = (s1 + 16 * i32::from(self.s0)) as i16;
+    }
+
+    /// Sub-range of the least probable symbol for the current `range` (256..=510).
+    #[inline(always)]
+    pub fn rlps(&self, range: u32) -> u32 {
+        let i = (i32::from(self.s0_plus_s1) >> 7).unsigned_abs() + (range & 0xe0);
+        u32::from(RANGE_TAB_LPS.get(i as usize).copied().unwrap_or(2))
+    }
+
+    /// The most probable symbol.
+    #[inline(always)]
+    pub fn mps(&self) -> u32 {
+        u32::from(self.s0_plus_s1 >= 0)
+    }
+
+    /// Estimated cost of coding `bin` in 1/32768 bit (encoder only).
+    #[inline(always)]
+    pub fn est_bits(&self, bin: u32) -> u32 {
+        let i = (512 + (i32::from(self.s0_plus_s1) >> 3)).clamp(0, 1023) as usize;
+        est_bits_table()[i][bin as usize & 1]
+    }
+}
+
+/// Table of estimated bit costs (1/32768 bit) of bins 0 and 1 per probability state bucket
+/// `512 + (s0_plus_s1 >> 3)`. The LPS cost is linear in the log-domain state; the value is
+/// derived here rather than tabulated (it reproduces the reference encoder's estimates).
+fn est_bits_table() -> &'static [[u32; 2]; 1024] {
+    static T: OnceLock<Box<[[u32; 2]; 1024]>> = OnceLock::new();
+    T.get_or_init(|| {
+        // Log2 of the LPS probability falls by this much per bucket away from one half.
+        const SLOPE: f64 = 0.012_231_413_2;
+        let mut t = Box::new([[0u32; 2]; 1024]);
+        for (k, e) in t.iter_mut().enumerate() {
+            let n = if k < 512 { (512 - k).min(511) } else { k - 512 };
+            let x = n as f64 + 0.5;
+            let lps_bits = 1.0 + x * SLOPE;
+            let p_lps = (-lps_bits).exp2();
+            let lps = (32768.0 * lps_bits).round_ties_even() as u32;
+            let mps = (-(1.0 - p_lps).log2() * 32768.0).round_ties_even() as u32;
+            *e = if k < 512 { [mps, lps] } else { [lps, mps] };
+        }
+        t
+    })
+}
+
+/// The nine candidate initialisations of one context, run in parallel over a first pass to
+/// pick the cheapest (encoder side of `xShiftParameterIds`).
+#[derive(Debug, Clone, Copy)]
+pub struct ContextOptimizer {
+    models: [ContextModel; 9],
+    acc: [u64; 9],
+}
+
+impl Default for ContextOptimizer {
+    fn default() -> Self {
+        let mut models = [ContextModel::default(); 9];
+        for (i, m) in models.iter_mut().enumerate() {
+            m.init(i as u8);
+        }
+        ContextOptimizer {
+            models,
+            acc: [0; 9],
+        }
+    }
+}
+
+impl ContextOptimizer {
+    /// Accumulates the estimated cost of `bin` under every candidate, then adapts them.
+    #[inline]
+    pub fn code(&mut self, bin: u32) {
+        for (m, a) in self.models.iter_mut().zip(self.acc.iter_mut()) {
+            *a += u64::from(m.est_bits(bin));
+            m.update(bin);
+        }
+    }
+
+    /// Resets the probability states (not the accumulated costs), as at entry points.
+    pub fn reset(&mut self) {
+        for m in &mut self.models {
+            m.reset();
+        }
+    }
+
+    /// The cheapest candidate; signalling a non-default one costs three extra bits.
+    pub fn best(&self) -> u8 {
+        let mut best = 0u8;
+        let mut min = self.acc[0];
+        for i in 1..9 {
+            let c = self.acc[i] + 3 * 32768;
+            if c < min {
+                min = c;
+                best = i as u8;
+            }
+        }
+        best
+    }
+}
+
+/// Where a [`BinEncoder`] puts its bytes.
+pub trait ByteSink {
+    /// Appends one byte.
+    fn push(&mut self, b: u8);
+    /// Bytes appended so far.
+    fn len(&self) -> usize;
+    /// True when nothing was appended.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl ByteSink for Vec<u8> {
+    #[inline]
+    fn push(&mut self, b: u8) {
+        Vec::push(self, b);
+    }
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+}
+
+/// Counts bytes without storing them: the size of a coding pass without its memory.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ByteCounter(pub usize);
+
+impl ByteSink for ByteCounter {
+    #[inline]
+    fn push(&mut self, _b: u8) {
+        self.0 += 1;
+    }
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// Arithmetic encoder (clause 9.3.4.3 in encoder form). Generic over the byte sink.
+#[derive(Debug, Clone)]
+pub struct BinEncoder<S: ByteSink> {
+    sink: S,
+    low: u32,
+    range: u32,
+    buffered_byte: u32,
+    num_buffered: u32,
+    bits_left: i32,
+}
+
+impl<S: ByteSink> BinEncoder<S> {
+    /// Starts a CABAC stream.
+    pub fn new(sink: S) -> Self {
+        BinEncoder {
+            sink,
+            low: 0,
+            range: 510,
+            buffered_byte: 0,
+            num_buffered: 0,
+            bits_left: 23,
+        }
+    }
+
+    /// The sink (for reading its size).
+    pub fn sink(&self) -> &S {
+        &self.sink
+    }
+
+    /// Sets the range to 256 at the start of a block row (entry point).
+    pub fn entry_point_start(&mut self) {
+        self.range = 256;
+    }
+
+    /// Codes `bin` with context `ctx` and adapts it.
+    #[inline(always)]
+    pub fn encode_bin(&mut self, bin: u32, ctx: &mut ContextModel) {
+        let rlps = ctx.rlps(self.range);
+        self.range -= rlps;
+        if bin == ctx.mps() {
+            if self.range < 256 {
+                self.range += self.range;
+                self.low = self.low.wrapping_add(self.low);
+                self.bits_left -= 1;
+                if self.bits_left < 12 {
+                    self.write_out();
+                }
+            }
+        } else {
+            let n = rlps.leading_zeros() - 23;
+            self.low = self.low.wrapping_add(self.range);
+            self.range = rlps << n;
+            self.low = self.low.wrapping_shl(n);
+            self.bits_left -= n as i32;
+            if self.bits_left < 12 {
+                self.write_out();
+            }
+        }
+        ctx.update(bin);
+    }
+
+    /// Codes one equiprobable (bypass) bin.
+    #[inline]
+    pub fn encode_bin_ep(&mut self, bin: u32) {
+        self.low = self.low.wrapping_shl(1);
+        if bin != 0 {
+            self.low = self.low.wrapping_add(self.range);
+        }
+        self.bits_left -= 1;
+        if self.bits_left < 12 {
+            self.write_out();
+        }
+    }
+
+    /// Codes the `n` low bits of `v` as bypass bins, most significant first.
+    #[inline]
+    pub fn encode_bins_ep(&mut self, v: u32, n: u32) {
+        for i in (0..n).rev() {
+            self.encode_bin_ep((v >> i) & 1);
+        }
+    }
+
+    fn write_out(&mut self) {
+        let lead = self.low >> (24 - self.bits_left);
+        self.bits_left += 8;
+        self.low &= 0xffff_ffffu32 >> self.bits_left;
+        if lead == 0xff {
+            self.num_buffered += 1;
+        } else if self.num_buffered > 0 {
+            let carry = lead >> 8;
+            let byte = self.buffered_byte + carry;
+            self.buffered_byte = lead & 0xff;
+            self.sink.push(byte as u8);
+            let fill = ((0xff + carry) & 0xff) as u8;
+            while self.num_buffered > 1 {
+                self.sink.push(fill);
+                self.num_buffered -= 1;
+            }
+        } else {
+            self.num_buffered = 1;
+            self.buffered_byte = lead;
+        }
+    }
+
+    /// Codes the terminating bin 1 and flushes (`terminate_cabac_encoding`); returns the sink.
+    pub fn finish(mut self) -> S {
+        // Terminating bin equal to one.
+        self.range -= 2;
+        self.low = self.low.wrapping_add(self.range);
+        self.low = self.low.wrapping_shl(7);
+        self.range = 2 << 7;
+        self.bits_left -= 7;
+        if self.bits_left < 12 {
+            self.write_out();
+        }
+        if (u64::from(self.low) >> (32 - self.bits_left)) != 0 {
+            self.sink.push((self.buffered_byte + 1) as u8);
+            while self.num_buffered > 1 {
+                self.sink.push(0x00);
+                self.num_buffered -= 1;
+            }
+            self.low = self.low.wrapping_sub(1u32 << (32 - self.bits_left));
+        } else {
+            if self.num_buffered > 0 {
+                self.sink.push(self.buffered_byte as u8);
+            }
+            while self.num_buffered > 1 {
+                self.sink.push(0xff);
+                self.num_buffered -= 1;
+            }
+        }
+        // Stop bit, then the remaining bits left aligned.
+        self.low >>= 8;
+        self.low = (self.low << 1) + 1;
+        self.bits_left -= 1;
+        let nbits = (24 - self.bits_left).max(0) as u32;
+        self.low = self.low.wrapping_shl(32 - nbits);
+        let mut i = 0u32;
+        while i < nbits {
+            self.sink.push(((self.low >> (24 - i)) & 0xff) as u8);
+            i += 8;
+        }
+        self.sink
+    }
+}
+
+/// A position in a CABAC stream from which decoding can restart (clause 9.3.2.4):
+/// the bit offset, the 8 most significant bits of the decoder value, and the DQ state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EntryPoint {
+    /// Bit offset as the decoder counts it.
+    pub bit_offset: u64,
+    /// `value >> 7` at that position (8 bits).
+    pub value: u32,
+    /// Dependent quantization state (0..8).
+    pub dq_state: u32,
+}
+
+/// Arithmetic decoder (clause 9.3.4.3). Reading past the end yields zero bytes; callers bound
+/// the number of decoded bins by the declared tensor size, so this always terminates.
+#[derive(Debug, Clone)]
+pub struct BinDecoder<'a> {
+    data: &'a [u8],
+    pos: usize,
+    range: u32,
+    value: u32,
+    bits_needed: i32,
+}
+
+impl<'a> BinDecoder<'a> {
+    /// Starts decoding at the first byte of `data`.
+    pub fn new(data: &'a [u8]) -> Self {
+        let mut d = BinDecoder {
+            data,
+            pos: 0,
+            range: 510,
+            value: 0,
+            bits_needed: -8,
+        };
+        let b0 = d.next_byte();
+        let b1 = d.next_byte();
+        d.value = (b0 << 8) | b1;
+        d
+    }
+
+    #[inline(always)]
+    fn next_byte(&mut self) -> u32 {
+        let b = self.data.get(self.pos).copied().unwrap_or(0);
+        self.pos += 1;
+        u32::from(b)
+    }
+
+    /// Bytes consumed (may exceed the data length after an overrun).
+    pub fn bytes_read(&self) -> usize {
+        self.pos
+    }
+
+    /// True if decoding read beyond the end of the data.
+    pub fn overrun(&self) -> bool {
+        self.pos > self.data.len()
+    }
+
+    /// Sets the range to 256 at the start of a block row.
+    pub fn entry_point_start(&mut self) {
+        self.range = 256;
+    }
+
+    /// Decodes one bin with context `ctx` and adapts it.
+    #[inline(always)]
+    pub fn decode_bin(&mut self, ctx: &mut ContextModel) -> u32 {
+        let rlps = ctx.rlps(self.range);
+        let rmps = self.range - rlps;
+        let bin;
+        if (self.value >> 7) >= rmps {
+            // LPS
+            bin = 1 - ctx.mps();
+            self.value -= rmps << 7;
+            self.range = rlps;
+        } else {
+            bin = ctx.mps();
+            self.range = rmps;
+        }
+        let n = self.range.leading_zeros() - 23;
+        self.range <<= n;
+        self.value = self.value.wrapping_shl(n);
+        self.bits_needed += n as i32;
+        if self.bits_needed >= 0 {
+            let b = self.next_byte();
+            self.value = self.value.wrapping_add(b << self.bits_needed);
+            self.bits_needed -= 8;
+        }
+        ctx.update(bin);
+        bin
+    }
+
+    /// Decodes one bypass bin.
+    #[inline]
+    pub fn decode_bin_ep(&mut self) -> u32 {
+        self.value = self.value.wrapping_add(self.value);
+        self.bits_needed += 1;
+        if self.bits_needed >= 0 {
+            let b = self.next_byte();
+            self.value = self.value.wrapping_add(b);
+            self.bits_needed = -8;
+        }
+        let sr = self.range << 7;
+        if self.value >= sr {
+            self.value -= sr;
+            1
+        } else {
+            0
+        }
+    }
+
+    /// Decodes `n` (<= 32) bypass bins, most significant first.
+    #[inline]
+    pub fn decode_bins_ep(&mut self, n: u32) -> u32 {
+        let mut v = 0u32;
+        for _ in 0..n {
+            v = (v << 1) | self.decode_bin_ep();
+        }
+        v
+    }
+
+    /// The current position as an entry point (decoder bit counting).
+    pub fn entry_point(&self, dq_state: u32) -> EntryPoint {
+        let off = 8 * self.pos as i64 - 8 + i64::from(self.bits_needed);
+        EntryPoint {
+            bit_offset: off.max(0) as u64,
+            value: (self.value >> 7) & 255,
+            dq_state,
+        }
+    }
+
+    /// Restarts decoding at `ep` with range 256.
+    pub fn seek(&mut self, ep: &EntryPoint) {
+        self.range = 256;
+        let t = ep.bit_offset.saturating_add(9);
+        let byte_off = t >> 3;
+        let bit_off = (t & 7) as i32;
+        let (pos, bits_needed) = if bit_off != 0 {
+            (byte_off + 1, bit_off - 9)
+        } else {
+            (byte_off, bit_off - 1)
+        };
+        self.pos = usize::try_from(pos).unwrap_or(usize::MAX);
+        self.bits_needed = bits_needed;
+        let prev = self
+            .pos
+            .checked_sub(1)
+            .and_then(|p| self.data.get(p))
+            .copied()
+            .unwrap_or(0);
+        let bs = (u32::from(prev) << (8 + self.bits_needed)) & 127;
+        self.value = ((ep.value & 255) << 7) + bs;
+    }
+
+    /// Decodes the terminating bin (`decode_terminate`).
+    pub fn decode_bin_trm(&mut self) -> u32 {
+        self.range -= 2;
+        let sr = self.range << 7;
+        if self.value >= sr {
+            1
+        } else {
+            if self.range < 256 {
+                self.range += self.range;
+                self.value = self.value.wrapping_add(self.value);
+                self.bits_needed += 1;
+                if self.bits_needed == 0 {
+                    let b = self.next_byte();
+                    self.value = self.value.wrapping_add(b);
+                    self.bits_needed = -8;
+                }
+            }
+            0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn encoder_decoder_round_trip_with_counting_sink() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for trial in 0..50 {
+            let n = rng.gen_range(0..5000);
+            let p: f64 = rng.gen_range(0.01..0.99);
+            let ops: Vec<(u8, u32, usize)> = (0..n)
+                .map(|_| {
+                    let kind = rng.gen_range(0..10u8);
+                    let bin = u32::from(rng.gen_bool(p));
+                    (kind, bin, rng.gen_range(0..4))
+                })
+                .collect();
+            let init = (trial % 9) as u8;
+            let mut ctx = [ContextModel::new(init); 4];
+            let mut enc = BinEncoder::new(Vec::new());
+            let mut cnt_ctx = [ContextModel::new(init); 4];
+            let mut cnt = BinEncoder::new(ByteCounter::default());
+            for &(k, b, c) in &ops {
+                if k == 0 {
+                    enc.encode_bins_ep(b * 5 + 2, 3);
+                    cnt.encode_bins_ep(b * 5 + 2, 3);
+                } else {
+                    enc.encode_bin(b, &mut ctx[c]);
+                    cnt.encode_bin(b, &mut cnt_ctx[c]);
+                }
+            }
+            let bytes = enc.finish();
+            assert_eq!(cnt.finish().0, bytes.len());
+            let mut ctx = [ContextModel::new(init); 4];
+            let mut dec = BinDecoder::new(&bytes);
+            for &(k, b, c) in &ops {
+                if k == 0 {
+                    assert_eq!(dec.decode_bins_ep(3), b * 5 + 2);
+                } else {
+                    assert_eq!(dec.decode_bin(&mut ctx[c]), b);
+                }
+            }
+            assert_eq!(dec.decode_bin_trm(), 1);
+            assert!(!dec.overrun());
+        }
+    }
+
+    #[test]
+    fn estimated_bits_are_consistent() {
+        let t = est_bits_table();
+        for k in 0..1024 {
+            // Costs of the two bins describe probabilities summing to about one.
+            let p: f64 = t[k].iter().map(|&b| (-(b as f64) / 32768.0).exp2()).sum();
+            assert!((p - 1.0).abs() < 1e-4, "bucket {k}: {p}");
+        }
+        assert_eq!(t[0], t[1]);
+        assert_eq!(t[100][0], t[924][1]);
+    }
+
+    #[test]
+    fn optimizer_prefers_default_without_data() {
+        assert_eq!(ContextOptimizer::default().best(), 0);
+        let mut o = ContextOptimizer::default();
+        for _ in 0..2000 {
+            o.code(0);
+        }
+        assert_ne!(
+            o.best(),
+            0,
+            "a long run of zeros favours a skewed initialisation"
+        );
+    }
+}

@@ -1,0 +1,719 @@
+//! Coding of one tensor's quantized levels with DeepCABAC (ISO/IEC 15938-17 clause 9.3):
+//! context selection (the reference's "ContextModeler"), binarization of levels (`sig_flag`,
+//! `sign_flag`, `abs_level_greater_x` flags, `abs_level_greater_x2` Exp-Golomb remainder),
+//! dependent quantization states, row skipping, codebook-limited levels, block scan orders with
+//! entry points, and the per-context initialisation signalling ("parameter optimisation").
+
+pub mod scan;
+
+use crate::cabac::{BinDecoder, BinEncoder, ByteSink, ContextModel, ContextOptimizer, EntryPoint};
+use crate::error::{Error, Result};
+use scan::ScanGeometry;
+
+/// Dependent quantization state transition table: `next = DQ_TRANS[state][level & 1]`.
+pub const DQ_TRANS: [[u32; 2]; 8] = [
+    [0, 2],
+    [7, 5],
+    [1, 3],
+    [6, 4],
+    [2, 0],
+    [5, 7],
+    [3, 1],
+    [4, 6],
+];
+
+/// The state after `n` transitions with even levels (a skipped row advances DQ by its width).
+pub fn dq_advance_zeros(state: u32, n: usize) -> u32 {
+    // Even-parity transitions fix 0 and 5, cycle 1→7→4→2 and swap 3↔6: period 4.
+    let mut s = state & 7;
+    for _ in 0..(n % 4) {
+        s = DQ_TRANS[s as usize][0];
+    }
+    s
+}
+
+/// Context index layout for `g` greater-than flags (`cabac_unary_length_minus1 + 1`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ctx {
+    g: usize,
+}
+
+const CTX_SIG: usize = 0;
+const CTX_SIGN: usize = 48;
+const CTX_GTX: usize = 53;
+
+impl Ctx {
+    pub(crate) fn new(g: u32) -> Self {
+        Ctx { g: g as usize }
+    }
+    #[inline(always)]
+    fn rem(&self) -> usize {
+        CTX_GTX + 4 * self.g
+    }
+    #[inline(always)]
+    fn param_opt(&self) -> usize {
+        self.rem() + 32 + 2
+    }
+    #[inline(always)]
+    fn row_skip(&self) -> usize {
+        self.rem() + 32 + 4
+    }
+    pub(crate) fn count(&self) -> usize {
+        self.rem() + 32 + 5
+    }
+    #[inline(always)]
+    fn sig(state: u32, neighbor: i32) -> usize {
+        CTX_SIG + 3 * state as usize + Self::neighbor_class(neighbor)
+    }
+    #[inline(always)]
+    fn sign(neighbor: i32) -> usize {
+        CTX_SIGN + Self::neighbor_class(neighbor)
+    }
+    #[inline(always)]
+    fn gtx(positive: bool, j: usize) -> usize {
+        CTX_GTX + (j << 1) + usize::from(!positive)
+    }
+    #[inline(always)]
+    fn neighbor_class(n: i32) -> usize {
+        match n.signum() {
+            0 => 0,
+            -1 => 1,
+            _ => 2,
+        }
+    }
+}
+
+/// Everything that shapes the CABAC coding of one tensor.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerParams {
+    /// Elements per row: product of all dimensions but the first (`layerWidth`).
+    pub width: usize,
+    /// Number of elements.
+    pub num: usize,
+    /// `dq_flag`.
+    pub dq: bool,
+    /// `scan_order` (0 raster, 1..=4 blocks of 8..64).
+    pub scan_order: u8,
+    /// `general_profile_idc`.
+    pub profile: u8,
+    /// `parent_node_id_present_flag` (signals `hist_dep_sig_prob_enabled_flag`).
+    pub parent_node_id_present: bool,
+    /// Codebook size (0 without codebook).
+    pub cb_size: u32,
+    /// `CbZeroOffset`.
+    pub cb_zero: u32,
+    /// Number of greater-than flags, `cabac_unary_length_minus1 + 1`.
+    pub g: u32,
+}
+
+impl LayerParams {
+    fn row_skip_possible(&self) -> bool {
+        self.profile == 1 && self.width > 1 && self.num > self.width && self.cb_size != 1
+    }
+
+    /// The scan actually used: raster whenever the tensor is a single row or column.
+    pub(crate) fn geometry(&self) -> Result<ScanGeometry> {
+        let so = if self.width <= 1 || self.num == self.width {
+            0
+        } else {
+            self.scan_order
+        };
+        ScanGeometry::new(self.num, self.width.max(1), so)
+    }
+
+    fn max_abs(&self, negative: bool) -> i64 {
+        if self.profile == 1 && self.cb_size > 0 {
+            if negative {
+                i64::from(self.cb_zero)
+            } else {
+                i64::from(self.cb_size) - i64::from(self.cb_zero) - 1
+            }
+        } else {
+            -1
+        }
+    }
+
+    fn sign_implied(&self) -> bool {
+        self.profile == 1
+            && self.cb_size > 0
+            && (self.cb_zero == 0 || self.cb_zero == self.cb_size - 1)
+    }
+
+    /// Contexts whose initialisation index is signalled, in signalling order, and whether it
+    /// is actually present (`xShiftParameterIds`).
+    fn signalled_inits(&self) -> Vec<(usize, bool)> {
+        let c = Ctx::new(self.g);
+        let cb = self.cb_size;
+        let mut v = Vec::with_capacity(3 + 24 + 2 * c.g + 31);
+        for i in 0..(if self.dq { 24 } else { 3 }) {
+            v.push((CTX_SIG + i, cb != 1));
+        }
+        let sign_present = !(cb > 0 && (self.cb_zero == 0 || self.cb_zero == cb - 1)) && cb != 1;
+        for a in 0..3 {
+            v.push((CTX_SIGN + a, sign_present));
+        }
+        let max_abs: i64 = if cb > 0 {
+            i64::from(self.cb_zero.max(cb - 1 - self.cb_zero))
+        } else {
+            -1
+        };
+        for a in 0..2 * c.g {
+            v.push((CTX_GTX + a, max_abs == -1 || (a as i64) < max_abs * 2));
+        }
+        let mut level = c.g as i64 - 1;
+        for a in 0..31 {
+            level += 1i64 << a;
+            v.push((c.rem() + a, max_abs == -1 || level < max_abs));
+        }
+        v
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.g == 0 || self.g > 256 {
+            return Err(Error::invalid("cabac_unary_length_minus1", "out of range"));
+        }
+        if self.cb_size > 0 && self.cb_zero >= self.cb_size {
+            return Err(Error::invalid("CbZeroOffset", "outside the codebook"));
+        }
+        Ok(())
+    }
+}
+
+/// Destination of context coded and bypass bins: the real encoder or the optimiser pass.
+trait BinSink {
+    fn bin(&mut self, bin: u32, ctx: usize);
+    fn ep(&mut self, v: u32, n: u32);
+}
+
+struct RealSink<'a, S: ByteSink> {
+    enc: &'a mut BinEncoder<S>,
+    ctx: &'a mut [ContextModel],
+}
+
+impl<S: ByteSink> BinSink for RealSink<'_, S> {
+    #[inline(always)]
+    fn bin(&mut self, bin: u32, ctx: usize) {
+        self.enc.encode_bin(bin, &mut self.ctx[ctx]);
+    }
+    #[inline(always)]
+    fn ep(&mut self, v: u32, n: u32) {
+        self.enc.encode_bins_ep(v, n);
+    }
+}
+
+struct OptSink<'a> {
+    ctx: &'a mut [ContextOptimizer],
+}
+
+impl BinSink for OptSink<'_> {
+    #[inline(always)]
+    fn bin(&mut self, bin: u32, ctx: usize) {
+        self.ctx[ctx].code(bin);
+    }
+    #[inline(always)]
+    fn ep(&mut self, _v: u32, _n: u32) {}
+}
+
+/// Binarization of one level (clause 9.3.3): `sig_flag`, `sign_flag`, greater-than flags and the
+/// Exp-Golomb remainder with context coded prefix. `max_abs` limits levels of codebook indices.
+#[inline(always)]
+fn code_level<B: BinSink>(s: &mut B, c: Ctx, p: &LayerParams, value: i32, state: u32, nb: i32) {
+    if p.cb_size == 1 && p.profile == 1 {
+        return;
+    }
+    let sig = u32::from(value != 0);
+    s.bin(sig, Ctx::sig(state, nb));
+    if sig == 0 {
+        return;
+    }
+    let negative = value < 0;
+    let max_abs = p.max_abs(negative);
+    if !(p.cb_size > 0 && (p.cb_zero == 0 || p.cb_zero == p.cb_size - 1)) || p.profile == 0 {
+        s.bin(u32::from(negative), Ctx::sign(nb));
+    }
+    if max_abs == 1 {
+        return;
+    }
+    let positive = value > 0;
+    let mut rem = value.unsigned_abs() - 1;
+    let mut gr = u32::from(rem != 0);
+    if max_abs == -1 || max_abs > 1 {
+        s.bin(gr, Ctx::gtx(positive, 0));
+        let mut n: usize = 1;
+        while gr != 0 && n < c.g && (max_abs == -1 || max_abs > n as i64 + 1) {
+            rem -= 1;
+            gr = u32::from(rem != 0);
+            s.bin(gr, Ctx::gtx(positive, n));
+            n += 1;
+        }
+        if max_abs != -1 && max_abs == n as i64 + 1 {
+            gr = 0;
+        }
+        if gr != 0 && (max_abs == -1 || max_abs > n as i64 + 1) {
+            rem -= 1;
+            let rem_max = if max_abs == -1 {
+                u32::MAX
+            } else {
+                (max_abs - (n as i64 + 1)) as u32
+            };
+            code_remainder(s, c, rem, rem_max);
+        }
+    }
+}
+
+/// Exp-Golomb style remainder: unary context coded group index, then bypass bits.
+#[inline(always)]
+fn code_remainder<B: BinSink>(s: &mut B, c: Ctx, value: u32, rem_max: u32) {
+    let mut log2: u32 = 0;
+    let mut base: u64 = 0;
+    let mut ctx = c.rem();
+    let unbounded = rem_max == u32::MAX;
+    let value = u64::from(value);
+    let rmax = u64::from(rem_max);
+    if rmax > base || unbounded {
+        if value > 0 {
+            s.bin(1, ctx);
+            base += 1 << log2;
+            ctx += 1;
+            log2 += 1;
+        } else {
+            s.bin(0, ctx);
+            return;
+        }
+        while value > base + (1u64 << log2) - 1 && (unbounded || rmax >= base + (1u64 << log2)) {
+            s.bin(1, ctx);
+            base += 1 << log2;
+            ctx += 1;
+            log2 += 1;
+        }
+        if unbounded || rmax >= base + (1u64 << log2) {
+            s.bin(0, ctx);
+        }
+        s.ep((value - base) as u32, log2);
+    }
+}
+
+/// The level actually coded for a DQ level stored in "doubled" form (reconstruction index).
+#[inline(always)]
+fn dq_coded_value(stored: i32, state: u32) -> i32 {
+    if stored == 0 {
+        return 0;
+    }
+    let odd = (state & 1) as i32;
+    let v = if stored < 0 {
+        stored - odd
+    } else {
+        stored + odd
+    };
+    v >> 1
+}
+
+/// Rows that are entirely zero (candidates for row skipping).
+pub(crate) fn zero_rows(values: &[i32], width: usize) -> Vec<bool> {
+    if width == 0 {
+        return Vec::new();
+    }
+    values
+        .chunks(width)
+        .map(|r| r.iter().all(|&v| v == 0))
+        .collect()
+}
+
+/// One pass over the tensor in scan order, coding every non-skipped level into `sink`.
+/// `real` selects the encoder's behaviour (coded value, neighbour resets at entry points);
+/// otherwise the optimiser's (stored value, no neighbour reset).
+#[allow(clippy::too_many_arguments)]
+fn level_pass<B: BinSink>(
+    sink: &mut B,
+    c: Ctx,
+    p: &LayerParams,
+    geo: &ScanGeometry,
+    values: &[i32],
+    skip_rows: Option<&[bool]>,
+    real: bool,
+    mut at_block_row_end: impl FnMut(&mut B),
+) {
+    let mut state: u32 = 0;
+    let mut nb: i32 = 0;
+    let nbr = geo.num_block_rows();
+    for br in 0..nbr {
+        for seg in geo.segments(br) {
+            if let Some(sk) = skip_rows {
+                if sk.get(seg.row).copied().unwrap_or(false) {
+                    if p.dq {
+                        state = dq_advance_zeros(state, p.width);
+                    }
+                    continue;
+                }
+            }
+            let base = seg.row * geo.width;
+            for &stored in &values[base + seg.x0..base + seg.x1] {
+                let value = if p.dq {
+                    dq_coded_value(stored, state)
+                } else {
+                    stored
+                };
+                let coded = if real { value } else { stored };
+                code_level(sink, c, p, coded, state, nb);
+                nb = coded;
+                if p.dq {
+                    state = DQ_TRANS[state as usize][(value & 1) as usize];
+                }
+            }
+        }
+        if br + 1 < nbr {
+            at_block_row_end(sink);
+            if real {
+                nb = 0;
+            }
+        }
+    }
+}
+
+/// Encodes one tensor's levels into `enc` (the reference's `encodeLayer`): optional row skip
+/// flags, context initialisation signalling (chosen by a first pass when `param_opt`), levels.
+pub(crate) fn encode_layer<S: ByteSink>(
+    enc: &mut BinEncoder<S>,
+    values: &[i32],
+    p: &LayerParams,
+    row_skip_enabled: bool,
+    param_opt: bool,
+) -> Result<()> {
+    p.validate()?;
+    if values.len() != p.num {
+        return Err(Error::InvalidInput(
+            "level count does not match shape".into(),
+        ));
+    }
+    let c = Ctx::new(p.g);
+    let mut ctx = vec![ContextModel::new(0); c.count()];
+    let mut skip: Option<Vec<bool>> = None;
+    if p.row_skip_possible() {
+        if p.parent_node_id_present {
+            // hist_dep_sig_prob_enabled_flag: history-dependent probabilities are not used.
+            enc.encode_bin_ep(0);
+        }
+        enc.encode_bin_ep(u32::from(row_skip_enabled));
+        if row_skip_enabled {
+            let rows = zero_rows(values, p.width);
+            for &r in &rows {
+                enc.encode_bin(u32::from(r), &mut ctx[c.row_skip()]);
+            }
+            skip = Some(rows);
+        }
+    }
+    let geo = p.geometry()?;
+    let mut opt = vec![ContextOptimizer::default(); c.count()];
+    if param_opt && (p.cb_size != 1 || p.profile == 0) {
+        // The first pass ignores codebook limits (the reference codes it without them).
+        let p_opt = LayerParams {
+            cb_size: 0,
+            cb_zero: 0,
+            ..*p
+        };
+        let mut sink = OptSink { ctx: &mut opt };
+        level_pass(
+            &mut sink,
+            c,
+            &p_opt,
+            &geo,
+            values,
+            skip.as_deref(),
+            false,
+            |s: &mut OptSink<'_>| {
+                for o in s.ctx.iter_mut() {
+                    o.reset();
+                }
+            },
+        );
+    }
+    let po = c.param_opt();
+    for (i, present) in p.signalled_inits() {
+        let mut best = 0u8;
+        if present {
+            best = opt[i].best();
+            enc.encode_bin(u32::from(best != 0), &mut ctx[po]);
+            if best != 0 {
+                enc.encode_bins_ep(u32::from(best - 1), 3);
+            }
+        }
+        ctx[i].init(best);
+    }
+    if geo.num_block_rows() > 1 {
+        enc.entry_point_start();
+    }
+    let mut sink = RealSink { enc, ctx: &mut ctx };
+    level_pass(
+        &mut sink,
+        c,
+        p,
+        &geo,
+        values,
+        skip.as_deref(),
+        true,
+        |s: &mut RealSink<'_, S>| {
+            for m in s.ctx.iter_mut() {
+                m.reset();
+            }
+            s.enc.entry_point_start();
+        },
+    );
+    Ok(())
+}
+
+/// Decoder state shared by all block rows of a tensor after its prefix was read.
+struct LayerPrefix {
+    ctx: Vec<ContextModel>,
+    skip: Option<Vec<bool>>,
+}
+
+fn decode_prefix(dec: &mut BinDecoder<'_>, p: &LayerParams) -> Result<LayerPrefix> {
+    p.validate()?;
+    let c = Ctx::new(p.g);
+    let mut ctx = vec![ContextModel::new(0); c.count()];
+    let mut skip = None;
+    if p.row_skip_possible() {
+        if p.parent_node_id_present && dec.decode_bin_ep() == 1 {
+            return Err(Error::Unsupported(
+                "hist_dep_sig_prob_enabled_flag (history dependent significance)".into(),
+            ));
+        }
+        if dec.decode_bin_ep() == 1 {
+            let rows = p.num / p.width;
+            let mut v = Vec::with_capacity(rows);
+            for _ in 0..rows {
+                v.push(dec.decode_bin(&mut ctx[c.row_skip()]) == 1);
+            }
+            skip = Some(v);
+        }
+    }
+    let po = c.param_opt();
+    for (i, present) in p.signalled_inits() {
+        let mut idx = 0u8;
+        if present && dec.decode_bin(&mut ctx[po]) == 1 {
+            idx = 1 + dec.decode_bins_ep(3) as u8;
+        }
+        ctx[i].init(idx);
+    }
+    Ok(LayerPrefix { ctx, skip })
+}
+
+/// Decodes one level (the reference's `decodeWeightVal`).
+#[inline(always)]
+fn decode_level(
+    dec: &mut BinDecoder<'_>,
+    ctx: &mut [ContextModel],
+    c: Ctx,
+    p: &LayerParams,
+    state: u32,
+    nb: i32,
+) -> Result<i32> {
+    if p.profile == 1 && p.cb_size == 1 {
+        return Ok(0);
+    }
+    if dec.decode_bin(&mut ctx[Ctx::sig(state, nb)]) == 0 {
+        return Ok(0);
+    }
+    let mut v: i64 = 1;
+    let negative = if p.sign_implied() {
+        p.cb_zero != 0
+    } else {
+        dec.decode_bin(&mut ctx[Ctx::sign(nb)]) == 1
+    };
+    let max_abs = p.max_abs(negative);
+    if max_abs > 1 || max_abs == -1 {
+        let mut j = 0usize;
+        let mut gr;
+        loop {
+            gr = dec.decode_bin(&mut ctx[Ctx::gtx(!negative, j)]);
+            v += i64::from(gr);
+            if !(gr == 1 && j + 1 < c.g && (max_abs > v || max_abs == -1)) {
+                break;
+            }
+            j += 1;
+        }
+        if gr == 1 && (max_abs > v || max_abs == -1) {
+            let mut rem_bits: u32 = 0;
+            let mut j = 0usize;
+            loop {
+                gr = dec.decode_bin(&mut ctx[c.rem() + j]);
+                if gr == 1 && (max_abs > v || max_abs == -1) {
+                    v += 1i64 << rem_bits;
+                    rem_bits += 1;
+                }
+                if !(gr == 1 && j < 30 && (max_abs >= v + (1i64 << rem_bits) || max_abs == -1)) {
+                    break;
+                }
+                j += 1;
+            }
+            v += i64::from(dec.decode_bins_ep(rem_bits));
+        }
+    }
+    let v = if negative { -v } else { v };
+    i32::try_from(v).map_err(|_| Error::invalid("abs_level", "level exceeds 32 bits"))
+}
+
+/// Decodes the block rows `rows` of a tensor into `out` (which covers exactly those rows),
+/// starting in DQ state `state`. Contexts are reset at every block row start after the first
+/// one of the range (entry point semantics).
+#[allow(clippy::too_many_arguments)]
+fn decode_block_rows(
+    dec: &mut BinDecoder<'_>,
+    ctx: &mut [ContextModel],
+    p: &LayerParams,
+    geo: &ScanGeometry,
+    skip: Option<&[bool]>,
+    rows: std::ops::Range<usize>,
+    mut state: u32,
+    out: &mut [i32],
+    mut on_block_row_start: impl FnMut(&BinDecoder<'_>, u32),
+) -> Result<u32> {
+    let c = Ctx::new(p.g);
+    let mut nb: i32 = 0;
+    let row0 = rows.start * geo.block_height();
+    for br in rows.clone() {
+        if br != rows.start {
+            for m in ctx.iter_mut() {
+                m.reset();
+            }
+            nb = 0;
+            dec.entry_point_start();
+            on_block_row_start(dec, state);
+        }
+        for seg in geo.segments(br) {
+            if let Some(sk) = skip {
+                if sk.get(seg.row).copied().unwrap_or(false) {
+                    if p.dq {
+                        state = dq_advance_zeros(state, p.width);
+                    }
+                    continue;
+                }
+            }
+            let base = (seg.row - row0) * geo.width;
+            for o in &mut out[base + seg.x0..base + seg.x1] {
+                let mut v = decode_level(dec, ctx, c, p, state, nb)?;
+                nb = v;
+                if p.dq {
+                    let next = DQ_TRANS[state as usize][(v & 1) as usize];
+                    if v != 0 {
+                        let odd = (state & 1) as i32;
+                        v = v
+                            .checked_mul(2)
+                            .and_then(|d| d.checked_add(if d < 0 { odd } else { -odd }))
+                            .ok_or_else(|| Error::invalid("abs_level", "level exceeds 32 bits"))?;
+                    }
+                    state = next;
+                }
+                *o = v;
+            }
+        }
+    }
+    Ok(state)
+}
+
+/// Decodes one tensor's levels (the reference's `decodeLayer`). With entry points (deltas as
+/// transmitted in `cabac_entry_point_list`) and `parallel`, block rows are decoded concurrently.
+pub(crate) fn decode_layer(
+    data: &[u8],
+    dec: &mut BinDecoder<'_>,
+    p: &LayerParams,
+    entry_points: &[EntryPoint],
+    parallel: bool,
+    out: &mut [i32],
+) -> Result<()> {
+    if out.len() != p.num {
+        return Err(Error::InvalidInput(
+            "output size does not match shape".into(),
+        ));
+    }
+    let prefix = decode_prefix(dec, p)?;
+    let geo = p.geometry()?;
+    let nbr = geo.num_block_rows();
+    let mut ctx = prefix.ctx;
+    let skip = prefix.skip.as_deref();
+    if nbr > 1 {
+        dec.entry_point_start();
+    }
+    if parallel && nbr > 1 && entry_points.len() + 1 == nbr {
+        use rayon::prelude::*;
+        let first = dec.entry_point(0);
+        let mut starts = Vec::with_capacity(nbr);
+        starts.push(first);
+        let mut off = first.bit_offset;
+        for ep in entry_points {
+            off = off.saturating_add(ep.bit_offset);
+            starts.push(EntryPoint {
+                bit_offset: off,
+                value: ep.value,
+                dq_state: ep.dq_state & 7,
+            });
+        }
+        let rows_per = geo.block_height() * geo.width;
+        let base_ctx = ctx;
+        let jobs: Vec<(usize, &mut [i32])> = out.chunks_mut(rows_per).enumerate().collect();
+        jobs.into_par_iter()
+            .try_for_each(|(br, chunk)| -> Result<()> {
+                let mut d = BinDecoder::new(data);
+                d.seek(&starts[br]);
+                let mut cx = base_ctx.clone();
+                for m in cx.iter_mut() {
+                    m.reset();
+                }
+                decode_block_rows(
+                    &mut d,
+                    &mut cx,
+                    p,
+                    &geo,
+                    skip,
+                    br..br + 1,
+                    starts[br].dq_state,
+                    chunk,
+                    |_, _| {},
+                )
+                .map(|_| ())
+            })?;
+        return Ok(());
+    }
+    decode_block_rows(dec, &mut ctx, p, &geo, skip, 0..nbr, 0, out, |_, _| {})?;
+    Ok(())
+}
+
+/// Entry points of an encoded tensor, as deltas ready for `cabac_entry_point_list`: the
+/// stream is decoded once and the decoder position recorded at every block row start.
+pub(crate) fn create_entry_points(
+    data: &[u8],
+    skip_bins: impl FnOnce(&mut BinDecoder<'_>) -> Result<()>,
+    p: &LayerParams,
+) -> Result<Vec<EntryPoint>> {
+    let geo = p.geometry()?;
+    let nbr = geo.num_block_rows();
+    if nbr <= 1 {
+        return Ok(Vec::new());
+    }
+    let mut dec = BinDecoder::new(data);
+    skip_bins(&mut dec)?;
+    let prefix = decode_prefix(&mut dec, p)?;
+    let mut ctx = prefix.ctx;
+    dec.entry_point_start();
+    let mut last = dec.entry_point(0).bit_offset;
+    let mut eps = Vec::with_capacity(nbr - 1);
+    let mut out = vec![0i32; p.num];
+    decode_block_rows(
+        &mut dec,
+        &mut ctx,
+        p,
+        &geo,
+        prefix.skip.as_deref(),
+        0..nbr,
+        0,
+        &mut out,
+        |d, state| {
+            let mut ep = d.entry_point(state);
+            let abs = ep.bit_offset;
+            ep.bit_offset = abs.wrapping_sub(last);
+            last = abs;
+            eps.push(ep);
+        },
+    )?;
+    Ok(eps)
+}

@@ -1,0 +1,50 @@
+//! Decoder conformance: every NNCodec 2.1.3 vector decodes bit-exactly to its `decoded.npz`.
+
+mod common;
+
+use common::*;
+use nnc_codec::{decode, Limits, TensorData};
+
+#[test]
+fn decoder_matches_reference_on_all_vectors() {
+    let vectors = manifest();
+    assert_eq!(vectors.len(), 33);
+    let mut failures = Vec::new();
+    for v in &vectors {
+        let dir = conformance_dir();
+        let bs = std::fs::read(dir.join(format!("{}.nnc", v.name))).expect("nnc");
+        assert_eq!(bs.len(), v.bitstream_bytes);
+        let expected = load_npz(&dir.join(format!("{}.decoded.npz", v.name)));
+        let got = match decode(&bs, &Limits::default()) {
+            Ok(t) => t,
+            Err(e) => {
+                failures.push(format!("{}: decode error {e}", v.name));
+                continue;
+            }
+        };
+        if got.len() != expected.len() {
+            failures.push(format!(
+                "{}: {} tensors vs {}",
+                v.name,
+                got.len(),
+                expected.len()
+            ));
+            continue;
+        }
+        for (g, (e, kind)) in got.iter().zip(&expected) {
+            let int_ok = matches!(g.data, TensorData::I32(_)) == (*kind == Kind::I32);
+            if !int_ok {
+                failures.push(format!("{}: {} element type", v.name, e.name));
+            }
+            if let Err(m) = same_tensor(g, e) {
+                failures.push(format!("{}: {m}", v.name));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -1,0 +1,90 @@
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nnzip::bench::BenchOptions;
+use nnzip::runtime::{OptLevel, Runtime, SessionOptions};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The ONNX model to time.
+    pub model: PathBuf,
+    /// A second model run interleaved with the first in the same process; reports vs/model ratios.
+    #[arg(long, value_name = "OTHER")]
+    pub vs: Option<PathBuf>,
+    /// Untimed runs before timing, per model.
+    #[arg(long, default_value_t = 10)]
+    pub warmup: usize,
+    /// Timed runs per model.
+    #[arg(long, default_value_t = 100)]
+    pub runs: usize,
+    /// Time budget in seconds instead of a run count (runs until it is spent, at least 5 runs).
+    #[arg(long, value_name = "SECONDS")]
+    pub time: Option<f64>,
+    /// Intra-op threads (default: ONNX Runtime's choice, one per physical core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Graph optimization level: disable, basic, extended, all.
+    #[arg(long, default_value = "all", value_parser = parse_level)]
+    pub opt_level: OptLevel,
+    /// Execution provider: cpu, cuda, tensorrt, openvino, xnnpack (must be in the loaded library).
+    #[arg(long, default_value = "cpu")]
+    pub ep: String,
+    /// Concrete shape for an input with symbolic dims (repeatable). Default: symbolic batch = 1.
+    #[arg(long = "shape", value_name = "NAME=DIMS", value_parser = super::shape_arg)]
+    pub shapes: Vec<(String, Vec<usize>)>,
+    /// Feed these arrays (one per input, named after it, used as given) instead of random data.
+    #[arg(long, value_name = "FILE.npz")]
+    pub inputs: Option<PathBuf>,
+    /// Seed of the random inputs.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print JSON: {"model": {...}, "vs": {...}, "ratio_median": ...}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_level(s: &str) -> Result<OptLevel, String> {
+    OptLevel::parse(s).ok_or_else(|| format!("'{s}' is not one of disable, basic, extended, all"))
+}
+
+pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
+    let rt = Runtime::get(ort_lib).context("cannot start ONNX Runtime")?;
+    let opts = BenchOptions {
+        warmup: a.warmup,
+        runs: a.runs,
+        time_budget: a.time.map(Duration::from_secs_f64),
+        session: SessionOptions {
+            intra_threads: a.threads,
+            opt_level: a.opt_level,
+            provider: a.ep.clone(),
+        },
+        shapes: a.shapes.clone(),
+        inputs: a.inputs.clone(),
+        seed: a.seed,
+        ..BenchOptions::default()
+    };
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let total = if a.time.is_some() { 0 } else { a.runs as u64 };
+        let b = indicatif::ProgressBar::new(total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} runs")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_message("timing");
+        b
+    };
+    let report = nnzip::bench::bench(rt, &a.model, a.vs.as_deref(), &opts, &mut |done, _| {
+        bar.set_position(done as u64)
+    })
+    .with_context(|| format!("benchmark of {} failed", a.model.display()))?;
+    bar.finish_and_clear();
+    if a.json {
+        super::print_json(&report)
+    } else {
+        print!("{}", report.to_text());
+        Ok(())
+    }
+}

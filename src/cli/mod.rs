@@ -1,0 +1,112 @@
+//! clap-derive arguments, one module per command. Commands print human text by default and JSON
+//! with `--json`; errors go to stderr with their cause chain.
+
+mod bench;
+mod inspect;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// Exit codes (also in docs/cli.md).
+pub mod code {
+    /// Anything not covered below.
+    pub const FAILURE: u8 = 1;
+    /// Bad command line (clap uses 2 too).
+    pub const USAGE: u8 = 2;
+    /// The input file is malformed, hostile or unsupported.
+    pub const BAD_INPUT: u8 = 3;
+    /// ONNX Runtime is missing, cannot load, or failed.
+    pub const RUNTIME: u8 = 4;
+    /// An output could not be written.
+    pub const WRITE: u8 = 5;
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "nnzip", version, about = "Make deployed ONNX neural networks small and fast, and prove it.", long_about = None)]
+pub struct Cli {
+    /// Path to the ONNX Runtime shared library (libonnxruntime.so) or its folder. Default: $ORT_DYLIB_PATH,
+    /// then .ort/ (filled by scripts/setup-ort.sh), then an installed Python onnxruntime.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ort_lib: Option<PathBuf>,
+
+    /// No progress output on stderr.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Describe a model: inputs, outputs, ops, every weight tensor, parameters and MACs.
+    Inspect(inspect::Args),
+    /// Measure inference latency on ONNX Runtime, optionally against a second model.
+    Bench(bench::Args),
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Bench(a) => bench::run(a, cli.ort_lib.as_deref(), cli.quiet),
+    }
+}
+
+/// Parses `NAME=1x3x224x224` for clap.
+pub fn shape_arg(s: &str) -> std::result::Result<(String, Vec<usize>), String> {
+    nnzip::runtime::inputs::parse_shape_arg(s).map_err(|e| e.to_string())
+}
+
+/// Maps an error chain to an exit code by the first typed error found in it.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    use nnzip::bench::BenchError;
+    use nnzip::npz::NpzError;
+    use nnzip::onnx::OnnxError;
+    use nnzip::runtime::inputs::InputError;
+    use nnzip::runtime::RuntimeError;
+    for cause in e.chain() {
+        if let Some(o) = cause.downcast_ref::<OnnxError>() {
+            return match o {
+                OnnxError::Write { .. } => code::WRITE,
+                _ => code::BAD_INPUT,
+            };
+        }
+        if let Some(n) = cause.downcast_ref::<NpzError>() {
+            return match n {
+                NpzError::Write { .. } => code::WRITE,
+                _ => code::BAD_INPUT,
+            };
+        }
+        if cause.downcast_ref::<InputError>().is_some() {
+            return code::USAGE;
+        }
+        if let Some(r) = cause.downcast_ref::<RuntimeError>() {
+            return match r {
+                RuntimeError::Onnx(_) | RuntimeError::Tensor(_) => code::BAD_INPUT,
+                RuntimeError::UnknownProvider(_) | RuntimeError::MissingInput(_) => code::USAGE,
+                _ => code::RUNTIME,
+            };
+        }
+        if let Some(b) = cause.downcast_ref::<BenchError>() {
+            return match b {
+                BenchError::Onnx(_) | BenchError::Npz(_) => code::BAD_INPUT,
+                BenchError::Runtime(
+                    RuntimeError::MissingInput(_) | RuntimeError::UnknownProvider(_),
+                ) => code::USAGE,
+                BenchError::Runtime(_) => code::RUNTIME,
+                BenchError::Input(_) | BenchError::InputsDiffer { .. } | BenchError::NoRuns => {
+                    code::USAGE
+                }
+            };
+        }
+    }
+    code::FAILURE
+}
+
+/// Prints JSON to stdout.
+pub fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}

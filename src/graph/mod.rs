@@ -1,0 +1,3 @@
+//! Graph analysis over ONNX models.
+
+pub mod shapes;

@@ -1,0 +1,444 @@
+//! `nnzip inspect`: what a model is made of, and what it costs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::graph::shapes::{self, attr_i, Shapes};
+use crate::onnx::weights::visit_graphs;
+use crate::onnx::{Dim, Model, OnnxError};
+use crate::runtime::inputs::{resolve_shapes, InputError};
+use crate::tensor::DType;
+
+#[derive(Debug, Serialize)]
+pub struct IoDesc {
+    pub name: String,
+    pub dtype: String,
+    /// Dimensions as numbers or symbolic names (`"?"` when unknown); `null` when the rank is unknown.
+    pub shape: Option<Vec<serde_json::Value>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TensorDesc {
+    pub name: String,
+    /// `""` for the main graph, else the subgraph path.
+    pub scope: String,
+    /// initializer, external, Constant.value, Constant.value_floats, ...
+    pub storage: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub elements: u64,
+    pub bytes: u64,
+    pub zero_fraction: f64,
+    /// Counted in `parameters` (every numeric weight except int64 shape/index data).
+    pub is_parameter: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InspectReport {
+    pub path: String,
+    pub file_bytes: u64,
+    pub external_data_bytes: u64,
+    pub ir_version: i64,
+    pub producer: String,
+    pub opsets: BTreeMap<String, i64>,
+    pub inputs: Vec<IoDesc>,
+    pub outputs: Vec<IoDesc>,
+    /// Node count per op type, subgraphs included.
+    pub ops: BTreeMap<String, usize>,
+    pub nodes: usize,
+    pub subgraphs: usize,
+    pub tensors: Vec<TensorDesc>,
+    /// Elements of all parameter tensors, wherever stored.
+    pub parameters: u64,
+    /// Bytes of all parameter tensors.
+    pub weight_bytes: u64,
+    /// Fraction of parameter elements that are zero.
+    pub zero_fraction: f64,
+    /// Multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul in the main graph, for the
+    /// input shapes in `mac_input_shapes`; `null` when no such node has known shapes.
+    pub macs: Option<u64>,
+    pub macs_by_op: BTreeMap<String, u64>,
+    /// Main-graph compute nodes whose shapes could not be inferred (not counted in `macs`).
+    pub macs_unknown: Vec<String>,
+    pub mac_input_shapes: BTreeMap<String, Vec<usize>>,
+}
+
+fn io_desc(v: &crate::onnx::ValueInfo) -> IoDesc {
+    IoDesc {
+        name: v.name.clone(),
+        dtype: v.dtype.name(),
+        shape: v.dims.as_ref().map(|d| {
+            d.iter()
+                .map(|x| match x {
+                    Dim::Fixed(n) => serde_json::Value::from(*n),
+                    Dim::Symbolic(s) => serde_json::Value::from(s.clone()),
+                    Dim::Unknown => serde_json::Value::from("?"),
+                })
+                .collect()
+        }),
+    }
+}
+
+/// MACs of one node given inferred shapes; `None` when shapes are unknown.
+pub fn node_macs(n: &onnx_protobuf::NodeProto, s: &Shapes) -> Option<u64> {
+    let shape = |i: usize| n.input.get(i).and_then(|x| s.get(x));
+    let out = n.output.first().and_then(|x| s.get(x));
+    let prod = |v: &[usize]| v.iter().map(|&d| d as u64).product::<u64>();
+    match n.op_type.as_str() {
+        "Conv" => {
+            let (w, o) = (shape(1)?, out?);
+            // out elements × (Cin/group × kernel) — W is [M, C/group, k...]
+            Some(prod(o) * prod(&w[1..]))
+        }
+        "ConvTranspose" => {
+            let (x, w) = (shape(0)?, shape(1)?);
+            // every input element meets (M/group × kernel) weights — W is [C, M/group, k...]
+            Some(prod(x) * prod(&w[1..]))
+        }
+        "Gemm" => {
+            let (a, o) = (shape(0)?, out?);
+            let k = if attr_i(n, "transA", 0) != 0 {
+                *a.first()?
+            } else {
+                *a.get(1)?
+            };
+            Some(prod(o) * k as u64)
+        }
+        "MatMul" => {
+            let (a, o) = (shape(0)?, out?);
+            Some(prod(o) * *a.last()? as u64)
+        }
+        _ => None,
+    }
+}
+
+pub fn is_compute_op(op: &str) -> bool {
+    matches!(op, "Conv" | "ConvTranspose" | "Gemm" | "MatMul")
+}
+
+/// Concrete input shapes for MAC estimates: `--shape` values, fixed dims, batch 1.
+pub fn mac_shapes(
+    model: &Model,
+    given: &[(String, Vec<usize>)],
+) -> Result<HashMap<String, Vec<usize>>, InputError> {
+    let ins = model.inputs();
+    let shapes = resolve_shapes(&ins, given)?;
+    Ok(ins.into_iter().map(|v| v.name).zip(shapes).collect())
+}
+
+/// Builds the report. `given` resolves symbolic input dims (others default to batch 1); inputs
+/// whose shapes stay unresolved leave their MACs unknown.
+pub fn inspect(
+    model: &Model,
+    path: &Path,
+    given: &[(String, Vec<usize>)],
+) -> Result<InspectReport, OnnxError> {
+    let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let external_data_bytes = crate::onnx::external_files(model).values().sum();
+    let mut ops = BTreeMap::new();
+    let mut nodes = 0;
+    let mut subgraphs = 0;
+    visit_graphs(model.graph(), &mut |p, _, g| {
+        if !p.is_empty() {
+            subgraphs += 1;
+        }
+        for n in &g.node {
+            *ops.entry(n.op_type.clone()).or_insert(0) += 1;
+            nodes += 1;
+        }
+    });
+    let mut tensors = Vec::new();
+    let (mut parameters, mut weight_bytes, mut zeros) = (0u64, 0u64, 0u64);
+    for w in model.weights() {
+        let t = model.read(&w.id)?;
+        let elements = t.numel() as u64;
+        let z = t.count_zeros() as u64;
+        let is_parameter = t.dtype != DType::I64;
+        if is_parameter {
+            parameters += elements;
+            weight_bytes += t.bytes().len() as u64;
+            zeros += z;
+        }
+        tensors.push(TensorDesc {
+            name: w.name.clone(),
+            scope: w.scope.clone(),
+            storage: w.storage.to_string(),
+            dtype: t.dtype.name(),
+            shape: t.dims.clone(),
+            elements,
+            bytes: t.bytes().len() as u64,
+            zero_fraction: if elements == 0 {
+                0.0
+            } else {
+                z as f64 / elements as f64
+            },
+            is_parameter,
+        });
+    }
+    // Per input: what was given or fixed, batch 1; an input we cannot resolve is left out.
+    let mut mac_input_shapes = BTreeMap::new();
+    for vi in model.inputs() {
+        let own: Vec<(String, Vec<usize>)> = given
+            .iter()
+            .filter(|(n, _)| n == &vi.name)
+            .cloned()
+            .collect();
+        if let Ok(mut s) = resolve_shapes(std::slice::from_ref(&vi), &own) {
+            if let Some(s) = s.pop() {
+                mac_input_shapes.insert(vi.name.clone(), s);
+            }
+        }
+    }
+    let inferred = shapes::infer(model, &mac_input_shapes.clone().into_iter().collect());
+    let mut macs_by_op = BTreeMap::new();
+    let mut macs_unknown = Vec::new();
+    for (i, n) in model.graph().node.iter().enumerate() {
+        if !is_compute_op(&n.op_type) {
+            continue;
+        }
+        match node_macs(n, &inferred) {
+            Some(m) => *macs_by_op.entry(n.op_type.clone()).or_insert(0) += m,
+            None => macs_unknown.push(if n.name.is_empty() {
+                format!("{}#{i}", n.op_type)
+            } else {
+                n.name.clone()
+            }),
+        }
+    }
+    let macs = (!macs_by_op.is_empty()).then(|| macs_by_op.values().sum());
+    Ok(InspectReport {
+        path: path.display().to_string(),
+        file_bytes,
+        external_data_bytes,
+        ir_version: model.proto.ir_version,
+        producer: format!(
+            "{} {}",
+            model.proto.producer_name, model.proto.producer_version
+        )
+        .trim()
+        .to_string(),
+        opsets: model
+            .proto
+            .opset_import
+            .iter()
+            .map(|o| {
+                (
+                    if o.domain.is_empty() {
+                        "ai.onnx".to_string()
+                    } else {
+                        o.domain.clone()
+                    },
+                    o.version,
+                )
+            })
+            .collect(),
+        inputs: model.inputs().iter().map(io_desc).collect(),
+        outputs: model.outputs().iter().map(io_desc).collect(),
+        ops,
+        nodes,
+        subgraphs,
+        tensors,
+        parameters,
+        weight_bytes,
+        zero_fraction: if parameters == 0 {
+            0.0
+        } else {
+            zeros as f64 / parameters as f64
+        },
+        macs,
+        macs_by_op,
+        macs_unknown,
+        mac_input_shapes,
+    })
+}
+
+/// Human units: 1234567 -> "1.23 M".
+pub fn si(v: f64) -> String {
+    let (d, u) = if v >= 1e9 {
+        (1e9, " G")
+    } else if v >= 1e6 {
+        (1e6, " M")
+    } else if v >= 1e3 {
+        (1e3, " k")
+    } else {
+        (1.0, " ")
+    };
+    format!("{:.3}{u}", v / d).replace(".000 ", " ")
+}
+
+pub fn bytes_h(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1048576.0 {
+        format!("{:.2} MiB", b / 1048576.0)
+    } else if b >= 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{b} B")
+    }
+}
+
+impl InspectReport {
+    /// The human-readable table.
+    pub fn to_text(&self, max_rows: usize) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let shape = |s: &Option<Vec<serde_json::Value>>| match s {
+            Some(v) => format!(
+                "[{}]",
+                v.iter()
+                    .map(|x| x
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| x.to_string()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => "(unknown rank)".into(),
+        };
+        let _ = writeln!(
+            o,
+            "model      {}  ({}{})",
+            self.path,
+            bytes_h(self.file_bytes),
+            if self.external_data_bytes > 0 {
+                format!(" + {} external data", bytes_h(self.external_data_bytes))
+            } else {
+                String::new()
+            }
+        );
+        let _ = writeln!(
+            o,
+            "format     IR {}, opsets {}{}",
+            self.ir_version,
+            self.opsets
+                .iter()
+                .map(|(d, v)| format!("{d} {v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if self.producer.is_empty() {
+                String::new()
+            } else {
+                format!(", by {}", self.producer)
+            }
+        );
+        for i in &self.inputs {
+            let _ = writeln!(o, "input      {}: {} {}", i.name, i.dtype, shape(&i.shape));
+        }
+        for i in &self.outputs {
+            let _ = writeln!(o, "output     {}: {} {}", i.name, i.dtype, shape(&i.shape));
+        }
+        let _ = writeln!(
+            o,
+            "nodes      {}{}: {}",
+            self.nodes,
+            if self.subgraphs > 0 {
+                format!(" (in {} subgraphs too)", self.subgraphs)
+            } else {
+                String::new()
+            },
+            {
+                let mut v: Vec<_> = self.ops.iter().collect();
+                v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+                v.iter()
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+        let _ = writeln!(
+            o,
+            "parameters {} ({} elements, {}), {:.1}% zeros",
+            si(self.parameters as f64).trim(),
+            self.parameters,
+            bytes_h(self.weight_bytes),
+            self.zero_fraction * 100.0
+        );
+        match self.macs {
+            Some(m) => {
+                let _ = writeln!(
+                    o,
+                    "MACs       {} per inference at {} ({})",
+                    si(m as f64).trim(),
+                    self.mac_input_shapes
+                        .iter()
+                        .map(|(k, v)| format!(
+                            "{k}={}",
+                            v.iter()
+                                .map(|d| d.to_string())
+                                .collect::<Vec<_>>()
+                                .join("x")
+                        ))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    self.macs_by_op
+                        .iter()
+                        .map(|(k, v)| format!("{k} {}", si(*v as f64).trim()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    o,
+                    "MACs       unknown (shapes could not be inferred; try --shape NAME=DIMS)"
+                );
+            }
+        }
+        if !self.macs_unknown.is_empty() {
+            let _ = writeln!(
+                o,
+                "           not counted (shapes unknown): {}",
+                self.macs_unknown.join(", ")
+            );
+        }
+        let _ = writeln!(o);
+        let name_w = self
+            .tensors
+            .iter()
+            .map(|t| t.name.len() + t.scope.len() + 1)
+            .max()
+            .unwrap_or(4)
+            .clamp(4, 48);
+        let _ = writeln!(
+            o,
+            "{:<name_w$}  {:<21}  {:<8}  {:<18}  {:>10}  {:>7}",
+            "weight", "stored as", "dtype", "shape", "bytes", "zeros"
+        );
+        let mut rows: Vec<&TensorDesc> = self.tensors.iter().collect();
+        rows.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        for t in rows.iter().take(max_rows) {
+            let name = if t.scope.is_empty() {
+                t.name.clone()
+            } else {
+                format!("{}/{}", t.scope, t.name)
+            };
+            let chars: Vec<char> = name.chars().collect();
+            let name = if chars.len() > name_w {
+                format!(
+                    "…{}",
+                    chars[chars.len() - (name_w - 1)..]
+                        .iter()
+                        .collect::<String>()
+                )
+            } else {
+                name
+            };
+            let _ = writeln!(
+                o,
+                "{:<name_w$}  {:<21}  {:<8}  {:<18}  {:>10}  {:>6.1}%",
+                name,
+                t.storage,
+                t.dtype,
+                format!("{:?}", t.shape),
+                t.bytes,
+                t.zero_fraction * 100.0
+            );
+        }
+        if rows.len() > max_rows {
+            let _ = writeln!(o, "… {} more (use --all or --json)", rows.len() - max_rows);
+        }
+        o
+    }
+}

@@ -1,0 +1,495 @@
+//! ONNX Runtime through the `ort` crate, loaded dynamically: locating the shared library,
+//! sessions, and conversion between [`Tensor`] and ORT values.
+//!
+//! The library is searched, in order: an explicit path (`--ort-lib`), `ORT_DYLIB_PATH`, the
+//! project-local folder `.ort/` that `scripts/setup-ort.sh` fills (or `NNZIP_ORT_DIR`), and an
+//! installed Python `onnxruntime` package.
+
+pub mod inputs;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{DynValue, TensorElementType, ValueType};
+use thiserror::Error;
+
+use crate::onnx::{Model, OnnxError, ValueInfo};
+use crate::tensor::{DType, Tensor, TensorError};
+
+#[derive(Debug, Error)]
+pub enum RuntimeError {
+    #[error(
+        "the ONNX Runtime shared library (libonnxruntime.so) was not found.\n\
+         Searched: {searched}.\n\
+         Get it with `bash scripts/setup-ort.sh` (fetches the onnxruntime==1.31.1 wheel from PyPI into .ort/), \
+         or pass --ort-lib PATH, or set ORT_DYLIB_PATH=/path/to/libonnxruntime.so"
+    )]
+    LibraryNotFound { searched: String },
+    #[error("cannot load the ONNX Runtime library {path}: {reason}")]
+    Load { path: PathBuf, reason: String },
+    #[error("ONNX Runtime was already loaded from {loaded}; cannot switch to {requested} in the same process")]
+    AlreadyLoaded { loaded: PathBuf, requested: PathBuf },
+    #[error("execution provider '{name}' is not available in the loaded ONNX Runtime library {lib} (this build has: {available})")]
+    ProviderUnavailable {
+        name: String,
+        lib: PathBuf,
+        available: String,
+    },
+    #[error("unknown execution provider '{0}' (known: cpu, cuda, tensorrt, openvino, xnnpack)")]
+    UnknownProvider(String),
+    #[error("ONNX Runtime: {0}")]
+    Ort(String),
+    #[error("model input '{0}' was not given")]
+    MissingInput(String),
+    #[error("ONNX Runtime cannot take a {0} tensor from nnzip")]
+    UnsupportedType(DType),
+    #[error(transparent)]
+    Tensor(#[from] TensorError),
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+}
+
+impl From<ort::Error> for RuntimeError {
+    fn from(e: ort::Error) -> Self {
+        RuntimeError::Ort(e.to_string())
+    }
+}
+
+/// Where the library was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LibrarySource {
+    Explicit,
+    EnvVar,
+    ProjectFolder,
+    PythonPackage,
+}
+
+fn find_in_dir(dir: &Path) -> Option<PathBuf> {
+    let exact = dir.join("libonnxruntime.so");
+    if exact.is_file() {
+        return Some(exact);
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("libonnxruntime.so")
+                    || n == "libonnxruntime.dylib"
+                    || n == "onnxruntime.dll"
+            })
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// Project-local folders that may hold the library.
+fn project_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("NNZIP_ORT_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    // The repository the binary was built from, and the folders around the executable.
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join(".ort"));
+    if let Ok(exe) = std::env::current_exe() {
+        for anc in exe.ancestors().skip(1).take(4) {
+            dirs.push(anc.join(".ort"));
+        }
+    }
+    dirs
+}
+
+fn python_package_dir() -> Option<PathBuf> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let p = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    Some(p.join("capi"))
+}
+
+/// Finds the ONNX Runtime shared library (see the module docs for the order).
+pub fn locate_library(explicit: Option<&Path>) -> Result<(PathBuf, LibrarySource), RuntimeError> {
+    let mut searched = Vec::new();
+    let as_lib = |p: &Path| {
+        if p.is_dir() {
+            find_in_dir(p)
+        } else {
+            p.is_file().then(|| p.to_path_buf())
+        }
+    };
+    if let Some(p) = explicit {
+        return as_lib(p)
+            .map(|l| (l, LibrarySource::Explicit))
+            .ok_or_else(|| RuntimeError::LibraryNotFound {
+                searched: format!("--ort-lib {} (no such library)", p.display()),
+            });
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        let p = PathBuf::from(p);
+        if let Some(l) = as_lib(&p) {
+            return Ok((l, LibrarySource::EnvVar));
+        }
+        searched.push(format!("ORT_DYLIB_PATH={}", p.display()));
+    } else {
+        searched.push("ORT_DYLIB_PATH (unset)".into());
+    }
+    for d in project_dirs() {
+        if let Some(l) = find_in_dir(&d) {
+            return Ok((l, LibrarySource::ProjectFolder));
+        }
+        searched.push(d.display().to_string());
+    }
+    match python_package_dir() {
+        Some(d) => {
+            if let Some(l) = find_in_dir(&d) {
+                return Ok((l, LibrarySource::PythonPackage));
+            }
+            searched.push(d.display().to_string());
+        }
+        None => searched.push("python3 -c 'import onnxruntime' (not installed)".into()),
+    }
+    Err(RuntimeError::LibraryNotFound {
+        searched: searched.join(", "),
+    })
+}
+
+/// The process-wide ONNX Runtime environment.
+pub struct Runtime {
+    env: ort::environment::Environment,
+    pub lib: PathBuf,
+    pub source: LibrarySource,
+}
+
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl Runtime {
+    /// Loads ONNX Runtime once per process.
+    pub fn get(explicit: Option<&Path>) -> Result<&'static Runtime, RuntimeError> {
+        let _guard = INIT.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rt) = RUNTIME.get() {
+            if let Some(p) = explicit {
+                let (l, _) = locate_library(Some(p))?;
+                if l != rt.lib {
+                    return Err(RuntimeError::AlreadyLoaded {
+                        loaded: rt.lib.clone(),
+                        requested: l,
+                    });
+                }
+            }
+            return Ok(rt);
+        }
+        let (lib, source) = locate_library(explicit)?;
+        let load = |reason: String| RuntimeError::Load {
+            path: lib.clone(),
+            reason,
+        };
+        let builder = ort::init_from(&lib).map_err(|e| load(e.to_string()))?;
+        let env = builder
+            .with_name("nnzip")
+            .build()
+            .map_err(|e| load(e.to_string()))?;
+        let rt = Runtime { env, lib, source };
+        Ok(RUNTIME.get_or_init(|| rt))
+    }
+
+    /// Execution providers compiled into the loaded library.
+    pub fn available_providers(&self) -> Vec<&'static str> {
+        use ort::ep::{self, ExecutionProvider};
+        let mut v = vec!["cpu"];
+        let known: [(&str, fn() -> ort::Result<bool>); 4] = [
+            ("cuda", ep::CUDA::is_available),
+            ("tensorrt", ep::TensorRT::is_available),
+            ("openvino", ep::OpenVINO::is_available),
+            ("xnnpack", ep::XNNPACK::is_available),
+        ];
+        v.extend(
+            known
+                .iter()
+                .filter(|(_, f)| f().unwrap_or(false))
+                .map(|(n, _)| *n),
+        );
+        v
+    }
+}
+
+/// Graph optimization level of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OptLevel {
+    Disable,
+    Basic,
+    Extended,
+    #[default]
+    All,
+}
+
+impl OptLevel {
+    pub fn parse(s: &str) -> Option<OptLevel> {
+        Some(match s {
+            "disable" | "none" | "0" => OptLevel::Disable,
+            "basic" | "1" => OptLevel::Basic,
+            "extended" | "2" => OptLevel::Extended,
+            "all" | "3" => OptLevel::All,
+            _ => return None,
+        })
+    }
+}
+
+/// How to build a session.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// Intra-op threads; `None` lets ONNX Runtime choose.
+    pub intra_threads: Option<usize>,
+    pub opt_level: OptLevel,
+    /// Execution provider name (`cpu` when empty).
+    pub provider: String,
+}
+
+fn provider_dispatch(
+    name: &str,
+) -> Result<Option<(ort::ep::ExecutionProviderDispatch, &'static str)>, RuntimeError> {
+    // The second item is the name `available_providers` reports.
+    use ort::ep;
+    Ok(Some(match name.to_ascii_lowercase().as_str() {
+        "" | "cpu" => return Ok(None),
+        "cuda" => (ep::CUDA::default().build().error_on_failure(), "cuda"),
+        "tensorrt" => (
+            ep::TensorRT::default().build().error_on_failure(),
+            "tensorrt",
+        ),
+        "openvino" => (
+            ep::OpenVINO::default().build().error_on_failure(),
+            "openvino",
+        ),
+        "xnnpack" => (ep::XNNPACK::default().build().error_on_failure(), "xnnpack"),
+        other => return Err(RuntimeError::UnknownProvider(other.to_string())),
+    }))
+}
+
+/// A session with the model's input and output descriptions.
+pub struct Session {
+    inner: ort::session::Session,
+    pub inputs: Vec<ValueInfo>,
+    pub outputs: Vec<ValueInfo>,
+}
+
+impl Session {
+    fn builder(
+        rt: &Runtime,
+        opts: &SessionOptions,
+    ) -> Result<ort::session::builder::SessionBuilder, RuntimeError> {
+        let mut b = ort::session::Session::builder(&rt.env)?;
+        let level = match opts.opt_level {
+            OptLevel::Disable => GraphOptimizationLevel::Disable,
+            OptLevel::Basic => GraphOptimizationLevel::Level1,
+            OptLevel::Extended => GraphOptimizationLevel::Level2,
+            OptLevel::All => GraphOptimizationLevel::Level3,
+        };
+        b = b
+            .with_optimization_level(level)
+            .map_err(|e| RuntimeError::Ort(e.to_string()))?;
+        if let Some(n) = opts.intra_threads {
+            b = b
+                .with_intra_threads(n)
+                .map_err(|e| RuntimeError::Ort(e.to_string()))?;
+        }
+        if let Some((ep, id)) = provider_dispatch(&opts.provider)? {
+            let available = rt.available_providers();
+            if !available.contains(&id) {
+                return Err(RuntimeError::ProviderUnavailable {
+                    name: opts.provider.clone(),
+                    lib: rt.lib.clone(),
+                    available: available.join(", "),
+                });
+            }
+            b = b
+                .with_execution_providers([ep])
+                .map_err(|e| RuntimeError::Ort(e.to_string()))?;
+        }
+        Ok(b)
+    }
+
+    /// A session on a model file (external data resolved by ONNX Runtime beside it).
+    pub fn from_file(
+        rt: &Runtime,
+        path: &Path,
+        model: &Model,
+        opts: &SessionOptions,
+    ) -> Result<Session, RuntimeError> {
+        let inner = Session::builder(rt, opts)?.commit_from_file(path)?;
+        Ok(Session {
+            inner,
+            inputs: model.inputs(),
+            outputs: model.outputs(),
+        })
+    }
+
+    /// A session on a model held in memory (every tensor inlined).
+    pub fn from_model(
+        rt: &Runtime,
+        model: &Model,
+        opts: &SessionOptions,
+    ) -> Result<Session, RuntimeError> {
+        let bytes = model.to_bytes()?;
+        let inner = Session::builder(rt, opts)?.commit_from_memory(&bytes)?;
+        Ok(Session {
+            inner,
+            inputs: model.inputs(),
+            outputs: model.outputs(),
+        })
+    }
+
+    /// Converts named tensors to ORT values in the model's input order (done once per bench).
+    pub fn prepare(
+        &self,
+        inputs: &[(String, Tensor)],
+    ) -> Result<Vec<(String, DynValue)>, RuntimeError> {
+        self.inputs
+            .iter()
+            .map(|vi| {
+                let t = inputs
+                    .iter()
+                    .find(|(n, _)| n == &vi.name)
+                    .map(|(_, t)| t)
+                    .ok_or_else(|| RuntimeError::MissingInput(vi.name.clone()))?;
+                Ok((vi.name.clone(), to_ort(t)?))
+            })
+            .collect()
+    }
+
+    /// Runs on prepared values; returns the outputs in the model's order.
+    pub fn run_prepared(
+        &mut self,
+        values: &[(String, DynValue)],
+    ) -> Result<Vec<(String, Tensor)>, RuntimeError> {
+        let feed: Vec<(&str, &DynValue)> = values.iter().map(|(n, v)| (n.as_str(), v)).collect();
+        let out = self.inner.run(feed)?;
+        let mut res = Vec::with_capacity(out.len());
+        for (name, v) in out.iter() {
+            res.push((name.to_string(), from_ort(&v)?));
+        }
+        Ok(res)
+    }
+
+    /// Runs once, discarding the outputs (for timing).
+    pub fn run_discard(&mut self, values: &[(String, DynValue)]) -> Result<(), RuntimeError> {
+        let feed: Vec<(&str, &DynValue)> = values.iter().map(|(n, v)| (n.as_str(), v)).collect();
+        let out = self.inner.run(feed)?;
+        drop(out);
+        Ok(())
+    }
+
+    pub fn run(
+        &mut self,
+        inputs: &[(String, Tensor)],
+    ) -> Result<Vec<(String, Tensor)>, RuntimeError> {
+        let values = self.prepare(inputs)?;
+        self.run_prepared(&values)
+    }
+}
+
+fn shape_of(t: &Tensor) -> Vec<i64> {
+    t.dims.iter().map(|&d| d as i64).collect()
+}
+
+fn to_ort(t: &Tensor) -> Result<DynValue, RuntimeError> {
+    use ort::value::Tensor as OT;
+    let shape = shape_of(t);
+    let b = t.bytes();
+    macro_rules! le {
+        ($ty:ty, $n:expr) => {
+            b.chunks_exact($n)
+                .map(|c| <$ty>::from_le_bytes(c.try_into().unwrap_or([0; $n])))
+                .collect::<Vec<$ty>>()
+        };
+    }
+    let v: DynValue = match t.dtype {
+        DType::F32 => OT::from_array((shape, le!(f32, 4)))?.into_dyn(),
+        DType::F64 => OT::from_array((shape, le!(f64, 8)))?.into_dyn(),
+        DType::I64 => OT::from_array((shape, le!(i64, 8)))?.into_dyn(),
+        DType::I32 => OT::from_array((shape, le!(i32, 4)))?.into_dyn(),
+        DType::I16 => OT::from_array((shape, le!(i16, 2)))?.into_dyn(),
+        DType::U16 => OT::from_array((shape, le!(u16, 2)))?.into_dyn(),
+        DType::U32 => OT::from_array((shape, le!(u32, 4)))?.into_dyn(),
+        DType::U64 => OT::from_array((shape, le!(u64, 8)))?.into_dyn(),
+        DType::U8 => OT::from_array((shape, b.to_vec()))?.into_dyn(),
+        DType::I8 => {
+            OT::from_array((shape, b.iter().map(|&x| x as i8).collect::<Vec<i8>>()))?.into_dyn()
+        }
+        DType::Bool => {
+            OT::from_array((shape, b.iter().map(|&x| x != 0).collect::<Vec<bool>>()))?.into_dyn()
+        }
+        other => return Err(RuntimeError::UnsupportedType(other)),
+    };
+    Ok(v)
+}
+
+fn from_ort(v: &ort::value::DynValueRef<'_>) -> Result<Tensor, RuntimeError> {
+    let ty = match v.dtype() {
+        ValueType::Tensor { ty, .. } => *ty,
+        other => return Err(RuntimeError::Ort(format!("non-tensor output {other:?}"))),
+    };
+    macro_rules! get {
+        ($ty:ty, $d:expr) => {{
+            let (shape, data) = v.try_extract_tensor::<$ty>()?;
+            let dims = shape.iter().map(|&d| d.max(0) as usize).collect();
+            Tensor::from_bytes(
+                $d,
+                dims,
+                data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            )?
+        }};
+    }
+    Ok(match ty {
+        TensorElementType::Float32 => get!(f32, DType::F32),
+        TensorElementType::Float64 => get!(f64, DType::F64),
+        TensorElementType::Int64 => get!(i64, DType::I64),
+        TensorElementType::Int32 => get!(i32, DType::I32),
+        TensorElementType::Int16 => get!(i16, DType::I16),
+        TensorElementType::Uint16 => get!(u16, DType::U16),
+        TensorElementType::Uint32 => get!(u32, DType::U32),
+        TensorElementType::Uint64 => get!(u64, DType::U64),
+        TensorElementType::Uint8 => get!(u8, DType::U8),
+        TensorElementType::Int8 => get!(i8, DType::I8),
+        TensorElementType::Bool => {
+            let (shape, data) = v.try_extract_tensor::<bool>()?;
+            let dims = shape.iter().map(|&d| d.max(0) as usize).collect();
+            Tensor::from_bytes(DType::Bool, dims, data.iter().map(|&x| x as u8).collect())?
+        }
+        other => {
+            return Err(RuntimeError::Ort(format!(
+                "output type {other:?} is not supported"
+            )))
+        }
+    })
+}
+
+/// Peak resident set size of this process in bytes (Linux `VmHWM`), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    proc_status_kb("VmHWM:").map(|kb| kb * 1024)
+}
+
+/// Current resident set size in bytes (Linux `VmRSS`), if known.
+pub fn rss_bytes() -> Option<u64> {
+    proc_status_kb("VmRSS:").map(|kb| kb * 1024)
+}
+
+fn proc_status_kb(key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

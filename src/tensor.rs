@@ -1,0 +1,349 @@
+//! Dense tensors as nnzip moves them between ONNX, NumPy files, ONNX Runtime and the codec.
+//!
+//! A [`Tensor`] keeps its elements as little-endian bytes plus an element type, so every ONNX
+//! numeric type round-trips untouched; typed views (`to_f32`, `from_f32`, ...) exist for the
+//! types the passes compute on.
+
+use thiserror::Error;
+
+/// Element type, numbered as ONNX's `TensorProto.DataType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    U8,
+    I8,
+    U16,
+    I16,
+    I32,
+    I64,
+    Str,
+    Bool,
+    F16,
+    F64,
+    U32,
+    U64,
+    Bf16,
+    /// Any other ONNX element type (complex, float8, 4-bit...), kept by its number.
+    Other(i32),
+}
+
+impl DType {
+    pub fn from_onnx(code: i32) -> DType {
+        match code {
+            1 => DType::F32,
+            2 => DType::U8,
+            3 => DType::I8,
+            4 => DType::U16,
+            5 => DType::I16,
+            6 => DType::I32,
+            7 => DType::I64,
+            8 => DType::Str,
+            9 => DType::Bool,
+            10 => DType::F16,
+            11 => DType::F64,
+            12 => DType::U32,
+            13 => DType::U64,
+            16 => DType::Bf16,
+            c => DType::Other(c),
+        }
+    }
+
+    pub fn onnx_code(self) -> i32 {
+        match self {
+            DType::F32 => 1,
+            DType::U8 => 2,
+            DType::I8 => 3,
+            DType::U16 => 4,
+            DType::I16 => 5,
+            DType::I32 => 6,
+            DType::I64 => 7,
+            DType::Str => 8,
+            DType::Bool => 9,
+            DType::F16 => 10,
+            DType::F64 => 11,
+            DType::U32 => 12,
+            DType::U64 => 13,
+            DType::Bf16 => 16,
+            DType::Other(c) => c,
+        }
+    }
+
+    /// Bytes per element in `raw_data` form; `None` for strings and sub-byte or unknown types.
+    pub fn size(self) -> Option<usize> {
+        Some(match self {
+            DType::U8 | DType::I8 | DType::Bool => 1,
+            DType::U16 | DType::I16 | DType::F16 | DType::Bf16 => 2,
+            DType::F32 | DType::I32 | DType::U32 => 4,
+            DType::F64 | DType::I64 | DType::U64 => 8,
+            // complex64, complex128
+            DType::Other(14) => 8,
+            DType::Other(15) => 16,
+            // float8 variants
+            DType::Other(17..=20) => 1,
+            DType::Str | DType::Other(_) => return None,
+        })
+    }
+
+    pub fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F64 | DType::F16 | DType::Bf16)
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            DType::F32 => "float32".into(),
+            DType::U8 => "uint8".into(),
+            DType::I8 => "int8".into(),
+            DType::U16 => "uint16".into(),
+            DType::I16 => "int16".into(),
+            DType::I32 => "int32".into(),
+            DType::I64 => "int64".into(),
+            DType::Str => "string".into(),
+            DType::Bool => "bool".into(),
+            DType::F16 => "float16".into(),
+            DType::F64 => "float64".into(),
+            DType::U32 => "uint32".into(),
+            DType::U64 => "uint64".into(),
+            DType::Bf16 => "bfloat16".into(),
+            DType::Other(c) => format!("onnx_type_{c}"),
+        }
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum TensorError {
+    #[error("tensor shape {dims:?} has too many elements")]
+    Overflow { dims: Vec<usize> },
+    #[error("tensor of type {dtype} and shape {dims:?} needs {expected} bytes, got {got}")]
+    SizeMismatch {
+        dtype: DType,
+        dims: Vec<usize>,
+        expected: usize,
+        got: usize,
+    },
+    #[error("element type {0} has no fixed byte size")]
+    Unsized(DType),
+    #[error("expected a {expected} tensor, found {found}")]
+    WrongType { expected: DType, found: DType },
+}
+
+/// Number of elements of a shape, refusing overflow.
+pub fn numel(dims: &[usize]) -> Result<usize, TensorError> {
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| TensorError::Overflow {
+            dims: dims.to_vec(),
+        })
+}
+
+/// A dense tensor: element type, shape and little-endian element bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub dtype: DType,
+    pub dims: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl Tensor {
+    /// Builds a tensor, checking that the byte count matches the type and shape.
+    pub fn from_bytes(
+        dtype: DType,
+        dims: Vec<usize>,
+        bytes: Vec<u8>,
+    ) -> Result<Tensor, TensorError> {
+        let n = numel(&dims)?;
+        let size = dtype.size().ok_or(TensorError::Unsized(dtype))?;
+        let expected = n
+            .checked_mul(size)
+            .ok_or_else(|| TensorError::Overflow { dims: dims.clone() })?;
+        if expected != bytes.len() {
+            return Err(TensorError::SizeMismatch {
+                dtype,
+                dims,
+                expected,
+                got: bytes.len(),
+            });
+        }
+        Ok(Tensor { dtype, dims, bytes })
+    }
+
+    pub fn from_f32(dims: Vec<usize>, values: &[f32]) -> Result<Tensor, TensorError> {
+        Tensor::from_bytes(
+            DType::F32,
+            dims,
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        )
+    }
+
+    pub fn from_i64(dims: Vec<usize>, values: &[i64]) -> Result<Tensor, TensorError> {
+        Tensor::from_bytes(
+            DType::I64,
+            dims,
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        )
+    }
+
+    pub fn from_i32(dims: Vec<usize>, values: &[i32]) -> Result<Tensor, TensorError> {
+        Tensor::from_bytes(
+            DType::I32,
+            dims,
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        )
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    pub fn numel(&self) -> usize {
+        match self.dtype.size() {
+            Some(s) if s > 0 => self.bytes.len() / s,
+            _ => 0,
+        }
+    }
+
+    fn expect(&self, dtype: DType) -> Result<(), TensorError> {
+        if self.dtype == dtype {
+            Ok(())
+        } else {
+            Err(TensorError::WrongType {
+                expected: dtype,
+                found: self.dtype,
+            })
+        }
+    }
+
+    pub fn to_f32(&self) -> Result<Vec<f32>, TensorError> {
+        self.expect(DType::F32)?;
+        Ok(self
+            .bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    pub fn to_i64(&self) -> Result<Vec<i64>, TensorError> {
+        self.expect(DType::I64)?;
+        Ok(self
+            .bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect())
+    }
+
+    pub fn to_i32(&self) -> Result<Vec<i32>, TensorError> {
+        self.expect(DType::I32)?;
+        Ok(self
+            .bytes
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect())
+    }
+
+    /// Integer values of an integer tensor of any width, widened to i64 (for shapes, axes, ...).
+    pub fn to_i64_lossy(&self) -> Option<Vec<i64>> {
+        let b = &self.bytes;
+        Some(match self.dtype {
+            DType::I64 => self.to_i64().ok()?,
+            DType::I32 => b
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                .collect(),
+            DType::I16 => b
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]) as i64)
+                .collect(),
+            DType::I8 => b.iter().map(|&v| v as i8 as i64).collect(),
+            DType::U8 | DType::Bool => b.iter().map(|&v| v as i64).collect(),
+            DType::U16 => b
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]) as i64)
+                .collect(),
+            DType::U32 => b
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                .collect(),
+            _ => return None,
+        })
+    }
+
+    /// Number of elements equal to zero (both signs of zero for floats).
+    pub fn count_zeros(&self) -> usize {
+        let b = &self.bytes;
+        match self.dtype {
+            DType::F32 => b
+                .chunks_exact(4)
+                .filter(|c| (u32::from_le_bytes([c[0], c[1], c[2], c[3]]) << 1) == 0)
+                .count(),
+            DType::F64 => b
+                .chunks_exact(8)
+                .filter(|c| c[..7].iter().all(|&x| x == 0) && (c[7] & 0x7f) == 0)
+                .count(),
+            DType::F16 | DType::Bf16 => b
+                .chunks_exact(2)
+                .filter(|c| c[0] == 0 && (c[1] & 0x7f) == 0)
+                .count(),
+            _ => match self.dtype.size() {
+                Some(s) if s > 0 => b
+                    .chunks_exact(s)
+                    .filter(|c| c.iter().all(|&x| x == 0))
+                    .count(),
+                _ => 0,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_count_is_checked() {
+        assert!(matches!(
+            Tensor::from_bytes(DType::F32, vec![2, 3], vec![0; 20]),
+            Err(TensorError::SizeMismatch {
+                expected: 24,
+                got: 20,
+                ..
+            })
+        ));
+        assert!(matches!(
+            Tensor::from_bytes(DType::F32, vec![usize::MAX, 3], vec![]),
+            Err(TensorError::Overflow { .. })
+        ));
+    }
+
+    #[test]
+    fn zeros_counted_with_both_signs() {
+        let t = Tensor::from_f32(vec![5], &[0.0, -0.0, 1.0, f32::MIN_POSITIVE, 0.0]).unwrap();
+        assert_eq!(t.count_zeros(), 3);
+        let d = Tensor::from_bytes(
+            DType::F64,
+            vec![2],
+            [0.0f64, -0.0]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        )
+        .unwrap();
+        assert_eq!(d.count_zeros(), 2);
+    }
+
+    #[test]
+    fn typed_views_round_trip() {
+        let t = Tensor::from_i64(vec![3], &[-1, 0, 7]).unwrap();
+        assert_eq!(t.to_i64().unwrap(), vec![-1, 0, 7]);
+        assert!(t.to_f32().is_err());
+        assert_eq!(t.to_i64_lossy().unwrap(), vec![-1, 0, 7]);
+    }
+}
