@@ -15,7 +15,7 @@ pub mod code {
     pub const FAILURE: u8 = 1;
     /// Bad command line (clap uses 2 too).
     pub const USAGE: u8 = 2;
-    /// The input file is malformed, hostile or unsupported.
+    /// An input file is missing, unreadable, malformed, hostile or unsupported.
     pub const BAD_INPUT: u8 = 3;
     /// ONNX Runtime is missing, cannot load, or failed.
     pub const RUNTIME: u8 = 4;

@@ -16,13 +16,22 @@ use crate::fsutil::AtomicFile;
 const EXTERNAL: i32 = 1;
 
 /// Where external tensors go on save.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SaveOptions {
     /// Tensors of at least this many bytes go to the external-data file; `None` keeps them inline
     /// unless the model would exceed protobuf's 2 GiB limit (then 1 KiB is used).
     pub external_threshold: Option<u64>,
     /// The data file's name, beside the model; default `<model file name>.data`.
     pub data_file: Option<String>,
+    /// With no threshold, a model whose inline size would pass this many bytes is written with
+    /// external data anyway (default: protobuf's 2 GiB limit less 64 MiB of headroom).
+    pub auto_external_above: u64,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        SaveOptions { external_threshold: None, data_file: None, auto_external_above: PROTOBUF_LIMIT - (64 << 20) }
+    }
 }
 
 /// The parsed `external_data` entries of one tensor.
@@ -309,8 +318,7 @@ pub(crate) fn save(model: &Model, path: &Path, opts: &SaveOptions) -> Result<(),
                 }
                 Ok(())
             })?;
-            // 64 MiB of headroom for field tags and lengths.
-            (proto.compute_size() + ext > PROTOBUF_LIMIT - (64 << 20)).then_some(1024)
+            (proto.compute_size() + ext > opts.auto_external_above).then_some(1024)
         }
     };
     let file_name = path

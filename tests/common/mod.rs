@@ -1,0 +1,119 @@
+//! Shared helpers of the integration tests: fixture paths, small models built in memory, ORT runs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use nnzip::onnx::proto::{
+    tensor_shape_proto, type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
+};
+use nnzip::onnx::Model;
+use nnzip::runtime::{Runtime, Session, SessionOptions};
+use nnzip::tensor::Tensor;
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+/// The trained fixture models (name, held-out data file).
+pub const TRAINED: &[(&str, &str)] = &[
+    ("cnn.onnx", "mnist_test.npz"),
+    ("resnet.onnx", "mnist_test.npz"),
+    ("mobilenet.onnx", "mnist_test.npz"),
+    ("mlp.onnx", "mnist_test_flat.npz"),
+    ("transformer.onnx", "mnist_test.npz"),
+];
+
+pub fn runtime() -> &'static Runtime {
+    Runtime::get(None).expect("ONNX Runtime library (run scripts/setup-ort.sh)")
+}
+
+/// The first `n` samples of a calibration-format file, as a batch for input `input`.
+pub fn held_out_batch(file: &str, n: usize) -> (Tensor, Vec<i64>) {
+    let arrays = nnzip::npz::read_npz(&fixture(file)).unwrap();
+    let x = arrays.iter().find(|(k, _)| k == "input").unwrap().1.clone();
+    let labels = arrays.iter().find(|(k, _)| k == "labels").unwrap().1.to_i64().unwrap();
+    let per: usize = x.dims[1..].iter().product();
+    let mut dims = x.dims.clone();
+    dims[0] = n;
+    let v = x.to_f32().unwrap();
+    (Tensor::from_f32(dims, &v[..n * per]).unwrap(), labels[..n].to_vec())
+}
+
+/// Runs a model file through ORT (CPU, no graph optimization, 1 thread: deterministic).
+pub fn run_file(path: &Path, inputs: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    let model = Model::load(path).unwrap();
+    let opts = SessionOptions { intra_threads: Some(1), ..Default::default() };
+    let mut s = Session::from_file(runtime(), path, &model, &opts).unwrap();
+    s.run(inputs).unwrap()
+}
+
+pub fn run_model(model: &Model, inputs: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    let opts = SessionOptions { intra_threads: Some(1), ..Default::default() };
+    let mut s = Session::from_model(runtime(), model, &opts).unwrap();
+    s.run(inputs).unwrap()
+}
+
+fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
+    let mut shape = TensorShapeProto::new();
+    for &d in dims {
+        let mut dim = tensor_shape_proto::Dimension::new();
+        dim.value = Some(tensor_shape_proto::dimension::Value::DimValue(d));
+        shape.dim.push(dim);
+    }
+    let mut tt = type_proto::Tensor::new();
+    tt.elem_type = 1;
+    tt.shape = Some(shape).into();
+    let mut tp = TypeProto::new();
+    tp.value = Some(type_proto::Value::TensorType(tt));
+    let mut v = ValueInfoProto::new();
+    v.name = name.into();
+    v.type_ = Some(tp).into();
+    v
+}
+
+pub fn f32_tensor(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
+    let t = Tensor::from_f32(dims.iter().map(|&d| d as usize).collect(), values).unwrap();
+    nnzip::onnx::tensor_proto(name, &t)
+}
+
+/// `y = x @ W + b` with x [1,4], W [4,3], b [3], weights as initializers.
+pub fn tiny_linear() -> ModelProto {
+    let mut g = GraphProto::new();
+    g.name = "tiny".into();
+    g.input.push(value_info("x", &[1, 4]));
+    g.output.push(value_info("y", &[1, 3]));
+    let w: Vec<f32> = (0..12).map(|i| i as f32 * 0.25 - 1.0).collect();
+    g.initializer.push(f32_tensor("W", &[4, 3], &w));
+    g.initializer.push(f32_tensor("b", &[3], &[0.5, -0.5, 1.0]));
+    let mut mm = NodeProto::new();
+    mm.op_type = "MatMul".into();
+    mm.input = vec!["x".into(), "W".into()];
+    mm.output = vec!["xw".into()];
+    let mut add = NodeProto::new();
+    add.op_type = "Add".into();
+    add.input = vec!["xw".into(), "b".into()];
+    add.output = vec!["y".into()];
+    g.node = vec![mm, add];
+    let mut m = ModelProto::new();
+    m.ir_version = 8;
+    let mut op = OperatorSetIdProto::new();
+    op.version = 17;
+    m.opset_import.push(op);
+    m.graph = Some(g).into();
+    m
+}
+
+pub fn write_proto(path: &Path, m: &ModelProto) {
+    use nnzip::onnx::proto::Message;
+    std::fs::write(path, m.write_to_bytes().unwrap()).unwrap();
+}
+
+pub fn assert_bit_identical(a: &[(String, Tensor)], b: &[(String, Tensor)]) {
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
+        assert_eq!(na, nb);
+        assert_eq!(ta.dims, tb.dims, "{na}");
+        assert_eq!(ta.bytes(), tb.bytes(), "output {na} differs");
+    }
+}
