@@ -407,7 +407,7 @@ impl InspectReport {
             "weight", "stored as", "dtype", "shape", "bytes", "zeros"
         );
         let mut rows: Vec<&TensorDesc> = self.tensors.iter().collect();
-        rows.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+        rows.sort_by_key(|t| std::cmp::Reverse(t.bytes));
         for t in rows.iter().take(max_rows) {
             let name = if t.scope.is_empty() {
                 t.name.clone()

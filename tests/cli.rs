@@ -1,4 +1,5 @@
 //! The `nnzip` binary end to end: JSON contracts, exit codes, error messages.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -9,11 +10,18 @@ use nnzip::onnx::proto::{tensor_shape_proto, type_proto};
 use nnzip::onnx::Model;
 
 fn nnzip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nnzip")).args(args).output().expect("run nnzip")
+    Command::new(env!("CARGO_BIN_EXE_nnzip"))
+        .args(args)
+        .output()
+        .expect("run nnzip")
 }
 
 fn json(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("JSON on stdout")
 }
 
@@ -34,27 +42,47 @@ fn inspect_json_counts_what_the_model_holds() {
         }
         assert_eq!(v["parameters"].as_u64(), Some(params), "{name}");
         assert_eq!(v["weight_bytes"].as_u64(), Some(bytes), "{name}");
-        assert_eq!(v["zero_fraction"].as_f64().unwrap(), zeros as f64 / params as f64);
+        assert_eq!(
+            v["zero_fraction"].as_f64().unwrap(),
+            zeros as f64 / params as f64
+        );
         let ops = v["ops"].as_object().unwrap();
         let total: u64 = ops.values().map(|n| n.as_u64().unwrap()).sum();
         assert_eq!(total as usize, model.graph().node.len(), "{name}");
-        assert_eq!(v["tensors"].as_array().unwrap().len(), model.weights().len());
+        assert_eq!(
+            v["tensors"].as_array().unwrap().len(),
+            model.weights().len()
+        );
         assert!(v["macs"].as_u64().unwrap() > 0, "{name}: no MACs");
-        assert!(v["macs_unknown"].as_array().unwrap().is_empty(), "{name}: {}", v["macs_unknown"]);
+        assert!(
+            v["macs_unknown"].as_array().unwrap().is_empty(),
+            "{name}: {}",
+            v["macs_unknown"]
+        );
     }
 }
 
 #[test]
 fn inspect_macs_match_hand_counts() {
     // cnn: 3x [Conv3x3 pad1 + MaxPool2] with 16, 32, 64 channels on 28x28, then Gemm 576->64->10.
-    let v = json(&nnzip(&["inspect", fixture("cnn.onnx").to_str().unwrap(), "--json"]));
+    let v = json(&nnzip(&[
+        "inspect",
+        fixture("cnn.onnx").to_str().unwrap(),
+        "--json",
+    ]));
     let conv = 28 * 28 * 16 * 9 + 14 * 14 * 32 * 16 * 9 + 7 * 7 * 64 * 32 * 9;
     let gemm = 576 * 64 + 64 * 10;
     assert_eq!(v["macs_by_op"]["Conv"].as_u64(), Some(conv));
     assert_eq!(v["macs_by_op"]["Gemm"].as_u64(), Some(gemm));
     assert_eq!(v["macs"].as_u64(), Some(conv + gemm));
     // A larger batch scales MACs linearly.
-    let v4 = json(&nnzip(&["inspect", fixture("cnn.onnx").to_str().unwrap(), "--json", "--shape", "input=4x1x28x28"]));
+    let v4 = json(&nnzip(&[
+        "inspect",
+        fixture("cnn.onnx").to_str().unwrap(),
+        "--json",
+        "--shape",
+        "input=4x1x28x28",
+    ]));
     assert_eq!(v4["macs"].as_u64(), Some(4 * (conv + gemm)));
 }
 
@@ -63,14 +91,30 @@ fn inspect_text_lists_subgraph_weights() {
     let out = nnzip(&["inspect", fixture("if_subgraph.onnx").to_str().unwrap()]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("then_branch") && text.contains("else_branch"), "{text}");
+    assert!(
+        text.contains("then_branch") && text.contains("else_branch"),
+        "{text}"
+    );
 }
 
 #[test]
 fn bench_against_itself_gives_a_ratio_near_one() {
     let p = fixture("cnn.onnx");
     let p = p.to_str().unwrap();
-    let v = json(&nnzip(&["bench", p, "--vs", p, "--runs", "300", "--warmup", "20", "--threads", "1", "--json", "-q"]));
+    let v = json(&nnzip(&[
+        "bench",
+        p,
+        "--vs",
+        p,
+        "--runs",
+        "300",
+        "--warmup",
+        "20",
+        "--threads",
+        "1",
+        "--json",
+        "-q",
+    ]));
     for side in ["model", "vs"] {
         for k in ["median_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms"] {
             assert!(v[side][k].as_f64().unwrap() > 0.0, "{side}.{k}");
@@ -111,7 +155,9 @@ fn bench_names_unresolved_symbolic_dims() {
     let mut m = tiny_linear();
     let x = &mut m.graph.as_mut().unwrap().input[0];
     if let Some(type_proto::Value::TensorType(t)) = x.type_.as_mut().unwrap().value.as_mut() {
-        t.shape.as_mut().unwrap().dim[1].value = Some(tensor_shape_proto::dimension::Value::DimParam("features".into()));
+        t.shape.as_mut().unwrap().dim[1].value = Some(
+            tensor_shape_proto::dimension::Value::DimParam("features".into()),
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("sym.onnx");
@@ -119,9 +165,21 @@ fn bench_names_unresolved_symbolic_dims() {
     let out = nnzip(&["bench", p.to_str().unwrap(), "--runs", "3", "-q"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("features") && err.contains("--shape x="), "{err}");
+    assert!(
+        err.contains("features") && err.contains("--shape x="),
+        "{err}"
+    );
     // Given, it runs.
-    let v = json(&nnzip(&["bench", p.to_str().unwrap(), "--runs", "3", "-q", "--json", "--shape", "x=1x4"]));
+    let v = json(&nnzip(&[
+        "bench",
+        p.to_str().unwrap(),
+        "--runs",
+        "3",
+        "-q",
+        "--json",
+        "--shape",
+        "x=1x4",
+    ]));
     assert_eq!(v["model"]["runs"].as_u64(), Some(3));
 }
 
@@ -136,10 +194,23 @@ fn errors_map_to_exit_codes() {
     let out = nnzip(&["inspect", dir.path().join("missing.onnx").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
-    let out = nnzip(&["bench", fixture("cnn.onnx").to_str().unwrap(), "--ort-lib", "/nonexistent/lib.so"]);
+    let out = nnzip(&[
+        "bench",
+        fixture("cnn.onnx").to_str().unwrap(),
+        "--ort-lib",
+        "/nonexistent/lib.so",
+    ]);
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stderr).contains("scripts/setup-ort.sh"));
-    let out = nnzip(&["bench", fixture("cnn.onnx").to_str().unwrap(), "--ep", "cuda", "--runs", "1", "-q"]);
+    let out = nnzip(&[
+        "bench",
+        fixture("cnn.onnx").to_str().unwrap(),
+        "--ep",
+        "cuda",
+        "--runs",
+        "1",
+        "-q",
+    ]);
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stderr).contains("'cuda' is not available"));
     let out = nnzip(&["bench", "--runs", "x", "m.onnx"]);

@@ -1,5 +1,6 @@
 //! ONNX model I/O: round trips through ONNX Runtime, the weights view, external data, and hostile
 //! input.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -27,7 +28,12 @@ fn every_fixture_round_trips_bit_identically() {
         let (a, b) = (model.weights(), again.weights());
         assert_eq!(a.len(), b.len());
         for (wa, wb) in a.iter().zip(&b) {
-            assert_eq!(model.read(&wa.id).unwrap(), again.read(&wb.id).unwrap(), "{name}: {}", wa.name);
+            assert_eq!(
+                model.read(&wa.id).unwrap(),
+                again.read(&wb.id).unwrap(),
+                "{name}: {}",
+                wa.name
+            );
         }
     }
 }
@@ -38,14 +44,20 @@ fn external_data_round_trips_bit_identically() {
     let src = fixture("resnet.onnx");
     let model = Model::load(&src).unwrap();
     let out = dir.path().join("resnet_ext.onnx");
-    let opts = SaveOptions { external_threshold: Some(1024), ..Default::default() };
+    let opts = SaveOptions {
+        external_threshold: Some(1024),
+        ..Default::default()
+    };
     model.save(&out, &opts).unwrap();
     let data = dir.path().join("resnet_ext.onnx.data");
     assert!(data.is_file());
     // The model file shrank to the graph; the big tensors moved out.
     assert!(std::fs::metadata(&out).unwrap().len() < 40_000);
     let loaded = Model::load(&out).unwrap();
-    assert!(loaded.weights().iter().any(|w| w.storage == WeightStorage::External));
+    assert!(loaded
+        .weights()
+        .iter()
+        .any(|w| w.storage == WeightStorage::External));
     let x = inputs_for("mnist_test.npz", 4);
     assert_bit_identical(&run_file(&src, &x), &run_file(&out, &x));
     // Loading external data and saving inline elsewhere gives a self-contained model.
@@ -62,11 +74,18 @@ fn constant_node_weights_are_found_and_written_back() {
     let mut model = Model::load(&src).unwrap();
     let ws = model.weights();
     let kinds: Vec<WeightStorage> = ws.iter().map(|w| w.storage).collect();
-    for k in [WeightStorage::ConstantTensor, WeightStorage::ConstantFloats, WeightStorage::ConstantFloat, WeightStorage::ConstantInts]
-    {
+    for k in [
+        WeightStorage::ConstantTensor,
+        WeightStorage::ConstantFloats,
+        WeightStorage::ConstantFloat,
+        WeightStorage::ConstantInts,
+    ] {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
     }
-    let x = vec![("input".to_string(), Tensor::from_f32(vec![1, 2, 8], &[0.5; 16]).unwrap())];
+    let x = vec![(
+        "input".to_string(),
+        Tensor::from_f32(vec![1, 2, 8], &[0.5; 16]).unwrap(),
+    )];
     let before = run_model(&model, &x);
     // Zero every float weight, in each storage kind: the output becomes exactly zero.
     for w in ws.iter().filter(|w| w.dtype == nnzip::tensor::DType::F32) {
@@ -82,12 +101,26 @@ fn constant_node_weights_are_found_and_written_back() {
     assert!(after[0].1.to_f32().unwrap().iter().all(|&v| v == 0.0));
     // Each write went back to its own slot kind.
     let reloaded = Model::load(&out).unwrap();
-    assert_eq!(reloaded.weights().iter().map(|w| w.storage).collect::<Vec<_>>(), kinds);
+    assert_eq!(
+        reloaded
+            .weights()
+            .iter()
+            .map(|w| w.storage)
+            .collect::<Vec<_>>(),
+        kinds
+    );
     // A value_floats slot refuses a 2-D tensor instead of silently reshaping it.
-    let floats = reloaded.weights().into_iter().find(|w| w.storage == WeightStorage::ConstantFloats).unwrap();
+    let floats = reloaded
+        .weights()
+        .into_iter()
+        .find(|w| w.storage == WeightStorage::ConstantFloats)
+        .unwrap();
     let mut m2 = reloaded;
     let bad = Tensor::from_f32(vec![1, floats.numel()], &vec![1.0; floats.numel()]).unwrap();
-    assert!(matches!(m2.write(&floats.id, &bad), Err(OnnxError::IncompatibleWrite { .. })));
+    assert!(matches!(
+        m2.write(&floats.id, &bad),
+        Err(OnnxError::IncompatibleWrite { .. })
+    ));
 }
 
 #[test]
@@ -95,7 +128,11 @@ fn subgraph_weights_are_found_and_written_back() {
     for file in ["if_subgraph.onnx", "loop_subgraph.onnx"] {
         let src = fixture(file);
         let mut model = Model::load(&src).unwrap();
-        let inner: Vec<_> = model.weights().into_iter().filter(|w| !w.scope.is_empty()).collect();
+        let inner: Vec<_> = model
+            .weights()
+            .into_iter()
+            .filter(|w| !w.scope.is_empty())
+            .collect();
         assert!(!inner.is_empty(), "{file}: no subgraph weights found");
         let inputs: Vec<(String, Tensor)> = model
             .inputs()
@@ -106,29 +143,64 @@ fn subgraph_weights_are_found_and_written_back() {
                     .as_ref()
                     .unwrap()
                     .iter()
-                    .map(|d| if let nnzip::onnx::Dim::Fixed(n) = d { *n } else { 2 })
+                    .map(|d| {
+                        if let nnzip::onnx::Dim::Fixed(n) = d {
+                            *n
+                        } else {
+                            2
+                        }
+                    })
                     .collect();
                 let n: usize = dims.iter().product();
-                (vi.name.clone(), Tensor::from_f32(dims, &(0..n).map(|i| (i % 7) as f32 * 0.3 - 0.8).collect::<Vec<_>>()).unwrap())
+                (
+                    vi.name.clone(),
+                    Tensor::from_f32(
+                        dims,
+                        &(0..n)
+                            .map(|i| (i % 7) as f32 * 0.3 - 0.8)
+                            .collect::<Vec<_>>(),
+                    )
+                    .unwrap(),
+                )
             })
             .collect();
         let before = run_model(&model, &inputs);
-        for w in inner.iter().filter(|w| w.dtype == nnzip::tensor::DType::F32 && w.numel() > 1) {
+        for w in inner
+            .iter()
+            .filter(|w| w.dtype == nnzip::tensor::DType::F32 && w.numel() > 1)
+        {
             let t = model.read(&w.id).unwrap();
             let doubled: Vec<f32> = t.to_f32().unwrap().iter().map(|v| v * 2.0 + 1.0).collect();
-            model.write(&w.id, &Tensor::from_f32(t.dims.clone(), &doubled).unwrap()).unwrap();
+            model
+                .write(&w.id, &Tensor::from_f32(t.dims.clone(), &doubled).unwrap())
+                .unwrap();
         }
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join(file);
         model.save(&out, &SaveOptions::default()).unwrap();
         let reloaded = Model::load(&out).unwrap();
-        for w in inner.iter().filter(|w| w.dtype == nnzip::tensor::DType::F32 && w.numel() > 1) {
-            let orig = Model::load(&src).unwrap().read(&w.id).unwrap().to_f32().unwrap();
+        for w in inner
+            .iter()
+            .filter(|w| w.dtype == nnzip::tensor::DType::F32 && w.numel() > 1)
+        {
+            let orig = Model::load(&src)
+                .unwrap()
+                .read(&w.id)
+                .unwrap()
+                .to_f32()
+                .unwrap();
             let now = reloaded.read(&w.id).unwrap().to_f32().unwrap();
-            assert!(orig.iter().zip(&now).all(|(a, b)| *b == a * 2.0 + 1.0), "{file}: {} not written back", w.name);
+            assert!(
+                orig.iter().zip(&now).all(|(a, b)| *b == a * 2.0 + 1.0),
+                "{file}: {} not written back",
+                w.name
+            );
         }
         let after = run_file(&out, &inputs);
-        assert_ne!(before[0].1, after[0].1, "{file}: changing subgraph weights changed nothing");
+        assert_ne!(
+            before[0].1, after[0].1,
+            "{file}: changing subgraph weights changed nothing"
+        );
     }
 }
 
@@ -142,28 +214,55 @@ fn metadata_and_unknown_fields_survive() {
     m.doc_string = "a doc string".into();
     // A field number no ONNX version uses, on the model and on a tensor.
     m.special_fields.mut_unknown_fields().add_varint(9999, 42);
-    m.graph.as_mut().unwrap().initializer[0].special_fields.mut_unknown_fields().add_length_delimited(777, b"keep me".to_vec());
+    m.graph.as_mut().unwrap().initializer[0]
+        .special_fields
+        .mut_unknown_fields()
+        .add_length_delimited(777, b"keep me".to_vec());
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("meta.onnx");
     write_proto(&p, &m);
     let model = Model::load(&p).unwrap();
     let out = dir.path().join("meta2.onnx");
-    model.save(&out, &SaveOptions { external_threshold: Some(16), data_file: Some("w.bin".into()), ..Default::default() }).unwrap();
+    model
+        .save(
+            &out,
+            &SaveOptions {
+                external_threshold: Some(16),
+                data_file: Some("w.bin".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     let back = ModelProto::parse_from_bytes(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(back.metadata_props[0].value, "nnzip tests");
     assert_eq!(back.doc_string, "a doc string");
     use protobuf::UnknownValueRef;
-    assert_eq!(back.special_fields.unknown_fields().get(9999), Some(UnknownValueRef::Varint(42)));
+    assert_eq!(
+        back.special_fields.unknown_fields().get(9999),
+        Some(UnknownValueRef::Varint(42))
+    );
     let init = &back.graph.as_ref().unwrap().initializer[0];
-    assert_eq!(init.special_fields.unknown_fields().get(777), Some(UnknownValueRef::LengthDelimited(b"keep me")));
+    assert_eq!(
+        init.special_fields.unknown_fields().get(777),
+        Some(UnknownValueRef::LengthDelimited(b"keep me"))
+    );
 }
 
-fn external_model(dir: &std::path::Path, location: &str, offset: &str, length: &str) -> std::path::PathBuf {
+fn external_model(
+    dir: &std::path::Path,
+    location: &str,
+    offset: &str,
+    length: &str,
+) -> std::path::PathBuf {
     let mut m = tiny_linear();
     let w = &mut m.graph.as_mut().unwrap().initializer[0];
     w.raw_data.clear();
     w.data_location = protobuf::EnumOrUnknown::from_i32(1);
-    for (k, v) in [("location", location), ("offset", offset), ("length", length)] {
+    for (k, v) in [
+        ("location", location),
+        ("offset", offset),
+        ("length", length),
+    ] {
         let mut e = StringStringEntryProto::new();
         e.key = k.into();
         e.value = v.into();
@@ -198,12 +297,17 @@ fn hostile_external_data_is_refused() {
         let p = external_model(&dir, loc, off, len);
         let e = Model::load(&p).expect_err(loc);
         let msg = format!("{e}");
-        assert!(msg.contains(expect), "{loc} {off} {len}: '{msg}' lacks '{expect}'");
+        assert!(
+            msg.contains(expect),
+            "{loc} {off} {len}: '{msg}' lacks '{expect}'"
+        );
     }
     #[cfg(unix)]
     {
         std::os::unix::fs::symlink(root.path().join("outside.bin"), dir.join("link.bin")).unwrap();
-        let e = Model::load(external_model(&dir, "link.bin", "0", "48")).unwrap_err().to_string();
+        let e = Model::load(external_model(&dir, "link.bin", "0", "48"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("outside the model's folder"), "{e}");
     }
 }
@@ -227,12 +331,20 @@ fn malformed_models_are_refused() {
     std::fs::write(&p, b"\xff\xff\xff\xff\xff\xff").unwrap();
     assert!(matches!(Model::load(&p), Err(OnnxError::Parse { .. })));
     // A shape that does not match the data, and an absurd one.
-    for dims in [vec![4i64, 4], vec![1 << 40, 1 << 30], vec![-1, 12], vec![i64::MAX, i64::MAX]] {
+    for dims in [
+        vec![4i64, 4],
+        vec![1 << 40, 1 << 30],
+        vec![-1, 12],
+        vec![i64::MAX, i64::MAX],
+    ] {
         let mut m = tiny_linear();
         m.graph.as_mut().unwrap().initializer[0].dims = dims.clone();
         write_proto(&p, &m);
         let e = Model::load(&p).expect_err("bad dims accepted");
-        assert!(matches!(e, OnnxError::Tensor { .. } | OnnxError::NegativeDim { .. }), "{dims:?}: {e}");
+        assert!(
+            matches!(e, OnnxError::Tensor { .. } | OnnxError::NegativeDim { .. }),
+            "{dims:?}: {e}"
+        );
     }
     // Typed data of the wrong length.
     let mut m = tiny_linear();
@@ -240,7 +352,14 @@ fn malformed_models_are_refused() {
     w.raw_data.clear();
     w.float_data = vec![1.0; 5];
     write_proto(&p, &m);
-    assert!(matches!(Model::load(&p), Err(OnnxError::ValueCount { count: 5, expected: 12, .. })));
+    assert!(matches!(
+        Model::load(&p),
+        Err(OnnxError::ValueCount {
+            count: 5,
+            expected: 12,
+            ..
+        })
+    ));
 }
 
 #[test]
@@ -249,7 +368,11 @@ fn saving_refuses_a_data_file_outside_the_folder() {
     let dir = tempfile::tempdir().unwrap();
     let r = model.save(
         dir.path().join("m.onnx"),
-        &SaveOptions { external_threshold: Some(1), data_file: Some("../escape.bin".into()), ..Default::default() },
+        &SaveOptions {
+            external_threshold: Some(1),
+            data_file: Some("../escape.bin".into()),
+            ..Default::default()
+        },
     );
     assert!(r.is_err());
     assert!(!dir.path().join("m.onnx").exists());
@@ -262,7 +385,15 @@ fn models_too_big_for_protobuf_go_external_automatically() {
     let model = Model::load(&src).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("big.onnx");
-    model.save(&out, &SaveOptions { auto_external_above: 100_000, ..Default::default() }).unwrap();
+    model
+        .save(
+            &out,
+            &SaveOptions {
+                auto_external_above: 100_000,
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert!(dir.path().join("big.onnx.data").is_file());
     assert!(std::fs::metadata(&out).unwrap().len() < 100_000);
     let x = inputs_for("mnist_test.npz", 4);
@@ -281,12 +412,21 @@ fn a_model_over_2_gib_round_trips() {
     let mut m = tiny_linear();
     let n = (2200usize << 20) / 4;
     let big = Tensor::from_f32(vec![n], &vec![0.5f32; n]).unwrap();
-    m.graph.as_mut().unwrap().initializer.push(nnzip::onnx::tensor_proto("big", &big));
+    m.graph
+        .as_mut()
+        .unwrap()
+        .initializer
+        .push(nnzip::onnx::tensor_proto("big", &big));
     let model = Model::from_proto_in(m, None, std::path::Path::new(".")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("huge.onnx");
     model.save(&out, &SaveOptions::default()).unwrap();
-    assert!(std::fs::metadata(dir.path().join("huge.onnx.data")).unwrap().len() >= (2200u64 << 20));
+    assert!(
+        std::fs::metadata(dir.path().join("huge.onnx.data"))
+            .unwrap()
+            .len()
+            >= (2200u64 << 20)
+    );
     let back = Model::load(&out).unwrap();
     let w = back.find_weight("big").unwrap();
     assert_eq!(w.storage, WeightStorage::External);

@@ -534,7 +534,7 @@ fn infer_node(model: &Model, n: &NodeProto, s: &mut Shapes) {
             }
             if let Some(i) = infer_at {
                 let known: usize = out.iter().product();
-                if known == 0 || total % known != 0 {
+                if known == 0 || !total.is_multiple_of(known) {
                     return;
                 }
                 out[i] = total / known;

@@ -30,7 +30,11 @@ pub struct SaveOptions {
 
 impl Default for SaveOptions {
     fn default() -> Self {
-        SaveOptions { external_threshold: None, data_file: None, auto_external_above: PROTOBUF_LIMIT - (64 << 20) }
+        SaveOptions {
+            external_threshold: None,
+            data_file: None,
+            auto_external_above: PROTOBUF_LIMIT - (64 << 20),
+        }
     }
 }
 

@@ -234,7 +234,7 @@ mod tests {
         assert!(e.contains("seq") && e.contains("--shape ids="), "{e}");
         let s = parse_shape_arg("ids=2x16").unwrap();
         assert_eq!(resolve_shapes(&[b], &[s]).unwrap(), vec![vec![2, 16]]);
-        assert!(resolve_shapes(&[a.clone()], &[("x".into(), vec![1, 4])]).is_err());
+        assert!(resolve_shapes(std::slice::from_ref(&a), &[("x".into(), vec![1, 4])]).is_err());
         assert!(resolve_shapes(&[a], &[("y".into(), vec![1, 3])]).is_err());
         assert!(parse_shape_arg("x=1xq").is_err());
     }

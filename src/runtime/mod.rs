@@ -207,7 +207,8 @@ impl Runtime {
     pub fn available_providers(&self) -> Vec<&'static str> {
         use ort::ep::{self, ExecutionProvider};
         let mut v = vec!["cpu"];
-        let known: [(&str, fn() -> ort::Result<bool>); 4] = [
+        type Probe = fn() -> ort::Result<bool>;
+        let known: [(&str, Probe); 4] = [
             ("cuda", ep::CUDA::is_available),
             ("tensorrt", ep::TensorRT::is_available),
             ("openvino", ep::OpenVINO::is_available),

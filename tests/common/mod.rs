@@ -1,18 +1,21 @@
 //! Shared helpers of the integration tests: fixture paths, small models built in memory, ORT runs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
 use nnzip::onnx::proto::{
-    tensor_shape_proto, type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TypeProto, ValueInfoProto,
+    tensor_shape_proto, type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+    TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use nnzip::onnx::Model;
 use nnzip::runtime::{Runtime, Session, SessionOptions};
 use nnzip::tensor::Tensor;
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 /// The trained fixture models (name, held-out data file).
@@ -32,24 +35,39 @@ pub fn runtime() -> &'static Runtime {
 pub fn held_out_batch(file: &str, n: usize) -> (Tensor, Vec<i64>) {
     let arrays = nnzip::npz::read_npz(&fixture(file)).unwrap();
     let x = arrays.iter().find(|(k, _)| k == "input").unwrap().1.clone();
-    let labels = arrays.iter().find(|(k, _)| k == "labels").unwrap().1.to_i64().unwrap();
+    let labels = arrays
+        .iter()
+        .find(|(k, _)| k == "labels")
+        .unwrap()
+        .1
+        .to_i64()
+        .unwrap();
     let per: usize = x.dims[1..].iter().product();
     let mut dims = x.dims.clone();
     dims[0] = n;
     let v = x.to_f32().unwrap();
-    (Tensor::from_f32(dims, &v[..n * per]).unwrap(), labels[..n].to_vec())
+    (
+        Tensor::from_f32(dims, &v[..n * per]).unwrap(),
+        labels[..n].to_vec(),
+    )
 }
 
 /// Runs a model file through ORT (CPU, no graph optimization, 1 thread: deterministic).
 pub fn run_file(path: &Path, inputs: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
     let model = Model::load(path).unwrap();
-    let opts = SessionOptions { intra_threads: Some(1), ..Default::default() };
+    let opts = SessionOptions {
+        intra_threads: Some(1),
+        ..Default::default()
+    };
     let mut s = Session::from_file(runtime(), path, &model, &opts).unwrap();
     s.run(inputs).unwrap()
 }
 
 pub fn run_model(model: &Model, inputs: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
-    let opts = SessionOptions { intra_threads: Some(1), ..Default::default() };
+    let opts = SessionOptions {
+        intra_threads: Some(1),
+        ..Default::default()
+    };
     let mut s = Session::from_model(runtime(), model, &opts).unwrap();
     s.run(inputs).unwrap()
 }
