@@ -25,7 +25,7 @@ mod stream;
 pub use error::{Error, Result};
 pub use hls::{topology_compression_format, topology_storage_format, NnrUnitType, PayloadType};
 pub use stream::{
-    decode, decode_stream, encode, encode_with_topology, units, DecodedStream, Limits, NduInfo,
+    decode, decode_stream, encode, encode_with_topology, reconstruct, units, DecodedStream, Limits, NduInfo,
     Topology, UnitInfo,
 };
 

@@ -1,7 +1,6 @@
 //! Bitstream level: tensors ↔ NNR units. The public encoder (reference decisions), decoder
 //! (bounded by [`Limits`]) and unit listing.
 
-use crate::bits::BitWriter;
 use crate::cabac::{BinDecoder, BinEncoder, ByteCounter};
 use crate::coding::{self, LayerParams};
 use crate::error::{Error, Result};
@@ -43,7 +42,7 @@ impl Default for Limits {
             max_dimensions: 16,
             max_units: 1 << 20,
             max_topology_bytes: 1 << 30,
-            max_elements_per_payload_byte: Some(1 << 20),
+            max_elements_per_payload_byte: Some(1 << 16),
             parallel: true,
         }
     }
@@ -402,24 +401,10 @@ fn decode_ndu(j: &NduJob<'_>, parallel: bool) -> Result<Tensor> {
         parallel,
         &mut levels,
     )?;
-    let data = if !float {
-        TensorData::I32(levels)
-    } else if let Some(cb) = &h.codebook {
-        let step = quant::step_size_f64(qp, density);
-        let vals = levels
-            .iter()
-            .map(|&l| {
-                let i = i64::from(l) + i64::from(cb.zero_offset);
-                usize::try_from(i)
-                    .ok()
-                    .and_then(|i| cb.values.get(i))
-                    .map(|&c| (f64::from(c) * step) as f32)
-                    .ok_or_else(|| Error::invalid("codebook index", format!("{i}")))
-            })
-            .collect::<Result<Vec<f32>>>()?;
-        TensorData::F32(vals)
+    let data = if float {
+        TensorData::F32(reconstruct_levels(&levels, qp, density, h.codebook.as_ref())?)
     } else {
-        TensorData::F32(quant::dequantize(&levels, quant::step_size(qp, density)))
+        TensorData::I32(levels)
     };
     Ok(Tensor { name, shape, data })
 }
@@ -470,6 +455,12 @@ fn all_zero(w: &[f32]) -> bool {
 }
 
 fn quantize_tensor(t: &Tensor, w: &[f32], cfg: &EncoderConfig) -> Result<Coded> {
+    if w.iter().any(|x| !x.is_finite()) {
+        return Err(Error::InvalidInput(format!(
+            "tensor {}: NaN or infinite values",
+            t.name
+        )));
+    }
     let ov = cfg.overrides.get(&t.name).copied().unwrap_or_default();
     let kind = ov.kind.unwrap_or_else(|| TensorKind::of_shape(&t.shape));
     let d = cfg.qp_density;
@@ -505,7 +496,7 @@ fn quantize_tensor(t: &Tensor, w: &[f32], cfg: &EncoderConfig) -> Result<Coded> 
         }
     });
     let g_trial = u32::from(cfg.cabac_unary_length_minus1);
-    if cfg.codebook_mode == 0 {
+    if cfg.codebook_mode == 0 || w.is_empty() {
         let (mut levels, qp) = quant::quantize(w, width, qp, d, dq, so);
         if let Some(b) = clip_bw {
             quant::clip_levels(&mut levels, w, b);
@@ -532,7 +523,7 @@ fn quantize_tensor(t: &Tensor, w: &[f32], cfg: &EncoderConfig) -> Result<Coded> 
     };
     let mut best: Option<(usize, usize)> = None;
     let mut shifted = vec![0i32; idx.len()];
-    for off in 0..values.len() {
+    for off in offset_candidates(&values, idx.len()) {
         for (s, &i) in shifted.iter_mut().zip(&idx) {
             *s = i - off as i32;
         }
@@ -586,6 +577,22 @@ fn quantize_tensor(t: &Tensor, w: &[f32], cfg: &EncoderConfig) -> Result<Coded> 
     })
 }
 
+/// Work budget (codebook entries × elements) of the exhaustive `CbZeroOffset` search.
+const OFFSET_SEARCH_BUDGET: usize = 1 << 26;
+
+/// `CbZeroOffset` candidates: all of them (as the reference) unless that exceeds the budget;
+/// then a window around the entry closest to zero, where the optimum lies for weight-like data.
+fn offset_candidates(values: &[i32], n: usize) -> std::ops::Range<usize> {
+    let k = values.len();
+    if k.saturating_mul(n.max(1)) <= OFFSET_SEARCH_BUDGET {
+        return 0..k;
+    }
+    let window = (OFFSET_SEARCH_BUDGET / n.max(1)).max(1);
+    let center = values.partition_point(|&v| v < 0);
+    let lo = center.saturating_sub(window / 2).min(k.saturating_sub(window));
+    lo..(lo + window).min(k)
+}
+
 fn row_width(shape: &[usize]) -> usize {
     if shape.len() > 1 {
         shape[1..].iter().product()
@@ -603,7 +610,15 @@ fn effective_scan_order(shape: &[usize], so: u8) -> u8 {
     }
 }
 
-fn encode_ndu(t: &Tensor, index: usize, cfg: &EncoderConfig, density: u8) -> Result<Vec<u8>> {
+/// A tensor after quantization, before entropy coding.
+enum Prepared {
+    /// A finished NNR_PT_RAW_FLOAT unit.
+    Raw(Vec<u8>),
+    /// Levels to code with CABAC, and the dimensions to signal.
+    Coded(Vec<usize>, Coded),
+}
+
+fn prepare_ndu(t: &Tensor, index: usize, cfg: &EncoderConfig) -> Result<Prepared> {
     let num: usize = t.shape.iter().product();
     if num != t.data.len() {
         return Err(Error::InvalidInput(format!(
@@ -632,16 +647,30 @@ fn encode_ndu(t: &Tensor, index: usize, cfg: &EncoderConfig, density: u8) -> Res
             codebook: None,
         },
         TensorData::F32(w) if ov.raw => {
-            let mut header =
-                base_header(t, index, &dims, PayloadType::RawFloat, false, None, cfg, 0);
-            header.cabac_unary_length_minus1 = Some(cfg.cabac_unary_length_minus1);
+            let header = base_header(t, index, &dims, PayloadType::RawFloat, false, None, cfg, 0);
             let mut wr = hls::begin_unit(&ndu_unit_header());
             header.write(&mut wr, &ndu_ctx());
             let raw: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
-            return hls::finish_unit(wr, &raw);
+            return Ok(Prepared::Raw(hls::finish_unit(wr, &raw)?));
         }
         TensorData::F32(w) => quantize_tensor(t, w, cfg)?,
     };
+    Ok(Prepared::Coded(dims, coded))
+}
+
+fn write_ndu(
+    t: &Tensor,
+    index: usize,
+    prepared: Prepared,
+    cfg: &EncoderConfig,
+    base_qp: i32,
+) -> Result<Vec<u8>> {
+    let (dims, coded) = match prepared {
+        Prepared::Raw(u) => return Ok(u),
+        Prepared::Coded(d, c) => (d, c),
+    };
+    let density = cfg.qp_density;
+    let num = coded.levels.len();
     let so = effective_scan_order(&dims, cfg.scan_order);
     let g = u32::from(cfg.cabac_unary_length_minus1) + 1;
     let width = row_width(&dims);
@@ -649,14 +678,15 @@ fn encode_ndu(t: &Tensor, index: usize, cfg: &EncoderConfig, density: u8) -> Res
     let qbits = 6 + u32::from(density);
     let mut enc = BinEncoder::new(Vec::new());
     if coded.payload_type == PayloadType::Float {
+        let rel = i64::from(coded.qp) - i64::from(base_qp);
         let lim = 1i64 << (qbits - 1);
-        if !(-lim..lim).contains(&i64::from(coded.qp)) {
+        if !(-lim..lim).contains(&rel) {
             return Err(Error::InvalidInput(format!(
-                "tensor {}: QP {} outside the range of qp_density {density}",
+                "tensor {}: QP {} too far from the others for qp_density {density}",
                 t.name, coded.qp
             )));
         }
-        enc.encode_bins_ep((coded.qp as u32) & ((1u32 << qbits) - 1), qbits);
+        enc.encode_bins_ep((rel as u32) & ((1u32 << qbits) - 1), qbits);
     }
     coding::encode_layer(&mut enc, &coded.levels, &p, cfg.row_skipping, cfg.param_opt)?;
     let payload = enc.finish();
@@ -737,6 +767,85 @@ fn base_header(
     }
 }
 
+/// The reconstruction [`decode`] will produce for `encode(tensors, cfg)`, computed without
+/// entropy coding (the reference's `quantize_only`). Useful for rate control and tests.
+pub fn reconstruct(tensors: &[Tensor], cfg: &EncoderConfig) -> Result<Vec<Tensor>> {
+    tensors
+        .iter()
+        .map(|t| {
+            let ov = cfg.overrides.get(&t.name).copied().unwrap_or_default();
+            let shape = if t.shape.is_empty() { vec![1] } else { t.shape.clone() };
+            let data = match &t.data {
+                TensorData::I32(v) => TensorData::I32(v.clone()),
+                TensorData::F32(w) if ov.raw => TensorData::F32(w.clone()),
+                TensorData::F32(w) => {
+                    let c = quantize_tensor(t, w, cfg)?;
+                    let so = effective_scan_order(&shape, cfg.scan_order);
+                    let g = u32::from(cfg.cabac_unary_length_minus1) + 1;
+                    let p = cabac_params(row_width(&shape), w.len(), c.dq, so, None, g);
+                    let levels = coding::decoded_levels(&c.levels, &p, cfg.row_skipping)?;
+                    TensorData::F32(reconstruct_levels(&levels, c.qp, cfg.qp_density, c.codebook.as_ref())?)
+                }
+            };
+            Ok(Tensor {
+                name: t.name.clone(),
+                shape,
+                data,
+            })
+        })
+        .collect()
+}
+
+/// Float reconstruction of levels (uniform: `step * level` in float32; codebook:
+/// `codebook[level + CbZeroOffset] * step` in double, then float32).
+fn reconstruct_levels(levels: &[i32], qp: i32, density: u8, cb: Option<&CodebookSyntax>) -> Result<Vec<f32>> {
+    match cb {
+        Some(cb) => {
+            let step = quant::step_size_f64(qp, density);
+            levels
+                .iter()
+                .map(|&l| {
+                    let i = i64::from(l) + i64::from(cb.zero_offset);
+                    usize::try_from(i)
+                        .ok()
+                        .and_then(|i| cb.values.get(i))
+                        .map(|&c| (f64::from(c) * step) as f32)
+                        .ok_or_else(|| Error::invalid("codebook index", format!("{i}")))
+                })
+                .collect()
+        }
+        None => Ok(quant::dequantize(levels, quant::step_size(qp, density))),
+    }
+}
+
+/// `mps_quantization_parameter`: 0 as the reference writes it, unless some tensor's QP does
+/// not fit the `iae_v(6 + qp_density)` offset; then the middle of the QP range.
+fn base_qp(prepared: &[Prepared], density: u8) -> Result<i32> {
+    let qps: Vec<i32> = prepared
+        .iter()
+        .filter_map(|p| match p {
+            Prepared::Coded(_, c) if c.payload_type == PayloadType::Float => Some(c.qp),
+            _ => None,
+        })
+        .collect();
+    let (Some(&lo), Some(&hi)) = (qps.iter().min(), qps.iter().max()) else {
+        return Ok(0);
+    };
+    let lim = 1i64 << (5 + u32::from(density));
+    let fits = |b: i64| i64::from(lo) - b >= -lim && i64::from(hi) - b < lim;
+    if fits(0) {
+        return Ok(0);
+    }
+    let mid = ((i64::from(lo) + i64::from(hi)) / 2).clamp(-4096, 4095);
+    if fits(mid) {
+        Ok(mid as i32)
+    } else {
+        Err(Error::InvalidInput(format!(
+            "QPs {lo}..={hi} span too much for qp_density {density}"
+        )))
+    }
+}
+
 /// Encodes tensors into an NNC bitstream the way the reference's `nnc.compress` does.
 pub fn encode(tensors: &[Tensor], cfg: &EncoderConfig) -> Result<Vec<u8>> {
     encode_with_topology(tensors, cfg, None)
@@ -755,9 +864,27 @@ pub fn encode_with_topology(
     if cfg.codebook_mode > 2 {
         return Err(Error::InvalidInput("codebook_mode above 2".into()));
     }
+    if cfg.int_quant_bw.is_some_and(|b| b > 32) {
+        return Err(Error::InvalidInput("int_quant_bw above 32".into()));
+    }
     if cfg.scan_order > 4 {
         return Err(Error::InvalidInput("scan_order above 4".into()));
     }
+    let prepared: Result<Vec<Prepared>> = if cfg.parallel {
+        tensors
+            .par_iter()
+            .enumerate()
+            .map(|(i, t)| prepare_ndu(t, i, cfg))
+            .collect()
+    } else {
+        tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| prepare_ndu(t, i, cfg))
+            .collect()
+    };
+    let prepared = prepared?;
+    let base_qp = base_qp(&prepared, cfg.qp_density)?;
     let mut out = StartUnit {
         general_profile_idc: 1,
     }
@@ -766,7 +893,7 @@ pub fn encode_with_topology(
         topology_carriage_flag: true,
         quantization_method_flags: 1,
         qp_density: cfg.qp_density,
-        quantization_parameter: 0,
+        quantization_parameter: base_qp,
         ..Default::default()
     };
     out.extend(mps.write(1)?);
@@ -783,23 +910,18 @@ pub fn encode_with_topology(
         },
     };
     out.extend(tpl.write(NnrUnitType::Tpl)?);
-    let d = cfg.qp_density;
+    let jobs: Vec<(usize, Prepared)> = prepared.into_iter().enumerate().collect();
     let ndus: Result<Vec<Vec<u8>>> = if cfg.parallel {
-        tensors
-            .par_iter()
-            .enumerate()
-            .map(|(i, t)| encode_ndu(t, i, cfg, d))
+        jobs.into_par_iter()
+            .map(|(i, p)| write_ndu(&tensors[i], i, p, cfg, base_qp))
             .collect()
     } else {
-        tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| encode_ndu(t, i, cfg, d))
+        jobs.into_iter()
+            .map(|(i, p)| write_ndu(&tensors[i], i, p, cfg, base_qp))
             .collect()
     };
     for n in ndus? {
         out.extend(n);
     }
-    let _ = BitWriter::new();
     Ok(out)
 }

@@ -384,7 +384,7 @@ impl<'a> BinDecoder<'a> {
     #[inline(always)]
     fn next_byte(&mut self) -> u32 {
         let b = self.data.get(self.pos).copied().unwrap_or(0);
-        self.pos += 1;
+        self.pos = self.pos.saturating_add(1);
         u32::from(b)
     }
 
@@ -462,7 +462,10 @@ impl<'a> BinDecoder<'a> {
 
     /// The current position as an entry point (decoder bit counting).
     pub fn entry_point(&self, dq_state: u32) -> EntryPoint {
-        let off = 8 * self.pos as i64 - 8 + i64::from(self.bits_needed);
+        let off = (self.pos as i64)
+            .saturating_mul(8)
+            .saturating_sub(8)
+            .saturating_add(i64::from(self.bits_needed));
         EntryPoint {
             bit_offset: off.max(0) as u64,
             value: (self.value >> 7) & 255,

@@ -308,6 +308,63 @@ fn dq_coded_value(stored: i32, state: u32) -> i32 {
     v >> 1
 }
 
+/// Replays the DQ state machine over the scan exactly as [`encode_layer`] does (a skipped row
+/// segment advances the state by the full row width, as the reference does even in block
+/// scans) and maps every element through `f(stored_or_coded, state) -> (output, coded)`.
+fn dq_replay(
+    values: &[i32],
+    p: &LayerParams,
+    row_skip_enabled: bool,
+    mut f: impl FnMut(i32, u32) -> (i32, i32),
+) -> Result<Vec<i32>> {
+    let geo = p.geometry()?;
+    let skip = (p.row_skip_possible() && row_skip_enabled).then(|| zero_rows(values, p.width));
+    let mut out = values.to_vec();
+    let mut state = 0u32;
+    for br in 0..geo.num_block_rows() {
+        for seg in geo.segments(br) {
+            if skip.as_ref().is_some_and(|s| s[seg.row]) {
+                state = dq_advance_zeros(state, p.width);
+                continue;
+            }
+            for x in seg.x0..seg.x1 {
+                let pos = seg.row * geo.width + x;
+                let (o, coded) = f(values[pos], state);
+                out[pos] = o;
+                state = DQ_TRANS[state as usize][(coded & 1) as usize];
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The levels (reconstruction indices) a decoder obtains from levels stored by the quantizer.
+/// They differ from the input only where the reference's row-skip state quirk applies
+/// (DQ with block scans and row skipping).
+pub(crate) fn decoded_levels(stored: &[i32], p: &LayerParams, row_skip_enabled: bool) -> Result<Vec<i32>> {
+    if !p.dq {
+        return Ok(stored.to_vec());
+    }
+    dq_replay(stored, p, row_skip_enabled, |v, state| {
+        let c = dq_coded_value(v, state);
+        (dq_index(c, state), c)
+    })
+}
+
+/// Reconstruction index of coded level `c` in `state`.
+#[inline(always)]
+fn dq_index(c: i32, state: u32) -> i32 {
+    if c == 0 {
+        return 0;
+    }
+    let odd = (state & 1) as i32;
+    if c < 0 {
+        2 * c + odd
+    } else {
+        2 * c - odd
+    }
+}
+
 /// Rows that are entirely zero (candidates for row skipping).
 pub(crate) fn zero_rows(values: &[i32], width: usize) -> Vec<bool> {
     if width == 0 {
@@ -716,4 +773,111 @@ pub(crate) fn create_entry_points(
         },
     )?;
     Ok(eps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cabac::{BinDecoder, BinEncoder};
+    use proptest::prelude::*;
+
+    /// Random coded values turned into the stored (reconstruction index) form the encoder takes.
+    fn stored_from_coded(coded: &[i32], p: &LayerParams, row_skip: bool) -> Vec<i32> {
+        if !p.dq {
+            return coded.to_vec();
+        }
+        dq_replay(coded, p, row_skip, |c, state| (dq_index(c, state), c)).unwrap()
+    }
+
+    fn params() -> impl Strategy<Value = (LayerParams, bool, bool, u64)> {
+        (
+            1usize..40,
+            1usize..40,
+            any::<bool>(),
+            0u8..=4,
+            0u32..6,
+            1u32..12,
+            any::<bool>(),
+            any::<bool>(),
+            any::<u64>(),
+        )
+            .prop_map(|(h, w, dq, so, cb, g, rs, po, seed)| {
+                let cb_size = if cb == 0 { 0 } else { cb * 3 - 2 };
+                let p = LayerParams {
+                    width: w,
+                    num: h * w,
+                    dq: dq && cb_size == 0,
+                    scan_order: so,
+                    profile: 1,
+                    parent_node_id_present: false,
+                    cb_size,
+                    cb_zero: if cb_size > 0 { (seed % u64::from(cb_size)) as u32 } else { 0 },
+                    g,
+                };
+                (p, rs, po, seed)
+            })
+    }
+
+    fn random_coded(p: &LayerParams, seed: u64) -> Vec<i32> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let sparsity: f64 = rng.gen_range(0.0..1.0);
+        let zero_row_p: f64 = rng.gen_range(0.0..0.5);
+        let mut v = vec![0i32; p.num];
+        for row in v.chunks_mut(p.width) {
+            if rng.gen_bool(zero_row_p) {
+                continue;
+            }
+            for x in row.iter_mut() {
+                if rng.gen_bool(sparsity) {
+                    continue;
+                }
+                *x = if p.cb_size > 0 {
+                    rng.gen_range(-(p.cb_zero as i32)..=(p.cb_size - 1 - p.cb_zero) as i32)
+                } else if rng.gen_bool(0.05) {
+                    rng.gen_range(-(1 << 20)..(1 << 20))
+                } else {
+                    rng.gen_range(-20..=20)
+                };
+            }
+        }
+        v
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn levels_round_trip((p, row_skip, param_opt, seed) in params()) {
+            let coded = random_coded(&p, seed);
+            let stored = stored_from_coded(&coded, &p, row_skip);
+            prop_assert_eq!(decoded_levels(&stored, &p, row_skip).unwrap(), stored.clone());
+            let mut enc = BinEncoder::new(Vec::new());
+            encode_layer(&mut enc, &stored, &p, row_skip, param_opt).unwrap();
+            let bytes = enc.finish();
+            let eps = create_entry_points(&bytes, |_| Ok(()), &p).unwrap();
+            prop_assert_eq!(eps.len() + 1, p.geometry().unwrap().num_block_rows().max(1));
+            for parallel in [false, true] {
+                let mut dec = BinDecoder::new(&bytes);
+                let mut out = vec![0i32; p.num];
+                decode_layer(&bytes, &mut dec, &p, &eps, parallel, &mut out).unwrap();
+                prop_assert_eq!(&out, &stored);
+                if !parallel {
+                    prop_assert_eq!(dec.decode_bin_trm(), 1);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dq_skip_advance_matches_transitions() {
+        for s in 0..8u32 {
+            for n in 0..20usize {
+                let mut t = s;
+                for _ in 0..n {
+                    t = DQ_TRANS[t as usize][0];
+                }
+                assert_eq!(dq_advance_zeros(s, n), t);
+            }
+        }
+    }
 }
