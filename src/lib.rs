@@ -5,10 +5,12 @@
 //! See `docs/ARCHITECTURE.md`.
 
 pub mod bench;
+pub mod calib;
 pub mod fsutil;
 pub mod graph;
 pub mod inspect;
 pub mod npz;
 pub mod onnx;
+pub mod passes;
 pub mod runtime;
 pub mod tensor;

@@ -125,7 +125,7 @@ fn resolve(base: &Path, name: &str, location: &str) -> Result<PathBuf, OnnxError
 }
 
 /// The model's external-data files, memory-mapped once each.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ExternalStore {
     base: PathBuf,
     files: HashMap<String, Arc<memmap2::Mmap>>,

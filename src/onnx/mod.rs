@@ -136,8 +136,8 @@ impl ValueInfo {
     }
 }
 
-/// A loaded, validated ONNX model.
-#[derive(Debug)]
+/// A loaded, validated ONNX model. Cloning is cheap for external data (shared maps).
+#[derive(Debug, Clone)]
 pub struct Model {
     pub proto: ModelProto,
     /// Where the model came from: the base of its relative external-data locations.

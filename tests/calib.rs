@@ -1,0 +1,128 @@
+//! Calibration data: loading in both layouts, metrics, rectifier states.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use nnzip::calib::{evaluate, run_model, states::rectifier_states, Calibration, Metric};
+use nnzip::onnx::Model;
+
+fn accuracy_from_fixtures_json(name: &str) -> f64 {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("fixtures.json")).unwrap()).unwrap();
+    let key = name.trim_end_matches(".onnx");
+    let m = &v["models"][key];
+    m["accuracy_ort_heldout"]
+        .as_f64()
+        .or_else(|| m["accuracy"].as_f64())
+        .expect("accuracy in fixtures.json")
+}
+
+#[test]
+fn held_out_accuracy_matches_the_generator() {
+    for (name, data) in TRAINED {
+        let model = Model::load(fixture(name)).unwrap();
+        let calib = Calibration::load(&fixture(data), &model).unwrap();
+        assert_eq!(calib.samples, 1000);
+        assert!(calib.batchable);
+        let out = run_model(runtime(), &model, &calib).unwrap();
+        let logits = &out[0].1;
+        assert_eq!(logits.dims, vec![1000, 10]);
+        assert_eq!(Metric::for_data(&calib, logits), Metric::Accuracy);
+        let acc = evaluate(Metric::Accuracy, &calib, logits, logits).unwrap();
+        let expected = 100.0 * accuracy_from_fixtures_json(name);
+        assert!(
+            (acc - expected).abs() < 0.051,
+            "{name}: {acc} vs {expected}"
+        );
+        // Against itself, agreement and cosine are perfect.
+        assert_eq!(
+            evaluate(Metric::Agreement, &calib, logits, logits).unwrap(),
+            100.0
+        );
+        assert!((evaluate(Metric::Cosine, &calib, logits, logits).unwrap() - 100.0).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn both_layouts_are_accepted_and_fixed_batches_run_one_by_one() {
+    let model = Model::load(fixture("cnn.onnx")).unwrap();
+    let (x, labels) = held_out_batch("mnist_test.npz", 10);
+    // [N, 1, 1, 28, 28]: each sample with the input's full shape.
+    let mut d = vec![10, 1];
+    d.extend_from_slice(&x.dims[1..]);
+    let x5 = nnzip::tensor::Tensor::from_bytes(x.dtype, d, x.bytes().to_vec()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("c.npz");
+    let l = nnzip::tensor::Tensor::from_i64(vec![10], &labels).unwrap();
+    nnzip::npz::write_npz(&p, &[("input".into(), x5), ("labels".into(), l)]).unwrap();
+    let calib = Calibration::load(&p, &model).unwrap();
+    assert_eq!(calib.samples, 10);
+    let a = run_model(runtime(), &model, &calib).unwrap();
+    assert_eq!(a[0].1.dims, vec![10, 10]);
+    // A wrong shape is refused with the input named.
+    let bad =
+        nnzip::tensor::Tensor::from_f32(vec![10, 3, 28, 28], &vec![0.0; 10 * 3 * 784]).unwrap();
+    nnzip::npz::write_npz(&p, &[("input".into(), bad)]).unwrap();
+    let e = Calibration::load(&p, &model).unwrap_err().to_string();
+    assert!(e.contains("'input'"), "{e}");
+    // A model with a fixed batch of 1 gets its samples one at a time.
+    let dir2 = tempfile::tempdir().unwrap();
+    let mp = dir2.path().join("tiny.onnx");
+    write_proto(&mp, &tiny_linear());
+    let tiny = Model::load(&mp).unwrap();
+    let xs =
+        nnzip::tensor::Tensor::from_f32(vec![5, 4], &(0..20).map(|i| i as f32).collect::<Vec<_>>())
+            .unwrap();
+    nnzip::npz::write_npz(&p, &[("x".into(), xs.clone())]).unwrap();
+    let calib = Calibration::load(&p, &tiny).unwrap();
+    assert!(!calib.batchable);
+    let out = run_model(runtime(), &tiny, &calib).unwrap();
+    assert_eq!(out[0].1.dims, vec![5, 3]);
+    let row2 = run_model(runtime(), &tiny, &calib.take(5).unwrap()).unwrap()[0]
+        .1
+        .to_f32()
+        .unwrap();
+    let direct = run_model_rows(&tiny, &xs, 2);
+    assert_eq!(&row2[6..9], &direct[..]);
+}
+
+fn run_model_rows(model: &Model, xs: &nnzip::tensor::Tensor, row: usize) -> Vec<f32> {
+    let v = xs.to_f32().unwrap();
+    let x = nnzip::tensor::Tensor::from_f32(vec![1, 4], &v[row * 4..row * 4 + 4]).unwrap();
+    run_model_io(model, vec![("x".into(), x)])[0]
+        .1
+        .to_f32()
+        .unwrap()
+}
+
+fn run_model_io(
+    model: &Model,
+    inputs: Vec<(String, nnzip::tensor::Tensor)>,
+) -> Vec<(String, nnzip::tensor::Tensor)> {
+    common::run_model(model, &inputs)
+}
+
+#[test]
+fn rectifier_states_count_every_observation() {
+    let model = Model::load(fixture("cnn.onnx")).unwrap();
+    let calib = Calibration::load(&fixture("mnist_test.npz"), &model)
+        .unwrap()
+        .take(50)
+        .unwrap();
+    let states = rectifier_states(runtime(), &model, &calib).unwrap();
+    assert_eq!(states.len(), 4, "cnn has four Relu");
+    // conv1's Relu sees 28x28 positions per sample, 16 channels.
+    let s0 = &states[0];
+    assert_eq!(s0.channels(), 16);
+    assert_eq!(s0.observations, 50 * 28 * 28);
+    for c in 0..s0.channels() {
+        assert_eq!(s0.off[c] + s0.linear[c] + s0.saturated[c], s0.observations);
+        let h = s0.entropy(c);
+        assert!((0.0..=1.0).contains(&h));
+    }
+    // The head's hidden layer: [N, 64], one observation per sample.
+    let last = states.last().unwrap();
+    assert_eq!(last.channels(), 64);
+    assert_eq!(last.observations, 50);
+}
