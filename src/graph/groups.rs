@@ -688,6 +688,9 @@ impl Tracer<'_> {
     }
 }
 
+/// Offset, block, first channel and count of a placement (the axis may differ per input).
+type PlaceKey = (usize, usize, usize, usize);
+
 /// Union-find over source indices.
 fn find(parent: &mut [usize], mut x: usize) -> usize {
     while parent[x] != x {
@@ -750,7 +753,7 @@ pub fn channel_groups(model: &Model, ix: &GraphIndex, shapes: &Shapes) -> Vec<Ch
             .map(|(j, _)| j)
             .collect();
         // placement -> per input, the sources arriving with it
-        let mut by_place: HashMap<(usize, usize, usize, usize), HashMap<usize, Vec<usize>>> =
+        let mut by_place: HashMap<PlaceKey, HashMap<usize, Vec<usize>>> =
             HashMap::new();
         for &(s, k, p) in arr {
             by_place
