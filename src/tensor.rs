@@ -276,6 +276,47 @@ impl Tensor {
         })
     }
 
+    /// Removes the given indices along `axis` (indices past the end are ignored).
+    pub fn remove_indices(
+        &self,
+        axis: usize,
+        remove: &std::collections::BTreeSet<usize>,
+    ) -> Result<Tensor, TensorError> {
+        let size = self.dtype.size().ok_or(TensorError::Unsized(self.dtype))?;
+        let d = *self.dims.get(axis).ok_or_else(|| TensorError::Overflow {
+            dims: self.dims.clone(),
+        })?;
+        let outer: usize = self.dims[..axis].iter().product();
+        let inner: usize = self.dims[axis + 1..].iter().product::<usize>() * size;
+        let keep: Vec<usize> = (0..d).filter(|i| !remove.contains(i)).collect();
+        let mut bytes = Vec::with_capacity(outer * keep.len() * inner);
+        for o in 0..outer {
+            for &k in &keep {
+                let s = (o * d + k) * inner;
+                bytes.extend_from_slice(&self.bytes[s..s + inner]);
+            }
+        }
+        let mut dims = self.dims.clone();
+        dims[axis] = keep.len();
+        Tensor::from_bytes(self.dtype, dims, bytes)
+    }
+
+    /// Calls `f(outer, index, inner_range)` over the f32 elements whose `axis` index is `i`:
+    /// a view of one slice along an axis, as flat element offsets.
+    pub fn axis_offsets(&self, axis: usize, i: usize) -> Vec<usize> {
+        let Some(&d) = self.dims.get(axis) else {
+            return Vec::new();
+        };
+        let outer: usize = self.dims[..axis].iter().product();
+        let inner: usize = self.dims[axis + 1..].iter().product();
+        let mut v = Vec::with_capacity(outer * inner);
+        for o in 0..outer {
+            let s = (o * d + i) * inner;
+            v.extend(s..s + inner);
+        }
+        v
+    }
+
     /// Number of elements equal to zero (both signs of zero for floats).
     pub fn count_zeros(&self) -> usize {
         let b = &self.bytes;
@@ -337,6 +378,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d.count_zeros(), 2);
+    }
+
+    #[test]
+    fn indices_are_removed_along_an_axis() {
+        let t = Tensor::from_f32(
+            vec![2, 3, 2],
+            &(0..12).map(|i| i as f32).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let r = t.remove_indices(1, &[0, 2].into_iter().collect()).unwrap();
+        assert_eq!(r.dims, vec![2, 1, 2]);
+        assert_eq!(r.to_f32().unwrap(), vec![2.0, 3.0, 8.0, 9.0]);
+        let r0 = t.remove_indices(0, &[1].into_iter().collect()).unwrap();
+        assert_eq!(
+            r0.to_f32().unwrap(),
+            (0..6).map(|i| i as f32).collect::<Vec<_>>()
+        );
+        assert_eq!(t.axis_offsets(1, 1), vec![2, 3, 8, 9]);
     }
 
     #[test]

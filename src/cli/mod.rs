@@ -3,6 +3,7 @@
 
 mod bench;
 mod inspect;
+mod simplify;
 
 use std::path::PathBuf;
 
@@ -45,12 +46,15 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Measure inference latency on ONNX Runtime, optionally against a second model.
     Bench(bench::Args),
+    /// Remove dead channels, fold BatchNorm, collapse zero-entropy layers; outputs stay equal.
+    Simplify(simplify::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Bench(a) => bench::run(a, cli.ort_lib.as_deref(), cli.quiet),
+        Command::Simplify(a) => simplify::run(a, cli.ort_lib.as_deref()),
     }
 }
 

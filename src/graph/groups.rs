@@ -753,8 +753,7 @@ pub fn channel_groups(model: &Model, ix: &GraphIndex, shapes: &Shapes) -> Vec<Ch
             .map(|(j, _)| j)
             .collect();
         // placement -> per input, the sources arriving with it
-        let mut by_place: HashMap<PlaceKey, HashMap<usize, Vec<usize>>> =
-            HashMap::new();
+        let mut by_place: HashMap<PlaceKey, HashMap<usize, Vec<usize>>> = HashMap::new();
         for &(s, k, p) in arr {
             by_place
                 .entry((p.offset, p.block, p.first, p.count))

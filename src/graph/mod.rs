@@ -1,5 +1,6 @@
 //! Graph analysis over ONNX models.
 
+pub mod edit;
 pub mod groups;
 pub mod index;
 pub mod shapes;

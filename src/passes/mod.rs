@@ -1,6 +1,8 @@
 //! Graph passes: values in a list, each stating what it preserves. The pipeline is a
 //! configuration: a `Vec<Box<dyn Pass>>` run in order over one model.
 
+pub mod simplify;
+
 use serde::Serialize;
 use thiserror::Error;
 

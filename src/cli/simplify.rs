@@ -1,0 +1,127 @@
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nnzip::calib::Calibration;
+use nnzip::inspect::{bytes_h, si};
+use nnzip::onnx::{Model, SaveOptions};
+use nnzip::passes::simplify::{simplify, SimplifyReport};
+use nnzip::runtime::Runtime;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The (pruned) ONNX model.
+    pub model: PathBuf,
+    /// Where to write the simplified model.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Calibration data (one array per input, named after it, leading sample axis; optional
+    /// `labels`): enables the zero-entropy collapse and verifies on these samples.
+    #[arg(long, value_name = "FILE.npz")]
+    pub calib: Option<PathBuf>,
+    /// Concrete shape for an input with symbolic dims (repeatable). Default: symbolic batch = 1.
+    #[arg(long = "shape", value_name = "NAME=DIMS", value_parser = super::shape_arg)]
+    pub shapes: Vec<(String, Vec<usize>)>,
+    /// Write tensors of at least this many bytes to an external-data file beside the output.
+    #[arg(long, value_name = "BYTES")]
+    pub external_data: Option<u64>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: Args, ort_lib: Option<&Path>) -> Result<()> {
+    let mut model =
+        Model::load(&a.model).with_context(|| format!("cannot load {}", a.model.display()))?;
+    let rt = Runtime::get(ort_lib).context("cannot start ONNX Runtime")?;
+    let calib = match &a.calib {
+        Some(p) => Some(
+            Calibration::load(p, &model)
+                .with_context(|| format!("cannot use calibration data {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let report =
+        simplify(&mut model, rt, calib.as_ref(), &a.shapes).context("simplification failed")?;
+    if !report.verification.within_tolerance {
+        bail!(
+            "verification failed: outputs differ by {:.3e} (largest output {:.3e}); nothing was written",
+            report.verification.max_abs_diff,
+            report.verification.max_abs_output
+        );
+    }
+    let opts = SaveOptions {
+        external_threshold: a.external_data,
+        ..Default::default()
+    };
+    model
+        .save(&a.output, &opts)
+        .with_context(|| format!("cannot write {}", a.output.display()))?;
+    if a.json {
+        super::print_json(&report)
+    } else {
+        print!("{}", text(&report));
+        Ok(())
+    }
+}
+
+fn text(r: &SimplifyReport) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let macs = |m: Option<u64>| {
+        m.map(|v| si(v as f64).trim().to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    let _ = writeln!(o, "{:<12} {:>14} {:>14}", "", "before", "after");
+    let _ = writeln!(
+        o,
+        "{:<12} {:>14} {:>14}",
+        "parameters", r.before.parameters, r.after.parameters
+    );
+    let _ = writeln!(
+        o,
+        "{:<12} {:>14} {:>14}",
+        "ONNX size",
+        bytes_h(r.before.onnx_bytes),
+        bytes_h(r.after.onnx_bytes)
+    );
+    let _ = writeln!(
+        o,
+        "{:<12} {:>14} {:>14}",
+        "MACs",
+        macs(r.before.macs),
+        macs(r.after.macs)
+    );
+    let _ = writeln!(
+        o,
+        "{:<12} {:>14} {:>14}",
+        "nodes", r.before.nodes, r.after.nodes
+    );
+    let _ = writeln!(
+        o,
+        "channels removed {}, BatchNormalization folded {}",
+        r.channels_removed, r.batchnorms_folded
+    );
+    for l in &r.layers_collapsed {
+        let _ = writeln!(o, "collapsed: {l}");
+    }
+    for p in &r.passes {
+        for n in &p.notes {
+            let _ = writeln!(o, "  {}: {n}", p.pass);
+        }
+    }
+    let v = &r.verification;
+    let _ = writeln!(
+        o,
+        "verified on {} {} sample(s): max |difference| {:.3e} (largest output {:.3e}){}",
+        v.samples,
+        v.data,
+        v.max_abs_diff,
+        v.max_abs_output,
+        if v.exact_only_on_calibration_like_inputs {
+            "; zero-entropy decisions hold on calibration-like inputs"
+        } else {
+            ""
+        }
+    );
+    o
+}

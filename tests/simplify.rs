@@ -1,0 +1,279 @@
+//! The simplify stage: outputs stay equal to the pruned model's while channels physically leave.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use nnzip::calib::Calibration;
+use nnzip::graph::groups::{channel_groups, ChannelGroup, ParamRole};
+use nnzip::graph::index::GraphIndex;
+use nnzip::onnx::Model;
+use nnzip::passes::simplify::{simplify, ModelStats};
+use nnzip::tensor::Tensor;
+use rand::{seq::SliceRandom, SeedableRng};
+
+fn groups(model: &Model) -> Vec<ChannelGroup> {
+    let ix = GraphIndex::new(model);
+    let shapes =
+        nnzip::graph::shapes::infer(model, &nnzip::inspect::mac_shapes(model, &[]).unwrap());
+    channel_groups(model, &ix, &shapes)
+}
+
+/// Zeroes channels of a group in every coupled tensor the way structured pruning does (BN
+/// mean/var kept); `keep_bias` leaves biases and BN shifts so the dead channels are nonzero
+/// constants.
+fn zero_channels(model: &mut Model, g: &ChannelGroup, chans: &BTreeSet<usize>, keep_bias: bool) {
+    let ix = GraphIndex::new(model);
+    for p in &g.params {
+        let node = &model.graph().node[p.node];
+        let k = node.input.iter().position(|i| i == &p.name).unwrap();
+        let is_bn = node.op_type == "BatchNormalization";
+        if is_bn && k >= 3 {
+            continue; // running mean / variance
+        }
+        if keep_bias
+            && (p.role == ParamRole::SourceBias
+                || (is_bn && k == 2)
+                || p.role == ParamRole::ConsumerWeight)
+        {
+            continue;
+        }
+        if keep_bias && p.role == ParamRole::PerChannel && !is_bn {
+            continue;
+        }
+        let id = ix.constants[&p.name].clone();
+        let t = model.read(&id).unwrap();
+        let mut v = t.to_f32().unwrap();
+        for &c in chans {
+            if let Some(r) = p.place.range(c) {
+                for i in r {
+                    for o in t.axis_offsets(p.place.axis, i) {
+                        v[o] = 0.0;
+                    }
+                }
+            }
+        }
+        model
+            .write(&id, &Tensor::from_f32(t.dims.clone(), &v).unwrap())
+            .unwrap();
+    }
+}
+
+fn prune_randomly(model: &mut Model, fraction: f64, seed: u64) -> usize {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut total = 0;
+    for g in groups(model).into_iter().filter(|g| g.prunable()) {
+        let n = ((g.channels as f64) * fraction).round() as usize;
+        let n = n.min(g.channels - 1);
+        let mut idx: Vec<usize> = (0..g.channels).collect();
+        idx.shuffle(&mut rng);
+        let chosen: BTreeSet<usize> = idx.into_iter().take(n).collect();
+        total += chosen.len();
+        zero_channels(model, &g, &chosen, false);
+    }
+    total
+}
+
+#[test]
+fn simplified_models_match_the_pruned_ones_on_every_fixture() {
+    for (name, data) in TRAINED {
+        for (fi, fraction) in [0.25, 0.5, 0.75].into_iter().enumerate() {
+            let mut pruned = Model::load(fixture(name)).unwrap();
+            let zeroed = prune_randomly(&mut pruned, fraction, 7 + fi as u64);
+            let calib = Calibration::load(&fixture(data), &pruned)
+                .unwrap()
+                .take(64)
+                .unwrap();
+            let mut s = pruned.clone();
+            let r = simplify(&mut s, runtime(), None, &[]).unwrap();
+            assert!(
+                r.verification.within_tolerance,
+                "{name} {fraction}: {:?}",
+                r.verification
+            );
+            // Every zeroed channel left the graph.
+            assert_eq!(r.channels_removed as usize, zeroed, "{name} {fraction}");
+            assert!(r.after.parameters < r.before.parameters);
+            assert!(
+                r.after.macs.unwrap() < r.before.macs.unwrap(),
+                "{name} {fraction}"
+            );
+            // Independently of the report: same outputs on held-out data, fewer weights.
+            let a = nnzip::calib::run_model(runtime(), &pruned, &calib).unwrap();
+            let b = nnzip::calib::run_model(runtime(), &s, &calib).unwrap();
+            let (d, m) = nnzip::calib::max_abs_diff(&a, &b);
+            assert!(d <= 1e-4 * m.max(1.0), "{name} {fraction}: {d} vs {m}");
+            // The saved model loads and runs from disk too.
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join(name);
+            s.save(&out, &Default::default()).unwrap();
+            let x = vec![("input".to_string(), held_out_batch(data, 4).0)];
+            let (d2, _) = nnzip::calib::max_abs_diff(&run_model(&pruned, &x), &run_file(&out, &x));
+            assert!(d2 <= 1e-4 * m.max(1.0));
+        }
+    }
+}
+
+#[test]
+fn parameter_count_drops_by_exactly_the_removed_slices() {
+    let mut pruned = Model::load(fixture("cnn.onnx")).unwrap();
+    prune_randomly(&mut pruned, 0.5, 3);
+    // Fold BN alone first: the structure whose slices the dead-channel pass removes.
+    let mut folded = pruned.clone();
+    let ctx = nnzip::passes::PassContext {
+        calib: None,
+        runtime: Some(runtime()),
+    };
+    nnzip::passes::run_passes(
+        &[
+            Box::new(nnzip::passes::simplify::cleanup::Cleanup),
+            Box::new(nnzip::passes::simplify::fold_bn::FoldBatchNorm),
+            Box::new(nnzip::passes::simplify::cleanup::Cleanup),
+        ],
+        &mut folded,
+        &ctx,
+    )
+    .unwrap();
+    let ix = GraphIndex::new(&folded);
+    // Per tensor and axis, the indices that go; slices of two groups may cross in one tensor
+    // (a conv's output and input channels), so count what remains.
+    let mut cut: std::collections::HashMap<
+        String,
+        std::collections::HashMap<usize, BTreeSet<usize>>,
+    > = Default::default();
+    for g in groups(&folded).into_iter().filter(|g| g.prunable()) {
+        let w = g
+            .params
+            .iter()
+            .find(|p| p.role == ParamRole::SourceWeight)
+            .unwrap();
+        let t = ix.constant(&folded, &w.name).unwrap().unwrap();
+        let v = t.to_f32().unwrap();
+        for c in 0..g.channels {
+            if t.axis_offsets(w.place.axis, c).iter().all(|&o| v[o] == 0.0) {
+                for p in &g.params {
+                    cut.entry(p.name.clone())
+                        .or_default()
+                        .entry(p.place.axis)
+                        .or_default()
+                        .extend(p.place.range(c).unwrap());
+                }
+            }
+        }
+    }
+    let mut expected_removed = 0usize;
+    for (name, axes) in &cut {
+        let t = ix.constant(&folded, name).unwrap().unwrap();
+        let kept: usize = t
+            .dims
+            .iter()
+            .enumerate()
+            .map(|(a, &d)| d - axes.get(&a).map_or(0, |s| s.len()))
+            .product();
+        expected_removed += t.numel() - kept;
+    }
+    let mut s = pruned.clone();
+    let r = simplify(&mut s, runtime(), None, &[]).unwrap();
+    let base = ModelStats::of(&folded, &[]).unwrap().parameters;
+    assert_eq!(
+        r.after.parameters as usize,
+        base as usize - expected_removed
+    );
+}
+
+#[test]
+fn constant_channels_into_padded_convs_get_exact_bias_maps() {
+    // Dead channels with a nonzero constant (bias and BN shift kept) feeding 3x3 padded convs:
+    // the constant's contribution shrinks at the borders, so a per-position map is needed.
+    let mut pruned = Model::load(fixture("cnn.onnx")).unwrap();
+    let g = groups(&pruned)
+        .into_iter()
+        .find(|g| g.name == "conv1")
+        .unwrap();
+    zero_channels(&mut pruned, &g, &[1, 4, 9].into_iter().collect(), true);
+    let mut s = pruned.clone();
+    let calib = Calibration::load(&fixture("mnist_test.npz"), &pruned)
+        .unwrap()
+        .take(32)
+        .unwrap();
+    let r = simplify(&mut s, runtime(), Some(&calib), &[]).unwrap();
+    assert!(r.verification.within_tolerance, "{:?}", r.verification);
+    let maps: u64 = r
+        .passes
+        .iter()
+        .filter(|p| p.pass == "remove_dead_channels")
+        .map(|p| {
+            p.details["removals"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["bias_maps"].as_u64().unwrap())
+                .sum::<u64>()
+        })
+        .sum();
+    assert!(maps >= 1, "no bias map: {:?}", r.passes);
+    assert!(s
+        .graph()
+        .node
+        .iter()
+        .any(|n| n.name.ends_with(".bias_map_add")));
+}
+
+#[test]
+fn zero_entropy_collapse_removes_always_off_channels_and_merges_linear_layers() {
+    // Make fc1's rectifier always ON on the data (a large bias), and three channels always OFF.
+    let mut m = Model::load(fixture("cnn.onnx")).unwrap();
+    let fc1 = m.find_weight("fc1.bias").unwrap();
+    let b = m.read(&fc1.id).unwrap();
+    let mut v = vec![1000.0f32; b.numel()];
+    for c in [0, 5, 7] {
+        v[c] = -1000.0;
+    }
+    m.write(&fc1.id, &Tensor::from_f32(b.dims.clone(), &v).unwrap())
+        .unwrap();
+    let calib = Calibration::load(&fixture("mnist_test.npz"), &m)
+        .unwrap()
+        .take(200)
+        .unwrap();
+    let mut s = m.clone();
+    let r = simplify(&mut s, runtime(), Some(&calib), &[]).unwrap();
+    assert!(r.verification.within_tolerance, "{:?}", r.verification);
+    assert!(r.verification.exact_only_on_calibration_like_inputs);
+    // fc1's three OFF channels went; with the others linear (+1000 offsets) the Relu is
+    // not all-linear, so it stays.
+    assert!(r.channels_removed >= 3);
+    // Now all ON: the Relu goes and fc1 merges into fc2 (576 -> 10 directly).
+    let mut m2 = Model::load(fixture("cnn.onnx")).unwrap();
+    m2.write(
+        &fc1.id,
+        &Tensor::from_f32(b.dims.clone(), &vec![1000.0; b.numel()]).unwrap(),
+    )
+    .unwrap();
+    let mut s2 = m2.clone();
+    let r2 = simplify(&mut s2, runtime(), Some(&calib), &[]).unwrap();
+    assert!(r2.verification.within_tolerance, "{:?}", r2.verification);
+    assert!(
+        r2.layers_collapsed.iter().any(|l| l.contains("merged")),
+        "{:?}",
+        r2.layers_collapsed
+    );
+    assert_eq!(
+        s2.graph()
+            .node
+            .iter()
+            .filter(|n| n.op_type == "Gemm")
+            .count(),
+        1
+    );
+    assert_eq!(
+        s2.graph()
+            .node
+            .iter()
+            .filter(|n| n.op_type == "Relu")
+            .count(),
+        3
+    );
+    assert!(r2.after.parameters < r2.before.parameters);
+}
