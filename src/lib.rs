@@ -14,3 +14,4 @@ pub mod onnx;
 pub mod passes;
 pub mod runtime;
 pub mod tensor;
+pub mod container;

@@ -203,6 +203,12 @@ impl Model {
         Ok(model)
     }
 
+    /// Wraps a proto without validating it (the container fills stripped weights first, then
+    /// validates through [`Model::from_proto_in`]). External data cannot be resolved.
+    pub(crate) fn unchecked(proto: ModelProto) -> Model {
+        Model { proto, path: None, external: ExternalStore::new(Path::new("")) }
+    }
+
     pub fn graph(&self) -> &GraphProto {
         // from_proto_in refuses models without a graph
         self.proto
