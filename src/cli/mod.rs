@@ -2,6 +2,7 @@
 //! with `--json`; errors go to stderr with their cause chain.
 
 mod bench;
+mod codec;
 mod inspect;
 mod simplify;
 
@@ -48,6 +49,8 @@ pub enum Command {
     Bench(bench::Args),
     /// Remove dead channels, fold BatchNorm, collapse zero-entropy layers; outputs stay equal.
     Simplify(simplify::Args),
+    /// ISO/IEC 15938-17 (NNC) bitstreams of plain tensors: encode, decode, info.
+    Codec(codec::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -55,6 +58,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Bench(a) => bench::run(a, cli.ort_lib.as_deref(), cli.quiet),
         Command::Simplify(a) => simplify::run(a, cli.ort_lib.as_deref()),
+        Command::Codec(a) => codec::run(a),
     }
 }
 
@@ -71,6 +75,12 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     use nnzip::runtime::inputs::InputError;
     use nnzip::runtime::RuntimeError;
     for cause in e.chain() {
+        if cause.downcast_ref::<codec::WriteFailed>().is_some() {
+            return code::WRITE;
+        }
+        if cause.downcast_ref::<nnc_codec::Error>().is_some() || cause.downcast_ref::<nnzip::container::ContainerError>().is_some() {
+            return code::BAD_INPUT;
+        }
         if let Some(o) = cause.downcast_ref::<OnnxError>() {
             return match o {
                 OnnxError::Write { .. } => code::WRITE,
