@@ -15,3 +15,6 @@ pub mod passes;
 pub mod runtime;
 pub mod tensor;
 pub mod container;
+pub mod ratecontrol;
+pub mod report;
+pub mod pipeline;

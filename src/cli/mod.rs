@@ -3,7 +3,11 @@
 
 mod bench;
 mod codec;
+mod compress;
+mod decompress;
 mod inspect;
+mod prune;
+mod prune_args;
 mod simplify;
 
 use std::path::PathBuf;
@@ -49,8 +53,15 @@ pub enum Command {
     Bench(bench::Args),
     /// Remove dead channels, fold BatchNorm, collapse zero-entropy layers; outputs stay equal.
     Simplify(simplify::Args),
+    /// Prune a model in place: magnitude, N:M, structured channels, entropy-guided; optional
+    /// search of the amount under a metric-drop tolerance on calibration data.
+    Prune(prune::Args),
     /// ISO/IEC 15938-17 (NNC) bitstreams of plain tensors: encode, decode, info.
     Codec(codec::Args),
+    /// The whole job: prune, simplify and NNC-encode a model; report bytes, metric and latency.
+    Compress(compress::Args),
+    /// Rebuild a runnable ONNX model from an NNC bitstream.
+    Decompress(decompress::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -58,7 +69,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Inspect(a) => inspect::run(a),
         Command::Bench(a) => bench::run(a, cli.ort_lib.as_deref(), cli.quiet),
         Command::Simplify(a) => simplify::run(a, cli.ort_lib.as_deref()),
+        Command::Prune(a) => prune::run(a, cli.ort_lib.as_deref(), cli.quiet),
         Command::Codec(a) => codec::run(a),
+        Command::Compress(a) => compress::run(a, cli.ort_lib.as_deref(), cli.quiet),
+        Command::Decompress(a) => decompress::run(a),
     }
 }
 
@@ -78,8 +92,41 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if cause.downcast_ref::<codec::WriteFailed>().is_some() {
             return code::WRITE;
         }
-        if cause.downcast_ref::<nnc_codec::Error>().is_some() || cause.downcast_ref::<nnzip::container::ContainerError>().is_some() {
+        if cause.downcast_ref::<nnc_codec::Error>().is_some()
+            || cause
+                .downcast_ref::<nnzip::container::ContainerError>()
+                .is_some()
+        {
             return code::BAD_INPUT;
+        }
+        if cause.downcast_ref::<prune::UsageError>().is_some() {
+            return code::USAGE;
+        }
+        if let Some(p) = cause.downcast_ref::<nnzip::passes::PassError>() {
+            use nnzip::calib::CalibError as C;
+            use nnzip::passes::PassError as P;
+            return match p {
+                P::Onnx(OnnxError::Write { .. }) => code::WRITE,
+                P::Onnx(_) | P::Tensor(_) => code::BAD_INPUT,
+                P::Calib(C::Runtime(_)) | P::Runtime(_) => code::RUNTIME,
+                P::Calib(_) => code::BAD_INPUT,
+                P::Invalid { .. } | P::NeedsCalibration { .. } => code::USAGE,
+            };
+        }
+        if let Some(c) = cause.downcast_ref::<nnzip::calib::CalibError>() {
+            return match c {
+                nnzip::calib::CalibError::Runtime(_) => code::RUNTIME,
+                _ => code::BAD_INPUT,
+            };
+        }
+        if let Some(p) = cause.downcast_ref::<nnzip::pipeline::PipelineError>() {
+            use nnzip::pipeline::PipelineError as P;
+            return match p {
+                P::MaxDropNeedsCalib => code::USAGE,
+                P::Onnx(_) | P::Calib(_) | P::Container(_) => code::BAD_INPUT,
+                P::Bench(_) => code::RUNTIME,
+                _ => code::FAILURE,
+            };
         }
         if let Some(o) = cause.downcast_ref::<OnnxError>() {
             return match o {

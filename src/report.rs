@@ -1,0 +1,287 @@
+//! The compression report in the shape of Table 2.1 of Tartaglione's HDR thesis (pruning ratio,
+//! simplified topology size, compressed bitstream size, inference time), as text, JSON and HTML
+//! with plots (plotters, SVG).
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::inspect::{bytes_h, si};
+use crate::passes::simplify::SimplifyReport;
+use crate::ratecontrol::RatePlan;
+
+/// One stage of the pipeline, for the size-per-stage view.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage {
+    pub name: String,
+    pub bytes: u64,
+    pub parameters: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CompressReport {
+    pub input: String,
+    pub output: String,
+    /// Parameters of the input model.
+    pub parameters: u64,
+    /// Parameters after pruning and simplification.
+    pub parameters_after: u64,
+    /// Fraction of the input's parameters removed (pruned to zero and physically removed by
+    /// simplification), or zeroed by pruning when not simplified.
+    pub pruned_fraction: f64,
+    pub onnx_bytes: u64,
+    /// `zstd -19` of the input ONNX file: what a general-purpose compressor gets.
+    pub onnx_zstd_bytes: u64,
+    /// The model after pruning and simplification, as ONNX.
+    pub simplified_onnx_bytes: u64,
+    pub bitstream_bytes: u64,
+    /// Bytes of the NNR_TPL unit (the graph), part of `bitstream_bytes`.
+    pub topology_bytes: u64,
+    pub compression_ratio_vs_onnx: f64,
+    pub compression_ratio_vs_zstd: f64,
+    pub macs: Option<u64>,
+    pub macs_after: Option<u64>,
+    /// `top-1 accuracy`, `top-1 agreement` or `output cosine similarity` (percent), with --calib.
+    pub metric: Option<String>,
+    pub metric_before: Option<f64>,
+    pub metric_after: Option<f64>,
+    pub latency_ms_original: Option<f64>,
+    pub latency_ms_compressed: Option<f64>,
+    /// compressed / original median latency, measured interleaved in one process.
+    pub latency_ratio: Option<f64>,
+    pub stages: Vec<Stage>,
+    pub prune: Option<serde_json::Value>,
+    pub simplify: Option<SimplifyReport>,
+    pub rate_control: Option<RatePlan>,
+    /// The reference's one knob at its best: the coarsest single QP within the same budget.
+    pub best_single_qp: Option<SingleQp>,
+    pub codec: serde_json::Value,
+    pub reference_compatible: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SingleQp {
+    pub qp: i32,
+    pub bitstream_bytes: u64,
+    pub metric: f64,
+}
+
+impl CompressReport {
+    pub fn to_text(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let opt = |v: Option<f64>, unit: &str| {
+            v.map(|x| format!("{x:.3}{unit}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        let _ = writeln!(o, "{} -> {}", self.input, self.output);
+        let _ = writeln!(o, "{:<34} {:>14}", "parameters", self.parameters);
+        let _ = writeln!(
+            o,
+            "{:<34} {:>14}",
+            "parameters after prune+simplify", self.parameters_after
+        );
+        let _ = writeln!(
+            o,
+            "{:<34} {:>13.1}%",
+            "pruned",
+            self.pruned_fraction * 100.0
+        );
+        let _ = writeln!(o, "{:<34} {:>14}", "ONNX size", bytes_h(self.onnx_bytes));
+        let _ = writeln!(
+            o,
+            "{:<34} {:>14}",
+            "ONNX size, zstd -19",
+            bytes_h(self.onnx_zstd_bytes)
+        );
+        let _ = writeln!(
+            o,
+            "{:<34} {:>14}",
+            "simplified ONNX size",
+            bytes_h(self.simplified_onnx_bytes)
+        );
+        let _ = writeln!(
+            o,
+            "{:<34} {:>14}",
+            "NNC bitstream size",
+            bytes_h(self.bitstream_bytes)
+        );
+        let _ = writeln!(
+            o,
+            "{:<34} {:>13.1}x",
+            "compression vs ONNX", self.compression_ratio_vs_onnx
+        );
+        let _ = writeln!(
+            o,
+            "{:<34} {:>13.1}x",
+            "compression vs zstd -19", self.compression_ratio_vs_zstd
+        );
+        if let (Some(a), Some(b)) = (self.macs, self.macs_after) {
+            let _ = writeln!(
+                o,
+                "{:<34} {:>14}",
+                "MACs before / after",
+                format!("{} / {}", si(a as f64).trim(), si(b as f64).trim())
+            );
+        }
+        if let Some(m) = &self.metric {
+            let _ = writeln!(
+                o,
+                "{:<34} {:>14}",
+                format!("{m} before"),
+                opt(self.metric_before, " %")
+            );
+            let _ = writeln!(
+                o,
+                "{:<34} {:>14}",
+                format!("{m} after"),
+                opt(self.metric_after, " %")
+            );
+        }
+        let _ = writeln!(
+            o,
+            "{:<34} {:>14}",
+            "latency original (ORT, median)",
+            opt(self.latency_ms_original, " ms")
+        );
+        let _ = writeln!(
+            o,
+            "{:<34} {:>14}",
+            "latency compressed (ORT, median)",
+            opt(self.latency_ms_compressed, " ms")
+        );
+        if let Some(r) = &self.rate_control {
+            let _ = writeln!(
+                o,
+                "rate control: {} tensors, QP {}..{}, {} search steps",
+                r.qps.len(),
+                r.qps.values().min().copied().unwrap_or(0),
+                r.qps.values().max().copied().unwrap_or(0),
+                r.steps.len()
+            );
+        }
+        if let Some(s) = &self.best_single_qp {
+            let _ = writeln!(
+                o,
+                "best single QP within the same budget: QP {} -> {} ({:.3} %)",
+                s.qp,
+                bytes_h(s.bitstream_bytes),
+                s.metric
+            );
+        }
+        o
+    }
+
+    /// A standalone HTML page: the table and three SVG plots.
+    pub fn to_html(&self) -> String {
+        let esc = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        };
+        let mut rows = String::new();
+        for line in self.to_text().lines().skip(1) {
+            let (k, v) = line.split_at(line.len().min(34));
+            rows.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td></tr>\n",
+                esc(k.trim()),
+                esc(v.trim())
+            ));
+        }
+        let stages: Vec<(String, f64)> = self
+            .stages
+            .iter()
+            .map(|s| (s.name.clone(), s.bytes as f64 / 1024.0))
+            .collect();
+        let mut plots = vec![bar_chart("Size per stage (KiB)", &stages)];
+        if let (Some(a), Some(b)) = (self.latency_ms_original, self.latency_ms_compressed) {
+            plots.push(bar_chart(
+                "ONNX Runtime latency (ms, median)",
+                &[("original".into(), a), ("compressed".into(), b)],
+            ));
+        }
+        if let Some(r) = &self.rate_control {
+            let pts: Vec<(f64, f64, bool)> = r
+                .steps
+                .iter()
+                .map(|s| (s.bytes as f64 / 1024.0, s.metric, s.accepted))
+                .collect();
+            plots.push(scatter("Rate search: payload (KiB) vs metric (%)", &pts));
+        }
+        format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>nnzip report</title>\
+             <style>body{{font-family:sans-serif;margin:2em}}td{{padding:2px 12px}}tr:nth-child(odd){{background:#f4f4f4}}</style>\
+             </head><body><h1>nnzip compression report</h1><p>{}</p><table>{rows}</table>{}</body></html>\n",
+            esc(&format!("{} → {}", self.input, self.output)),
+            plots.join("\n")
+        )
+    }
+}
+
+fn bar_chart(title: &str, data: &[(String, f64)]) -> String {
+    let mut s = String::new();
+    {
+        let root = SVGBackend::with_string(&mut s, (640, 320)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let max = data.iter().map(|d| d.1).fold(0.0f64, f64::max).max(1e-9) * 1.15;
+        let n = data.len() as i32;
+        let chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .build_cartesian_2d((0..n.max(1)).into_segmented(), 0f64..max);
+        if let Ok(mut c) = chart {
+            let labels: Vec<String> = data.iter().map(|d| d.0.clone()).collect();
+            let _ = c
+                .configure_mesh()
+                .disable_x_mesh()
+                .x_label_formatter(&|v| match v {
+                    SegmentValue::CenterOf(i) => {
+                        labels.get(*i as usize).cloned().unwrap_or_default()
+                    }
+                    _ => String::new(),
+                })
+                .draw();
+            let _ = c.draw_series(
+                Histogram::vertical(&c)
+                    .style(RGBColor(70, 110, 180).filled())
+                    .margin(20)
+                    .data(data.iter().enumerate().map(|(i, d)| (i as i32, d.1))),
+            );
+        }
+        let _ = root.present();
+    }
+    s
+}
+
+fn scatter(title: &str, pts: &[(f64, f64, bool)]) -> String {
+    let mut s = String::new();
+    {
+        let root = SVGBackend::with_string(&mut s, (640, 320)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let (x0, x1) = pts
+            .iter()
+            .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.0), a.1.max(p.0)));
+        let (y0, y1) = pts
+            .iter()
+            .fold((f64::MAX, f64::MIN), |a, p| (a.0.min(p.1), a.1.max(p.1)));
+        let pad = |a: f64, b: f64| ((b - a).abs() * 0.1).max(0.5);
+        let chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(60)
+            .build_cartesian_2d(
+                (x0 - pad(x0, x1))..(x1 + pad(x0, x1)),
+                (y0 - pad(y0, y1))..(y1 + pad(y0, y1)),
+            );
+        if let Ok(mut c) = chart {
+            let _ = c.configure_mesh().draw();
+            let _ = c.draw_series(pts.iter().map(|&(x, y, ok)| {
+                Circle::new((x, y), 4, if ok { GREEN.filled() } else { RED.filled() })
+            }));
+        }
+        let _ = root.present();
+    }
+    s
+}
