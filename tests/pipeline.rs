@@ -1,0 +1,197 @@
+//! `nnzip compress` / `decompress`: the whole job through the binary.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use nnzip::calib::{evaluate, run_model, Calibration, Metric};
+use nnzip::onnx::Model;
+
+fn nnzip(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_nnzip"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn held_out_accuracy(model: &Model, data: &str) -> f64 {
+    let calib = Calibration::load(&fixture(data), model).unwrap();
+    let out = run_model(runtime(), model, &calib).unwrap();
+    evaluate(Metric::Accuracy, &calib, &out[0].1, &out[0].1).unwrap()
+}
+
+#[test]
+fn compress_with_an_accuracy_budget_on_every_fixture() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, data) in TRAINED {
+        let src = fixture(name);
+        let nnc = dir.path().join(format!("{name}.nnc"));
+        let html = dir.path().join(format!("{name}.html"));
+        let r = ok(&nnzip(&[
+            "compress",
+            src.to_str().unwrap(),
+            "-o",
+            nnc.to_str().unwrap(),
+            "--calib",
+            fixture(data).to_str().unwrap(),
+            "--max-drop",
+            "1",
+            "--runs",
+            "5",
+            "--json",
+            "--html",
+            html.to_str().unwrap(),
+            "-q",
+        ]));
+        for k in [
+            "onnx_bytes",
+            "bitstream_bytes",
+            "parameters",
+            "pruned_fraction",
+            "metric_before",
+            "metric_after",
+            "latency_ms_original",
+            "latency_ms_compressed",
+        ] {
+            assert!(!r[k].is_null(), "{name}: {k} missing");
+        }
+        assert_eq!(
+            r["bitstream_bytes"].as_u64().unwrap(),
+            std::fs::metadata(&nnc).unwrap().len()
+        );
+        assert!(
+            r["bitstream_bytes"].as_u64().unwrap() * 8 < r["onnx_bytes"].as_u64().unwrap(),
+            "{name}: {r}"
+        );
+        // Decompress and measure independently on the held-out labels.
+        let onnx = dir.path().join(format!("{name}.d.onnx"));
+        let d = nnzip(&[
+            "decompress",
+            nnc.to_str().unwrap(),
+            "-o",
+            onnx.to_str().unwrap(),
+        ]);
+        assert!(d.status.success(), "{}", String::from_utf8_lossy(&d.stderr));
+        let before = held_out_accuracy(&Model::load(&src).unwrap(), data);
+        let after = held_out_accuracy(&Model::load(&onnx).unwrap(), data);
+        assert!(before - after <= 1.0 + 1e-9, "{name}: {before} -> {after}");
+        assert!(
+            (r["metric_after"].as_f64().unwrap() - after).abs() < 1e-9,
+            "{name}: report and measurement disagree"
+        );
+        let page = std::fs::read_to_string(&html).unwrap();
+        assert!(
+            page.contains("<svg") && page.contains("Rate search"),
+            "{name}: plots missing"
+        );
+    }
+}
+
+#[test]
+fn same_input_same_bytes_and_reference_compatible_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("resnet.onnx");
+    let (a, b) = (dir.path().join("a.nnc"), dir.path().join("b.nnc"));
+    for p in [&a, &b] {
+        let o = nnzip(&[
+            "compress",
+            src.to_str().unwrap(),
+            "-o",
+            p.to_str().unwrap(),
+            "--runs",
+            "0",
+            "-q",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "not deterministic"
+    );
+    // Parameters-only bitstream + graph beside it; decompress finds the pair.
+    let rc = dir.path().join("rc.nnc");
+    let o = nnzip(&[
+        "compress",
+        src.to_str().unwrap(),
+        "-o",
+        rc.to_str().unwrap(),
+        "--runs",
+        "0",
+        "--reference-compatible",
+        "-q",
+    ]);
+    assert!(o.status.success());
+    assert!(dir.path().join("rc.nnc.onnx").is_file());
+    let units: Vec<_> = nnc_codec::units(&std::fs::read(&rc).unwrap()).unwrap();
+    assert!(
+        units.iter().all(|u| u.formats.is_none_or(|(s, _)| s == 0)),
+        "no ONNX topology in a reference-compatible stream"
+    );
+    let out = dir.path().join("rc.onnx");
+    let d = nnzip(&[
+        "decompress",
+        rc.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(d.status.success(), "{}", String::from_utf8_lossy(&d.stderr));
+    let x = vec![("input".to_string(), held_out_batch("mnist_test.npz", 4).0)];
+    let (diff, m) = nnzip::calib::max_abs_diff(&run_file(&src, &x), &run_file(&out, &x));
+    assert!(diff < 0.05 * m.max(1.0));
+}
+
+#[test]
+fn truncated_bitstreams_are_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let nnc = dir.path().join("m.nnc");
+    let o = nnzip(&[
+        "compress",
+        fixture("mlp.onnx").to_str().unwrap(),
+        "-o",
+        nnc.to_str().unwrap(),
+        "--runs",
+        "0",
+        "-q",
+    ]);
+    assert!(o.status.success());
+    let bytes = std::fs::read(&nnc).unwrap();
+    let cut = dir.path().join("cut.nnc");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let out = dir.path().join("out.onnx");
+    let d = nnzip(&[
+        "decompress",
+        cut.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        d.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&d.stderr)
+    );
+    assert!(!out.exists());
+    // --max-drop without data is a usage error.
+    let e = nnzip(&[
+        "compress",
+        fixture("mlp.onnx").to_str().unwrap(),
+        "-o",
+        nnc.to_str().unwrap(),
+        "--max-drop",
+        "1",
+        "-q",
+    ]);
+    assert_eq!(e.status.code(), Some(2));
+}
