@@ -9,6 +9,7 @@
 //! 2. For a multiplier λ, each tensor independently takes the QP minimizing `bytes + λ·distortion`.
 //! 3. λ is bisected (on a log scale) for the smallest bitstream whose real metric — the whole model
 //!    quantized, decoded and run on all calibration samples — drops by at most `max_drop`.
+//! 4. A greedy pass on the real metric coarsens single tensors one step while the budget holds.
 //!
 //! Spending bits where the model is sensitive beats one QP everywhere; the baseline with the
 //! reference's single-QP knob ([`best_single_qp`]) is measured the same way for comparison.
@@ -270,7 +271,7 @@ pub fn allocate(
             lo = mid;
         }
     }
-    let (picks, v, bytes, _) = match best {
+    let (mut picks, mut v, mut bytes, _) = match best {
         Some(b) => b,
         None => {
             let last = steps
@@ -280,6 +281,41 @@ pub fn allocate(
             (finest, last.0, last.1, f64::INFINITY)
         }
     };
+    // Greedy refinement on the real metric: coarsen one tensor a step at a time, largest saving
+    // first, keeping each move that stays within budget. The proxy distortion picked the region;
+    // this spends what is left of the budget.
+    let mut evals = 0;
+    let max_evals = 3 * table.len();
+    let mut improved = true;
+    while improved && evals < max_evals {
+        improved = false;
+        let mut order: Vec<usize> = (0..table.len())
+            .filter(|&t| picks[t] + 1 < table[t].len())
+            .collect();
+        order.sort_by_key(|&t| {
+            std::cmp::Reverse(
+                table[t][picks[t]]
+                    .0
+                    .saturating_sub(table[t][picks[t] + 1].0),
+            )
+        });
+        for t in order {
+            if evals >= max_evals {
+                break;
+            }
+            let mut trial = picks.clone();
+            trial[t] += 1;
+            progress(&format!("refining {}/{}", evals + 1, max_evals));
+            let (tv, tb) = evaluate_cfg(&config_for(&trial), f64::NAN, &mut steps)?;
+            evals += 1;
+            if metric_reference - tv <= max_drop && tb < bytes {
+                picks = trial;
+                v = tv;
+                bytes = tb;
+                improved = true;
+            }
+        }
+    }
     let config = config_for(&picks);
     let qps = alloc
         .iter()
