@@ -267,19 +267,59 @@ fn source_info(
     }
 }
 
+/// A constant seen through shape-only ops (`Reshape`, `Unsqueeze`, `Squeeze`, `Flatten`,
+/// `Identity` with constant shape inputs), as exporters often write a bias: the name of the
+/// stored constant, which holds the same values in the same order.
+pub fn stored_const(model: &Model, ix: &GraphIndex, name: &str) -> Option<String> {
+    let g = model.graph();
+    let mut cur = name;
+    for _ in 0..4 {
+        if ix.is_const(cur) {
+            return Some(cur.to_string());
+        }
+        let n = g.node.get(*ix.producer.get(cur)?)?;
+        if !matches!(
+            n.op_type.as_str(),
+            "Reshape" | "Unsqueeze" | "Squeeze" | "Flatten" | "Identity"
+        ) || n
+            .input
+            .iter()
+            .skip(1)
+            .any(|x| !x.is_empty() && !ix.is_const(x))
+        {
+            return None;
+        }
+        cur = n.input.first()?;
+    }
+    None
+}
+
 struct Tracer<'a> {
     model: &'a Model,
     ix: &'a GraphIndex,
     shapes: &'a Shapes,
     /// node -> (source, input index, placement) of traced channels arriving there.
     arrivals: HashMap<usize, Vec<(usize, usize, Placement)>>,
+    /// Sources whose channels a Reshape splits into (heads, head size): traced again per head.
+    head_split: HashMap<usize, (usize, usize)>,
 }
 
 impl Tracer<'_> {
     fn trace(&mut self, src: usize, out: &str, channels: usize) -> Trace {
+        self.trace_blocks(src, out, channels, 1)
+    }
+
+    /// Traces `channels` channels of `block` consecutive output features each (attention heads).
+    fn trace_blocks(&mut self, src: usize, out: &str, channels: usize, block: usize) -> Trace {
         let mut t = Trace::default();
         let g = self.model.graph();
-        let mut work = vec![(out.to_string(), Placement::whole(1, channels))];
+        let mut work = vec![(
+            out.to_string(),
+            Placement {
+                block,
+                ..Placement::whole(1, channels)
+            },
+        )];
         // The source's output axis: 1 for Conv/Gemm, last for MatMul.
         if g.node[src].op_type == "MatMul" {
             match self.shapes.get(out) {
@@ -431,6 +471,37 @@ impl Tracer<'_> {
                                 }
                             }
                         }
+                    } else if let Some(stored) = stored_const(self.model, self.ix, other) {
+                        let os = shape(other)?;
+                        if os.len() >= from_right {
+                            let a = os.len() - from_right;
+                            let d = os[a];
+                            let per_channel = d == out_shape[out_place.axis]
+                                && os.iter().enumerate().all(|(i, &x)| i == a || x == 1);
+                            if d != 1 && !per_channel {
+                                return Err(format!(
+                                    "constant {other} does not broadcast per channel"
+                                ));
+                            }
+                            if d != 1 {
+                                // Same values in the same order: the channel axis of the stored
+                                // tensor is its only non-unit one.
+                                let ss = shape(&stored)?;
+                                let sa = ss
+                                    .iter()
+                                    .position(|&x| x == d)
+                                    .filter(|_| ss.iter().filter(|&&x| x != 1).count() == 1)
+                                    .ok_or_else(|| {
+                                        format!("constant {stored} does not broadcast per channel")
+                                    })?;
+                                t.params.insert(CoupledParam {
+                                    name: stored,
+                                    place: Placement { axis: sa, ..place },
+                                    role: ParamRole::PerChannel,
+                                    node: ci,
+                                });
+                            }
+                        }
                     }
                 }
                 if shape(tensor)?.get(place.axis) != out_shape.get(out_place.axis) {
@@ -539,6 +610,33 @@ impl Tracer<'_> {
                             ..place
                         },
                     );
+                } else if outs.len() == ins.len() + 1
+                    && ins[..a] == outs[..a]
+                    && ins[a + 1..] == outs[a + 2..]
+                    && outs[a] * outs[a + 1] == ins[a]
+                {
+                    // The channel axis split in two, e.g. [.., H*D] -> [.., H, D] (heads).
+                    let (heads, size) = (outs[a], outs[a + 1]);
+                    if size > 0
+                        && place.block.is_multiple_of(size)
+                        && place.offset.is_multiple_of(size)
+                    {
+                        forward(
+                            t,
+                            Placement {
+                                offset: place.offset / size,
+                                block: place.block / size,
+                                ..place
+                            },
+                        );
+                    } else {
+                        if place.block == 1 && place.offset == 0 && place.count == ins[a] {
+                            self.head_split.insert(src, (heads, size));
+                        }
+                        return Err(format!(
+                            "splits the channel axis into {heads} heads of {size}"
+                        ));
+                    }
                 } else {
                     return Err("reshapes the channel axis (e.g. into attention heads)".into());
                 }
@@ -663,6 +761,32 @@ impl Tracer<'_> {
                 });
                 t.consumers.insert(ci);
             }
+            "MatMul" if k == 1 || n.input.get(1).is_some_and(|w| !self.ix.is_const(w)) => {
+                // Activations times activations (attention): channels on a batch axis of both
+                // operands pass through; both must carry the same ones (a join).
+                let other = n.input.get(1 - k).ok_or("missing operand")?;
+                if self.ix.is_const(other) || place.axis + 2 >= rank {
+                    return Err(
+                        "channels meet a non-constant matrix product (e.g. attention)".into(),
+                    );
+                }
+                let os = shape(other)?;
+                let from_right = rank - place.axis;
+                if os.len() < from_right || os[os.len() - from_right] != shape(tensor)?[place.axis]
+                {
+                    return Err("broadcasts the channel axis".into());
+                }
+                let out_rank = shape(&out0)?.len();
+                let out_place = Placement {
+                    axis: out_rank - from_right,
+                    ..place
+                };
+                self.arrivals
+                    .entry(ci)
+                    .or_default()
+                    .push((src, k, out_place));
+                forward(t, out_place);
+            }
             "MatMul" if k == 0 => {
                 let w = n.input.get(1).ok_or("no weight")?;
                 if !self.ix.is_const(w) || shape(w)?.len() != 2 || place.axis + 1 != rank {
@@ -708,6 +832,7 @@ pub fn channel_groups(model: &Model, ix: &GraphIndex, shapes: &Shapes) -> Vec<Ch
         ix,
         shapes,
         arrivals: HashMap::new(),
+        head_split: HashMap::new(),
     };
     // (node, channels, trace) per source
     let mut sources: Vec<(usize, usize, Trace)> = Vec::new();
@@ -719,6 +844,25 @@ pub fn channel_groups(model: &Model, ix: &GraphIndex, shapes: &Shapes) -> Vec<Ch
         match info {
             Ok((c, ps)) => {
                 let mut t = tracer.trace(ni, &out, c);
+                let mut c = c;
+                let mut ps = ps;
+                // Split into heads and stopped only there: prune whole heads instead.
+                if let Some(&(heads, size)) = tracer.head_split.get(&ni) {
+                    if !t.blocked.is_empty()
+                        && t.blocked.iter().all(|b| b.contains(" heads of "))
+                        && heads * size == c
+                    {
+                        for v in tracer.arrivals.values_mut() {
+                            v.retain(|a| a.0 != ni);
+                        }
+                        t = tracer.trace_blocks(ni, &out, heads, size);
+                        c = heads;
+                        for p in &mut ps {
+                            p.place.block = size;
+                            p.place.count = heads;
+                        }
+                    }
+                }
                 t.params.extend(ps);
                 sources.push((ni, c, t));
             }
@@ -749,7 +893,7 @@ pub fn channel_groups(model: &Model, ix: &GraphIndex, shapes: &Shapes) -> Vec<Ch
             .input
             .iter()
             .enumerate()
-            .filter(|(_, x)| !x.is_empty() && !ix.is_const(x))
+            .filter(|(_, x)| !x.is_empty() && stored_const(model, ix, x).is_none())
             .map(|(j, _)| j)
             .collect();
         // placement -> per input, the sources arriving with it

@@ -1,6 +1,7 @@
 //! Graph passes: values in a list, each stating what it preserves. The pipeline is a
 //! configuration: a `Vec<Box<dyn Pass>>` run in order over one model.
 
+pub mod prune;
 pub mod simplify;
 
 use serde::Serialize;

@@ -1,0 +1,383 @@
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nnzip::calib::{evaluate, run_model, Calibration, Metric};
+use nnzip::onnx::{Model, SaveOptions};
+use nnzip::passes::prune::entropy::LayerEntropy;
+use nnzip::passes::prune::structured::GroupReport;
+use nnzip::passes::prune::{
+    search_amount, Filter, Method, Norm, PruneConfig, PruneOutcome, SearchOptions, SearchReport,
+    SearchStep,
+};
+use nnzip::passes::PassContext;
+use nnzip::runtime::Runtime;
+use serde::Serialize;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The ONNX model to prune.
+    pub model: PathBuf,
+    /// Where to write the pruned model (same shapes, pruned weights zeroed).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// magnitude, structured, nm or entropy.
+    #[arg(long, default_value = "magnitude", value_parser = parse_method)]
+    pub method: Method,
+    /// Fraction of weights to zero (structured: of channels). With --max-drop, the search's upper
+    /// bound. Default 0.5 (structured 0.25); searching 0.95 (structured 0.9).
+    #[arg(long, value_name = "F")]
+    pub sparsity: Option<f64>,
+    /// Rank over all selected layers at once instead of each layer alone.
+    #[arg(long)]
+    pub global: bool,
+    /// Channel norm for structured pruning: l1 or l2.
+    #[arg(long, default_value = "l1", value_parser = parse_norm)]
+    pub norm: Norm,
+    /// N:M pattern for --method nm (N kept of every M along the reduction axis).
+    #[arg(long = "n-m", default_value = "2:4", value_name = "N:M", value_parser = parse_nm)]
+    pub n_m: (usize, usize),
+    /// Structured: keep channel counts multiples of K.
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub round_to: usize,
+    /// Calibration data (one array per input, named after it, leading sample axis; optional
+    /// `labels`). Reports the metric before and after; needed by --max-drop and entropy.
+    #[arg(long, value_name = "FILE.npz")]
+    pub calib: Option<PathBuf>,
+    /// Use only the first N calibration samples (faster searches).
+    #[arg(long, value_name = "N")]
+    pub calib_samples: Option<usize>,
+    /// Search the largest amount whose metric drops by at most X points (bisection).
+    #[arg(long, value_name = "X")]
+    pub max_drop: Option<f64>,
+    /// Bisection steps after probing the upper bound.
+    #[arg(long, default_value_t = 6)]
+    pub steps: usize,
+    /// Accept a candidate when its drop plus Z standard errors stays within --max-drop (top-1
+    /// metrics); 0 trusts the measured drop alone.
+    #[arg(long, default_value_t = 1.0, value_name = "Z")]
+    pub confidence_z: f64,
+    /// Only layers whose weight name, node name (substring or glob) or op type matches (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    pub include: Vec<String>,
+    /// Leave out layers matching (repeatable; wins over --include).
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Entropy method: prune-then-measure rounds.
+    #[arg(long, default_value_t = 4)]
+    pub rounds: usize,
+    /// Entropy method: neurons ON in at most this fraction of the data are removed as dead.
+    #[arg(long, default_value_t = 0.01, value_name = "F")]
+    pub collapse: f64,
+    /// Concrete shape for an input with symbolic dims (repeatable). Default: symbolic batch = 1.
+    #[arg(long = "shape", value_name = "NAME=DIMS", value_parser = super::shape_arg)]
+    pub shapes: Vec<(String, Vec<usize>)>,
+    /// Print JSON (sparsity, layers, skipped, search, metric; see docs/cli.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_method(s: &str) -> Result<Method, String> {
+    Method::parse(s)
+        .ok_or_else(|| format!("'{s}' is not one of magnitude, structured, nm, entropy"))
+}
+
+fn parse_norm(s: &str) -> Result<Norm, String> {
+    match s {
+        "l1" | "L1" => Ok(Norm::L1),
+        "l2" | "L2" => Ok(Norm::L2),
+        _ => Err(format!("'{s}' is not l1 or l2")),
+    }
+}
+
+fn parse_nm(s: &str) -> Result<(usize, usize), String> {
+    let bad = || format!("'{s}' is not N:M with 0 < N <= M (e.g. 2:4)");
+    let (n, m) = s.split_once(':').ok_or_else(bad)?;
+    let (n, m): (usize, usize) = (
+        n.trim().parse().map_err(|_| bad())?,
+        m.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || m == 0 || n > m {
+        return Err(bad());
+    }
+    Ok((n, m))
+}
+
+#[derive(Debug, Serialize)]
+struct MetricReport {
+    name: &'static str,
+    samples: usize,
+    before: f64,
+    after: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    input: PathBuf,
+    output: PathBuf,
+    #[serde(flatten)]
+    outcome: PruneOutcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    groups: Option<Vec<GroupReport>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entropy: Option<Vec<LayerEntropy>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metric: Option<MetricReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    search: Option<SearchReport>,
+}
+
+pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
+    for (what, f) in [("--sparsity", a.sparsity), ("--collapse", Some(a.collapse))] {
+        if let Some(f) = f {
+            if !(0.0..=1.0).contains(&f) {
+                bail!(UsageError(format!("{what} must be in [0, 1], got {f}")));
+            }
+        }
+    }
+    if a.max_drop.is_some_and(|x| x.is_nan() || x < 0.0) {
+        bail!(UsageError("--max-drop must be >= 0 (points)".into()));
+    }
+    if a.calib_samples == Some(0) {
+        bail!(UsageError("--calib-samples must be at least 1".into()));
+    }
+    if a.max_drop.is_some() && a.calib.is_none() {
+        bail!(UsageError(
+            "--max-drop needs calibration data (--calib FILE.npz)".into()
+        ));
+    }
+    if a.method.needs_calibration() && a.calib.is_none() {
+        bail!(UsageError(
+            "--method entropy needs calibration data (--calib FILE.npz)".into()
+        ));
+    }
+    if a.max_drop.is_some() && !a.method.searchable() {
+        bail!(UsageError(
+            "--max-drop searches an amount; --method nm has a fixed pattern (use --include/--exclude)"
+                .into()
+        ));
+    }
+    let model =
+        Model::load(&a.model).with_context(|| format!("cannot load {}", a.model.display()))?;
+    let calib = match &a.calib {
+        Some(p) => {
+            let c = Calibration::load(p, &model)
+                .with_context(|| format!("cannot use calibration data {}", p.display()))?;
+            Some(match a.calib_samples {
+                Some(n) => c.take(n)?,
+                None => c,
+            })
+        }
+        None => None,
+    };
+    let rt = match calib {
+        Some(_) => Some(Runtime::get(ort_lib).context("cannot start ONNX Runtime")?),
+        None => None,
+    };
+    let mut cfg = PruneConfig::new(a.method);
+    cfg.global = a.global;
+    cfg.norm = a.norm;
+    (cfg.n, cfg.m) = a.n_m;
+    cfg.round_to = a.round_to.max(1);
+    cfg.filter = Filter {
+        include: a.include.clone(),
+        exclude: a.exclude.clone(),
+    };
+    cfg.input_shapes = a.shapes.clone();
+    cfg.rounds = a.rounds;
+    cfg.collapse = a.collapse;
+    // Entropy: whole layers may go silent within the same tolerance as the search.
+    cfg.layer_drop = a.max_drop;
+    let searching = a.max_drop.is_some();
+    let amount = a
+        .sparsity
+        .unwrap_or_else(|| a.method.default_amount(searching));
+
+    let (pruned, details, search) = match (a.max_drop, calib.as_ref(), rt) {
+        (Some(x), Some(c), Some(rt)) => {
+            let bar = if quiet {
+                indicatif::ProgressBar::hidden()
+            } else {
+                let b = indicatif::ProgressBar::new((a.steps + 1) as u64);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} steps")
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                b.set_message("searching");
+                b
+            };
+            let opts = SearchOptions {
+                max_drop: x,
+                max_amount: amount,
+                steps: a.steps,
+                z: a.confidence_z.max(0.0),
+            };
+            let mut progress = |s: &SearchStep| {
+                bar.set_message(format!(
+                    "amount {:.3}: {:.2} ({})",
+                    s.amount,
+                    s.metric,
+                    if s.accepted { "ok" } else { "too far" }
+                ));
+                bar.inc(1);
+            };
+            let (m, r, s) = search_amount(&model, rt, c, &opts, &|f| cfg.pass(f), &mut progress)
+                .context("pruning search failed")?;
+            bar.finish_and_clear();
+            (m, r.details, Some(s))
+        }
+        _ => {
+            let mut m = model.clone();
+            let ctx = PassContext {
+                calib: calib.as_ref(),
+                runtime: rt,
+            };
+            let r = cfg
+                .pass(amount)
+                .run(&mut m, &ctx)
+                .context("pruning failed")?;
+            (m, r.details, None)
+        }
+    };
+    let metric = match (calib.as_ref(), rt, &search) {
+        (Some(c), Some(rt), None) => {
+            let first = |m: &Model| -> Result<nnzip::tensor::Tensor> {
+                run_model(rt, m, c)?
+                    .into_iter()
+                    .next()
+                    .map(|o| o.1)
+                    .context("the model has no output")
+            };
+            let reference = first(&model)?;
+            let out = first(&pruned)?;
+            let metric = Metric::for_data(c, &reference);
+            Some(MetricReport {
+                name: metric.name(),
+                samples: c.samples,
+                before: evaluate(metric, c, &reference, &reference)?,
+                after: evaluate(metric, c, &reference, &out)?,
+            })
+        }
+        _ => search.as_ref().map(|s| MetricReport {
+            name: s.metric_name,
+            samples: s.samples,
+            before: s.baseline,
+            after: s.final_metric,
+        }),
+    };
+    pruned
+        .save(&a.output, &SaveOptions::default())
+        .with_context(|| format!("cannot write {}", a.output.display()))?;
+    let outcome: PruneOutcome =
+        serde_json::from_value(details.clone()).context("internal: pruning report")?;
+    let report = Report {
+        input: a.model.clone(),
+        output: a.output.clone(),
+        outcome,
+        groups: details
+            .get("groups")
+            .and_then(|g| serde_json::from_value(g.clone()).ok()),
+        entropy: details
+            .get("entropy")
+            .and_then(|g| serde_json::from_value(g.clone()).ok()),
+        metric,
+        search,
+    };
+    if a.json {
+        super::print_json(&report)
+    } else {
+        print!("{}", text(&report));
+        Ok(())
+    }
+}
+
+/// A command-line mistake found after parsing (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn text(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let pct = |f: f64| format!("{:.1}%", 100.0 * f);
+    let _ = writeln!(
+        o,
+        "{} -> {} ({})",
+        r.input.display(),
+        r.output.display(),
+        r.outcome.method
+    );
+    let _ = writeln!(
+        o,
+        "{:<32} {:<13} {:>9} {:>8} {:>8} {:>9} {:>13}",
+        "layer", "op", "params", "before", "after", "channels", "entropy"
+    );
+    for l in &r.outcome.layers {
+        let ch = match (l.channels, l.channels_removed) {
+            (Some(c), Some(x)) => format!("-{x}/{c}"),
+            _ => String::new(),
+        };
+        let h = match (l.entropy_before, l.entropy_after) {
+            (Some(b), Some(a)) => format!("{b:.3}->{a:.3}"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            o,
+            "{:<32} {:<13} {:>9} {:>8} {:>8} {:>9} {:>13}",
+            l.name,
+            l.op,
+            l.params,
+            pct(l.sparsity_before),
+            pct(l.sparsity_after),
+            ch,
+            h
+        );
+    }
+    let _ = writeln!(
+        o,
+        "sparsity {} -> {} of {} prunable weights",
+        pct(r.outcome.sparsity_before),
+        pct(r.outcome.sparsity),
+        r.outcome.prunable_params
+    );
+    if let Some(e) = &r.entropy {
+        for l in e {
+            if l.zero_entropy {
+                let _ = writeln!(
+                    o,
+                    "{}: zero entropy on the calibration data (simplify can collapse it)",
+                    l.layer
+                );
+            }
+        }
+    }
+    for s in &r.outcome.skipped {
+        let _ = writeln!(o, "left alone: {}: {}", s.name, s.reason);
+    }
+    if let Some(s) = &r.search {
+        let _ = writeln!(
+            o,
+            "search ({}, {} samples, baseline {:.2}, max drop {}):",
+            s.metric_name, s.samples, s.baseline, s.max_drop
+        );
+        for st in &s.steps {
+            let _ = writeln!(
+                o,
+                "  amount {:.4}  {:.2}  drop {:+.2} ± {:.2}  {}",
+                st.amount,
+                st.metric,
+                st.drop,
+                st.stderr,
+                if st.accepted { "accepted" } else { "rejected" }
+            );
+        }
+        let _ = writeln!(o, "chosen amount {:.4}", s.amount);
+    }
+    if let Some(m) = &r.metric {
+        let _ = writeln!(
+            o,
+            "{} on {} samples: {:.2} -> {:.2}",
+            m.name, m.samples, m.before, m.after
+        );
+    }
+    o
+}

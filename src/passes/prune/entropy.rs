@@ -1,0 +1,528 @@
+//! Entropy-guided pruning (NEPENTHE, Liao et al. 2024). On the calibration data every rectified
+//! neuron is ON or OFF; its ON/OFF entropy H says how much it still switches. A layer whose
+//! neurons all have zero entropy is linear or constant on that data and the simplify stage can
+//! collapse it, so pruning goes preferentially to layers whose entropy is already low:
+//!
+//! - irrelevance I_l = (1/N_l) Σ_i H_{l,i} · ‖θ_{l,i}‖₁ / ‖θ_l‖₀ (θ_{l,i}: neuron i's weights),
+//! - relevance R_l = (Σ_j I_j) / I_l, and 0 where I_l = 0 (already zero entropy: left for the
+//!   simplify stage to remove whole),
+//! - each round prunes its share of the remaining budget by magnitude, split over the layers in
+//!   proportion to R_l times their non-zero weights, then measures the states again.
+//!
+//! Without retraining (nnzip never trains) magnitude pruning alone rarely silences a neuron, so
+//! the last step prunes what entropy says is dead: neurons ON on at most `collapse` of the
+//! observations are zeroed as whole channels of their coupled group (exactly OFF afterwards).
+//! With a tolerance (`layer_drop`), whole layers are then silenced, lowest entropy first, while
+//! the metric on the calibration data stays within it: all their neurons OFF is zero entropy,
+//! and the simplify stage removes them (a residual branch reduces to its skip connection).
+//! "Layer" here is a channel group with at least one rectifier (Relu, Clip from 0) on its path.
+
+use serde::Serialize;
+
+use super::structured::{analyse, zero_channels};
+
+use super::{census, check_fraction, prunable_weights, ratio, Filter, PruneOutcome, Skipped};
+use crate::calib::states::{rectifier_states, NeuronStates};
+use crate::calib::{evaluate, run_model, Metric};
+use crate::graph::groups::{ChannelGroup, ParamRole};
+use crate::graph::index::GraphIndex;
+use crate::onnx::Model;
+use crate::passes::{Pass, PassContext, PassError, PassReport, Preserves};
+use crate::tensor::Tensor;
+
+#[derive(Debug, Clone)]
+pub struct EntropyPrune {
+    /// Target fraction of zeros over the weights of the rectified layers.
+    pub sparsity: f64,
+    /// Rounds of prune-then-measure.
+    pub rounds: usize,
+    /// Neurons ON on at most this fraction of observations are removed at the end (0: never).
+    pub collapse: f64,
+    /// Whole layers, lowest entropy first, are silenced (every neuron OFF: zero entropy, for the
+    /// simplify stage to remove) while the metric on the calibration data stays within this
+    /// many points of the unpruned model's (None: never).
+    pub layer_drop: Option<f64>,
+    pub filter: Filter,
+    pub input_shapes: Vec<(String, Vec<usize>)>,
+}
+
+/// One rectified layer's entropy account.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct LayerEntropy {
+    pub layer: String,
+    pub rectifiers: Vec<String>,
+    pub neurons: usize,
+    pub entropy_before: f64,
+    pub entropy_after: f64,
+    /// Neurons with zero entropy after pruning, and whether that is all of them.
+    pub zero_entropy_neurons: usize,
+    pub zero_entropy: bool,
+    pub sparsity_after: f64,
+    /// Neurons removed as dead (ON at most `collapse` of the time).
+    pub collapsed: usize,
+    /// The whole layer was silenced within `layer_drop`.
+    pub removed: bool,
+}
+
+struct Layer {
+    group: ChannelGroup,
+    /// Indices into the states list.
+    rects: Vec<usize>,
+    /// (weight id, dims) of its source weights, with their channel placements.
+    sources: Vec<(
+        crate::onnx::weights::WeightId,
+        crate::graph::groups::Placement,
+    )>,
+}
+
+/// Per-neuron entropy of a layer: the mean over its rectifiers.
+fn neuron_entropy(states: &[NeuronStates], rects: &[usize], c: usize) -> f64 {
+    let hs: Vec<f64> = rects
+        .iter()
+        .filter_map(|&r| states.get(r))
+        .filter(|s| c < s.channels())
+        .map(|s| s.entropy(c))
+        .collect();
+    hs.iter().sum::<f64>() / hs.len().max(1) as f64
+}
+
+fn on_fraction(states: &[NeuronStates], rects: &[usize], c: usize) -> f64 {
+    rects
+        .iter()
+        .filter_map(|&r| states.get(r))
+        .filter(|s| c < s.channels())
+        .map(|s| s.on_fraction(c))
+        .fold(0.0, f64::max)
+}
+
+fn mean_entropy(states: &[NeuronStates], l: &Layer) -> f64 {
+    let n = l.group.channels.max(1);
+    (0..l.group.channels)
+        .map(|c| neuron_entropy(states, &l.rects, c))
+        .sum::<f64>()
+        / n as f64
+}
+
+/// Per neuron L1 norm and the layer's non-zero count, over its source weights.
+fn layer_norms(model: &Model, l: &Layer) -> Result<(Vec<f64>, usize, usize), PassError> {
+    let mut l1 = vec![0.0f64; l.group.channels];
+    let (mut nnz, mut total) = (0, 0);
+    for (id, place) in &l.sources {
+        let t = model.read(id)?;
+        let v = t.to_f32()?;
+        super::structured::for_each_channel_elem(&t.dims, place, |c, e| {
+            if let (Some(a), Some(x)) = (l1.get_mut(c), v.get(e)) {
+                *a += x.abs() as f64;
+            }
+        });
+        nnz += v.iter().filter(|x| **x != 0.0).count();
+        total += v.len();
+    }
+    Ok((l1, nnz, total))
+}
+
+/// Per-channel mean of `tensor` (channels on `axis`) over the calibration data, and the values
+/// of `probe_tensor` on the first sample.
+fn probe_means(
+    model: &Model,
+    rt: &crate::runtime::Runtime,
+    calib: &crate::calib::Calibration,
+    tensor: &str,
+    axis: usize,
+    samples: usize,
+) -> Result<Vec<f64>, PassError> {
+    let mut probe = model.clone();
+    if !probe.graph().output.iter().any(|o| o.name == tensor) {
+        let mut vi = probe
+            .graph()
+            .output
+            .first()
+            .cloned()
+            .ok_or_else(|| PassError::Invalid {
+                pass: "entropy",
+                reason: "the model has no output".into(),
+            })?;
+        vi.name = tensor.to_string();
+        let mut tt = onnx_protobuf::type_proto::Tensor::new();
+        tt.elem_type = 1;
+        let mut tp = onnx_protobuf::TypeProto::new();
+        tp.value = Some(onnx_protobuf::type_proto::Value::TensorType(tt));
+        vi.type_ = Some(tp).into();
+        probe.graph_mut().output.push(vi);
+    }
+    let c = calib.take(samples)?;
+    let outs = run_model(rt, &probe, &c)?;
+    let t = outs
+        .iter()
+        .find(|(n, _)| n == tensor)
+        .map(|o| &o.1)
+        .ok_or_else(|| PassError::Invalid {
+            pass: "entropy",
+            reason: format!("cannot observe {tensor}"),
+        })?;
+    let v = t.to_f32()?;
+    let ch = t.dims.get(axis).copied().unwrap_or(1).max(1);
+    let inner: usize = t.dims.get(axis + 1..).map_or(1, |d| d.iter().product());
+    let mut sum = vec![0.0f64; ch];
+    for (i, x) in v.iter().enumerate() {
+        sum[(i / inner.max(1)) % ch] += *x as f64;
+    }
+    let per = (v.len() / ch).max(1) as f64;
+    Ok(sum.into_iter().map(|s| s / per).collect())
+}
+
+/// Makes every neuron of a layer output its mean on the calibration data, a constant: its
+/// source weights become zero (the simplify stage then removes the channels and folds the
+/// constants into the consumers' biases) and the last additive per-channel parameter before the
+/// rectifier (BatchNormalization bias, else the layer's bias) is set so the pre-activation is
+/// that mean. Every neuron is then always ON (mean > 0) or always OFF: zero entropy.
+/// Returns false (model untouched in effect) where the layer has no such parameter.
+fn silence_to_mean(
+    model: &mut Model,
+    ix: &GraphIndex,
+    l: &Layer,
+    states: &[NeuronStates],
+    rt: &crate::runtime::Runtime,
+    calib: &crate::calib::Calibration,
+) -> Result<bool, PassError> {
+    let (Some(&r), 1, 1) = (l.rects.first(), l.rects.len(), l.group.sources.len()) else {
+        return Ok(false);
+    };
+    let Some(st) = states.get(r) else {
+        return Ok(false);
+    };
+    let g = model.graph();
+    let Some(rect_out) = g.node.get(st.node).and_then(|n| n.output.first()).cloned() else {
+        return Ok(false);
+    };
+    let bn_beta = l.group.params.iter().find(|p| {
+        p.role == ParamRole::PerChannel
+            && g.node.get(p.node).is_some_and(|n| {
+                n.op_type == "BatchNormalization"
+                    && n.input.get(2) == Some(&p.name)
+                    && n.output.first() == Some(&st.tensor)
+            })
+    });
+    let shift = bn_beta
+        .or_else(|| {
+            l.group
+                .params
+                .iter()
+                .find(|p| p.role == ParamRole::SourceBias)
+        })
+        .cloned();
+    let Some(shift) = shift else {
+        return Ok(false);
+    };
+    let means = probe_means(model, rt, calib, &rect_out, st.axis, calib.samples)?;
+    if means.len() != l.group.channels {
+        return Ok(false);
+    }
+    for (id, place) in &l.sources {
+        let t = model.read(id)?;
+        let mut v = t.to_f32()?;
+        super::structured::for_each_channel_elem(&t.dims, place, |_, e| {
+            if let Some(x) = v.get_mut(e) {
+                *x = 0.0;
+            }
+        });
+        model.write(id, &Tensor::from_f32(t.dims.clone(), &v)?)?;
+    }
+    // The pre-activation is now a constant per channel: measure it, then move it to the mean.
+    let now = probe_means(model, rt, calib, &st.tensor, st.axis, 1)?;
+    let Some(id) = ix.constants.get(&shift.name) else {
+        return Ok(false);
+    };
+    let t = model.read(id)?;
+    let mut v = t.to_f32()?;
+    super::structured::for_each_channel_elem(&t.dims, &shift.place, |c, e| {
+        if let (Some(x), Some(m), Some(k)) = (v.get_mut(e), means.get(c), now.get(c)) {
+            *x += (*m - *k) as f32;
+        }
+    });
+    model.write(id, &Tensor::from_f32(t.dims.clone(), &v)?)?;
+    let check = probe_means(model, rt, calib, &st.tensor, st.axis, 1)?;
+    Ok(check
+        .iter()
+        .zip(&means)
+        .all(|(a, b)| (a - b).abs() <= 1e-3 * b.abs().max(1.0)))
+}
+
+impl EntropyPrune {
+    fn layers(
+        &self,
+        model: &Model,
+        states: &[NeuronStates],
+    ) -> Result<(GraphIndex, Vec<Layer>, Vec<Skipped>), PassError> {
+        let (ix, groups) = analyse(model, &self.input_shapes)?;
+        let mut layers = Vec::new();
+        let mut skipped = Vec::new();
+        let g = model.graph();
+        for gr in groups {
+            let rects: Vec<usize> = states
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| gr.path.contains(&s.node) && s.channels() == gr.channels)
+                .map(|(i, _)| i)
+                .collect();
+            let names: Vec<&str> = gr
+                .params
+                .iter()
+                .filter(|p| p.role == ParamRole::SourceWeight)
+                .map(|p| p.name.as_str())
+                .collect();
+            let selected = gr.sources.iter().all(|&s| {
+                let mut all = names.clone();
+                all.push(g.node[s].name.as_str());
+                self.filter.allows(&all, &g.node[s].op_type)
+            });
+            if !selected {
+                continue;
+            }
+            if rects.is_empty() {
+                skipped.push(Skipped {
+                    name: gr.name.clone(),
+                    reason: "no rectifier (Relu, Clip from 0) after it: its entropy is undefined"
+                        .into(),
+                });
+                continue;
+            }
+            let mut sources = Vec::new();
+            for p in gr
+                .params
+                .iter()
+                .filter(|p| p.role == ParamRole::SourceWeight)
+            {
+                match ix.constants.get(&p.name) {
+                    Some(id) if model.read(id)?.dtype == crate::tensor::DType::F32 => {
+                        sources.push((id.clone(), p.place))
+                    }
+                    _ => {}
+                }
+            }
+            if sources.is_empty() {
+                continue;
+            }
+            layers.push(Layer {
+                group: gr,
+                rects,
+                sources,
+            });
+        }
+        Ok((ix, layers, skipped))
+    }
+
+    pub fn prune(
+        &self,
+        model: &mut Model,
+        ctx: &PassContext<'_>,
+    ) -> Result<(PruneOutcome, Vec<LayerEntropy>), PassError> {
+        check_fraction("entropy", "sparsity", self.sparsity)?;
+        check_fraction("entropy", "collapse", self.collapse)?;
+        let (Some(calib), Some(rt)) = (ctx.calib, ctx.runtime) else {
+            return Err(PassError::NeedsCalibration { pass: "entropy" });
+        };
+        let weights = prunable_weights(model);
+        let before = census(model, &weights)?;
+        // The unpruned model's outputs: the reference of the layer-removal tolerance.
+        let metric_of =
+            |m: &Model, reference: Option<&Tensor>| -> Result<(Tensor, f64), PassError> {
+                let out = run_model(rt, m, calib)?
+                    .into_iter()
+                    .next()
+                    .map(|o| o.1)
+                    .ok_or_else(|| PassError::Invalid {
+                        pass: "entropy",
+                        reason: "the model has no output".into(),
+                    })?;
+                let r = reference.unwrap_or(&out);
+                let v = evaluate(Metric::for_data(calib, r), calib, r, &out)?;
+                Ok((out, v))
+            };
+        let reference = match self.layer_drop {
+            Some(_) => Some(metric_of(model, None)?),
+            None => None,
+        };
+        let states0 = rectifier_states(rt, model, calib)?;
+        let (ix, layers, skipped) = self.layers(model, &states0)?;
+        let h0: Vec<f64> = layers.iter().map(|l| mean_entropy(&states0, l)).collect();
+        let total: usize = layers
+            .iter()
+            .map(|l| layer_norms(model, l).map(|x| x.2))
+            .sum::<Result<usize, _>>()?;
+        let target = (self.sparsity * total as f64).round() as usize;
+        let rounds = self.rounds.max(1);
+        let mut states = states0.clone();
+        for round in 0..rounds {
+            if round > 0 {
+                states = rectifier_states(rt, model, calib)?;
+            }
+            let norms: Vec<(Vec<f64>, usize, usize)> = layers
+                .iter()
+                .map(|l| layer_norms(model, l))
+                .collect::<Result<_, _>>()?;
+            let zeros: usize = norms.iter().map(|n| n.2 - n.1).sum();
+            if zeros >= target {
+                break;
+            }
+            let this_round = (target - zeros).div_ceil(rounds - round);
+            // I_l and R_l.
+            let irr: Vec<f64> = layers
+                .iter()
+                .zip(&norms)
+                .map(|(l, (l1, nnz, _))| {
+                    let n = l.group.channels.max(1) as f64;
+                    let s: f64 = (0..l.group.channels)
+                        .map(|c| neuron_entropy(&states, &l.rects, c) * l1[c])
+                        .sum();
+                    if *nnz == 0 {
+                        0.0
+                    } else {
+                        s / n / *nnz as f64
+                    }
+                })
+                .collect();
+            let sum_i: f64 = irr.iter().sum();
+            let rel: Vec<f64> = irr
+                .iter()
+                .map(|&i| if i > 0.0 { sum_i / i } else { 0.0 })
+                .collect();
+            let weight: Vec<f64> = rel
+                .iter()
+                .zip(&norms)
+                .map(|(r, n)| r * n.1 as f64)
+                .collect();
+            let wsum: f64 = weight.iter().sum();
+            if wsum <= 0.0 {
+                break; // every layer is at zero entropy already
+            }
+            for (li, l) in layers.iter().enumerate() {
+                let (_, nnz, tot) = norms[li];
+                let share = ((this_round as f64) * weight[li] / wsum).round() as usize;
+                // Keep at least one weight per layer.
+                let share = share.min(nnz.saturating_sub(1));
+                let k = (tot - nnz) + share;
+                let mut vals: Vec<(usize, Vec<f32>, Vec<usize>)> = Vec::new();
+                for (si, (id, _)) in l.sources.iter().enumerate() {
+                    let t = model.read(id)?;
+                    let dims = t.dims.clone();
+                    vals.push((si, t.to_f32()?, dims));
+                }
+                let mut refs: Vec<&mut Vec<f32>> = vals.iter_mut().map(|v| &mut v.1).collect();
+                super::zero_smallest(&mut refs, k);
+                for (si, v, dims) in &vals {
+                    model.write(&l.sources[*si].0, &Tensor::from_f32(dims.clone(), v)?)?;
+                }
+            }
+        }
+        // Remove what the data says is dead.
+        let mut collapsed = vec![0usize; layers.len()];
+        if self.collapse > 0.0 {
+            let st = rectifier_states(rt, model, calib)?;
+            for (li, l) in layers.iter().enumerate() {
+                if !l.group.prunable() {
+                    continue;
+                }
+                let dead: Vec<usize> = (0..l.group.channels)
+                    .filter(|&c| {
+                        on_fraction(&st, &l.rects, c) <= self.collapse
+                            && neuron_entropy(&st, &l.rects, c) > 0.0
+                    })
+                    .collect();
+                // Never the whole layer: the collapse is for the simplify stage to do.
+                if dead.len() < l.group.channels {
+                    zero_channels(model, &ix, &l.group, &dead)?;
+                    collapsed[li] = dead.len();
+                }
+            }
+        }
+        // Silence whole layers, the lowest-entropy first, within the tolerance.
+        let mut removed = vec![false; layers.len()];
+        if let (Some(tol), Some((ref_out, base))) = (self.layer_drop, reference.as_ref()) {
+            let mut order: Vec<usize> = (0..layers.len()).collect();
+            order.sort_by(|&a, &b| h0[a].total_cmp(&h0[b]));
+            for li in order {
+                let l = &layers[li];
+                if !l.group.prunable() {
+                    continue;
+                }
+                let mut candidate = model.clone();
+                if !silence_to_mean(&mut candidate, &ix, l, &states0, rt, calib)? {
+                    continue;
+                }
+                let (_, v) = metric_of(&candidate, Some(ref_out))?;
+                if base - v <= tol {
+                    *model = candidate;
+                    removed[li] = true;
+                    collapsed[li] = l.group.channels;
+                }
+            }
+        }
+        let st = rectifier_states(rt, model, calib)?;
+        let after = census(model, &weights)?;
+        let mut out = PruneOutcome::from_census("entropy", &weights, &before, &after);
+        let mut report = Vec::new();
+        for (li, l) in layers.iter().enumerate() {
+            let h1 = mean_entropy(&st, l);
+            let zero_n = (0..l.group.channels)
+                .filter(|&c| neuron_entropy(&st, &l.rects, c) == 0.0)
+                .count();
+            let (_, nnz, tot) = layer_norms(model, l)?;
+            report.push(LayerEntropy {
+                layer: l.group.name.clone(),
+                rectifiers: l
+                    .rects
+                    .iter()
+                    .filter_map(|&r| st.get(r).map(|s| s.name.clone()))
+                    .collect(),
+                neurons: l.group.channels,
+                entropy_before: h0[li],
+                entropy_after: h1,
+                zero_entropy_neurons: zero_n,
+                zero_entropy: zero_n == l.group.channels,
+                sparsity_after: ratio(tot - nnz, tot),
+                collapsed: collapsed[li],
+                removed: removed[li],
+            });
+            let names: Vec<&str> = l
+                .group
+                .params
+                .iter()
+                .filter(|p| p.role == ParamRole::SourceWeight)
+                .map(|p| p.name.as_str())
+                .collect();
+            for lr in out
+                .layers
+                .iter_mut()
+                .filter(|x| names.contains(&x.name.as_str()))
+            {
+                lr.entropy_before = Some(h0[li]);
+                lr.entropy_after = Some(h1);
+                lr.channels = Some(l.group.channels);
+                lr.channels_removed = Some(collapsed[li]);
+            }
+        }
+        out.skipped = skipped;
+        Ok((out, report))
+    }
+}
+
+impl Pass for EntropyPrune {
+    fn name(&self) -> &'static str {
+        "entropy-prune"
+    }
+    fn preserves(&self) -> Preserves {
+        Preserves::Interface
+    }
+    fn run(&self, model: &mut Model, ctx: &PassContext<'_>) -> Result<PassReport, PassError> {
+        let (out, layers) = self.prune(model, ctx)?;
+        let mut r = out.into_report(self.name())?;
+        if let serde_json::Value::Object(m) = &mut r.details {
+            m.insert(
+                "entropy".into(),
+                serde_json::to_value(&layers).unwrap_or(serde_json::Value::Null),
+            );
+        }
+        Ok(r)
+    }
+}
