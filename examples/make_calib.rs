@@ -8,13 +8,24 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let model = nnzip::onnx::Model::load(&args[1]).expect("model");
     let n: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(200);
-    let given: Vec<(String, Vec<usize>)> = args.get(4).map(|s| vec![nnzip::runtime::inputs::parse_shape_arg(s).unwrap()]).unwrap_or_default();
+    let given: Vec<(String, Vec<usize>)> = args
+        .get(4)
+        .map(|s| vec![nnzip::runtime::inputs::parse_shape_arg(s).unwrap()])
+        .unwrap_or_default();
     let vi = &model.inputs()[0];
-    let dims = nnzip::runtime::inputs::resolve_shapes(std::slice::from_ref(vi), &given).unwrap().remove(0);
+    let dims = nnzip::runtime::inputs::resolve_shapes(std::slice::from_ref(vi), &given)
+        .unwrap()
+        .remove(0);
     let (c, h, w) = (dims[1], dims[2], dims[3]);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/mnist_test.npz");
     let arrays = nnzip::npz::read_npz(&root).unwrap();
-    let x = arrays.iter().find(|(k, _)| k == "input").unwrap().1.to_f32().unwrap();
+    let x = arrays
+        .iter()
+        .find(|(k, _)| k == "input")
+        .unwrap()
+        .1
+        .to_f32()
+        .unwrap();
     let mut out = Vec::with_capacity(n * c * h * w);
     for s in 0..n {
         let img = &x[s * 784..(s + 1) * 784];

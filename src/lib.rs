@@ -6,15 +6,15 @@
 
 pub mod bench;
 pub mod calib;
+pub mod container;
 pub mod fsutil;
 pub mod graph;
 pub mod inspect;
 pub mod npz;
 pub mod onnx;
 pub mod passes;
-pub mod runtime;
-pub mod tensor;
-pub mod container;
+pub mod pipeline;
 pub mod ratecontrol;
 pub mod report;
-pub mod pipeline;
+pub mod runtime;
+pub mod tensor;

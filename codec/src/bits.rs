@@ -30,7 +30,7 @@ impl<'a> BitReader<'a> {
 
     /// True when the position is on a byte boundary.
     pub fn is_aligned(&self) -> bool {
-        self.pos % 8 == 0
+        self.pos.is_multiple_of(8)
     }
 
     fn bit(&mut self, what: &'static str) -> Result<u64> {
@@ -178,11 +178,11 @@ impl BitWriter {
 
     /// True when the position is on a byte boundary.
     pub fn is_aligned(&self) -> bool {
-        self.pos % 8 == 0
+        self.pos.is_multiple_of(8)
     }
 
     fn bit(&mut self, b: bool) {
-        if self.pos % 8 == 0 {
+        if self.pos.is_multiple_of(8) {
             self.buf.push(0);
         }
         if b {

@@ -27,8 +27,9 @@ pub struct Limits {
     /// Largest (inflated) topology or quantization payload.
     pub max_topology_bytes: usize,
     /// Largest ratio of declared elements to payload bytes of an NDU (`None`: unlimited).
-    /// CABAC codes long zero runs in well under a bit per element, and row skipping whole
-    /// rows in one bin, so keep this generous.
+    /// CABAC codes zero runs at about 0.01 bit per element and row skipping a whole zero row
+    /// in one bin, so a pruned layer legitimately reaches ~10^5..10^6 elements per byte; the
+    /// default (2^20) only stops absurd declarations.
     pub max_elements_per_payload_byte: Option<u64>,
     /// Decode independent tensors (and block rows with entry points) on several threads.
     pub parallel: bool,
@@ -42,7 +43,7 @@ impl Default for Limits {
             max_dimensions: 16,
             max_units: 1 << 20,
             max_topology_bytes: 1 << 30,
-            max_elements_per_payload_byte: Some(1 << 16),
+            max_elements_per_payload_byte: Some(1 << 20),
             parallel: true,
         }
     }
@@ -402,7 +403,12 @@ fn decode_ndu(j: &NduJob<'_>, parallel: bool) -> Result<Tensor> {
         &mut levels,
     )?;
     let data = if float {
-        TensorData::F32(reconstruct_levels(&levels, qp, density, h.codebook.as_ref())?)
+        TensorData::F32(reconstruct_levels(
+            &levels,
+            qp,
+            density,
+            h.codebook.as_ref(),
+        )?)
     } else {
         TensorData::I32(levels)
     };
@@ -444,10 +450,15 @@ fn cabac_params(
 
 /// Size in bytes of a CABAC stream coding `levels` (no QP prefix), as the reference measures
 /// candidates in codebook decisions.
-fn trial_bytes(levels: &[i32], p: &LayerParams, param_opt: bool) -> Result<usize> {
+fn trial_bytes(levels: &[i32], p: &LayerParams, param_opt: Option<u32>) -> Result<usize> {
     let mut enc = BinEncoder::new(ByteCounter::default());
     coding::encode_layer(&mut enc, levels, p, false, param_opt)?;
     Ok(enc.finish().0)
+}
+
+fn param_opt_bins(cfg: &EncoderConfig) -> Option<u32> {
+    cfg.param_opt
+        .then_some(cfg.param_opt_bins.unwrap_or(u32::MAX))
 }
 
 fn all_zero(w: &[f32]) -> bool {
@@ -527,7 +538,7 @@ fn quantize_tensor(t: &Tensor, w: &[f32], cfg: &EncoderConfig) -> Result<Coded> 
         for (s, &i) in shifted.iter_mut().zip(&idx) {
             *s = i - off as i32;
         }
-        let n = trial_bytes(&shifted, &probe, true)?;
+        let n = trial_bytes(&shifted, &probe, Some(u32::MAX))?;
         if best.is_none_or(|(b, _)| n < b) {
             best = Some((n, off));
         }
@@ -552,9 +563,9 @@ fn quantize_tensor(t: &Tensor, w: &[f32], cfg: &EncoderConfig) -> Result<Coded> 
             quant::clip_levels(&mut uni, w, b);
         }
         let pu = cabac_params(width, uni.len(), dq, so, None, g_trial);
-        let bytes_uni = trial_bytes(&uni, &pu, cfg.param_opt)?;
+        let bytes_uni = trial_bytes(&uni, &pu, param_opt_bins(cfg))?;
         let pc = cabac_params(width, uni.len(), false, so, None, g_trial);
-        let bytes_cb = trial_bytes(&cb_levels, &pc, cfg.param_opt)?
+        let bytes_cb = trial_bytes(&cb_levels, &pc, param_opt_bins(cfg))?
             + codebook::syntax_bits(&cb.values, off, egk);
         if bytes_cb >= bytes_uni {
             return Ok(Coded {
@@ -589,7 +600,9 @@ fn offset_candidates(values: &[i32], n: usize) -> std::ops::Range<usize> {
     }
     let window = (OFFSET_SEARCH_BUDGET / n.max(1)).max(1);
     let center = values.partition_point(|&v| v < 0);
-    let lo = center.saturating_sub(window / 2).min(k.saturating_sub(window));
+    let lo = center
+        .saturating_sub(window / 2)
+        .min(k.saturating_sub(window));
     lo..(lo + window).min(k)
 }
 
@@ -688,7 +701,13 @@ fn write_ndu(
         }
         enc.encode_bins_ep((rel as u32) & ((1u32 << qbits) - 1), qbits);
     }
-    coding::encode_layer(&mut enc, &coded.levels, &p, cfg.row_skipping, cfg.param_opt)?;
+    coding::encode_layer(
+        &mut enc,
+        &coded.levels,
+        &p,
+        cfg.row_skipping,
+        param_opt_bins(cfg),
+    )?;
     let payload = enc.finish();
     let mut header = base_header(
         t,
@@ -774,7 +793,11 @@ pub fn reconstruct(tensors: &[Tensor], cfg: &EncoderConfig) -> Result<Vec<Tensor
         .iter()
         .map(|t| {
             let ov = cfg.overrides.get(&t.name).copied().unwrap_or_default();
-            let shape = if t.shape.is_empty() { vec![1] } else { t.shape.clone() };
+            let shape = if t.shape.is_empty() {
+                vec![1]
+            } else {
+                t.shape.clone()
+            };
             let data = match &t.data {
                 TensorData::I32(v) => TensorData::I32(v.clone()),
                 TensorData::F32(w) if ov.raw => TensorData::F32(w.clone()),
@@ -784,7 +807,12 @@ pub fn reconstruct(tensors: &[Tensor], cfg: &EncoderConfig) -> Result<Vec<Tensor
                     let g = u32::from(cfg.cabac_unary_length_minus1) + 1;
                     let p = cabac_params(row_width(&shape), w.len(), c.dq, so, None, g);
                     let levels = coding::decoded_levels(&c.levels, &p, cfg.row_skipping)?;
-                    TensorData::F32(reconstruct_levels(&levels, c.qp, cfg.qp_density, c.codebook.as_ref())?)
+                    TensorData::F32(reconstruct_levels(
+                        &levels,
+                        c.qp,
+                        cfg.qp_density,
+                        c.codebook.as_ref(),
+                    )?)
                 }
             };
             Ok(Tensor {
@@ -798,7 +826,12 @@ pub fn reconstruct(tensors: &[Tensor], cfg: &EncoderConfig) -> Result<Vec<Tensor
 
 /// Float reconstruction of levels (uniform: `step * level` in float32; codebook:
 /// `codebook[level + CbZeroOffset] * step` in double, then float32).
-fn reconstruct_levels(levels: &[i32], qp: i32, density: u8, cb: Option<&CodebookSyntax>) -> Result<Vec<f32>> {
+fn reconstruct_levels(
+    levels: &[i32],
+    qp: i32,
+    density: u8,
+    cb: Option<&CodebookSyntax>,
+) -> Result<Vec<f32>> {
     match cb {
         Some(cb) => {
             let step = quant::step_size_f64(qp, density);

@@ -88,3 +88,31 @@ fn encoder_reproduces_reference_streams() {
     eprintln!("{}\nbyte-identical: {identical}", report.join("\n"));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The fast (sampled) parameter optimisation is not bit-exact with the reference but must stay
+/// within the 1% size budget and reconstruct identically (it changes only context
+/// initialisations, never levels).
+#[test]
+fn sampled_param_opt_stays_within_one_percent() {
+    let mut worst = 0f64;
+    for v in manifest() {
+        let dir = conformance_dir();
+        let input: Vec<_> = load_npz(&dir.join(format!("{}.input.npz", v.name)))
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        let mut cfg = config_for(&v.settings);
+        cfg.param_opt_bins = Some(2000);
+        let ours = encode(&input, &cfg).expect("encode");
+        let ratio = ours.len() as f64 / v.bitstream_bytes as f64;
+        worst = worst.max(ratio);
+        assert!(ratio <= 1.01, "{}: {ratio}", v.name);
+        let reference = std::fs::read(dir.join(format!("{}.nnc", v.name))).expect("nnc");
+        let a = decode(&ours, &Limits::default()).expect("decode");
+        let b = decode(&reference, &Limits::default()).expect("decode");
+        for (x, y) in a.iter().zip(&b) {
+            same_tensor(x, y).expect("same reconstruction");
+        }
+    }
+    eprintln!("worst size ratio with sampled parameter optimisation: {worst:.4}");
+}

@@ -5,7 +5,10 @@
 
 mod common;
 
-use nnc_codec::{decode_stream, encode, encode_with_topology, units, EncoderConfig, Error, Limits, Tensor, TensorData, Topology};
+use nnc_codec::{
+    decode_stream, encode, encode_with_topology, units, EncoderConfig, Error, Limits, Tensor,
+    TensorData, Topology,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::time::{Duration, Instant};
@@ -15,18 +18,49 @@ use std::time::{Duration, Instant};
 fn corpus() -> Vec<Vec<u8>> {
     let mut c: Vec<Vec<u8>> = common::manifest()
         .iter()
-        .map(|v| std::fs::read(common::conformance_dir().join(format!("{}.nnc", v.name))).expect("nnc"))
+        .map(|v| {
+            std::fs::read(common::conformance_dir().join(format!("{}.nnc", v.name))).expect("nnc")
+        })
         .collect();
     let mut rng = ChaCha8Rng::seed_from_u64(99);
-    let w: Vec<f32> = (0..40 * 24).map(|i| if i % 7 == 0 { 0.0 } else { rng.gen_range(-0.2..0.2) }).collect();
+    let w: Vec<f32> = (0..40 * 24)
+        .map(|i| {
+            if i % 7 == 0 {
+                0.0
+            } else {
+                rng.gen_range(-0.2..0.2)
+            }
+        })
+        .collect();
     let tensors = vec![
-        Tensor { name: "w".into(), shape: vec![40, 24], data: TensorData::F32(w.clone()) },
-        Tensor { name: "i".into(), shape: vec![10, 3], data: TensorData::I32((0..30).collect()) },
-        Tensor { name: "b".into(), shape: vec![24], data: TensorData::F32(w[..24].to_vec()) },
+        Tensor {
+            name: "w".into(),
+            shape: vec![40, 24],
+            data: TensorData::F32(w.clone()),
+        },
+        Tensor {
+            name: "i".into(),
+            shape: vec![10, 3],
+            data: TensorData::I32((0..30).collect()),
+        },
+        Tensor {
+            name: "b".into(),
+            shape: vec![24],
+            data: TensorData::F32(w[..24].to_vec()),
+        },
     ];
     for (so, rs, cb) in [(1u8, true, 0u8), (2, false, 1), (4, true, 2), (3, true, 0)] {
-        let cfg = EncoderConfig { scan_order: so, row_skipping: rs, codebook_mode: cb, ..Default::default() };
-        let topo = Topology { storage_format: 2, compression_format: 1, data: b"graph".repeat(50) };
+        let cfg = EncoderConfig {
+            scan_order: so,
+            row_skipping: rs,
+            codebook_mode: cb,
+            ..Default::default()
+        };
+        let topo = Topology {
+            storage_format: 2,
+            compression_format: 1,
+            data: b"graph".repeat(50),
+        };
         c.push(encode_with_topology(&tensors, &cfg, Some(&topo)).expect("encode"));
     }
     c
@@ -83,7 +117,12 @@ fn mutate(rng: &mut ChaCha8Rng, src: &[u8]) -> Vec<u8> {
 
 /// Small limits keep each attempt fast; the decoder must honour them.
 fn limits(parallel: bool) -> Limits {
-    Limits { max_tensor_elements: 1 << 22, max_total_elements: 1 << 23, parallel, ..Default::default() }
+    Limits {
+        max_tensor_elements: 1 << 22,
+        max_total_elements: 1 << 23,
+        parallel,
+        ..Default::default()
+    }
 }
 
 fn check(input: &[u8], parallel: bool) {
@@ -138,11 +177,21 @@ fn thousands_of_mutations_do_not_panic() {
 
 #[test]
 fn declared_sizes_are_checked_before_allocation() {
-    let t = Tensor { name: "big".into(), shape: vec![64, 64], data: TensorData::F32(vec![0.0; 4096]) };
+    let t = Tensor {
+        name: "big".into(),
+        shape: vec![64, 64],
+        data: TensorData::F32(vec![0.0; 4096]),
+    };
     let bs = encode(&[t], &EncoderConfig::default()).expect("encode");
-    let tight = Limits { max_tensor_elements: 4095, ..Default::default() };
+    let tight = Limits {
+        max_tensor_elements: 4095,
+        ..Default::default()
+    };
     assert!(matches!(decode_stream(&bs, &tight), Err(Error::Limit(_))));
-    let ratio = Limits { max_elements_per_payload_byte: Some(1), ..Default::default() };
+    let ratio = Limits {
+        max_elements_per_payload_byte: Some(1),
+        ..Default::default()
+    };
     assert!(matches!(decode_stream(&bs, &ratio), Err(Error::Limit(_))));
     assert!(decode_stream(&bs, &Limits::default()).is_ok());
     // Truncation anywhere is an error or a shorter stream, never a panic.
@@ -152,11 +201,38 @@ fn declared_sizes_are_checked_before_allocation() {
 }
 
 #[test]
+fn pruned_zero_layers_pass_default_limits() {
+    // A fully pruned layer with row skipping is tiny but legitimate.
+    let t = Tensor {
+        name: "pruned".into(),
+        shape: vec![1024, 1024],
+        data: TensorData::F32(vec![0.0; 1 << 20]),
+    };
+    let cfg = EncoderConfig {
+        row_skipping: true,
+        ..Default::default()
+    };
+    let bs = encode(std::slice::from_ref(&t), &cfg).expect("encode");
+    assert!(bs.len() < 400, "{} bytes", bs.len());
+    let d = decode_stream(&bs, &Limits::default()).expect("decode");
+    assert_eq!(d.tensors[0], t);
+}
+
+#[test]
 #[ignore]
 fn fuzz_for_a_while() {
-    let secs: u64 = std::env::var("NNC_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
-    let seed: u64 = std::env::var("NNC_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let secs: u64 = std::env::var("NNC_FUZZ_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    let seed: u64 = std::env::var("NNC_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     let t0 = Instant::now();
     let n = run(seed, Some(t0 + Duration::from_secs(secs)), 0);
-    eprintln!("fuzzed {n} inputs in {:.0} s without a panic", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "fuzzed {n} inputs in {:.0} s without a panic",
+        t0.elapsed().as_secs_f64()
+    );
 }

@@ -17,7 +17,13 @@ fn random_tensors(seed: u64, count: usize) -> Vec<Tensor> {
         .map(|i| {
             let ndim = rng.gen_range(0..=4);
             let shape: Vec<usize> = (0..ndim)
-                .map(|d| if d == 0 { rng.gen_range(1..50) } else { rng.gen_range(1..7) })
+                .map(|d| {
+                    if d == 0 {
+                        rng.gen_range(1..50)
+                    } else {
+                        rng.gen_range(1..7)
+                    }
+                })
                 .collect();
             let n: usize = shape.iter().product();
             let sparsity: f64 = rng.gen_range(0.0..0.95);
@@ -108,13 +114,25 @@ proptest! {
 fn uniform_error_is_bounded_by_half_a_step() {
     let tensors = random_tensors(11, 8);
     for dq in [false, true] {
-        let cfg = EncoderConfig { use_dq: dq, ..Default::default() };
+        let cfg = EncoderConfig {
+            use_dq: dq,
+            ..Default::default()
+        };
         let dec = decode(&encode(&tensors, &cfg).unwrap(), &Limits::default()).unwrap();
         for (d, t) in dec.iter().zip(&tensors) {
             if let (TensorData::F32(a), TensorData::F32(o)) = (&d.data, &t.data) {
-                let qp = if TensorKind::of_shape(&t.shape) == TensorKind::Weight { cfg.qp } else { -75 };
+                let qp = if TensorKind::of_shape(&t.shape) == TensorKind::Weight {
+                    cfg.qp
+                } else {
+                    -75
+                };
                 let step = nnc_codec::quant::step_size(qp, 2) as f64;
-                let mse: f64 = a.iter().zip(o).map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2)).sum::<f64>() / a.len() as f64;
+                let mse: f64 = a
+                    .iter()
+                    .zip(o)
+                    .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+                    .sum::<f64>()
+                    / a.len() as f64;
                 if dq {
                     assert!(mse <= step * step, "{}: mse {mse} step {step}", t.name);
                 } else {
@@ -131,11 +149,28 @@ fn uniform_error_is_bounded_by_half_a_step() {
 fn overrides_topology_and_raw_tensors() {
     let tensors = random_tensors(5, 4);
     let mut cfg = EncoderConfig::default();
-    let raw_name = tensors.iter().find(|t| matches!(t.data, TensorData::F32(_))).map(|t| t.name.clone()).unwrap();
-    cfg.overrides.insert(raw_name.clone(), TensorOverride { raw: true, ..Default::default() });
+    let raw_name = tensors
+        .iter()
+        .find(|t| matches!(t.data, TensorData::F32(_)))
+        .map(|t| t.name.clone())
+        .unwrap();
+    cfg.overrides.insert(
+        raw_name.clone(),
+        TensorOverride {
+            raw: true,
+            ..Default::default()
+        },
+    );
     let q_name = tensors[0].name.clone();
     if q_name != raw_name {
-        cfg.overrides.insert(q_name.clone(), TensorOverride { qp: Some(-20), use_dq: Some(false), ..Default::default() });
+        cfg.overrides.insert(
+            q_name.clone(),
+            TensorOverride {
+                qp: Some(-20),
+                use_dq: Some(false),
+                ..Default::default()
+            },
+        );
     }
     let graph: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 13) as u8).collect();
     let topo = Topology {
@@ -153,7 +188,11 @@ fn overrides_topology_and_raw_tensors() {
     assert_eq!(u[2].unit_type, NnrUnitType::Tpl);
     assert!(u[2].size < 1000, "topology is deflated");
     if q_name != raw_name {
-        let info = u.iter().filter_map(|x| x.ndu.as_ref()).find(|n| n.name == q_name).unwrap();
+        let info = u
+            .iter()
+            .filter_map(|x| x.ndu.as_ref())
+            .find(|n| n.name == q_name)
+            .unwrap();
         if matches!(tensors[0].data, TensorData::F32(_)) {
             assert_eq!(info.qp, Some(-20));
             assert!(!info.dq);
@@ -163,18 +202,87 @@ fn overrides_topology_and_raw_tensors() {
 
 #[test]
 fn bad_inputs_are_errors() {
-    let t = Tensor { name: "x".into(), shape: vec![2, 3], data: TensorData::F32(vec![0.0; 5]) };
+    let t = Tensor {
+        name: "x".into(),
+        shape: vec![2, 3],
+        data: TensorData::F32(vec![0.0; 5]),
+    };
     assert!(encode(&[t], &EncoderConfig::default()).is_err());
-    let t = Tensor { name: "x".into(), shape: vec![2], data: TensorData::F32(vec![f32::NAN, 1.0]) };
+    let t = Tensor {
+        name: "x".into(),
+        shape: vec![2],
+        data: TensorData::F32(vec![f32::NAN, 1.0]),
+    };
     assert!(encode(&[t], &EncoderConfig::default()).is_err());
     // QPs too far apart for the signalled offsets.
-    let a = Tensor { name: "a".into(), shape: vec![1, 2], data: TensorData::F32(vec![1.0, 1.0]) };
-    let b = Tensor { name: "b".into(), ..a.clone() };
+    let a = Tensor {
+        name: "a".into(),
+        shape: vec![1, 2],
+        data: TensorData::F32(vec![1.0, 1.0]),
+    };
+    let b = Tensor {
+        name: "b".into(),
+        ..a.clone()
+    };
     let mut cfg = EncoderConfig::default();
-    cfg.overrides.insert("a".into(), TensorOverride { qp: Some(300), ..Default::default() });
-    cfg.overrides.insert("b".into(), TensorOverride { qp: Some(-300), ..Default::default() });
+    cfg.overrides.insert(
+        "a".into(),
+        TensorOverride {
+            qp: Some(300),
+            ..Default::default()
+        },
+    );
+    cfg.overrides.insert(
+        "b".into(),
+        TensorOverride {
+            qp: Some(-300),
+            ..Default::default()
+        },
+    );
     assert!(encode(&[a.clone(), b], &cfg).is_err());
     // A single far QP moves the base QP instead.
     let d = decode(&encode(&[a], &cfg).unwrap(), &Limits::default()).unwrap();
     assert_eq!(d[0].data, TensorData::F32(vec![0.0, 0.0]));
+}
+
+#[test]
+fn empty_and_scalar_tensors() {
+    let tensors = vec![
+        Tensor {
+            name: "empty".into(),
+            shape: vec![0, 5],
+            data: TensorData::F32(vec![]),
+        },
+        Tensor {
+            name: "scalar".into(),
+            shape: vec![],
+            data: TensorData::F32(vec![0.5]),
+        },
+        Tensor {
+            name: "iscalar".into(),
+            shape: vec![],
+            data: TensorData::I32(vec![-7]),
+        },
+        Tensor {
+            name: "col".into(),
+            shape: vec![7, 1],
+            data: TensorData::F32(vec![0.25; 7]),
+        },
+    ];
+    for cb in 0..=2 {
+        for so in [0u8, 3] {
+            let cfg = EncoderConfig {
+                codebook_mode: cb,
+                scan_order: so,
+                row_skipping: true,
+                ..Default::default()
+            };
+            let d = decode(&encode(&tensors, &cfg).unwrap(), &Limits::default()).unwrap();
+            assert_eq!(d[0].shape, vec![0, 5]);
+            assert_eq!(d[1].shape, vec![1]);
+            assert_eq!(d[2].data, TensorData::I32(vec![-7]));
+            assert_eq!(d[3].shape, vec![7, 1]);
+            assert_eq!(d, reconstruct(&tensors, &cfg).unwrap());
+        }
+    }
 }

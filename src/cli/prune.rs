@@ -74,6 +74,10 @@ pub struct Args {
     /// Print JSON (sparsity, layers, skipped, search, metric; see docs/cli.md).
     #[arg(long)]
     pub json: bool,
+    /// Also simplify: remove the pruned channels physically (as `nnzip simplify`), verified on
+    /// ONNX Runtime.
+    #[arg(long)]
+    pub simplify: bool,
 }
 
 fn parse_method(s: &str) -> Result<Method, String> {
@@ -124,6 +128,8 @@ struct Report {
     metric: Option<MetricReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     search: Option<SearchReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    simplify: Option<nnzip::passes::simplify::SimplifyReport>,
 }
 
 pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
@@ -264,6 +270,21 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
             after: s.final_metric,
         }),
     };
+    let mut pruned = pruned;
+    let simplified = if a.simplify {
+        let rt = Runtime::get(ort_lib).context("cannot start ONNX Runtime")?;
+        let r = nnzip::passes::simplify::simplify(&mut pruned, rt, calib.as_ref(), &a.shapes)
+            .context("simplification failed")?;
+        if !r.verification.within_tolerance {
+            bail!(
+                "simplification changed the outputs by {:.3e}; nothing was written",
+                r.verification.max_abs_diff
+            );
+        }
+        Some(r)
+    } else {
+        None
+    };
     pruned
         .save(&a.output, &SaveOptions::default())
         .with_context(|| format!("cannot write {}", a.output.display()))?;
@@ -281,6 +302,7 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
             .and_then(|g| serde_json::from_value(g.clone()).ok()),
         metric,
         search,
+        simplify: simplified,
     };
     if a.json {
         super::print_json(&report)
@@ -377,6 +399,18 @@ fn text(r: &Report) -> String {
             o,
             "{} on {} samples: {:.2} -> {:.2}",
             m.name, m.samples, m.before, m.after
+        );
+    }
+    if let Some(s) = &r.simplify {
+        let _ = writeln!(
+            o,
+            "simplified: parameters {} -> {}, MACs {} -> {}, {} channels removed (max |difference| {:.2e})",
+            s.before.parameters,
+            s.after.parameters,
+            s.before.macs.map(|m| m.to_string()).unwrap_or_else(|| "?".into()),
+            s.after.macs.map(|m| m.to_string()).unwrap_or_else(|| "?".into()),
+            s.channels_removed,
+            s.verification.max_abs_diff
         );
     }
     o

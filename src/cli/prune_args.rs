@@ -1,23 +1,71 @@
-//! Pruning options shared by `nnzip compress` (and the same flags as `nnzip prune`).
+//! Pruning options of `nnzip compress` (a subset of `nnzip prune`'s, same meaning).
 
 use anyhow::{bail, Result};
+use nnzip::passes::prune::structured::Norm;
+use nnzip::passes::prune::{Method, PruneConfig};
 use nnzip::passes::Pass;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct PruneArgs {
-    /// Prune first: magnitude, structured, nm or entropy (see `nnzip prune`).
+    /// Prune first: magnitude, structured, nm or entropy (as `nnzip prune --method`).
     #[arg(long = "prune", value_name = "METHOD")]
     pub method: Option<String>,
-    /// Target sparsity (fraction of weights, or of channels for structured).
+    /// Amount: fraction of weights (magnitude, entropy) or of each group's channels (structured).
     #[arg(long, value_name = "F")]
     pub sparsity: Option<f64>,
+    /// Rank weights or channels across all layers instead of per layer.
+    #[arg(long)]
+    pub global: bool,
+    /// Channel ranking norm for structured pruning: l1 or l2.
+    #[arg(long, default_value = "l1")]
+    pub norm: String,
+    /// Keep channel counts multiples of K (structured).
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub round_to: usize,
 }
 
 impl PruneArgs {
-    pub fn pass(&self, _has_calib: bool) -> Result<Option<Box<dyn Pass>>> {
-        match &self.method {
-            None => Ok(None),
-            Some(m) => bail!("pruning method '{m}' is not available in this build yet"),
+    pub fn pass(
+        &self,
+        has_calib: bool,
+        shapes: &[(String, Vec<usize>)],
+    ) -> Result<Option<Box<dyn Pass>>> {
+        let Some(m) = &self.method else {
+            return Ok(None);
+        };
+        let Some(method) = Method::parse(m) else {
+            bail!(super::prune::UsageError(format!(
+                "'{m}' is not one of magnitude, structured, nm, entropy"
+            )))
+        };
+        if method.needs_calibration() && !has_calib {
+            bail!(super::prune::UsageError(format!(
+                "--prune {m} needs calibration data (--calib FILE.npz)"
+            )));
         }
+        if let Some(f) = self.sparsity {
+            if !(0.0..=1.0).contains(&f) {
+                bail!(super::prune::UsageError(format!(
+                    "--sparsity must be in [0, 1], got {f}"
+                )));
+            }
+        }
+        let mut cfg = PruneConfig::new(method);
+        cfg.global = self.global;
+        cfg.norm = match self.norm.as_str() {
+            "l1" | "L1" => Norm::L1,
+            "l2" | "L2" => Norm::L2,
+            other => bail!(super::prune::UsageError(format!(
+                "--norm '{other}' is not l1 or l2"
+            ))),
+        };
+        cfg.round_to = self.round_to.max(1);
+        cfg.input_shapes = shapes.to_vec();
+        Ok(Some(
+            cfg.pass(
+                self.sparsity
+                    .unwrap_or_else(|| method.default_amount(false)),
+            ),
+        ))
     }
 }

@@ -206,7 +206,11 @@ impl Model {
     /// Wraps a proto without validating it (the container fills stripped weights first, then
     /// validates through [`Model::from_proto_in`]). External data cannot be resolved.
     pub(crate) fn unchecked(proto: ModelProto) -> Model {
-        Model { proto, path: None, external: ExternalStore::new(Path::new("")) }
+        Model {
+            proto,
+            path: None,
+            external: ExternalStore::new(Path::new("")),
+        }
     }
 
     pub fn graph(&self) -> &GraphProto {

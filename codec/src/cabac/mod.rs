@@ -12,8 +12,10 @@ use std::sync::OnceLock;
 /// (`s0 * 16 + s1`, kept as `s0_plus_s1`) is the probability state in the log domain.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ContextModel {
-    s0: i8,
-    s0_plus_s1: i16,
+    /// Fast estimator (kept as its own value; the state is `s0 * 16 + s1`).
+    s0: i16,
+    /// Slow estimator.
+    s1: i16,
     shift0: u8,
     shift1: u8,
     init_idx: u8,
@@ -21,9 +23,21 @@ pub struct ContextModel {
 
 #[inline(always)]
 fn step(idx: i32) -> i32 {
-    // Valid states keep the index inside 0..32; clamping only guards corrupt input.
-    i32::from(UPDATE_STEP[idx.clamp(0, 31) as usize])
+    // Valid states keep the index inside 0..32; the mask only guards corrupt input.
+    i32::from(UPDATE_STEP[(idx & 31) as usize])
 }
+
+/// `RANGE_TAB_LPS` padded so that every index `(range & 0xe0) + |state >> 7|` (at most 256) is
+/// inside; the pad repeats the smallest sub-range.
+const RLPS: [u8; 264] = {
+    let mut t = [2u8; 264];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = RANGE_TAB_LPS[i];
+        i += 1;
+    }
+    t
+};
 
 impl ContextModel {
     /// A context initialised with set `idx` (0..9) of the selectable initialisations.
@@ -40,47 +54,53 @@ impl ContextModel {
         self.init_idx = idx.min(8);
         self.shift0 = set[0] as u8 + 4;
         self.shift1 = set[1] as u8;
-        self.s0_plus_s1 = set[2];
-        self.s0 = set[3] as i8;
+        self.reset();
     }
 
     /// Back to the initial state of the remembered set (entry points, clause 9.3.2.3).
     #[inline]
     pub fn reset(&mut self) {
         let set = INIT_SETS[usize::from(self.init_idx)];
-        self.s0_plus_s1 = set[2];
-        self.s0 = set[3] as i8;
+        self.s0 = set[3];
+        self.s1 = set[2] - 16 * set[3];
+    }
+
+    /// The probability state `s0 * 16 + s1` (the reference's `S0plusS1`).
+    #[inline(always)]
+    fn state(&self) -> i32 {
+        16 * i32::from(self.s0) + i32::from(self.s1)
     }
 
     /// Probability update after coding `bin`.
     #[inline(always)]
     pub fn update(&mut self, bin: u32) {
-        let sign: i32 = if bin != 0 { 1 } else { -1 };
+        let sign: i32 = ((bin & 1) as i32) * 2 - 1;
         let s0 = i32::from(self.s0);
-        let mut s1 = i32::from(self.s0_plus_s1) - s0 * 16;
-        let s0 = s0 + sign * (step(16 + ((sign * s0) >> 3)) >> self.shift0);
-        s1 += sign * (step(16 + ((sign * s1) >> 7)) >> self.shift1);
-        self.s0 = s0 as i8;
-        self.s0_plus_s1 = (s1 + 16 * i32::from(self.s0)) as i16;
+        let s1 = i32::from(self.s1);
+        let n0 = s0 + sign * (step(16 + ((sign * s0) >> 3)) >> self.shift0);
+        let n1 = s1 + sign * (step(16 + ((sign * s1) >> 7)) >> self.shift1);
+        // The fast estimator is stored in 8 bits by the reference.
+        self.s0 = i16::from(n0 as i8);
+        self.s1 = n1 as i16;
     }
 
     /// Sub-range of the least probable symbol for the current `range` (256..=510).
     #[inline(always)]
     pub fn rlps(&self, range: u32) -> u32 {
-        let i = (i32::from(self.s0_plus_s1) >> 7).unsigned_abs() + (range & 0xe0);
-        u32::from(RANGE_TAB_LPS.get(i as usize).copied().unwrap_or(2))
+        let i = ((self.state() as i16) >> 7).unsigned_abs() as u32 + (range & 0xe0);
+        u32::from(RLPS[(i as usize).min(263)])
     }
 
     /// The most probable symbol.
     #[inline(always)]
     pub fn mps(&self) -> u32 {
-        u32::from(self.s0_plus_s1 >= 0)
+        u32::from(self.state() as i16 >= 0)
     }
 
     /// Estimated cost of coding `bin` in 1/32768 bit (encoder only).
     #[inline(always)]
     pub fn est_bits(&self, bin: u32) -> u32 {
-        let i = (512 + (i32::from(self.s0_plus_s1) >> 3)).clamp(0, 1023) as usize;
+        let i = ((512 + (i32::from(self.state() as i16) >> 3)) & 1023) as usize;
         est_bits_table()[i][bin as usize & 1]
     }
 }
@@ -107,24 +127,45 @@ fn est_bits_table() -> &'static [[u32; 2]; 1024] {
     })
 }
 
+/// Shifts of the nine candidate initialisations (window sizes of the two estimators).
+const OPT_SHIFT0: [i32; 9] = {
+    let mut t = [0i32; 9];
+    let mut i = 0;
+    while i < 9 {
+        t[i] = INIT_SETS[i][0] as i32 + 4;
+        i += 1;
+    }
+    t
+};
+const OPT_SHIFT1: [i32; 9] = {
+    let mut t = [0i32; 9];
+    let mut i = 0;
+    while i < 9 {
+        t[i] = INIT_SETS[i][1] as i32;
+        i += 1;
+    }
+    t
+};
+
 /// The nine candidate initialisations of one context, run in parallel over a first pass to
-/// pick the cheapest (encoder side of `xShiftParameterIds`).
+/// pick the cheapest (encoder side of `xShiftParameterIds`). Each candidate keeps its two
+/// estimators separately (`s0`, and `s1 = s0_plus_s1 - 16 * s0`).
 #[derive(Debug, Clone, Copy)]
 pub struct ContextOptimizer {
-    models: [ContextModel; 9],
+    s0: [i32; 9],
+    s1: [i32; 9],
     acc: [u64; 9],
 }
 
 impl Default for ContextOptimizer {
     fn default() -> Self {
-        let mut models = [ContextModel::default(); 9];
-        for (i, m) in models.iter_mut().enumerate() {
-            m.init(i as u8);
-        }
-        ContextOptimizer {
-            models,
+        let mut o = ContextOptimizer {
+            s0: [0; 9],
+            s1: [0; 9],
             acc: [0; 9],
-        }
+        };
+        o.reset();
+        o
     }
 }
 
@@ -132,16 +173,31 @@ impl ContextOptimizer {
     /// Accumulates the estimated cost of `bin` under every candidate, then adapts them.
     #[inline]
     pub fn code(&mut self, bin: u32) {
-        for (m, a) in self.models.iter_mut().zip(self.acc.iter_mut()) {
-            *a += u64::from(m.est_bits(bin));
-            m.update(bin);
+        self.code_with(bin, est_bits_table());
+    }
+
+    /// [`ContextOptimizer::code`] with the cost table passed in (hot loops).
+    #[inline(always)]
+    pub fn code_with(&mut self, bin: u32, est: &[[u32; 2]; 1024]) {
+        let b = (bin & 1) as usize;
+        let sign: i32 = if bin != 0 { 1 } else { -1 };
+        for k in 0..9 {
+            let s0 = self.s0[k];
+            let s1 = self.s1[k];
+            let idx = ((512 + ((16 * s0 + s1) >> 3)) & 1023) as usize;
+            self.acc[k] += u64::from(est[idx][b]);
+            let n0 = s0 + sign * (step(16 + ((sign * s0) >> 3)) >> OPT_SHIFT0[k]);
+            let n1 = s1 + sign * (step(16 + ((sign * s1) >> 7)) >> OPT_SHIFT1[k]);
+            self.s0[k] = i32::from(n0 as i8);
+            self.s1[k] = n1;
         }
     }
 
     /// Resets the probability states (not the accumulated costs), as at entry points.
     pub fn reset(&mut self) {
-        for m in &mut self.models {
-            m.reset();
+        for ((s0, s1), set) in self.s0.iter_mut().zip(self.s1.iter_mut()).zip(INIT_SETS) {
+            *s0 = i32::from(set[3]);
+            *s1 = i32::from(set[2]) - 16 * i32::from(set[3]);
         }
     }
 
@@ -158,6 +214,11 @@ impl ContextOptimizer {
         }
         best
     }
+}
+
+/// The estimated-cost table, for passing into [`ContextOptimizer::code_with`].
+pub fn est_table() -> &'static [[u32; 2]; 1024] {
+    est_bits_table()
 }
 
 /// Where a [`BinEncoder`] puts its bytes.
@@ -408,16 +469,12 @@ impl<'a> BinDecoder<'a> {
     pub fn decode_bin(&mut self, ctx: &mut ContextModel) -> u32 {
         let rlps = ctx.rlps(self.range);
         let rmps = self.range - rlps;
-        let bin;
-        if (self.value >> 7) >= rmps {
-            // LPS
-            bin = 1 - ctx.mps();
-            self.value -= rmps << 7;
-            self.range = rlps;
-        } else {
-            bin = ctx.mps();
-            self.range = rmps;
-        }
+        // Branch-free LPS/MPS selection: the outcome is unpredictable for many contexts.
+        let lps = u32::from((self.value >> 7) >= rmps);
+        let mask = lps.wrapping_neg();
+        let bin = ctx.mps() ^ lps;
+        self.value = self.value.wrapping_sub((rmps << 7) & mask);
+        self.range = rmps ^ ((rmps ^ rlps) & mask);
         let n = self.range.leading_zeros() - 23;
         self.range <<= n;
         self.value = self.value.wrapping_shl(n);
@@ -570,9 +627,9 @@ mod tests {
     #[test]
     fn estimated_bits_are_consistent() {
         let t = est_bits_table();
-        for k in 0..1024 {
+        for (k, e) in t.iter().enumerate() {
             // Costs of the two bins describe probabilities summing to about one.
-            let p: f64 = t[k].iter().map(|&b| (-(b as f64) / 32768.0).exp2()).sum();
+            let p: f64 = e.iter().map(|&b| (-(b as f64) / 32768.0).exp2()).sum();
             assert!((p - 1.0).abs() < 1e-4, "bucket {k}: {p}");
         }
         assert_eq!(t[0], t[1]);

@@ -75,11 +75,8 @@ impl Ctx {
     }
     #[inline(always)]
     fn neighbor_class(n: i32) -> usize {
-        match n.signum() {
-            0 => 0,
-            -1 => 1,
-            _ => 2,
-        }
+        // 0 for zero, 1 for negative, 2 for positive.
+        usize::from(n != 0) + usize::from(n > 0)
     }
 }
 
@@ -203,12 +200,18 @@ impl<S: ByteSink> BinSink for RealSink<'_, S> {
 
 struct OptSink<'a> {
     ctx: &'a mut [ContextOptimizer],
+    est: &'static [[u32; 2]; 1024],
+    /// Bins still to evaluate per context (sampled parameter optimisation).
+    budget: Vec<u32>,
 }
 
 impl BinSink for OptSink<'_> {
     #[inline(always)]
     fn bin(&mut self, bin: u32, ctx: usize) {
-        self.ctx[ctx].code(bin);
+        if self.budget[ctx] > 0 {
+            self.budget[ctx] -= 1;
+            self.ctx[ctx].code_with(bin, self.est);
+        }
     }
     #[inline(always)]
     fn ep(&mut self, _v: u32, _n: u32) {}
@@ -217,8 +220,15 @@ impl BinSink for OptSink<'_> {
 /// Binarization of one level (clause 9.3.3): `sig_flag`, `sign_flag`, greater-than flags and the
 /// Exp-Golomb remainder with context coded prefix. `max_abs` limits levels of codebook indices.
 #[inline(always)]
-fn code_level<B: BinSink>(s: &mut B, c: Ctx, p: &LayerParams, value: i32, state: u32, nb: i32) {
-    if p.cb_size == 1 && p.profile == 1 {
+fn code_level<B: BinSink, const CB: bool>(
+    s: &mut B,
+    c: Ctx,
+    p: &LayerParams,
+    value: i32,
+    state: u32,
+    nb: i32,
+) {
+    if CB && p.cb_size == 1 && p.profile == 1 {
         return;
     }
     let sig = u32::from(value != 0);
@@ -227,8 +237,8 @@ fn code_level<B: BinSink>(s: &mut B, c: Ctx, p: &LayerParams, value: i32, state:
         return;
     }
     let negative = value < 0;
-    let max_abs = p.max_abs(negative);
-    if !(p.cb_size > 0 && (p.cb_zero == 0 || p.cb_zero == p.cb_size - 1)) || p.profile == 0 {
+    let max_abs = if CB { p.max_abs(negative) } else { -1 };
+    if !CB || !(p.cb_size > 0 && (p.cb_zero == 0 || p.cb_zero == p.cb_size - 1)) || p.profile == 0 {
         s.bin(u32::from(negative), Ctx::sign(nb));
     }
     if max_abs == 1 {
@@ -301,9 +311,9 @@ fn dq_coded_value(stored: i32, state: u32) -> i32 {
     }
     let odd = (state & 1) as i32;
     let v = if stored < 0 {
-        stored - odd
+        stored.wrapping_sub(odd)
     } else {
-        stored + odd
+        stored.wrapping_add(odd)
     };
     v >> 1
 }
@@ -341,7 +351,11 @@ fn dq_replay(
 /// The levels (reconstruction indices) a decoder obtains from levels stored by the quantizer.
 /// They differ from the input only where the reference's row-skip state quirk applies
 /// (DQ with block scans and row skipping).
-pub(crate) fn decoded_levels(stored: &[i32], p: &LayerParams, row_skip_enabled: bool) -> Result<Vec<i32>> {
+pub(crate) fn decoded_levels(
+    stored: &[i32],
+    p: &LayerParams,
+    row_skip_enabled: bool,
+) -> Result<Vec<i32>> {
     if !p.dq {
         return Ok(stored.to_vec());
     }
@@ -358,10 +372,11 @@ fn dq_index(c: i32, state: u32) -> i32 {
         return 0;
     }
     let odd = (state & 1) as i32;
+    let d = c.wrapping_mul(2);
     if c < 0 {
-        2 * c + odd
+        d.wrapping_add(odd)
     } else {
-        2 * c - odd
+        d.wrapping_sub(odd)
     }
 }
 
@@ -381,6 +396,25 @@ pub(crate) fn zero_rows(values: &[i32], width: usize) -> Vec<bool> {
 /// otherwise the optimiser's (stored value, no neighbour reset).
 #[allow(clippy::too_many_arguments)]
 fn level_pass<B: BinSink>(
+    sink: &mut B,
+    c: Ctx,
+    p: &LayerParams,
+    geo: &ScanGeometry,
+    values: &[i32],
+    skip_rows: Option<&[bool]>,
+    real: bool,
+    at_block_row_end: impl FnMut(&mut B),
+) {
+    if p.cb_size == 0 {
+        level_pass_impl::<B, false>(sink, c, p, geo, values, skip_rows, real, at_block_row_end)
+    } else {
+        level_pass_impl::<B, true>(sink, c, p, geo, values, skip_rows, real, at_block_row_end)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn level_pass_impl<B: BinSink, const CB: bool>(
     sink: &mut B,
     c: Ctx,
     p: &LayerParams,
@@ -411,7 +445,7 @@ fn level_pass<B: BinSink>(
                     stored
                 };
                 let coded = if real { value } else { stored };
-                code_level(sink, c, p, coded, state, nb);
+                code_level::<B, CB>(sink, c, p, coded, state, nb);
                 nb = coded;
                 if p.dq {
                     state = DQ_TRANS[state as usize][(value & 1) as usize];
@@ -428,13 +462,15 @@ fn level_pass<B: BinSink>(
 }
 
 /// Encodes one tensor's levels into `enc` (the reference's `encodeLayer`): optional row skip
-/// flags, context initialisation signalling (chosen by a first pass when `param_opt`), levels.
+/// flags, context initialisation signalling (chosen by a first pass when `param_opt` is
+/// `Some(n)`, looking at the first `n` bins of every context; `u32::MAX` = all, as the
+/// reference), levels.
 pub(crate) fn encode_layer<S: ByteSink>(
     enc: &mut BinEncoder<S>,
     values: &[i32],
     p: &LayerParams,
     row_skip_enabled: bool,
-    param_opt: bool,
+    param_opt: Option<u32>,
 ) -> Result<()> {
     p.validate()?;
     if values.len() != p.num {
@@ -461,14 +497,18 @@ pub(crate) fn encode_layer<S: ByteSink>(
     }
     let geo = p.geometry()?;
     let mut opt = vec![ContextOptimizer::default(); c.count()];
-    if param_opt && (p.cb_size != 1 || p.profile == 0) {
+    if let Some(bins) = param_opt.filter(|_| p.cb_size != 1 || p.profile == 0) {
         // The first pass ignores codebook limits (the reference codes it without them).
         let p_opt = LayerParams {
             cb_size: 0,
             cb_zero: 0,
             ..*p
         };
-        let mut sink = OptSink { ctx: &mut opt };
+        let mut sink = OptSink {
+            ctx: &mut opt,
+            est: crate::cabac::est_table(),
+            budget: vec![bins; c.count()],
+        };
         level_pass(
             &mut sink,
             c,
@@ -553,6 +593,53 @@ fn decode_prefix(dec: &mut BinDecoder<'_>, p: &LayerParams) -> Result<LayerPrefi
         ctx[i].init(idx);
     }
     Ok(LayerPrefix { ctx, skip })
+}
+
+/// Decodes one level without codebook limits (the common case, kept branch-light).
+#[inline(always)]
+fn decode_level_plain(
+    dec: &mut BinDecoder<'_>,
+    ctx: &mut [ContextModel],
+    c: Ctx,
+    state: u32,
+    nb: i32,
+) -> Result<i32> {
+    if dec.decode_bin(&mut ctx[Ctx::sig(state, nb)]) == 0 {
+        return Ok(0);
+    }
+    let negative = dec.decode_bin(&mut ctx[Ctx::sign(nb)]) == 1;
+    let gtx = CTX_GTX + usize::from(negative);
+    let mut v: i64 = 1;
+    let mut j = 0usize;
+    loop {
+        let gr = dec.decode_bin(&mut ctx[gtx + 2 * j]);
+        v += i64::from(gr);
+        if gr == 0 {
+            break;
+        }
+        j += 1;
+        if j == c.g {
+            // All greater-than flags set: Exp-Golomb remainder.
+            let mut rem_bits: u32 = 0;
+            let mut k = 0usize;
+            loop {
+                let b = dec.decode_bin(&mut ctx[c.rem() + k]);
+                if b == 0 {
+                    break;
+                }
+                v += 1i64 << rem_bits;
+                rem_bits += 1;
+                if k >= 30 {
+                    break;
+                }
+                k += 1;
+            }
+            v += i64::from(dec.decode_bins_ep(rem_bits));
+            break;
+        }
+    }
+    let v = if negative { -v } else { v };
+    i32::try_from(v).map_err(|_| Error::invalid("abs_level", "level exceeds 32 bits"))
 }
 
 /// Decodes one level (the reference's `decodeWeightVal`).
@@ -647,8 +734,13 @@ fn decode_block_rows(
                 }
             }
             let base = (seg.row - row0) * geo.width;
+            let plain = p.cb_size == 0;
             for o in &mut out[base + seg.x0..base + seg.x1] {
-                let mut v = decode_level(dec, ctx, c, p, state, nb)?;
+                let mut v = if plain {
+                    decode_level_plain(dec, ctx, c, state, nb)?
+                } else {
+                    decode_level(dec, ctx, c, p, state, nb)?
+                };
                 nb = v;
                 if p.dq {
                     let next = DQ_TRANS[state as usize][(v & 1) as usize];
@@ -811,7 +903,11 @@ mod tests {
                     profile: 1,
                     parent_node_id_present: false,
                     cb_size,
-                    cb_zero: if cb_size > 0 { (seed % u64::from(cb_size)) as u32 } else { 0 },
+                    cb_zero: if cb_size > 0 {
+                        (seed % u64::from(cb_size)) as u32
+                    } else {
+                        0
+                    },
                     g,
                 };
                 (p, rs, po, seed)
@@ -852,7 +948,7 @@ mod tests {
             let stored = stored_from_coded(&coded, &p, row_skip);
             prop_assert_eq!(decoded_levels(&stored, &p, row_skip).unwrap(), stored.clone());
             let mut enc = BinEncoder::new(Vec::new());
-            encode_layer(&mut enc, &stored, &p, row_skip, param_opt).unwrap();
+            encode_layer(&mut enc, &stored, &p, row_skip, param_opt.then_some(u32::MAX)).unwrap();
             let bytes = enc.finish();
             let eps = create_entry_points(&bytes, |_| Ok(()), &p).unwrap();
             prop_assert_eq!(eps.len() + 1, p.geometry().unwrap().num_block_rows().max(1));

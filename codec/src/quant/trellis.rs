@@ -14,27 +14,26 @@ const ZERO_SLOT: u8 = 4;
 
 /// Incoming branches per state: (previous state, candidate slot). Built from the transition
 /// table: state `s` uses quantizer `s & 1`; parity 0 takes indices ≡ 0 (Q0) or ≡ 3 (Q1) mod 4
-/// or zero, parity 1 takes indices ≡ 2 (Q0) or ≡ 1 (Q1) mod 4.
-fn connections() -> [[(u8, u8); 3]; 8] {
-    let mut con: [Vec<(u8, u8)>; 8] = Default::default();
-    for prev in 0..8u8 {
-        let q = prev & 1;
-        let slot0 = 3 * q;
-        let slot1 = 2 - q;
-        let c0 = DQ_TRANS[prev as usize][0] as usize;
-        let c1 = DQ_TRANS[prev as usize][1] as usize;
-        con[c0].push((prev, slot0));
-        con[c0].push((prev, ZERO_SLOT));
-        con[c1].push((prev, slot1));
-    }
+/// or zero, parity 1 takes indices ≡ 2 (Q0) or ≡ 1 (Q1) mod 4. Branches are listed in order of
+/// the previous state, which decides ties.
+const CON: [[(u8, u8); 3]; 8] = {
     let mut out = [[(0u8, 0u8); 3]; 8];
-    for (o, c) in out.iter_mut().zip(con.iter()) {
-        for (k, &b) in c.iter().enumerate().take(3) {
-            o[k] = b;
-        }
+    let mut fill = [0usize; 8];
+    let mut prev = 0;
+    while prev < 8 {
+        let q = (prev & 1) as u8;
+        let c0 = DQ_TRANS[prev][0] as usize;
+        let c1 = DQ_TRANS[prev][1] as usize;
+        out[c0][fill[c0]] = (prev as u8, 3 * q);
+        fill[c0] += 1;
+        out[c0][fill[c0]] = (prev as u8, ZERO_SLOT);
+        fill[c0] += 1;
+        out[c1][fill[c1]] = (prev as u8, 2 - q);
+        fill[c1] += 1;
+        prev += 1;
     }
     out
-}
+};
 
 #[inline(always)]
 fn min_index(org: f64) -> i64 {
@@ -48,35 +47,44 @@ pub fn quantize_dq(weights: &[f32], geo: &ScanGeometry, step: f32) -> Vec<i32> {
     if n == 0 {
         return out;
     }
-    let con = connections();
+    let raster = geo.num_block_rows() <= 1;
+    // Block scans need the position of every scan index for the backward pass.
+    let order: Vec<u32> = if raster {
+        Vec::new()
+    } else {
+        geo.positions().map(|p| p as u32).collect()
+    };
+    let pos_of = |k: usize| if raster { k } else { order[k] as usize };
     let qscale = 1.0f64 / f64::from(step);
-    let order: Vec<usize> = geo.positions().collect();
     // One byte per state and element: previous state (3 bits) and candidate slot (3 bits).
-    let mut dec = vec![0u8; order.len() * 8];
+    let mut dec = vec![0u8; n * 8];
     let mut cost = [0.5 * f64::MAX; 8];
     cost[0] = 0.0;
-    for (k, &pos) in order.iter().enumerate() {
-        let value = f64::from(weights[pos]);
+    for (k, row) in dec.chunks_exact_mut(8).enumerate() {
+        let value = f64::from(weights[pos_of(k)]);
         let sign = if value < 0.0 { -1.0 } else { 1.0 };
         let org = qscale * value * sign;
         let mq = min_index(org);
-        let mut dist = [0f64; 5];
-        dist[4] = org * org;
-        for q in mq..mq + 4 {
-            let d = org - q as f64;
-            dist[(q & 3) as usize] = d * d;
-        }
+        // Squared error of the candidate with residue r (mod 4) among mq..mq+4, and of zero.
+        let cand = |r: i64| {
+            let d = org - (mq + ((r - mq) & 3)) as f64;
+            d * d
+        };
+        let dist = [cand(0), cand(1), cand(2), cand(3), org * org];
         let mut next = [0f64; 8];
-        let row = &mut dec[k * 8..k * 8 + 8];
         for s in 0..8 {
-            let mut best = f64::MAX;
-            let mut choice = 0u8;
-            for &(prev, slot) in &con[s] {
-                let c = cost[prev as usize] + dist[slot as usize];
-                if c < best {
-                    best = c;
-                    choice = (prev << 3) | slot;
-                }
+            let [(p0, q0), (p1, q1), (p2, q2)] = CON[s];
+            let mut best = cost[p0 as usize] + dist[q0 as usize];
+            let mut choice = (p0 << 3) | q0;
+            let c1 = cost[p1 as usize] + dist[q1 as usize];
+            if c1 < best {
+                best = c1;
+                choice = (p1 << 3) | q1;
+            }
+            let c2 = cost[p2 as usize] + dist[q2 as usize];
+            if c2 < best {
+                best = c2;
+                choice = (p2 << 3) | q2;
             }
             next[s] = best;
             row[s] = choice;
@@ -91,8 +99,8 @@ pub fn quantize_dq(weights: &[f32], geo: &ScanGeometry, step: f32) -> Vec<i32> {
             state = s;
         }
     }
-    for k in (0..order.len()).rev() {
-        let pos = order[k];
+    for k in (0..n).rev() {
+        let pos = pos_of(k);
         let choice = dec[k * 8 + state];
         let prev = (choice >> 3) as usize;
         let slot = choice & 7;
@@ -105,15 +113,13 @@ pub fn quantize_dq(weights: &[f32], geo: &ScanGeometry, step: f32) -> Vec<i32> {
             let mq = min_index(org);
             // The candidate index in mq..mq+4 whose residue mod 4 is `slot`.
             let q = mq + ((i64::from(slot) - mq).rem_euclid(4));
-            let lv = ((q + 1) >> 1) as i32;
+            // Computed wide and truncated to 32 bits, as the reference's int arithmetic wraps
+            // for levels at the very edge of the range.
+            let lv = (q + 1) >> 1;
             let lv = if neg { -lv } else { lv };
-            let odd = (prev & 1) as i32;
+            let odd = (prev & 1) as i64;
             let d = lv * 2;
-            if d < 0 {
-                d + odd
-            } else {
-                d - odd
-            }
+            (if d < 0 { d + odd } else { d - odd }) as i32
         };
         out[pos] = level;
         state = prev;

@@ -29,11 +29,7 @@ struct Dense {
 /// A constant's dims and values.
 type Shaped = (Vec<usize>, Vec<f64>);
 
-fn consts_f64(
-    model: &Model,
-    ix: &GraphIndex,
-    name: &str,
-) -> Result<Option<Shaped>, PassError> {
+fn consts_f64(model: &Model, ix: &GraphIndex, name: &str) -> Result<Option<Shaped>, PassError> {
     Ok(match ix.constant(model, name)? {
         Some(t) => t
             .to_f32()

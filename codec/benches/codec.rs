@@ -1,0 +1,114 @@
+//! Throughput of encoding and decoding (elements per second).
+//! `cargo bench -p nnc-codec --bench codec`
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use nnc_codec::{decode, encode, EncoderConfig, Limits, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+
+/// A Laplacian weight matrix (scale typical of trained convolution weights).
+fn laplacian(rows: usize, cols: usize, seed: u64) -> Tensor {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let data = (0..rows * cols)
+        .map(|_| {
+            let a: f32 = rng.gen_range(1e-7f32..1.0);
+            let b: f32 = rng.gen_range(1e-7f32..1.0);
+            0.01 * (a.ln() - b.ln())
+        })
+        .collect();
+    Tensor {
+        name: "w".into(),
+        shape: vec![rows, cols],
+        data: TensorData::F32(data),
+    }
+}
+
+fn conformance_input(name: &str) -> Vec<Tensor> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fixtures/conformance/nnc")
+        .join(format!("{name}.input.npz"));
+    let mut ar = npyz::npz::NpzArchive::open(&path).expect("npz");
+    let names: Vec<String> = (0..ar.zip_archive().len())
+        .map(|i| {
+            ar.zip_archive()
+                .by_index(i)
+                .expect("entry")
+                .name()
+                .trim_end_matches(".npy")
+                .to_string()
+        })
+        .collect();
+    names
+        .into_iter()
+        .map(|name| {
+            let npy = ar.by_name(&name).expect("read").expect("present");
+            let shape = npy.shape().iter().map(|&d| d as usize).collect();
+            let data = if npy.dtype().descr().contains("i4") {
+                TensorData::I32(npy.into_vec().expect("i32"))
+            } else {
+                TensorData::F32(npy.into_vec().expect("f32"))
+            };
+            Tensor { name, shape, data }
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let big = vec![laplacian(1024, 2048, 1)];
+    let n = 1024 * 2048;
+    let configs: Vec<(&str, EncoderConfig)> = vec![
+        ("defaults", EncoderConfig::default()),
+        (
+            "sampled_param_opt",
+            EncoderConfig {
+                param_opt_bins: Some(2000),
+                ..Default::default()
+            },
+        ),
+        (
+            "no_dq",
+            EncoderConfig {
+                use_dq: false,
+                ..Default::default()
+            },
+        ),
+        (
+            "scan2_entry_points",
+            EncoderConfig {
+                scan_order: 2,
+                param_opt_bins: Some(2000),
+                ..Default::default()
+            },
+        ),
+    ];
+    let mut g = c.benchmark_group("laplacian_2M");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(n as u64));
+    for (label, cfg) in &configs {
+        g.bench_with_input(BenchmarkId::new("encode", label), cfg, |b, cfg| {
+            b.iter(|| encode(&big, cfg).expect("encode"))
+        });
+        let bs = encode(&big, cfg).expect("encode");
+        g.bench_with_input(BenchmarkId::new("decode", label), &bs, |b, bs| {
+            b.iter(|| decode(bs, &Limits::default()).expect("decode"))
+        });
+    }
+    g.finish();
+
+    let wide = conformance_input("wide__q38_dq");
+    let nw: usize = wide.iter().map(|t| t.data.len()).sum();
+    let mut g = c.benchmark_group("conformance_wide");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(nw as u64));
+    let cfg = EncoderConfig::default();
+    g.bench_function("encode", |b| {
+        b.iter(|| encode(&wide, &cfg).expect("encode"))
+    });
+    let bs = encode(&wide, &cfg).expect("encode");
+    g.bench_function("decode", |b| {
+        b.iter(|| decode(&bs, &Limits::default()).expect("decode"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

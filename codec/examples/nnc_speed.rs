@@ -1,0 +1,79 @@
+//! Encode/decode speed on a synthetic ResNet-18-like model (11.7 M Laplacian weights in 62
+//! tensors of ResNet-18's shapes): `cargo run -p nnc-codec --release --example nnc_speed [-- SCAN_ORDER]`
+
+use nnc_codec::{decode, encode, EncoderConfig, Limits, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use std::time::Instant;
+
+/// ResNet-18 convolution / linear weight shapes plus BatchNorm-like vectors.
+/// Synthetic model used by the speed example and the baselines.
+pub fn resnet18_like(seed: u64) -> Vec<Tensor> {
+    let mut shapes: Vec<Vec<usize>> = vec![vec![64, 3, 7, 7]];
+    let stages = [(64, 64), (64, 128), (128, 256), (256, 512)];
+    for (si, &(cin, cout)) in stages.iter().enumerate() {
+        for b in 0..2 {
+            let c_in = if b == 0 { cin } else { cout };
+            shapes.push(vec![cout, c_in, 3, 3]);
+            shapes.push(vec![cout]);
+            shapes.push(vec![cout, cout, 3, 3]);
+            shapes.push(vec![cout]);
+            if b == 0 && si > 0 {
+                shapes.push(vec![cout, cin, 1, 1]);
+            }
+        }
+    }
+    shapes.push(vec![1000, 512]);
+    shapes.push(vec![1000]);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    shapes
+        .into_iter()
+        .enumerate()
+        .map(|(i, shape)| {
+            let n: usize = shape.iter().product();
+            let scale = if shape.len() > 1 { 0.02 } else { 0.1 };
+            let data = (0..n)
+                .map(|_| {
+                    let a: f32 = rng.gen_range(1e-7f32..1.0);
+                    let b: f32 = rng.gen_range(1e-7f32..1.0);
+                    scale * (a.ln() - b.ln()) / 2.0
+                })
+                .collect();
+            Tensor {
+                name: format!("layer{i}"),
+                shape,
+                data: TensorData::F32(data),
+            }
+        })
+        .collect()
+}
+
+fn main() {
+    let so: u8 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let bins: Option<u32> = std::env::args().nth(2).and_then(|s| s.parse().ok());
+    let tensors = resnet18_like(1);
+    let n: usize = tensors.iter().map(|t| t.data.len()).sum();
+    let cfg = EncoderConfig {
+        scan_order: so,
+        param_opt_bins: bins,
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    let bs = encode(&tensors, &cfg).expect("encode");
+    let te = t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let d = decode(&bs, &Limits::default()).expect("decode");
+    let td = t0.elapsed().as_secs_f64();
+    assert_eq!(d.len(), tensors.len());
+    println!(
+        "{n} weights, scan_order {so}, param_opt_bins {bins:?}: {:.3} bits/weight; encode {:.2} s ({:.2} M/s); decode {:.3} s ({:.1} M/s); {} threads",
+        bs.len() as f64 * 8.0 / n as f64,
+        te,
+        n as f64 / te / 1e6,
+        td,
+        n as f64 / td / 1e6,
+        rayon::current_num_threads()
+    );
+}
