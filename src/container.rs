@@ -252,6 +252,12 @@ pub fn compress_reference_compatible(
     model: &Model,
     opts: &ContainerOptions,
 ) -> Result<(Vec<u8>, Vec<u8>, ContainerStats), ContainerError> {
+    // NNCodec 2.1.3 miscounts the bytes of a raw-float NDU and fails on any unit after one:
+    // quantize tiny tensors too (non-weight QP) so the reference can read the stream.
+    let opts = &ContainerOptions {
+        raw_below: 0,
+        ..opts.clone()
+    };
     let (tensors, cfg, proto, mut stats) = prepare(model, opts)?;
     let graph = proto
         .write_to_bytes()

@@ -44,9 +44,21 @@ pub enum PipelineError {
     },
 }
 
+/// How to prune inside the pipeline: a pass per amount, and the amount (searched when `None`).
+pub struct PruneSpec {
+    pub make: Box<dyn Fn(f64) -> Box<dyn Pass>>,
+    /// Fixed amount; `None` searches it (needs `max_drop` and calibration data), else the
+    /// method's default.
+    pub amount: Option<f64>,
+    pub default_amount: f64,
+}
+
+/// Share of `--max-drop` that a searched pruning amount may spend; quantization gets the rest.
+pub const PRUNE_BUDGET_SHARE: f64 = 0.5;
+
 pub struct CompressOptions {
     pub container: ContainerOptions,
-    pub prune: Option<Box<dyn Pass>>,
+    pub prune: Option<PruneSpec>,
     pub simplify: bool,
     pub calib: Option<PathBuf>,
     pub max_drop: Option<f64>,
@@ -150,10 +162,25 @@ pub fn compress_file(
         runtime: Some(rt),
     };
     let prune = match &opts.prune {
-        Some(p) => {
-            progress("pruning");
-            Some(serde_json::to_value(p.run(&mut model, &ctx)?).unwrap_or_default())
-        }
+        Some(p) => match (p.amount, opts.max_drop, &calib) {
+            (None, Some(x), Some(c)) => {
+                progress("searching the pruning amount");
+                let so = crate::passes::prune::search::SearchOptions {
+                    max_drop: x * PRUNE_BUDGET_SHARE,
+                    max_amount: 0.95,
+                    steps: 6,
+                    z: 1.0,
+                };
+                let (m, r, sr) = crate::passes::prune::search::search_amount(&model, rt, c, &so, &*p.make, &mut |_| {})?;
+                model = m;
+                Some(serde_json::json!({ "pass": r, "search": sr }))
+            }
+            (amount, _, _) => {
+                progress("pruning");
+                let pass = (p.make)(amount.unwrap_or(p.default_amount));
+                Some(serde_json::to_value(pass.run(&mut model, &ctx)?).unwrap_or_default())
+            }
+        },
         None => None,
     };
     let simplify_report = if opts.simplify {

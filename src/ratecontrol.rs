@@ -69,10 +69,11 @@ pub struct RatePlan {
 
 /// The QP grid tried per tensor, finest first.
 pub fn qp_grid(cfg: &EncoderConfig) -> Vec<i32> {
-    // One step-size doubling is 2^qp_density QP; half-doublings between.
-    let step = (1i32 << cfg.qp_density).max(2) / 2;
-    let lo = cfg.qp - 4 * step;
-    (0..16).map(|i| lo + i * step).collect()
+    // One step-size doubling is 2^qp_density QP; quarter-doublings between, from two doublings
+    // finer than `qp` to six coarser.
+    let step = ((1i32 << cfg.qp_density) / 4).max(1);
+    let lo = cfg.qp - 8 * step;
+    (0..33).map(|i| lo + i * step).collect()
 }
 
 /// Model with the quantized reconstruction of `cfg` in place of its weights.
@@ -141,7 +142,14 @@ pub fn allocate(
     let reference = first_output(&reference_out)?.clone();
     let metric = Metric::for_data(calib, &reference);
     let metric_reference = evaluate(metric, calib, &reference, &reference)?;
-    let sub = calib.take(256)?;
+    // Sensitivity runs are many (tensors × QPs): keep each one around 4 GMAC of work.
+    let macs = crate::passes::simplify::ModelStats::of(model, &[])
+        .ok()
+        .and_then(|m| m.macs)
+        .unwrap_or(0)
+        .max(1);
+    let sub_n = ((4e9 / macs as f64) as usize).clamp(16, 256);
+    let sub = calib.take(sub_n)?;
     let sub_ref = first_output(&run_model(rt, model, &sub)?)?.clone();
 
     let (tensors, base_cfg, _, _) = prepare(model, opts)?;
@@ -285,7 +293,7 @@ pub fn allocate(
     // first, keeping each move that stays within budget. The proxy distortion picked the region;
     // this spends what is left of the budget.
     let mut evals = 0;
-    let max_evals = 3 * table.len();
+    let max_evals = 4 * table.len();
     let mut improved = true;
     while improved && evals < max_evals {
         improved = false;
@@ -333,8 +341,8 @@ pub fn allocate(
     })
 }
 
-/// The coarsest single QP (the reference's one knob) whose metric drop stays within `max_drop`,
-/// found by scanning the grid from fine to coarse: (qp, bytes, metric).
+/// The single QP (the reference's one knob) giving the smallest bitstream whose metric drop stays
+/// within `max_drop`, over the whole QP grid: (qp, bytes, metric).
 pub fn best_single_qp(
     rt: &Runtime,
     model: &Model,
@@ -346,7 +354,8 @@ pub fn best_single_qp(
     let reference = first_output(&reference_out)?.clone();
     let metric = Metric::for_data(calib, &reference);
     let metric_reference = evaluate(metric, calib, &reference, &reference)?;
-    let mut best = None;
+    // Every QP of the grid: the metric is not monotonic in QP, so no early stop.
+    let mut best: Option<(i32, u64, f64)> = None;
     for qp in qp_grid(&opts.codec) {
         let mut o = opts.clone();
         o.codec.qp = qp;
@@ -358,10 +367,13 @@ pub fn best_single_qp(
             first_output(&run_model(rt, &m, calib)?)?,
         )?;
         if metric_reference - v > max_drop {
-            break;
+            continue;
         }
         let (ts, cc, _, _) = prepare(model, &o)?;
-        best = Some((qp, nnc_codec::encode(&ts, &cc)?.len() as u64, v));
+        let bytes = nnc_codec::encode(&ts, &cc)?.len() as u64;
+        if best.is_none_or(|b| bytes < b.1) {
+            best = Some((qp, bytes, v));
+        }
     }
     Ok(best)
 }

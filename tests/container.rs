@@ -82,6 +82,12 @@ fn reference_compatible_pair_decodes() {
         &common::run_model(&back, &x),
     );
     assert!(d < 0.05 * m, "{d} vs {m}");
+    // NNCodec 2.1.3 cannot read past a raw-float NDU: none in a reference-compatible stream.
+    let units = nnc_codec::units(&bytes).unwrap();
+    assert!(units
+        .iter()
+        .filter_map(|u| u.ndu.as_ref())
+        .all(|n| format!("{:?}", n.payload_type) != "RawFloat"));
     // The plain codec decoder reads it as tensors.
     let t = nnc_codec::decode(&bytes, &Default::default()).unwrap();
     assert_eq!(t.len(), model.weights().len());

@@ -277,3 +277,31 @@ fn zero_entropy_collapse_removes_always_off_channels_and_merges_linear_layers() 
     );
     assert!(r2.after.parameters < r2.before.parameters);
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        // Each case builds ORT sessions: few cases, but random channel patterns and fixtures.
+        #![proptest_config(ProptestConfig { cases: 6, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any pattern of zeroed channel groups simplifies to a model with the same outputs,
+        /// and each pass on its own keeps them too.
+        #[test]
+        fn simplification_preserves_outputs(fixture_i in 0usize..3, fraction in 0.05f64..0.9, seed in 0u64..1000) {
+            let name = ["cnn.onnx", "resnet.onnx", "mobilenet.onnx"][fixture_i];
+            let mut pruned = Model::load(fixture(name)).unwrap();
+            prune_randomly(&mut pruned, fraction, seed);
+            let x = vec![("input".to_string(), held_out_batch("mnist_test.npz", 8).0)];
+            let reference = run_model(&pruned, &x);
+            let ctx = nnzip::passes::PassContext { calib: None, runtime: Some(runtime()) };
+            let mut m = pruned.clone();
+            for pass in nnzip::passes::simplify::passes(false, &[]) {
+                pass.run(&mut m, &ctx).unwrap();
+                let (d, s) = nnzip::calib::max_abs_diff(&reference, &run_model(&m, &x));
+                prop_assert!(d <= 1e-4 * s.max(1.0), "{} after {}: {}", name, pass.name(), d);
+            }
+        }
+    }
+}

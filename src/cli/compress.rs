@@ -64,7 +64,7 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
             codec: a.codec.config(),
             ..Default::default()
         },
-        prune: a.prune.pass(a.calib.is_some(), &a.shapes)?,
+        prune: a.prune.spec(a.calib.is_some(), &a.shapes)?,
         simplify: !a.no_simplify,
         calib: a.calib.clone(),
         max_drop: a.max_drop,

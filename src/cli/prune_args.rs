@@ -3,7 +3,7 @@
 use anyhow::{bail, Result};
 use nnzip::passes::prune::structured::Norm;
 use nnzip::passes::prune::{Method, PruneConfig};
-use nnzip::passes::Pass;
+use nnzip::pipeline::PruneSpec;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct PruneArgs {
@@ -11,6 +11,7 @@ pub struct PruneArgs {
     #[arg(long = "prune", value_name = "METHOD")]
     pub method: Option<String>,
     /// Amount: fraction of weights (magnitude, entropy) or of each group's channels (structured).
+    /// Without it, and with --max-drop, the largest amount within half the budget is searched.
     #[arg(long, value_name = "F")]
     pub sparsity: Option<f64>,
     /// Rank weights or channels across all layers instead of per layer.
@@ -25,11 +26,8 @@ pub struct PruneArgs {
 }
 
 impl PruneArgs {
-    pub fn pass(
-        &self,
-        has_calib: bool,
-        shapes: &[(String, Vec<usize>)],
-    ) -> Result<Option<Box<dyn Pass>>> {
+    /// The pruning step; without `--sparsity` and with `--max-drop`, the amount is searched.
+    pub fn spec(&self, has_calib: bool, shapes: &[(String, Vec<usize>)]) -> Result<Option<PruneSpec>> {
         let Some(m) = &self.method else {
             return Ok(None);
         };
@@ -61,11 +59,10 @@ impl PruneArgs {
         };
         cfg.round_to = self.round_to.max(1);
         cfg.input_shapes = shapes.to_vec();
-        Ok(Some(
-            cfg.pass(
-                self.sparsity
-                    .unwrap_or_else(|| method.default_amount(false)),
-            ),
-        ))
+        Ok(Some(PruneSpec {
+            amount: self.sparsity,
+            default_amount: method.default_amount(false),
+            make: Box::new(move |f| cfg.pass(f)),
+        }))
     }
 }
