@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
+# BENCH_SECTIONS=latency|pipeline selects a part; BENCH_REAL=1 adds the real models to the
+# pipeline table (slow: rate control runs many ONNX Runtime evaluations of 150 MMAC models).
 # Measures what docs/benchmarks.md reports, on this machine, in one go. Needs the fixtures and,
 # for the real models, `../shared/tools/fetch-real-models.sh` (or NNZIP_REAL_MODELS=DIR).
 # Calibration data without labels (so the metric is top-1 agreement) is derived from the MNIST
@@ -20,6 +22,8 @@ json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 [ -f "$R/orientation_lcnet.onnx" ] && ./target/release/examples/make_calib "$R/orientation_lcnet.onnx" "$W/orientation_calib.npz" 200
 [ -f "$R/ppocr_cls.onnx" ] && ./target/release/examples/make_calib "$R/ppocr_cls.onnx" "$W/ppocr_calib.npz" 200 x=1x3x48x192
 
+sections=${BENCH_SECTIONS:-latency,pipeline}
+if [[ $sections == *latency* ]]; then
 echo "## Structured vs unstructured pruning: latency against MACs"
 echo
 echo "| model | input | MAC ratio (structured 50% + simplify) | latency ratio | p10..p90 | latency ratio / MAC ratio | unstructured 50% latency ratio |"
@@ -42,6 +46,8 @@ for m in fixtures/cnn.onnx fixtures/resnet.onnx fixtures/mobilenet.onnx "$R/orie
   shape=$(echo "$s" | json "'x'.join(map(str, d['inputs'][0]['shape']))")
   echo "| $b | $shape | $mr | $lr | $sp | $(python3 -c "print('%.2f' % ($lr/$mr))") | $ur |"
 done
+fi
+if [[ $sections == *pipeline* ]]; then
 echo
 echo "## Pipeline: (a) reference defaults, (b) --max-drop 1, (c) structured pruning + simplify + (b)"
 echo
@@ -49,7 +55,7 @@ echo "| model | (a) bytes | (a) agreement | best single QP within 1 pt: bytes | 
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for pair in "fixtures/cnn.onnx:$W/mnist_agree.npz" "fixtures/resnet.onnx:$W/mnist_agree.npz" "fixtures/mobilenet.onnx:$W/mnist_agree.npz" \
             "fixtures/mlp.onnx:$W/mnist_flat_agree.npz" "fixtures/transformer.onnx:$W/mnist_agree.npz" \
-            "$R/orientation_lcnet.onnx:$W/orientation_calib.npz" "$R/ppocr_cls.onnx:$W/ppocr_calib.npz"; do
+            ${BENCH_REAL:+"$R/orientation_lcnet.onnx:$W/orientation_calib.npz" "$R/ppocr_cls.onnx:$W/ppocr_calib.npz"}; do
   m=${pair%%:*}; c=${pair#*:}
   [ -f "$m" ] && [ -f "$c" ] || continue
   b=$(basename "$m" .onnx)
@@ -66,3 +72,4 @@ for pair in "fixtures/cnn.onnx:$W/mnist_agree.npz" "fixtures/resnet.onnx:$W/mnis
 | $(echo "$bb" | json "'%.3f' % d['latency_ms_original']") | $(echo "$bb" | json "'%.3f' % d['latency_ms_compressed']") \
 | $(echo "$cc" | json "'%.3f' % d['latency_ms_compressed'] if d.get('latency_ms_compressed') else '-'") |"
 done
+fi

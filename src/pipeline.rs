@@ -171,7 +171,14 @@ pub fn compress_file(
                     steps: 6,
                     z: 1.0,
                 };
-                let (m, r, sr) = crate::passes::prune::search::search_amount(&model, rt, c, &so, &*p.make, &mut |_| {})?;
+                let (m, r, sr) = crate::passes::prune::search::search_amount(
+                    &model,
+                    rt,
+                    c,
+                    &so,
+                    &*p.make,
+                    &mut |_| {},
+                )?;
                 model = m;
                 Some(serde_json::json!({ "pass": r, "search": sr }))
             }

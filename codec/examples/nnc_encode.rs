@@ -1,7 +1,7 @@
 //! Encodes the tensors of an `.npz` (float32 / int32) into an NNC bitstream.
 //! `cargo run -p nnc-codec --release --example nnc_encode -- IN.npz OUT.nnc [--qp N]
 //!  [--qp-density N] [--no-dq] [--codebook N] [--bitdepth N] [--row-skipping] [--nonweight-qp N]
-//!  [--no-param-opt] [--scan-order N] [--raw NAME]...`
+//!  [--no-param-opt] [--fast] [--scan-order N] [--raw NAME]...`
 
 use nnc_codec::{encode, EncoderConfig, Tensor, TensorData, TensorOverride};
 
@@ -59,6 +59,7 @@ fn main() {
             }
             "--row-skipping" => cfg.row_skipping = true,
             "--no-param-opt" => cfg.param_opt = false,
+            "--fast" => cfg.param_opt_bins = Some(2000),
             "--nonweight-qp" => {
                 cfg.nonweight_qp = Some(num(&args[i + 1]) as i32);
                 i += 1;

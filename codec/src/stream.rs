@@ -335,8 +335,10 @@ pub fn decode_stream(data: &[u8], limits: &Limits) -> Result<DecodedStream> {
 }
 
 fn layer_params(h: &NduHeader, dims: &[usize], num: usize, profile: u8, dq: bool) -> LayerParams {
+    // Saturating: with a zero dimension elsewhere the declared size can be 0 while the
+    // product of the other dimensions overflows.
     let width: usize = if dims.len() > 1 {
-        dims[1..].iter().product()
+        dims[1..].iter().fold(1usize, |a, &d| a.saturating_mul(d))
     } else {
         1
     };
@@ -481,7 +483,7 @@ fn quantize_tensor(t: &Tensor, w: &[f32], cfg: &EncoderConfig) -> Result<Coded> 
     let mut qp = match cfg.nonweight_qp {
         _ if kind == TensorKind::Weight => cfg.qp,
         Some(q) if q != 0 => q,
-        _ => cfg.qp - (2 << d),
+        _ => cfg.qp.saturating_sub(2 << d),
     };
     let bw = cfg.int_quant_bw.filter(|&b| b > 0);
     if let Some(bw) = bw {
@@ -522,7 +524,7 @@ fn quantize_tensor(t: &Tensor, w: &[f32], cfg: &EncoderConfig) -> Result<Coded> 
     }
     // Codebook: uniform levels without DQ (QP lowered to match DQ's resolution).
     let qp_off = if dq { 1 << d } else { 0 };
-    let (mut levels, cb_qp) = quant::quantize(w, width, qp - qp_off, d, false, so);
+    let (mut levels, cb_qp) = quant::quantize(w, width, qp.saturating_sub(qp_off), d, false, so);
     if let Some(b) = clip_bw.filter(|_| !all_zero(w)) {
         quant::clip_levels(&mut levels, w, b);
     }
@@ -551,9 +553,9 @@ fn quantize_tensor(t: &Tensor, w: &[f32], cfg: &EncoderConfig) -> Result<Coded> 
         zero_offset: off as u32,
         values,
     };
-    let use_cb = if cfg.codebook_mode == 1 {
-        true
-    } else {
+    if cfg.codebook_mode == 2 {
+        // Keep the codebook only if it beats uniform levels (with DQ if enabled), counting
+        // the codebook syntax in bits against stream bytes, as the reference does.
         let (mut uni, uqp) = if dq {
             quant::quantize(w, width, qp, d, true, so)
         } else {
@@ -576,9 +578,7 @@ fn quantize_tensor(t: &Tensor, w: &[f32], cfg: &EncoderConfig) -> Result<Coded> 
                 codebook: None,
             });
         }
-        true
-    };
-    debug_assert!(use_cb);
+    }
     Ok(Coded {
         payload_type: PayloadType::Float,
         qp: cb_qp,
@@ -608,7 +608,7 @@ fn offset_candidates(values: &[i32], n: usize) -> std::ops::Range<usize> {
 
 fn row_width(shape: &[usize]) -> usize {
     if shape.len() > 1 {
-        shape[1..].iter().product()
+        shape[1..].iter().fold(1usize, |a, &d| a.saturating_mul(d))
     } else {
         1
     }
@@ -623,16 +623,16 @@ fn effective_scan_order(shape: &[usize], so: u8) -> u8 {
     }
 }
 
-/// A tensor after quantization, before entropy coding.
-enum Prepared {
-    /// A finished NNR_PT_RAW_FLOAT unit.
-    Raw(Vec<u8>),
-    /// Levels to code with CABAC, and the dimensions to signal.
-    Coded(Vec<usize>, Coded),
-}
+/// Largest dimension the encoder writes (decoders read `ue(7)` values up to about 2^62).
+const MAX_DIMENSION: u64 = 1 << 48;
 
-fn prepare_ndu(t: &Tensor, index: usize, cfg: &EncoderConfig) -> Result<Prepared> {
-    let num: usize = t.shape.iter().product();
+/// Checks that a caller's tensor is codable: shape matches the data, name has no NUL.
+fn validate_tensor(t: &Tensor) -> Result<usize> {
+    let num = t
+        .shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::InvalidInput(format!("tensor {}: shape overflows", t.name)))?;
     if num != t.data.len() {
         return Err(Error::InvalidInput(format!(
             "tensor {}: shape {:?} does not match {} elements",
@@ -644,6 +644,25 @@ fn prepare_ndu(t: &Tensor, index: usize, cfg: &EncoderConfig) -> Result<Prepared
     if t.name.contains('\0') {
         return Err(Error::InvalidInput("tensor name contains NUL".into()));
     }
+    if t.shape.iter().any(|&d| d as u64 > MAX_DIMENSION) {
+        return Err(Error::InvalidInput(format!(
+            "tensor {}: dimension above 2^48",
+            t.name
+        )));
+    }
+    Ok(num)
+}
+
+/// A tensor after quantization, before entropy coding.
+enum Prepared {
+    /// A finished NNR_PT_RAW_FLOAT unit.
+    Raw(Vec<u8>),
+    /// Levels to code with CABAC, and the dimensions to signal.
+    Coded(Vec<usize>, Coded),
+}
+
+fn prepare_ndu(t: &Tensor, index: usize, cfg: &EncoderConfig) -> Result<Prepared> {
+    validate_tensor(t)?;
     // Scalars are carried as one-element vectors, as the reference does.
     let dims: Vec<usize> = if t.shape.is_empty() {
         vec![1]
@@ -792,6 +811,7 @@ pub fn reconstruct(tensors: &[Tensor], cfg: &EncoderConfig) -> Result<Vec<Tensor
     tensors
         .iter()
         .map(|t| {
+            validate_tensor(t)?;
             let ov = cfg.overrides.get(&t.name).copied().unwrap_or_default();
             let shape = if t.shape.is_empty() {
                 vec![1]

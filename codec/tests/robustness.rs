@@ -200,6 +200,49 @@ fn declared_sizes_are_checked_before_allocation() {
     }
 }
 
+/// Inputs that once made the decoder panic (found by the fuzz loop), kept as regressions.
+#[test]
+fn former_crashes_are_errors() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).expect("tests/data") {
+        let p = e.expect("entry").path();
+        if p.extension().is_some_and(|x| x == "nnc") {
+            let b = std::fs::read(&p).expect("read");
+            check(&b, false);
+            check(&b, true);
+            n += 1;
+        }
+    }
+    assert!(n > 0);
+    // Overflowing shapes from callers are errors; empty ones with huge dimensions are fine.
+    let t = Tensor {
+        name: "x".into(),
+        shape: vec![usize::MAX, 3],
+        data: TensorData::F32(vec![]),
+    };
+    assert!(encode(std::slice::from_ref(&t), &EncoderConfig::default()).is_err());
+    assert!(nnc_codec::reconstruct(&[t], &EncoderConfig::default()).is_err());
+    let t = Tensor {
+        name: "x".into(),
+        shape: vec![0, usize::MAX, 3],
+        data: TensorData::F32(vec![]),
+    };
+    assert!(encode(std::slice::from_ref(&t), &EncoderConfig::default()).is_err());
+    let t = Tensor {
+        name: "x".into(),
+        shape: vec![0, 1 << 40, 3],
+        data: TensorData::F32(vec![]),
+    };
+    let bs = encode(std::slice::from_ref(&t), &EncoderConfig::default()).expect("encode");
+    assert_eq!(
+        decode_stream(&bs, &Limits::default())
+            .expect("decode")
+            .tensors,
+        vec![t]
+    );
+}
+
 #[test]
 fn pruned_zero_layers_pass_default_limits() {
     // A fully pruned layer with row skipping is tiny but legitimate.

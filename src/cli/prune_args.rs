@@ -27,7 +27,11 @@ pub struct PruneArgs {
 
 impl PruneArgs {
     /// The pruning step; without `--sparsity` and with `--max-drop`, the amount is searched.
-    pub fn spec(&self, has_calib: bool, shapes: &[(String, Vec<usize>)]) -> Result<Option<PruneSpec>> {
+    pub fn spec(
+        &self,
+        has_calib: bool,
+        shapes: &[(String, Vec<usize>)],
+    ) -> Result<Option<PruneSpec>> {
         let Some(m) = &self.method else {
             return Ok(None);
         };

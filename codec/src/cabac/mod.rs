@@ -16,6 +16,8 @@ pub struct ContextModel {
     s0: i16,
     /// Slow estimator.
     s1: i16,
+    /// Cached `s0 * 16 + s1` (kept so the coding path does not recompute it).
+    st: i16,
     shift0: u8,
     shift1: u8,
     init_idx: u8,
@@ -63,12 +65,13 @@ impl ContextModel {
         let set = INIT_SETS[usize::from(self.init_idx)];
         self.s0 = set[3];
         self.s1 = set[2] - 16 * set[3];
+        self.st = set[2];
     }
 
     /// The probability state `s0 * 16 + s1` (the reference's `S0plusS1`).
     #[inline(always)]
     fn state(&self) -> i32 {
-        16 * i32::from(self.s0) + i32::from(self.s1)
+        i32::from(self.st)
     }
 
     /// Probability update after coding `bin`.
@@ -82,6 +85,7 @@ impl ContextModel {
         // The fast estimator is stored in 8 bits by the reference.
         self.s0 = i16::from(n0 as i8);
         self.s1 = n1 as i16;
+        self.st = (16 * i32::from(self.s0) + i32::from(self.s1)) as i16;
     }
 
     /// Sub-range of the least probable symbol for the current `range` (256..=510).

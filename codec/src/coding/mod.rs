@@ -708,6 +708,68 @@ fn decode_block_rows(
     geo: &ScanGeometry,
     skip: Option<&[bool]>,
     rows: std::ops::Range<usize>,
+    state: u32,
+    out: &mut [i32],
+    on_block_row_start: impl FnMut(&BinDecoder<'_>, u32),
+) -> Result<u32> {
+    // Monomorphised for the two switches that matter in the inner loop.
+    match (p.dq, p.cb_size == 0) {
+        (true, true) => decode_rows_impl::<true, true>(
+            dec,
+            ctx,
+            p,
+            geo,
+            skip,
+            rows,
+            state,
+            out,
+            on_block_row_start,
+        ),
+        (false, true) => decode_rows_impl::<false, true>(
+            dec,
+            ctx,
+            p,
+            geo,
+            skip,
+            rows,
+            state,
+            out,
+            on_block_row_start,
+        ),
+        (true, false) => decode_rows_impl::<true, false>(
+            dec,
+            ctx,
+            p,
+            geo,
+            skip,
+            rows,
+            state,
+            out,
+            on_block_row_start,
+        ),
+        (false, false) => decode_rows_impl::<false, false>(
+            dec,
+            ctx,
+            p,
+            geo,
+            skip,
+            rows,
+            state,
+            out,
+            on_block_row_start,
+        ),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn decode_rows_impl<const DQ: bool, const PLAIN: bool>(
+    dec: &mut BinDecoder<'_>,
+    ctx: &mut [ContextModel],
+    p: &LayerParams,
+    geo: &ScanGeometry,
+    skip: Option<&[bool]>,
+    rows: std::ops::Range<usize>,
     mut state: u32,
     out: &mut [i32],
     mut on_block_row_start: impl FnMut(&BinDecoder<'_>, u32),
@@ -727,22 +789,21 @@ fn decode_block_rows(
         for seg in geo.segments(br) {
             if let Some(sk) = skip {
                 if sk.get(seg.row).copied().unwrap_or(false) {
-                    if p.dq {
+                    if DQ {
                         state = dq_advance_zeros(state, p.width);
                     }
                     continue;
                 }
             }
             let base = (seg.row - row0) * geo.width;
-            let plain = p.cb_size == 0;
             for o in &mut out[base + seg.x0..base + seg.x1] {
-                let mut v = if plain {
+                let mut v = if PLAIN {
                     decode_level_plain(dec, ctx, c, state, nb)?
                 } else {
                     decode_level(dec, ctx, c, p, state, nb)?
                 };
                 nb = v;
-                if p.dq {
+                if DQ {
                     let next = DQ_TRANS[state as usize][(v & 1) as usize];
                     if v != 0 {
                         let odd = (state & 1) as i32;
