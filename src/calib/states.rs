@@ -3,7 +3,6 @@
 //! linear range, or saturated (at or above the upper bound). From these come each neuron's
 //! entropy (NEPENTHE) and the zero-entropy layers the simplify stage collapses.
 
-use onnx_protobuf::{type_proto, TypeProto, ValueInfoProto};
 use serde::Serialize;
 
 use super::{CalibError, Calibration, BATCH};
@@ -145,19 +144,8 @@ pub fn rectifier_states(
     }
     // A copy of the model that also outputs every pre-activation.
     let mut probe = model.clone();
-    for (_, x, _, _) in &rects {
-        if probe.graph().output.iter().any(|o| &o.name == x) {
-            continue;
-        }
-        let mut tt = type_proto::Tensor::new();
-        tt.elem_type = 1;
-        let mut tp = TypeProto::new();
-        tp.value = Some(type_proto::Value::TensorType(tt));
-        let mut vi = ValueInfoProto::new();
-        vi.name = x.clone();
-        vi.type_ = Some(tp).into();
-        probe.graph_mut().output.push(vi);
-    }
+    let pre: Vec<String> = rects.iter().map(|r| r.1.clone()).collect();
+    crate::graph::edit::expose_float_outputs(&mut probe, &pre);
     let mut session = Session::from_model(rt, &probe, &SessionOptions::default())?;
     let step = if calib.batchable { BATCH } else { 1 };
     let g = model.graph();

@@ -185,6 +185,24 @@ pub fn forget_shapes(model: &mut Model, names: &HashSet<String>) {
         .retain(|v| !names.contains(&v.name));
 }
 
+/// Exposes inner float tensors as extra graph outputs (for probing activations with ONNX Runtime).
+pub fn expose_float_outputs(model: &mut Model, names: &[String]) {
+    use onnx_protobuf::{type_proto, TypeProto, ValueInfoProto};
+    for name in names {
+        if model.graph().output.iter().any(|o| &o.name == name) {
+            continue;
+        }
+        let mut tt = type_proto::Tensor::new();
+        tt.elem_type = crate::tensor::DType::F32.onnx_code();
+        let mut tp = TypeProto::new();
+        tp.value = Some(type_proto::Value::TensorType(tt));
+        let mut vi = ValueInfoProto::new();
+        vi.name = name.clone();
+        vi.type_ = Some(tp).into();
+        model.graph_mut().output.push(vi);
+    }
+}
+
 /// A node with the given op, inputs and outputs (default domain).
 pub fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
     let mut n = NodeProto::new();

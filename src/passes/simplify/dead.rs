@@ -8,8 +8,6 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use onnx_protobuf::{type_proto, TypeProto, ValueInfoProto};
-
 use crate::graph::edit::{add_initializer, fresh_name, node as mk_node, set_node_constant};
 use crate::graph::groups::{channel_groups, ChannelGroup, ParamRole};
 use crate::graph::index::GraphIndex;
@@ -90,19 +88,7 @@ fn probe(
         reason: "needs ONNX Runtime".into(),
     })?;
     let mut m = model.clone();
-    for t in tensors {
-        if m.graph().output.iter().any(|o| &o.name == t) {
-            continue;
-        }
-        let mut tt = type_proto::Tensor::new();
-        tt.elem_type = 1;
-        let mut tp = TypeProto::new();
-        tp.value = Some(type_proto::Value::TensorType(tt));
-        let mut vi = ValueInfoProto::new();
-        vi.name = t.clone();
-        vi.type_ = Some(tp).into();
-        m.graph_mut().output.push(vi);
-    }
+    crate::graph::edit::expose_float_outputs(&mut m, tensors);
     let mut s = Session::from_model(
         rt,
         &m,
