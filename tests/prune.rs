@@ -1112,25 +1112,6 @@ fn entropy_layer_silencing_respects_its_tolerance() {
     }
 }
 
-fn vi(name: &str, dims: &[i64]) -> nnzip::onnx::proto::ValueInfoProto {
-    use nnzip::onnx::proto::{tensor_shape_proto, type_proto, TensorShapeProto, TypeProto};
-    let mut shape = TensorShapeProto::new();
-    for &d in dims {
-        let mut dim = tensor_shape_proto::Dimension::new();
-        dim.value = Some(tensor_shape_proto::dimension::Value::DimValue(d));
-        shape.dim.push(dim);
-    }
-    let mut tt = type_proto::Tensor::new();
-    tt.elem_type = 1;
-    tt.shape = Some(shape).into();
-    let mut tp = TypeProto::new();
-    tp.value = Some(type_proto::Value::TensorType(tt));
-    let mut v = nnzip::onnx::proto::ValueInfoProto::new();
-    v.name = name.into();
-    v.type_ = Some(tp).into();
-    v
-}
-
 /// A bias stored as `Reshape(constant [C], [1, C, 1, 1])`, as exporters write it (ppocr): the
 /// stored constant is coupled to the channels and zeroed with them.
 #[test]
@@ -1146,8 +1127,8 @@ fn structured_follows_biases_behind_reshape() {
     };
     let mut g = GraphProto::new();
     g.name = "reshaped_bias".into();
-    g.input.push(vi("x", &[1, 2, 4, 4]));
-    g.output.push(vi("out", &[1, 3, 4, 4]));
+    g.input.push(value_info("x", &[1, 2, 4, 4]));
+    g.output.push(value_info("out", &[1, 3, 4, 4]));
     let w1: Vec<f32> = (0..8).map(|i| (i as f32 - 3.5) * 0.3).collect();
     let w2: Vec<f32> = (0..12).map(|i| (i as f32 * 0.7).sin()).collect();
     g.initializer.push(f32_tensor("w1", &[4, 2, 1, 1], &w1));

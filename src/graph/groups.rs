@@ -111,8 +111,9 @@ struct Trace {
     blocked: Vec<String>,
 }
 
-/// Ops whose output has the input's shape and is computed element by element.
-fn passthrough_unary(op: &str) -> bool {
+/// Ops whose output has the input's shape and is computed element by element, each channel
+/// on its own.
+pub fn passthrough_unary(op: &str) -> bool {
     matches!(
         op,
         "Relu"

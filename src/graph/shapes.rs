@@ -110,53 +110,24 @@ fn window_out(
 }
 
 fn elementwise_unary(op: &str) -> bool {
-    matches!(
-        op,
-        "Relu"
-            | "LeakyRelu"
-            | "PRelu"
-            | "Sigmoid"
-            | "HardSigmoid"
-            | "HardSwish"
-            | "Tanh"
-            | "Clip"
-            | "Erf"
-            | "Gelu"
-            | "Sqrt"
-            | "Exp"
-            | "Log"
-            | "Neg"
-            | "Abs"
-            | "Softmax"
-            | "LogSoftmax"
-            | "Identity"
-            | "Cast"
-            | "CastLike"
-            | "BatchNormalization"
-            | "LayerNormalization"
-            | "InstanceNormalization"
-            | "LpNormalization"
-            | "Softplus"
-            | "Softsign"
-            | "Elu"
-            | "Selu"
-            | "Celu"
-            | "Mish"
-            | "ThresholdedRelu"
-            | "Not"
-            | "Reciprocal"
-            | "Floor"
-            | "Ceil"
-            | "Round"
-            | "Sign"
-            | "Sin"
-            | "Cos"
-            | "Dropout"
-            | "IsNaN"
-            | "Shrink"
-            | "QuantizeLinear"
-            | "DequantizeLinear"
-    )
+    // Shape-preserving: the channel-wise activations, plus ops that normalize or quantize.
+    crate::graph::groups::passthrough_unary(op)
+        || matches!(
+            op,
+            "PRelu"
+                | "Softmax"
+                | "LogSoftmax"
+                | "CastLike"
+                | "BatchNormalization"
+                | "LayerNormalization"
+                | "InstanceNormalization"
+                | "LpNormalization"
+                | "Not"
+                | "IsNaN"
+                | "Shrink"
+                | "QuantizeLinear"
+                | "DequantizeLinear"
+        )
 }
 
 fn broadcasting(op: &str) -> bool {

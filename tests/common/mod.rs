@@ -72,7 +72,8 @@ pub fn run_model(model: &Model, inputs: &[(String, Tensor)]) -> Vec<(String, Ten
     s.run(inputs).unwrap()
 }
 
-fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
+/// A float32 graph input/output with fixed dims.
+pub fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
     let mut shape = TensorShapeProto::new();
     for &d in dims {
         let mut dim = tensor_shape_proto::Dimension::new();
