@@ -837,6 +837,70 @@ fn entropy_guided_pruning_on_the_cnn() {
     runs_in_ort("cnn.onnx", &pruned);
 }
 
+/// The goal for the entropy method: a whole CNN layer at zero entropy on the calibration
+/// data within 1 point. fc1 is settled (mostly-OFF neurons constant, mostly-ON ones ON on every
+/// sample, their offset absorbed by fc2's bias); the simplify stage with the same calibration
+/// data then drops its rectifier and merges it into fc2. Accuracy is checked on held-out samples.
+#[test]
+fn entropy_pruning_brings_a_cnn_layer_to_zero_entropy_and_simplify_merges_it() {
+    let m = load("cnn.onnx");
+    let all = calib_for("cnn.onnx", &m);
+    let (c, held_out) = (part(&all, 0, 500), part(&all, 500, 1000));
+    let ctx = PassContext {
+        calib: Some(&c),
+        runtime: Some(runtime()),
+    };
+    let mut pruned = m.clone();
+    let (_, layers) = EntropyPrune {
+        sparsity: 0.3,
+        rounds: 3,
+        collapse: 0.01,
+        layer_drop: Some(1.0),
+        filter: Filter::default(),
+        input_shapes: vec![],
+    }
+    .prune(&mut pruned, &ctx)
+    .unwrap();
+    let fc1 = layers.iter().find(|l| l.layer == "fc1").unwrap();
+    assert!(fc1.removed && fc1.zero_entropy, "{fc1:?}");
+    assert!(
+        fc1.linearized > 0 && fc1.linearized < fc1.neurons,
+        "{fc1:?}"
+    );
+    // Zero entropy, recounted here: every fc1 neuron always ON or always OFF on the data.
+    let st = nnzip::calib::states::rectifier_states(runtime(), &pruned, &c).unwrap();
+    let s = st.iter().find(|s| s.name == "fc1.relu").unwrap();
+    assert!((0..s.channels()).all(|i| s.entropy(i) == 0.0));
+    let always_on = (0..s.channels())
+        .filter(|&i| s.on_fraction(i) == 1.0)
+        .count();
+    assert!(always_on >= fc1.linearized);
+    let (base, after) = (accuracy(&m, &c), accuracy(&pruned, &c));
+    let (hb, ha) = (accuracy(&m, &held_out), accuracy(&pruned, &held_out));
+    eprintln!("settled fc1: calibration {base} -> {after}, held-out {hb} -> {ha}; {fc1:?}");
+    assert!(base - after <= 1.0, "{base} -> {after}");
+    assert!(hb - ha <= 1.0, "held-out {hb} -> {ha}");
+
+    let mut s = pruned.clone();
+    let r = nnzip::passes::simplify::simplify(&mut s, runtime(), Some(&c), &[]).unwrap();
+    assert!(r.verification.within_tolerance, "{:?}", r.verification);
+    assert!(r.verification.exact_only_on_calibration_like_inputs);
+    assert!(
+        r.layers_collapsed
+            .iter()
+            .any(|l| l.contains("fc1 merged into fc2")),
+        "{:?}",
+        r.layers_collapsed
+    );
+    let ops = |m: &Model, op: &str| m.graph().node.iter().filter(|n| n.op_type == op).count();
+    assert_eq!((ops(&m, "Gemm"), ops(&s, "Gemm")), (2, 1));
+    assert_eq!(ops(&s, "Relu"), ops(&m, "Relu") - 1);
+    assert!(r.after.parameters < r.before.parameters / 2 + r.before.parameters / 10);
+    let hs = accuracy(&s, &held_out);
+    assert!(hb - hs <= 1.0, "simplified held-out {hb} -> {hs}");
+    runs_in_ort("cnn.onnx", &s);
+}
+
 fn nnzip(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_nnzip"))
         .args(args)

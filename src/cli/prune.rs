@@ -364,9 +364,17 @@ fn text(r: &Report) -> String {
     if let Some(e) = &r.entropy {
         for l in e {
             if l.zero_entropy {
+                let how = match (l.removed, l.linearized) {
+                    (true, 0) => " after silencing every neuron".to_string(),
+                    (true, n) => format!(
+                        " after settling: {n} neuron(s) made always ON, {} constant",
+                        l.neurons - n
+                    ),
+                    _ => String::new(),
+                };
                 let _ = writeln!(
                     o,
-                    "{}: zero entropy on the calibration data (simplify can collapse it)",
+                    "{}: zero entropy on the calibration data{how} (simplify --calib collapses it)",
                     l.layer
                 );
             }

@@ -12,9 +12,13 @@
 //! Without retraining (nnzip never trains) magnitude pruning alone rarely silences a neuron, so
 //! the last step prunes what entropy says is dead: neurons ON on at most `collapse` of the
 //! observations are zeroed as whole channels of their coupled group (exactly OFF afterwards).
-//! With a tolerance (`layer_drop`), whole layers are then silenced, lowest entropy first, while
-//! the metric on the calibration data stays within it: all their neurons OFF is zero entropy,
-//! and the simplify stage removes them (a residual branch reduces to its skip connection).
+//! With a tolerance (`layer_drop`), whole layers are then brought to zero entropy, lowest
+//! entropy first, while the metric on the calibration data stays within it: each is *settled*
+//! (every neuron fixed in its majority state: mostly-OFF neurons become constants, mostly-ON
+//! ones become ON everywhere on the data by a bias offset that their consumers absorb exactly,
+//! so the rectifier is the identity there and simplify merges the layer into the next), or,
+//! where that is not possible or costs too much, *silenced* (every neuron a constant; a
+//! residual branch reduces to its skip connection).
 //! "Layer" here is a channel group with at least one rectifier (Relu, Clip from 0) on its path.
 
 use serde::Serialize;
@@ -24,8 +28,9 @@ use super::structured::{analyse, zero_channels};
 use super::{census, check_fraction, prunable_weights, ratio, Filter, PruneOutcome, Skipped};
 use crate::calib::states::{rectifier_states, NeuronStates};
 use crate::calib::{evaluate, run_model, Metric};
-use crate::graph::groups::{ChannelGroup, ParamRole};
+use crate::graph::groups::{ChannelGroup, CoupledParam, ParamRole};
 use crate::graph::index::GraphIndex;
+use crate::onnx::weights::WeightId;
 use crate::onnx::Model;
 use crate::passes::{Pass, PassContext, PassError, PassReport, Preserves};
 use crate::tensor::Tensor;
@@ -58,9 +63,14 @@ pub struct LayerEntropy {
     pub zero_entropy_neurons: usize,
     pub zero_entropy: bool,
     pub sparsity_after: f64,
-    /// Neurons removed as dead (ON at most `collapse` of the time).
+    /// Neurons made constant: dead ones (ON at most `collapse` of the time) and, for a settled
+    /// or silenced layer, its majority-OFF ones.
     pub collapsed: usize,
-    /// The whole layer was silenced within `layer_drop`.
+    /// Neurons made ON on all of the calibration data (the layer was settled): their rectifier
+    /// is the identity there, so the simplify stage can drop it and merge the layer.
+    #[serde(default)]
+    pub linearized: usize,
+    /// The whole layer reached zero entropy (settled or silenced) within `layer_drop`.
     pub removed: bool,
 }
 
@@ -121,35 +131,18 @@ fn layer_norms(model: &Model, l: &Layer) -> Result<(Vec<f64>, usize, usize), Pas
     Ok((l1, nnz, total))
 }
 
-/// Per-channel mean of `tensor` (channels on `axis`) over the calibration data, and the values
-/// of `probe_tensor` on the first sample.
-fn probe_means(
+/// Per-channel (minimum, mean) of `tensor` (channels on `axis`) over the first `samples`
+/// calibration samples.
+fn probe_stats(
     model: &Model,
     rt: &crate::runtime::Runtime,
     calib: &crate::calib::Calibration,
     tensor: &str,
     axis: usize,
     samples: usize,
-) -> Result<Vec<f64>, PassError> {
+) -> Result<Vec<(f64, f64)>, PassError> {
     let mut probe = model.clone();
-    if !probe.graph().output.iter().any(|o| o.name == tensor) {
-        let mut vi = probe
-            .graph()
-            .output
-            .first()
-            .cloned()
-            .ok_or_else(|| PassError::Invalid {
-                pass: "entropy",
-                reason: "the model has no output".into(),
-            })?;
-        vi.name = tensor.to_string();
-        let mut tt = onnx_protobuf::type_proto::Tensor::new();
-        tt.elem_type = 1;
-        let mut tp = onnx_protobuf::TypeProto::new();
-        tp.value = Some(onnx_protobuf::type_proto::Value::TensorType(tt));
-        vi.type_ = Some(tp).into();
-        probe.graph_mut().output.push(vi);
-    }
+    crate::graph::edit::expose_float_outputs(&mut probe, &[tensor.to_string()]);
     let c = calib.take(samples)?;
     let outs = run_model(rt, &probe, &c)?;
     let t = outs
@@ -164,37 +157,38 @@ fn probe_means(
     let ch = t.dims.get(axis).copied().unwrap_or(1).max(1);
     let inner: usize = t.dims.get(axis + 1..).map_or(1, |d| d.iter().product());
     let mut sum = vec![0.0f64; ch];
+    let mut min = vec![f64::INFINITY; ch];
     for (i, x) in v.iter().enumerate() {
-        sum[(i / inner.max(1)) % ch] += *x as f64;
+        let c = (i / inner.max(1)) % ch;
+        sum[c] += *x as f64;
+        min[c] = min[c].min(*x as f64);
     }
     let per = (v.len() / ch).max(1) as f64;
-    Ok(sum.into_iter().map(|s| s / per).collect())
+    Ok(min
+        .into_iter()
+        .zip(sum)
+        .map(|(m, s)| (m, s / per))
+        .collect())
 }
 
-/// Makes every neuron of a layer output its mean on the calibration data, a constant: its
-/// source weights become zero (the simplify stage then removes the channels and folds the
-/// constants into the consumers' biases) and the last additive per-channel parameter before the
-/// rectifier (BatchNormalization bias, else the layer's bias) is set so the pre-activation is
-/// that mean. Every neuron is then always ON (mean > 0) or always OFF: zero entropy.
-/// Returns false (model untouched in effect) where the layer has no such parameter.
-fn silence_to_mean(
-    model: &mut Model,
-    ix: &GraphIndex,
-    l: &Layer,
-    states: &[NeuronStates],
+fn probe_means(
+    model: &Model,
     rt: &crate::runtime::Runtime,
     calib: &crate::calib::Calibration,
-) -> Result<bool, PassError> {
-    let (Some(&r), 1, 1) = (l.rects.first(), l.rects.len(), l.group.sources.len()) else {
-        return Ok(false);
-    };
-    let Some(st) = states.get(r) else {
-        return Ok(false);
-    };
+    tensor: &str,
+    axis: usize,
+    samples: usize,
+) -> Result<Vec<f64>, PassError> {
+    Ok(probe_stats(model, rt, calib, tensor, axis, samples)?
+        .into_iter()
+        .map(|x| x.1)
+        .collect())
+}
+
+/// The last additive per-channel parameter before the layer's rectifier (BatchNormalization
+/// bias, else the layer's own bias): moving it shifts the pre-activation channel by channel.
+fn shift_param(model: &Model, l: &Layer, st: &NeuronStates) -> Option<CoupledParam> {
     let g = model.graph();
-    let Some(rect_out) = g.node.get(st.node).and_then(|n| n.output.first()).cloned() else {
-        return Ok(false);
-    };
     let bn_beta = l.group.params.iter().find(|p| {
         p.role == ParamRole::PerChannel
             && g.node.get(p.node).is_some_and(|n| {
@@ -203,32 +197,72 @@ fn silence_to_mean(
                     && n.output.first() == Some(&st.tensor)
             })
     });
-    let shift = bn_beta
+    bn_beta
         .or_else(|| {
             l.group
                 .params
                 .iter()
                 .find(|p| p.role == ParamRole::SourceBias)
         })
-        .cloned();
-    let Some(shift) = shift else {
+        .cloned()
+}
+
+/// The layer's single rectifier and its output tensor, where it has exactly one of each and
+/// one source op.
+fn single_rectifier<'s>(
+    model: &Model,
+    l: &Layer,
+    states: &'s [NeuronStates],
+) -> Option<(&'s NeuronStates, String)> {
+    let (Some(&r), 1, 1) = (l.rects.first(), l.rects.len(), l.group.sources.len()) else {
+        return None;
+    };
+    let st = states.get(r)?;
+    let out = model.graph().node.get(st.node)?.output.first()?.clone();
+    Some((st, out))
+}
+
+/// Makes the neurons of a layer selected by `mask` output their mean on the calibration data,
+/// a constant: their source weights become zero (the simplify stage then removes the channels
+/// and folds the constants into the consumers' biases) and the layer's shift parameter (see
+/// [`shift_param`]) is set so the pre-activation is that mean. Each is then always ON
+/// (mean > 0) or always OFF: zero entropy. Returns false where the layer has no such parameter
+/// or the check fails (the caller discards the candidate model).
+fn silence_to_mean(
+    model: &mut Model,
+    ix: &GraphIndex,
+    l: &Layer,
+    states: &[NeuronStates],
+    rt: &crate::runtime::Runtime,
+    calib: &crate::calib::Calibration,
+    mask: &[bool],
+) -> Result<bool, PassError> {
+    let Some((st, rect_out)) = single_rectifier(model, l, states) else {
         return Ok(false);
     };
+    let Some(shift) = shift_param(model, l, st) else {
+        return Ok(false);
+    };
+    if !mask.iter().any(|&m| m) {
+        return Ok(true);
+    }
     let means = probe_means(model, rt, calib, &rect_out, st.axis, calib.samples)?;
-    if means.len() != l.group.channels {
+    if means.len() != l.group.channels || mask.len() != l.group.channels {
         return Ok(false);
     }
+    let on = |c: usize| mask.get(c).copied().unwrap_or(false);
     for (id, place) in &l.sources {
         let t = model.read(id)?;
         let mut v = t.to_f32()?;
-        super::structured::for_each_channel_elem(&t.dims, place, |_, e| {
-            if let Some(x) = v.get_mut(e) {
+        super::structured::for_each_channel_elem(&t.dims, place, |c, e| {
+            if let (true, Some(x)) = (on(c), v.get_mut(e)) {
                 *x = 0.0;
             }
         });
         model.write(id, &Tensor::from_f32(t.dims.clone(), &v)?)?;
     }
-    // The pre-activation is now a constant per channel: measure it, then move it to the mean.
+    // The pre-activation is now a constant per silenced channel: measure it, then move it to
+    // the mean.
     let now = probe_means(model, rt, calib, &st.tensor, st.axis, 1)?;
     let Some(id) = ix.constants.get(&shift.name) else {
         return Ok(false);
@@ -236,7 +270,7 @@ fn silence_to_mean(
     let t = model.read(id)?;
     let mut v = t.to_f32()?;
     super::structured::for_each_channel_elem(&t.dims, &shift.place, |c, e| {
-        if let (Some(x), Some(m), Some(k)) = (v.get_mut(e), means.get(c), now.get(c)) {
+        if let (true, Some(x), Some(m), Some(k)) = (on(c), v.get_mut(e), means.get(c), now.get(c)) {
             *x += (*m - *k) as f32;
         }
     });
@@ -245,7 +279,200 @@ fn silence_to_mean(
     Ok(check
         .iter()
         .zip(&means)
-        .all(|(a, b)| (a - b).abs() <= 1e-3 * b.abs().max(1.0)))
+        .enumerate()
+        .all(|(c, (a, b))| !on(c) || (a - b).abs() <= 1e-3 * b.abs().max(1.0)))
+}
+
+/// How a consumer of a rectifier's output absorbs a constant per-channel offset `δ` added to
+/// its input, exactly: by subtracting its linear image from the consumer's bias.
+enum Absorb {
+    /// Gemm(A = the activation, B constant, C constant of N elements): C[o] -= α/β Σ_c B[c,o] δ_c.
+    Gemm {
+        b: WeightId,
+        c: WeightId,
+        trans_b: bool,
+        scale: f32,
+    },
+    /// Conv without padding and with one group: bias[o] -= Σ_c δ_c Σ_s W[o,c,s]. With padding
+    /// the offset is missing at the borders, so that case is refused.
+    Conv { w: WeightId, bias: WeightId },
+}
+
+fn absorbers(model: &Model, ix: &GraphIndex, tensor: &str) -> Option<Vec<Absorb>> {
+    use crate::graph::shapes::{attr_f, attr_i, attr_ints, attr_s};
+    if ix.graph_outputs.contains(tensor) {
+        return None;
+    }
+    let g = model.graph();
+    let mut out = Vec::new();
+    for &(ni, k) in ix.consumers.get(tensor)? {
+        let n = g.node.get(ni)?;
+        if k != 0 {
+            return None;
+        }
+        let constant = |i: usize| n.input.get(i).and_then(|x| ix.constants.get(x)).cloned();
+        match n.op_type.as_str() {
+            "Gemm" if attr_i(n, "transA", 0) == 0 => {
+                let beta = attr_f(n, "beta", 1.0);
+                if beta == 0.0 {
+                    return None;
+                }
+                out.push(Absorb::Gemm {
+                    b: constant(1)?,
+                    c: constant(2)?,
+                    trans_b: attr_i(n, "transB", 0) != 0,
+                    scale: attr_f(n, "alpha", 1.0) / beta,
+                });
+            }
+            "Conv" => {
+                let no_pads = attr_ints(n, "pads").is_none_or(|p| p.iter().all(|&x| x == 0));
+                let auto = attr_s(n, "auto_pad").unwrap_or_default();
+                if attr_i(n, "group", 1) != 1
+                    || !no_pads
+                    || !(auto.is_empty() || auto == "NOTSET" || auto == "VALID")
+                {
+                    return None;
+                }
+                out.push(Absorb::Conv {
+                    w: constant(1)?,
+                    bias: constant(2)?,
+                });
+            }
+            _ => return None,
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// Subtracts the consumers' image of `delta` (one offset per input channel) from their biases.
+fn absorb(model: &mut Model, plan: &[Absorb], delta: &[f64]) -> Result<bool, PassError> {
+    let k = delta.len();
+    for a in plan {
+        match a {
+            Absorb::Gemm {
+                b,
+                c,
+                trans_b,
+                scale,
+            } => {
+                let bt = model.read(b)?;
+                let bv = bt.to_f32()?;
+                let ct = model.read(c)?;
+                let mut cv = ct.to_f32()?;
+                let (rows, cols) = match bt.dims.as_slice() {
+                    [r, c] => (*r, *c),
+                    _ => return Ok(false),
+                };
+                let (kk, n) = if *trans_b { (cols, rows) } else { (rows, cols) };
+                if kk != k || cv.len() != n {
+                    return Ok(false);
+                }
+                for (o, y) in cv.iter_mut().enumerate() {
+                    let mut s = 0.0f64;
+                    for (ch, d) in delta.iter().enumerate() {
+                        let w = if *trans_b {
+                            bv[o * k + ch]
+                        } else {
+                            bv[ch * n + o]
+                        };
+                        s += w as f64 * d;
+                    }
+                    *y -= (*scale as f64 * s) as f32;
+                }
+                model.write(c, &Tensor::from_f32(ct.dims.clone(), &cv)?)?;
+            }
+            Absorb::Conv { w, bias } => {
+                let wt = model.read(w)?;
+                let wv = wt.to_f32()?;
+                let bt = model.read(bias)?;
+                let mut bv = bt.to_f32()?;
+                let (Some(&o_n), Some(&c_n)) = (wt.dims.first(), wt.dims.get(1)) else {
+                    return Ok(false);
+                };
+                if c_n != k || bv.len() != o_n || o_n * c_n == 0 {
+                    return Ok(false);
+                }
+                let sp = wv.len() / (o_n * c_n);
+                for (o, y) in bv.iter_mut().enumerate() {
+                    let mut s = 0.0f64;
+                    for (ch, d) in delta.iter().enumerate() {
+                        let base = (o * c_n + ch) * sp;
+                        let sum: f64 = wv[base..base + sp].iter().map(|x| *x as f64).sum();
+                        s += sum * d;
+                    }
+                    *y -= s as f32;
+                }
+                model.write(bias, &Tensor::from_f32(bt.dims.clone(), &bv)?)?;
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Settles every neuron of a layer in its majority state on the calibration data, the endgame
+/// NEPENTHE reaches by fine-tuning, done here without training: a neuron ON on less than half
+/// the observations is silenced to its mean (as [`silence_to_mean`]); one ON on at least half
+/// keeps its weights and is made ON everywhere on the data by raising its bias past the lowest
+/// pre-activation seen, the consumers' biases absorbing that offset exactly. Its rectifier is
+/// then the identity on the data, so the layer has zero entropy and the simplify stage can drop
+/// the rectifier and merge the layer into its consumer. The function changes only where a
+/// neuron used to be OFF, so this costs far less accuracy than silencing the layer.
+/// Returns the number of neurons made linear, or None where the layer cannot be settled.
+fn settle_layer(
+    model: &mut Model,
+    ix: &GraphIndex,
+    l: &Layer,
+    states: &[NeuronStates],
+    rt: &crate::runtime::Runtime,
+    calib: &crate::calib::Calibration,
+) -> Result<Option<usize>, PassError> {
+    let Some((st, rect_out)) = single_rectifier(model, l, states) else {
+        return Ok(None);
+    };
+    // A saturating rectifier (Relu6) is not the identity above its ceiling.
+    if st.lo != 0.0 || st.hi.is_finite() {
+        return Ok(None);
+    }
+    let Some(plan) = absorbers(model, ix, &rect_out) else {
+        return Ok(None);
+    };
+    let Some(shift) = shift_param(model, l, st) else {
+        return Ok(None);
+    };
+    let Some(shift_id) = ix.constants.get(&shift.name).cloned() else {
+        return Ok(None);
+    };
+    let n = l.group.channels;
+    let on: Vec<bool> = (0..n).map(|c| st.on_fraction(c) >= 0.5).collect();
+    let off: Vec<bool> = on.iter().map(|x| !x).collect();
+    if !silence_to_mean(model, ix, l, states, rt, calib, &off)? {
+        return Ok(None);
+    }
+    let pre = probe_stats(model, rt, calib, &st.tensor, st.axis, calib.samples)?;
+    if pre.len() != n {
+        return Ok(None);
+    }
+    // A margin past the lowest value seen, so inputs like the calibration data stay ON too.
+    let delta: Vec<f64> = (0..n)
+        .map(|c| match (on[c], pre[c].0) {
+            (true, m) if m <= 0.0 => -m + 0.1 * (pre[c].1 - m).abs().max(-m) + 1e-3,
+            _ => 0.0,
+        })
+        .collect();
+    if delta.iter().any(|d| *d > 0.0) {
+        if !absorb(model, &plan, &delta)? {
+            return Ok(None);
+        }
+        let t = model.read(&shift_id)?;
+        let mut v = t.to_f32()?;
+        super::structured::for_each_channel_elem(&t.dims, &shift.place, |c, e| {
+            if let (Some(x), Some(d)) = (v.get_mut(e), delta.get(c)) {
+                *x += *d as f32;
+            }
+        });
+        model.write(&shift_id, &Tensor::from_f32(t.dims.clone(), &v)?)?;
+    }
+    Ok(Some(on.iter().filter(|x| **x).count()))
 }
 
 impl EntropyPrune {
@@ -438,6 +665,7 @@ impl EntropyPrune {
         }
         // Silence whole layers, the lowest-entropy first, within the tolerance.
         let mut removed = vec![false; layers.len()];
+        let mut linearized = vec![0usize; layers.len()];
         if let (Some(tol), Some((ref_out, base))) = (self.layer_drop, reference.as_ref()) {
             let mut order: Vec<usize> = (0..layers.len()).collect();
             order.sort_by(|&a, &b| h0[a].total_cmp(&h0[b]));
@@ -446,8 +674,23 @@ impl EntropyPrune {
                 if !l.group.prunable() {
                     continue;
                 }
+                // Settling keeps the majority-ON neurons' information; silencing the whole
+                // layer is the fallback.
+                let now = rectifier_states(rt, model, calib)?;
                 let mut candidate = model.clone();
-                if !silence_to_mean(&mut candidate, &ix, l, &states0, rt, calib)? {
+                if let Some(n_on) = settle_layer(&mut candidate, &ix, l, &now, rt, calib)? {
+                    let (_, v) = metric_of(&candidate, Some(ref_out))?;
+                    if base - v <= tol {
+                        *model = candidate;
+                        removed[li] = true;
+                        linearized[li] = n_on;
+                        collapsed[li] = l.group.channels - n_on;
+                        continue;
+                    }
+                }
+                let mut candidate = model.clone();
+                let all = vec![true; l.group.channels];
+                if !silence_to_mean(&mut candidate, &ix, l, &now, rt, calib, &all)? {
                     continue;
                 }
                 let (_, v) = metric_of(&candidate, Some(ref_out))?;
@@ -482,6 +725,7 @@ impl EntropyPrune {
                 zero_entropy: zero_n == l.group.channels,
                 sparsity_after: ratio(tot - nnz, tot),
                 collapsed: collapsed[li],
+                linearized: linearized[li],
                 removed: removed[li],
             });
             let names: Vec<&str> = l

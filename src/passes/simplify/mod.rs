@@ -27,6 +27,14 @@ pub fn passes(with_calibration: bool, shapes: &[(String, Vec<usize>)]) -> Vec<Bo
     v.push(Box::new(dead::RemoveDeadChannels {
         shapes: shapes.to_vec(),
     }));
+    if with_calibration {
+        // Once a layer's always-OFF channels are gone its other channels may all be always ON:
+        // a second look drops that rectifier and merges the layer.
+        v.push(Box::new(collapse::CollapseZeroEntropy));
+        v.push(Box::new(dead::RemoveDeadChannels {
+            shapes: shapes.to_vec(),
+        }));
+    }
     v.push(Box::new(cleanup::Cleanup));
     v
 }
