@@ -2,14 +2,22 @@
 //! calibration data drops by at most `max_drop` points while the bitstream is as small as possible.
 //!
 //! Method (Lagrangian bit allocation):
-//! 1. For every quantized weight tensor and every QP of a grid, the bytes it codes to (encoded
-//!    alone) and its distortion: the mean squared change of the model's output on a calibration
-//!    subset when only that tensor is quantized. Output distortions of small, independent
-//!    perturbations add up, which makes the allocation separable.
-//! 2. For a multiplier λ, each tensor independently takes the QP minimizing `bytes + λ·distortion`.
-//! 3. λ is bisected (on a log scale) for the smallest bitstream whose real metric — the whole model
-//!    quantized, decoded and run on all calibration samples — drops by at most `max_drop`.
-//! 4. A greedy pass on the real metric coarsens single tensors one step while the budget holds.
+//! 1. Candidates per quantized float tensor: every QP of a grid (weights: around the weight QP;
+//!    biases and other vectors: from the non-weight QP up), with dependent quantization on and
+//!    off. For each, the bytes the tensor codes to alone and its weight error.
+//! 2. Distortion: the change of the model's output on a calibration subset when only that tensor
+//!    is quantized, measured at five noise levels and interpolated per unit of weight error for
+//!    the other candidates (output error from small weight noise is close to proportional to its
+//!    energy). For top-1 metrics each sample's error counts in units of its margin (top score
+//!    minus runner-up), since that is what flips a prediction. Distortions of small,
+//!    independent perturbations add up, which makes the allocation separable.
+//! 3. For a multiplier λ, each tensor independently takes the candidate minimizing
+//!    `bytes + λ·distortion`; λ is bisected (on a log scale) for the smallest bitstream whose
+//!    real metric — the whole model quantized, decoded and run on all calibration samples —
+//!    drops by at most `max_drop`.
+//! 4. The single-QP line (every weight at one QP) is evaluated too, and the smaller of the two
+//!    results starts a greedy pass on the real metric that coarsens single tensors one step while
+//!    the budget holds. So the result is never larger than the best single QP on this grid.
 //!
 //! Spending bits where the model is sensitive beats one QP everywhere; the baseline with the
 //! reference's single-QP knob ([`best_single_qp`]) is measured the same way for comparison.
@@ -60,8 +68,10 @@ pub struct RatePlan {
     pub metric_after: f64,
     /// Bytes of the chosen payload (NDUs, without the graph).
     pub bytes: u64,
-    /// QP chosen per quantized tensor.
+    /// QP chosen per quantized tensor (weights and the non-weight tensors).
     pub qps: HashMap<String, i32>,
+    /// Tensors coded with uniform instead of dependent quantization.
+    pub uniform: Vec<String>,
     pub steps: Vec<SearchStep>,
     #[serde(skip)]
     pub config: EncoderConfig,
@@ -106,27 +116,119 @@ fn first_output(out: &[(String, Tensor)]) -> Result<&Tensor, RateError> {
         }))
 }
 
-fn mse(a: &Tensor, b: &Tensor) -> Result<f64, RateError> {
+/// Weighted mean squared difference of two outputs, `weights` one per sample (row).
+fn weighted_mse(a: &Tensor, b: &Tensor, weights: &[f64]) -> Result<f64, RateError> {
     let (x, y) = (a.to_f32()?, b.to_f32()?);
+    let rows = weights.len().max(1);
+    let per = (x.len() / rows).max(1);
     Ok(x.iter()
         .zip(&y)
-        .map(|(p, q)| (*p as f64 - *q as f64).powi(2))
+        .enumerate()
+        .map(|(i, (p, q))| {
+            let w = weights.get(i / per).copied().unwrap_or(1.0);
+            w * (*p as f64 - *q as f64).powi(2)
+        })
         .sum::<f64>()
         / x.len().max(1) as f64)
 }
 
-/// Size in bytes of one tensor coded alone at `qp`.
-fn tensor_bytes(t: &nnc_codec::Tensor, cfg: &EncoderConfig, qp: i32) -> Result<u64, RateError> {
+/// Per-sample weights of the distortion proxy. For top-1 metrics a sample flips when the error
+/// reaches its margin (top score minus runner-up), so errors count in units of the margin:
+/// weight 1/(margin² + ε²), ε a tenth of the median margin. Otherwise (cosine) all 1.
+fn sample_weights(metric: Metric, reference: &Tensor) -> Result<Vec<f64>, RateError> {
+    let v = reference.to_f32()?;
+    let rows = reference.dims.first().copied().unwrap_or(1).max(1);
+    let per = v.len() / rows;
+    if metric == Metric::Cosine || per < 2 {
+        return Ok(vec![1.0; rows]);
+    }
+    let margins: Vec<f64> = v
+        .chunks(per)
+        .map(|r| {
+            let (mut a, mut b) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
+            for &x in r {
+                let x = x as f64;
+                if x > a {
+                    b = a;
+                    a = x;
+                } else if x > b {
+                    b = x;
+                }
+            }
+            (a - b).abs()
+        })
+        .collect();
+    let mut sorted = margins.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let eps = (0.1 * sorted.get(sorted.len() / 2).copied().unwrap_or(1.0)).max(1e-6);
+    Ok(margins.iter().map(|m| 1.0 / (m * m + eps * eps)).collect())
+}
+
+/// Size in bytes of one tensor coded alone with `cfg`.
+fn tensor_bytes(t: &nnc_codec::Tensor, cfg: &EncoderConfig) -> Result<u64, RateError> {
     let mut c = cfg.clone();
-    c.overrides.insert(
-        t.name.clone(),
-        TensorOverride {
-            qp: Some(qp),
-            ..Default::default()
-        },
-    );
     c.parallel = false;
     Ok(nnc_codec::encode(std::slice::from_ref(t), &c)?.len() as u64)
+}
+
+/// `cfg` with tensor `name` at `qp`, dependent quantization on or off.
+fn with_override(cfg: &EncoderConfig, name: &str, qp: i32, dq: bool) -> EncoderConfig {
+    let mut c = cfg.clone();
+    let prev = c.overrides.get(name).copied().unwrap_or_default();
+    c.overrides.insert(
+        name.to_string(),
+        TensorOverride {
+            qp: Some(qp),
+            use_dq: Some(dq),
+            ..prev
+        },
+    );
+    c
+}
+
+/// One quantizer setting of one tensor: its size alone, its weight error, and the estimated
+/// output distortion.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    qp: i32,
+    dq: bool,
+    bytes: u64,
+    weight_sse: f64,
+    distortion: f64,
+}
+
+/// Piecewise-linear interpolation of `(x, y)` probes at `x`, constant beyond the ends; 0 with no
+/// probe (a tensor quantized without error at every probe).
+fn interpolate(probes: &[(f64, f64)], x: f64) -> f64 {
+    let mut p: Vec<(f64, f64)> = probes.to_vec();
+    p.sort_by(|a, b| a.0.total_cmp(&b.0));
+    match (p.first(), p.last()) {
+        (Some(f), _) if x <= f.0 => f.1,
+        (_, Some(l)) if x >= l.0 => l.1,
+        _ => p
+            .windows(2)
+            .find(|w| x >= w[0].0 && x <= w[1].0)
+            .map(|w| {
+                let span = w[1].0 - w[0].0;
+                if span <= 0.0 {
+                    w[0].1
+                } else {
+                    w[0].1 + (w[1].1 - w[0].1) * (x - w[0].0) / span
+                }
+            })
+            .unwrap_or(0.0),
+    }
+}
+
+/// The QP grid of non-weight tensors: half-doublings from the non-weight QP (fine: they are
+/// few values and often sensitive) up to sixteen doublings coarser.
+pub fn nonweight_grid(cfg: &EncoderConfig) -> Vec<i32> {
+    let base = match cfg.nonweight_qp {
+        Some(q) if q != 0 => q,
+        _ => cfg.qp.saturating_sub(2 << cfg.qp_density),
+    };
+    let step = ((1i32 << cfg.qp_density) / 2).max(1);
+    (0..33).map(|i| base + i * step).collect()
 }
 
 /// Searches per-tensor QPs for the smallest payload within `max_drop` points of the metric.
@@ -142,24 +244,26 @@ pub fn allocate(
     let reference = first_output(&reference_out)?.clone();
     let metric = Metric::for_data(calib, &reference);
     let metric_reference = evaluate(metric, calib, &reference, &reference)?;
-    // Sensitivity runs are many (tensors × QPs): keep each one around 4 GMAC of work.
+    // Three sensitivity runs per tensor: a calibration subset of around 16 GMAC each.
     let macs = crate::passes::simplify::ModelStats::of(model, &[])
         .ok()
         .and_then(|m| m.macs)
         .unwrap_or(0)
         .max(1);
-    let sub_n = ((4e9 / macs as f64) as usize).clamp(16, 256);
+    let sub_n = ((1.6e10 / macs as f64) as usize).clamp(16, 512);
     let sub = calib.take(sub_n)?;
     let sub_ref = first_output(&run_model(rt, model, &sub)?)?.clone();
+    let sample_w = sample_weights(metric, &sub_ref)?;
 
     let (tensors, base_cfg, _, _) = prepare(model, opts)?;
     let grid = qp_grid(&base_cfg);
-    // Weights that are quantized with the weight QP are allocated; the rest keep their settings.
+    let other_grid = nonweight_grid(&base_cfg);
+    // Every float tensor the codec quantizes is allocated: weights on the weight grid, biases and
+    // other vectors on a grid from the non-weight QP (the reference keeps those at −75).
     let alloc: Vec<&nnc_codec::Tensor> = tensors
         .iter()
         .filter(|t| {
             matches!(t.data, TensorData::F32(_))
-                && TensorKind::of_shape(&t.shape) == TensorKind::Weight
                 && !base_cfg.overrides.get(&t.name).is_some_and(|o| o.raw)
         })
         .collect();
@@ -169,7 +273,8 @@ pub fn allocate(
         .map(|w| (w.qualified_name(), w.id.clone()))
         .collect();
     // Rate and distortion tables.
-    let mut table: Vec<Vec<(u64, f64)>> = Vec::with_capacity(alloc.len());
+    let mut table: Vec<Vec<Candidate>> = Vec::with_capacity(alloc.len());
+    let mut kinds: Vec<bool> = Vec::with_capacity(alloc.len());
     for (ti, t) in alloc.iter().enumerate() {
         progress(&format!(
             "sensitivity {}/{}: {}",
@@ -177,28 +282,73 @@ pub fn allocate(
             alloc.len(),
             t.name
         ));
+        let TensorData::F32(orig) = &t.data else {
+            continue;
+        };
         let Some(id) = by_name.get(&t.name) else {
             continue;
         };
-        let mut row = Vec::with_capacity(grid.len());
-        for &qp in &grid {
-            let bytes = tensor_bytes(t, &base_cfg, qp)?;
-            let mut c = base_cfg.clone();
-            c.overrides.insert(
-                t.name.clone(),
-                TensorOverride {
-                    qp: Some(qp),
-                    ..Default::default()
-                },
-            );
-            let rec = nnc_codec::reconstruct(std::slice::from_ref(*t), &c)?;
-            let TensorData::F32(v) = &rec[0].data else {
+        let kind = base_cfg
+            .overrides
+            .get(&t.name)
+            .and_then(|o| o.kind)
+            .unwrap_or_else(|| TensorKind::of_shape(&t.shape));
+        let qps = if kind == TensorKind::Weight {
+            &grid
+        } else {
+            &other_grid
+        };
+        kinds.push(kind == TensorKind::Weight);
+        let mut row = Vec::with_capacity(2 * qps.len());
+        let mut recs = Vec::with_capacity(2 * qps.len());
+        for dq in [true, false] {
+            for &qp in qps {
+                let c = with_override(&base_cfg, &t.name, qp, dq);
+                let bytes = tensor_bytes(t, &c)?;
+                let rec = nnc_codec::reconstruct(std::slice::from_ref(*t), &c)?;
+                let TensorData::F32(v) = &rec[0].data else {
+                    continue;
+                };
+                let sse: f64 = v
+                    .iter()
+                    .zip(orig)
+                    .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+                    .sum();
+                row.push(Candidate {
+                    qp,
+                    dq,
+                    bytes,
+                    weight_sse: sse,
+                    distortion: 0.0,
+                });
+                recs.push(v.clone());
+            }
+        }
+        // The model's output error per unit of weight error, measured at three noise levels of
+        // dependent quantization (fine, medium, coarse) and interpolated in log weight error for
+        // every candidate: output distortion from small weight noise is close to proportional
+        // to its energy, and the probes follow where it is not.
+        let n = qps.len();
+        let mut probes: Vec<(f64, f64)> = Vec::new();
+        for k in [n / 8, n / 4, n / 2, 5 * n / 8, 3 * n / 4] {
+            let (Some(c), Some(v)) = (row.get(k), recs.get(k)) else {
                 continue;
             };
+            if c.weight_sse <= 0.0 {
+                continue;
+            }
             let mut m = model.clone();
             m.write(id, &Tensor::from_f32(t.shape.clone(), v)?)?;
             let out = run_model(rt, &m, &sub)?;
-            row.push((bytes, mse(&sub_ref, first_output(&out)?)?));
+            let d = weighted_mse(&sub_ref, first_output(&out)?, &sample_w)?;
+            probes.push((c.weight_sse.ln(), d / c.weight_sse));
+        }
+        for c in &mut row {
+            c.distortion = if c.weight_sse <= 0.0 {
+                0.0
+            } else {
+                c.weight_sse * interpolate(&probes, c.weight_sse.ln())
+            };
         }
         table.push(row);
     }
@@ -208,8 +358,8 @@ pub fn allocate(
             .map(|row| {
                 (0..row.len())
                     .min_by(|&a, &b| {
-                        let ca = row[a].0 as f64 + lambda * row[a].1;
-                        let cb = row[b].0 as f64 + lambda * row[b].1;
+                        let ca = row[a].bytes as f64 + lambda * row[a].distortion;
+                        let cb = row[b].bytes as f64 + lambda * row[b].distortion;
                         ca.total_cmp(&cb)
                     })
                     .unwrap_or(0)
@@ -218,14 +368,17 @@ pub fn allocate(
     };
     let config_for = |picks: &[usize]| -> EncoderConfig {
         let mut c = base_cfg.clone();
-        for (t, &k) in alloc.iter().zip(picks) {
-            c.overrides.insert(
-                t.name.clone(),
-                TensorOverride {
-                    qp: Some(grid[k]),
-                    ..c.overrides.get(&t.name).copied().unwrap_or_default()
-                },
-            );
+        for ((t, &k), row) in alloc.iter().zip(picks).zip(&table) {
+            if let Some(cand) = row.get(k) {
+                c.overrides.insert(
+                    t.name.clone(),
+                    TensorOverride {
+                        qp: Some(cand.qp),
+                        use_dq: Some(cand.dq),
+                        ..c.overrides.get(&t.name).copied().unwrap_or_default()
+                    },
+                );
+            }
         }
         c
     };
@@ -254,6 +407,7 @@ pub fn allocate(
     };
     // λ spans bytes per unit of output MSE; bisect its logarithm.
     let (mut lo, mut hi) = (-2.0f64, 14.0f64); // log10 λ
+                                               // The finest point: the first (finest, dependent-quantization) candidate of every row.
     let finest = vec![0usize; table.len()];
     let (v_fine, _) = evaluate_cfg(&config_for(&finest), f64::INFINITY, &mut steps)?;
     if metric_reference - v_fine > max_drop {
@@ -279,6 +433,32 @@ pub fn allocate(
             lo = mid;
         }
     }
+    // The single-QP line too (the reference's one knob, every tensor of a kind at one setting):
+    // the λ search follows a proxy and can land above it on a coarse, noisy metric; starting the
+    // refinement from the better of the two keeps rate control at least as good.
+    let at =
+        |row: &[Candidate], qp: i32, dq: bool| row.iter().position(|c| c.qp == qp && c.dq == dq);
+    for (qi, &qp) in grid.iter().enumerate() {
+        let picks: Option<Vec<usize>> = table
+            .iter()
+            .zip(&kinds)
+            .map(|(row, &weight)| {
+                if weight {
+                    at(row, qp, base_cfg.use_dq)
+                } else {
+                    row.first().and_then(|c| at(row, c.qp, base_cfg.use_dq))
+                }
+            })
+            .collect();
+        let Some(picks) = picks else {
+            continue;
+        };
+        progress(&format!("single QP {}/{}", qi + 1, grid.len()));
+        let (v, bytes) = evaluate_cfg(&config_for(&picks), f64::NAN, &mut steps)?;
+        if metric_reference - v <= max_drop && best.as_ref().is_none_or(|b| bytes < b.2) {
+            best = Some((picks, v, bytes, f64::NAN));
+        }
+    }
     let (mut picks, mut v, mut bytes, _) = match best {
         Some(b) => b,
         None => {
@@ -289,30 +469,40 @@ pub fn allocate(
             (finest, last.0, last.1, f64::INFINITY)
         }
     };
-    // Greedy refinement on the real metric: coarsen one tensor a step at a time, largest saving
-    // first, keeping each move that stays within budget. The proxy distortion picked the region;
-    // this spends what is left of the budget.
+    // Greedy refinement on the real metric: coarsen one tensor a step (same quantizer) at a
+    // time, largest saving first, keeping each move that stays within budget. The proxy
+    // distortion picked the region; this spends what is left of the budget. Bounded: each try
+    // is a full evaluation on the calibration data.
+    let coarser = |row: &[Candidate], k: usize| -> Option<usize> {
+        let c = row.get(k)?;
+        row.iter()
+            .enumerate()
+            .filter(|(_, x)| x.dq == c.dq && x.qp > c.qp)
+            .min_by_key(|(_, x)| x.qp)
+            .map(|(i, _)| i)
+    };
     let mut evals = 0;
-    let max_evals = 4 * table.len();
+    let max_evals = (4 * table.len()).min(96);
     let mut improved = true;
     while improved && evals < max_evals {
         improved = false;
-        let mut order: Vec<usize> = (0..table.len())
-            .filter(|&t| picks[t] + 1 < table[t].len())
+        let mut order: Vec<(usize, usize, u64)> = (0..table.len())
+            .filter_map(|t| {
+                let next = coarser(&table[t], picks[t])?;
+                let saving = table[t][picks[t]]
+                    .bytes
+                    .saturating_sub(table[t][next].bytes);
+                Some((t, next, saving))
+            })
+            .filter(|x| x.2 > 0)
             .collect();
-        order.sort_by_key(|&t| {
-            std::cmp::Reverse(
-                table[t][picks[t]]
-                    .0
-                    .saturating_sub(table[t][picks[t] + 1].0),
-            )
-        });
-        for t in order {
+        order.sort_by_key(|x| std::cmp::Reverse(x.2));
+        for (t, next, _) in order {
             if evals >= max_evals {
                 break;
             }
             let mut trial = picks.clone();
-            trial[t] += 1;
+            trial[t] = next;
             progress(&format!("refining {}/{}", evals + 1, max_evals));
             let (tv, tb) = evaluate_cfg(&config_for(&trial), f64::NAN, &mut steps)?;
             evals += 1;
@@ -325,10 +515,19 @@ pub fn allocate(
         }
     }
     let config = config_for(&picks);
+    let chosen = |k: usize, t: usize| table.get(t).and_then(|r| r.get(k));
     let qps = alloc
         .iter()
         .zip(&picks)
-        .map(|(t, &k)| (t.name.clone(), grid[k]))
+        .enumerate()
+        .filter_map(|(t, (x, &k))| chosen(k, t).map(|c| (x.name.clone(), c.qp)))
+        .collect();
+    let uniform = alloc
+        .iter()
+        .zip(&picks)
+        .enumerate()
+        .filter(|(t, (_, &k))| chosen(k, *t).is_some_and(|c| !c.dq))
+        .map(|(_, (x, _))| x.name.clone())
         .collect();
     Ok(RatePlan {
         metric,
@@ -336,6 +535,7 @@ pub fn allocate(
         metric_after: v,
         bytes,
         qps,
+        uniform,
         steps,
         config,
     })

@@ -152,10 +152,11 @@ impl CompressReport {
         if let Some(r) = &self.rate_control {
             let _ = writeln!(
                 o,
-                "rate control: {} tensors, QP {}..{}, {} search steps",
+                "rate control: {} tensors, QP {}..{}, {} without dependent quantization, {} search steps",
                 r.qps.len(),
                 r.qps.values().min().copied().unwrap_or(0),
                 r.qps.values().max().copied().unwrap_or(0),
+                r.uniform.len(),
                 r.steps.len()
             );
         }
