@@ -15,9 +15,10 @@
 //!    `bytes + λ·distortion`; λ is bisected (on a log scale) for the smallest bitstream whose
 //!    real metric — the whole model quantized, decoded and run on all calibration samples —
 //!    drops by at most `max_drop`.
-//! 4. The single-QP line (every weight at one QP) is evaluated too, and the smaller of the two
-//!    results starts a greedy pass on the real metric that coarsens single tensors one step while
-//!    the budget holds. So the result is never larger than the best single QP on this grid.
+//! 4. The single-QP line (every weight at one QP) is evaluated too. The best point of each line
+//!    starts a greedy pass on the real metric that coarsens single tensors one step while the
+//!    budget holds; the smaller result wins, so it is never larger than the best single QP of
+//!    the grid.
 //!
 //! Spending bits where the model is sensitive beats one QP everywhere; the baseline with the
 //! reference's single-QP knob ([`best_single_qp`]) is measured the same way for comparison.
@@ -434,10 +435,12 @@ pub fn allocate(
         }
     }
     // The single-QP line too (the reference's one knob, every tensor of a kind at one setting):
-    // the λ search follows a proxy and can land above it on a coarse, noisy metric; starting the
-    // refinement from the better of the two keeps rate control at least as good.
+    // the λ search follows a proxy and can land above it on a coarse, noisy metric. Both starts
+    // are refined below and the smaller result wins, so rate control is never worse than the
+    // best single QP of the grid.
     let at =
         |row: &[Candidate], qp: i32, dq: bool| row.iter().position(|c| c.qp == qp && c.dq == dq);
+    let mut best_single: Option<(Vec<usize>, f64, u64, f64)> = None;
     for (qi, &qp) in grid.iter().enumerate() {
         let picks: Option<Vec<usize>> = table
             .iter()
@@ -455,20 +458,10 @@ pub fn allocate(
         };
         progress(&format!("single QP {}/{}", qi + 1, grid.len()));
         let (v, bytes) = evaluate_cfg(&config_for(&picks), f64::NAN, &mut steps)?;
-        if metric_reference - v <= max_drop && best.as_ref().is_none_or(|b| bytes < b.2) {
-            best = Some((picks, v, bytes, f64::NAN));
+        if metric_reference - v <= max_drop && best_single.as_ref().is_none_or(|b| bytes < b.2) {
+            best_single = Some((picks, v, bytes, f64::NAN));
         }
     }
-    let (mut picks, mut v, mut bytes, _) = match best {
-        Some(b) => b,
-        None => {
-            let last = steps
-                .first()
-                .map(|s| (s.metric, s.bytes))
-                .unwrap_or((v_fine, 0));
-            (finest, last.0, last.1, f64::INFINITY)
-        }
-    };
     // Greedy refinement on the real metric: coarsen one tensor a step (same quantizer) at a
     // time, largest saving first, keeping each move that stays within budget. The proxy
     // distortion picked the region; this spends what is left of the budget. Bounded: each try
@@ -481,39 +474,60 @@ pub fn allocate(
             .min_by_key(|(_, x)| x.qp)
             .map(|(i, _)| i)
     };
-    let mut evals = 0;
     let max_evals = (4 * table.len()).min(96);
-    let mut improved = true;
-    while improved && evals < max_evals {
-        improved = false;
-        let mut order: Vec<(usize, usize, u64)> = (0..table.len())
-            .filter_map(|t| {
-                let next = coarser(&table[t], picks[t])?;
-                let saving = table[t][picks[t]]
-                    .bytes
-                    .saturating_sub(table[t][next].bytes);
-                Some((t, next, saving))
-            })
-            .filter(|x| x.2 > 0)
-            .collect();
-        order.sort_by_key(|x| std::cmp::Reverse(x.2));
-        for (t, next, _) in order {
-            if evals >= max_evals {
-                break;
-            }
-            let mut trial = picks.clone();
-            trial[t] = next;
-            progress(&format!("refining {}/{}", evals + 1, max_evals));
-            let (tv, tb) = evaluate_cfg(&config_for(&trial), f64::NAN, &mut steps)?;
-            evals += 1;
-            if metric_reference - tv <= max_drop && tb < bytes {
-                picks = trial;
-                v = tv;
-                bytes = tb;
-                improved = true;
+    let mut refine = |start: (Vec<usize>, f64, u64),
+                      steps: &mut Vec<SearchStep>|
+     -> Result<(Vec<usize>, f64, u64), RateError> {
+        let (mut picks, mut v, mut bytes) = start;
+        let mut evals = 0;
+        let mut improved = true;
+        while improved && evals < max_evals {
+            improved = false;
+            let mut order: Vec<(usize, usize, u64)> = (0..table.len())
+                .filter_map(|t| {
+                    let next = coarser(&table[t], picks[t])?;
+                    let saving = table[t][picks[t]]
+                        .bytes
+                        .saturating_sub(table[t][next].bytes);
+                    Some((t, next, saving))
+                })
+                .filter(|x| x.2 > 0)
+                .collect();
+            order.sort_by_key(|x| std::cmp::Reverse(x.2));
+            for (t, next, _) in order {
+                if evals >= max_evals {
+                    break;
+                }
+                let mut trial = picks.clone();
+                trial[t] = next;
+                progress(&format!("refining {}/{}", evals + 1, max_evals));
+                let (tv, tb) = evaluate_cfg(&config_for(&trial), f64::NAN, steps)?;
+                evals += 1;
+                if metric_reference - tv <= max_drop && tb < bytes {
+                    picks = trial;
+                    v = tv;
+                    bytes = tb;
+                    improved = true;
+                }
             }
         }
+        Ok((picks, v, bytes))
+    };
+    let mut results = Vec::new();
+    for start in [best, best_single].into_iter().flatten() {
+        results.push(refine((start.0, start.1, start.2), &mut steps)?);
     }
+    let (picks, v, bytes) = match results.into_iter().min_by_key(|r| r.2) {
+        Some(r) => r,
+        None => {
+            // Only the finest point is within budget.
+            let first = steps
+                .first()
+                .map(|s| (s.metric, s.bytes))
+                .unwrap_or((v_fine, 0));
+            (finest, first.0, first.1)
+        }
+    };
     let config = config_for(&picks);
     let chosen = |k: usize, t: usize| table.get(t).and_then(|r| r.get(k));
     let qps = alloc
