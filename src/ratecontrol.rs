@@ -195,7 +195,9 @@ struct Candidate {
     dq: bool,
     bytes: u64,
     weight_sse: f64,
+    /// Margin-weighted (top-1 metrics) and plain output distortion estimates.
     distortion: f64,
+    distortion_plain: f64,
 }
 
 /// Piecewise-linear interpolation of `(x, y)` probes at `x`, constant beyond the ends; 0 with no
@@ -321,16 +323,18 @@ pub fn allocate(
                     bytes,
                     weight_sse: sse,
                     distortion: 0.0,
+                    distortion_plain: 0.0,
                 });
                 recs.push(v.clone());
             }
         }
-        // The model's output error per unit of weight error, measured at three noise levels of
-        // dependent quantization (fine, medium, coarse) and interpolated in log weight error for
+        // The model's output error per unit of weight error, measured at five noise levels of
+        // dependent quantization (fine to coarse) and interpolated in log weight error for
         // every candidate: output distortion from small weight noise is close to proportional
         // to its energy, and the probes follow where it is not.
         let n = qps.len();
         let mut probes: Vec<(f64, f64)> = Vec::new();
+        let mut probes_plain: Vec<(f64, f64)> = Vec::new();
         for k in [n / 8, n / 4, n / 2, 5 * n / 8, 3 * n / 4] {
             let (Some(c), Some(v)) = (row.get(k), recs.get(k)) else {
                 continue;
@@ -341,26 +345,35 @@ pub fn allocate(
             let mut m = model.clone();
             m.write(id, &Tensor::from_f32(t.shape.clone(), v)?)?;
             let out = run_model(rt, &m, &sub)?;
-            let d = weighted_mse(&sub_ref, first_output(&out)?, &sample_w)?;
+            let o = first_output(&out)?;
+            let d = weighted_mse(&sub_ref, o, &sample_w)?;
             probes.push((c.weight_sse.ln(), d / c.weight_sse));
+            let d = weighted_mse(&sub_ref, o, &[])?;
+            probes_plain.push((c.weight_sse.ln(), d / c.weight_sse));
         }
         for c in &mut row {
-            c.distortion = if c.weight_sse <= 0.0 {
-                0.0
-            } else {
-                c.weight_sse * interpolate(&probes, c.weight_sse.ln())
-            };
+            if c.weight_sse > 0.0 {
+                c.distortion = c.weight_sse * interpolate(&probes, c.weight_sse.ln());
+                c.distortion_plain = c.weight_sse * interpolate(&probes_plain, c.weight_sse.ln());
+            }
         }
         table.push(row);
     }
-    let choose = |lambda: f64| -> Vec<usize> {
+    let choose = |lambda: f64, weighted: bool| -> Vec<usize> {
+        let d = |c: &Candidate| {
+            if weighted {
+                c.distortion
+            } else {
+                c.distortion_plain
+            }
+        };
         table
             .iter()
             .map(|row| {
                 (0..row.len())
                     .min_by(|&a, &b| {
-                        let ca = row[a].bytes as f64 + lambda * row[a].distortion;
-                        let cb = row[b].bytes as f64 + lambda * row[b].distortion;
+                        let ca = row[a].bytes as f64 + lambda * d(&row[a]);
+                        let cb = row[b].bytes as f64 + lambda * d(&row[b]);
                         ca.total_cmp(&cb)
                     })
                     .unwrap_or(0)
@@ -407,8 +420,7 @@ pub fn allocate(
         Ok((v, bytes))
     };
     // λ spans bytes per unit of output MSE; bisect its logarithm.
-    let (mut lo, mut hi) = (-2.0f64, 14.0f64); // log10 λ
-                                               // The finest point: the first (finest, dependent-quantization) candidate of every row.
+    // The finest point: the first (finest, dependent-quantization) candidate of every row.
     let finest = vec![0usize; table.len()];
     let (v_fine, _) = evaluate_cfg(&config_for(&finest), f64::INFINITY, &mut steps)?;
     if metric_reference - v_fine > max_drop {
@@ -418,21 +430,33 @@ pub fn allocate(
             max: max_drop,
         });
     }
-    let mut best: Option<(Vec<usize>, f64, u64, f64)> = None;
-    for it in 0..12 {
-        let mid = (lo + hi) / 2.0;
-        let lambda = 10f64.powf(mid);
-        let picks = choose(lambda);
-        progress(&format!("rate search step {}: λ=1e{mid:.2}", it + 1));
-        let (v, bytes) = evaluate_cfg(&config_for(&picks), lambda, &mut steps)?;
-        if metric_reference - v <= max_drop {
-            if best.as_ref().is_none_or(|b| bytes < b.2) {
-                best = Some((picks, v, bytes, lambda));
+    // One bisection per distortion proxy (margin-weighted, plain): on a budget of a few flipped
+    // predictions neither predicts the real metric reliably, and each start is refined below.
+    let proxies: &[bool] = if sample_w.iter().all(|w| *w == 1.0) {
+        &[false]
+    } else {
+        &[true, false]
+    };
+    let mut starts: Vec<(Vec<usize>, f64, u64)> = Vec::new();
+    for &weighted in proxies {
+        let (mut lo, mut hi) = (-2.0f64, 14.0f64); // log10 λ
+        let mut best: Option<(Vec<usize>, f64, u64)> = None;
+        for it in 0..12 {
+            let mid = (lo + hi) / 2.0;
+            let lambda = 10f64.powf(mid);
+            let picks = choose(lambda, weighted);
+            progress(&format!("rate search step {}: λ=1e{mid:.2}", it + 1));
+            let (v, bytes) = evaluate_cfg(&config_for(&picks), lambda, &mut steps)?;
+            if metric_reference - v <= max_drop {
+                if best.as_ref().is_none_or(|b| bytes < b.2) {
+                    best = Some((picks, v, bytes));
+                }
+                hi = mid; // try coarser
+            } else {
+                lo = mid;
             }
-            hi = mid; // try coarser
-        } else {
-            lo = mid;
         }
+        starts.extend(best);
     }
     // The single-QP line too (the reference's one knob, every tensor of a kind at one setting):
     // the λ search follows a proxy and can land above it on a coarse, noisy metric. Both starts
@@ -440,7 +464,7 @@ pub fn allocate(
     // best single QP of the grid.
     let at =
         |row: &[Candidate], qp: i32, dq: bool| row.iter().position(|c| c.qp == qp && c.dq == dq);
-    let mut best_single: Option<(Vec<usize>, f64, u64, f64)> = None;
+    let mut best_single: Option<(Vec<usize>, f64, u64)> = None;
     for (qi, &qp) in grid.iter().enumerate() {
         let picks: Option<Vec<usize>> = table
             .iter()
@@ -459,7 +483,7 @@ pub fn allocate(
         progress(&format!("single QP {}/{}", qi + 1, grid.len()));
         let (v, bytes) = evaluate_cfg(&config_for(&picks), f64::NAN, &mut steps)?;
         if metric_reference - v <= max_drop && best_single.as_ref().is_none_or(|b| bytes < b.2) {
-            best_single = Some((picks, v, bytes, f64::NAN));
+            best_single = Some((picks, v, bytes));
         }
     }
     // Greedy refinement on the real metric: coarsen one tensor a step (same quantizer) at a
@@ -475,8 +499,9 @@ pub fn allocate(
             .map(|(i, _)| i)
     };
     let max_evals = (4 * table.len()).min(96);
-    let mut refine = |start: (Vec<usize>, f64, u64),
-                      steps: &mut Vec<SearchStep>|
+    let refine = |start: (Vec<usize>, f64, u64),
+                  steps: &mut Vec<SearchStep>,
+                  progress: &mut dyn FnMut(&str)|
      -> Result<(Vec<usize>, f64, u64), RateError> {
         let (mut picks, mut v, mut bytes) = start;
         let mut evals = 0;
@@ -514,8 +539,9 @@ pub fn allocate(
         Ok((picks, v, bytes))
     };
     let mut results = Vec::new();
-    for start in [best, best_single].into_iter().flatten() {
-        results.push(refine((start.0, start.1, start.2), &mut steps)?);
+    starts.extend(best_single);
+    for start in starts {
+        results.push(refine(start, &mut steps, &mut *progress)?);
     }
     let (picks, v, bytes) = match results.into_iter().min_by_key(|r| r.2) {
         Some(r) => r,
@@ -528,6 +554,55 @@ pub fn allocate(
             (finest, first.0, first.1)
         }
     };
+    // Exchanges on the winner: one tensor a step coarser and another a step finer, where the
+    // pair saves bytes, largest saving first; a greedy pass follows each accepted exchange. This
+    // moves bits between tensors of similar sensitivity, which single steps cannot.
+    let finer = |row: &[Candidate], k: usize| -> Option<usize> {
+        let c = row.get(k)?;
+        row.iter()
+            .enumerate()
+            .filter(|(_, x)| x.dq == c.dq && x.qp < c.qp)
+            .max_by_key(|(_, x)| x.qp)
+            .map(|(i, _)| i)
+    };
+    let (mut picks, mut v, mut bytes) = (picks, v, bytes);
+    let mut swaps = 0;
+    let max_swaps = (2 * table.len()).min(48);
+    'exchange: while swaps < max_swaps {
+        let mut pairs: Vec<(usize, usize, usize, usize, i64)> = Vec::new();
+        for t in 0..table.len() {
+            let Some(nt) = coarser(&table[t], picks[t]) else {
+                continue;
+            };
+            let gain = table[t][picks[t]].bytes as i64 - table[t][nt].bytes as i64;
+            for u in (0..table.len()).filter(|&u| u != t) {
+                let Some(nu) = finer(&table[u], picks[u]) else {
+                    continue;
+                };
+                let cost = table[u][nu].bytes as i64 - table[u][picks[u]].bytes as i64;
+                if gain > cost {
+                    pairs.push((t, nt, u, nu, gain - cost));
+                }
+            }
+        }
+        pairs.sort_by_key(|p| std::cmp::Reverse(p.4));
+        for (t, nt, u, nu, _) in pairs {
+            if swaps >= max_swaps {
+                break 'exchange;
+            }
+            let mut trial = picks.clone();
+            trial[t] = nt;
+            trial[u] = nu;
+            progress(&format!("exchanging {}/{}", swaps + 1, max_swaps));
+            let (tv, tb) = evaluate_cfg(&config_for(&trial), f64::NAN, &mut steps)?;
+            swaps += 1;
+            if metric_reference - tv <= max_drop && tb < bytes {
+                (picks, v, bytes) = refine((trial, tv, tb), &mut steps, &mut *progress)?;
+                continue 'exchange;
+            }
+        }
+        break;
+    }
     let config = config_for(&picks);
     let chosen = |k: usize, t: usize| table.get(t).and_then(|r| r.get(k));
     let qps = alloc
