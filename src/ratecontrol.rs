@@ -15,10 +15,12 @@
 //!    `bytes + λ·distortion`; λ is bisected (on a log scale) for the smallest bitstream whose
 //!    real metric — the whole model quantized, decoded and run on all calibration samples —
 //!    drops by at most `max_drop`.
+//!    There is one bisection per proxy: margin-weighted and plain output error.
 //! 4. The single-QP line (every weight at one QP) is evaluated too. The best point of each line
 //!    starts a greedy pass on the real metric that coarsens single tensors one step while the
 //!    budget holds; the smaller result wins, so it is never larger than the best single QP of
-//!    the grid.
+//!    the grid. Last, exchanges (one tensor a step coarser, another a step finer, where the pair
+//!    saves bytes) move bits between tensors of similar sensitivity.
 //!
 //! Spending bits where the model is sensitive beats one QP everywhere; the baseline with the
 //! reference's single-QP knob ([`best_single_qp`]) is measured the same way for comparison.
