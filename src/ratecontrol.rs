@@ -202,11 +202,9 @@ struct Candidate {
     distortion_plain: f64,
 }
 
-/// Piecewise-linear interpolation of `(x, y)` probes at `x`, constant beyond the ends; 0 with no
-/// probe (a tensor quantized without error at every probe).
-fn interpolate(probes: &[(f64, f64)], x: f64) -> f64 {
-    let mut p: Vec<(f64, f64)> = probes.to_vec();
-    p.sort_by(|a, b| a.0.total_cmp(&b.0));
+/// Piecewise-linear interpolation of `(x, y)` probes (sorted by x) at `x`, constant beyond the
+/// ends; 0 with no probe (a tensor quantized without error at every probe).
+fn interpolate(p: &[(f64, f64)], x: f64) -> f64 {
     match (p.first(), p.last()) {
         (Some(f), _) if x <= f.0 => f.1,
         (_, Some(l)) if x >= l.0 => l.1,
@@ -228,10 +226,7 @@ fn interpolate(probes: &[(f64, f64)], x: f64) -> f64 {
 /// The QP grid of non-weight tensors: half-doublings from the non-weight QP (fine: they are
 /// few values and often sensitive) up to sixteen doublings coarser.
 pub fn nonweight_grid(cfg: &EncoderConfig) -> Vec<i32> {
-    let base = match cfg.nonweight_qp {
-        Some(q) if q != 0 => q,
-        _ => cfg.qp.saturating_sub(2 << cfg.qp_density),
-    };
+    let base = cfg.effective_nonweight_qp();
     let step = ((1i32 << cfg.qp_density) / 2).max(1);
     (0..33).map(|i| base + i * step).collect()
 }
@@ -265,34 +260,31 @@ pub fn allocate(
     let other_grid = nonweight_grid(&base_cfg);
     // Every float tensor the codec quantizes is allocated: weights on the weight grid, biases and
     // other vectors on a grid from the non-weight QP (the reference keeps those at −75).
-    let alloc: Vec<&nnc_codec::Tensor> = tensors
-        .iter()
-        .filter(|t| {
-            matches!(t.data, TensorData::F32(_))
-                && !base_cfg.overrides.get(&t.name).is_some_and(|o| o.raw)
-        })
-        .collect();
-    let weights = model.weights();
-    let by_name: HashMap<String, crate::onnx::WeightId> = weights
+    // Each entry: the tensor, its values and where the model keeps it; `table` and `kinds`
+    // below are parallel to this list.
+    let by_name: HashMap<String, crate::onnx::WeightId> = model
+        .weights()
         .iter()
         .map(|w| (w.qualified_name(), w.id.clone()))
+        .collect();
+    let alloc: Vec<(&nnc_codec::Tensor, &[f32], &crate::onnx::WeightId)> = tensors
+        .iter()
+        .filter(|t| !base_cfg.overrides.get(&t.name).is_some_and(|o| o.raw))
+        .filter_map(|t| match &t.data {
+            TensorData::F32(v) => Some((t, v.as_slice(), by_name.get(&t.name)?)),
+            _ => None,
+        })
         .collect();
     // Rate and distortion tables.
     let mut table: Vec<Vec<Candidate>> = Vec::with_capacity(alloc.len());
     let mut kinds: Vec<bool> = Vec::with_capacity(alloc.len());
-    for (ti, t) in alloc.iter().enumerate() {
+    for (ti, &(t, orig, id)) in alloc.iter().enumerate() {
         progress(&format!(
             "sensitivity {}/{}: {}",
             ti + 1,
             alloc.len(),
             t.name
         ));
-        let TensorData::F32(orig) = &t.data else {
-            continue;
-        };
-        let Some(id) = by_name.get(&t.name) else {
-            continue;
-        };
         let kind = base_cfg
             .overrides
             .get(&t.name)
@@ -304,13 +296,17 @@ pub fn allocate(
             &other_grid
         };
         kinds.push(kind == TensorKind::Weight);
-        let mut row = Vec::with_capacity(2 * qps.len());
-        let mut recs = Vec::with_capacity(2 * qps.len());
+        // Probe points: five noise levels of dependent quantization, fine to coarse (the first
+        // half of the row). Only their reconstructions are kept.
+        let n = qps.len();
+        let probe_at = [n / 8, n / 4, n / 2, 5 * n / 8, 3 * n / 4];
+        let mut row = Vec::with_capacity(2 * n);
+        let mut recs: Vec<(usize, Vec<f32>)> = Vec::with_capacity(probe_at.len());
         for dq in [true, false] {
             for &qp in qps {
                 let c = with_override(&base_cfg, &t.name, qp, dq);
                 let bytes = tensor_bytes(t, &c)?;
-                let rec = nnc_codec::reconstruct(std::slice::from_ref(*t), &c)?;
+                let rec = nnc_codec::reconstruct(std::slice::from_ref(t), &c)?;
                 let TensorData::F32(v) = &rec[0].data else {
                     continue;
                 };
@@ -327,18 +323,19 @@ pub fn allocate(
                     distortion: 0.0,
                     distortion_plain: 0.0,
                 });
-                recs.push(v.clone());
+                if dq && probe_at.contains(&(row.len() - 1)) {
+                    recs.push((row.len() - 1, v.clone()));
+                }
             }
         }
-        // The model's output error per unit of weight error, measured at five noise levels of
-        // dependent quantization (fine to coarse) and interpolated in log weight error for
-        // every candidate: output distortion from small weight noise is close to proportional
-        // to its energy, and the probes follow where it is not.
-        let n = qps.len();
+        // The model's output error per unit of weight error, measured at the probes and
+        // interpolated in log weight error for every candidate: output distortion from small
+        // weight noise is close to proportional to its energy, and the probes follow where it
+        // is not.
         let mut probes: Vec<(f64, f64)> = Vec::new();
         let mut probes_plain: Vec<(f64, f64)> = Vec::new();
-        for k in [n / 8, n / 4, n / 2, 5 * n / 8, 3 * n / 4] {
-            let (Some(c), Some(v)) = (row.get(k), recs.get(k)) else {
+        for (k, v) in &recs {
+            let Some(c) = row.get(*k) else {
                 continue;
             };
             if c.weight_sse <= 0.0 {
@@ -353,6 +350,8 @@ pub fn allocate(
             let d = weighted_mse(&sub_ref, o, &[])?;
             probes_plain.push((c.weight_sse.ln(), d / c.weight_sse));
         }
+        probes.sort_by(|a, b| a.0.total_cmp(&b.0));
+        probes_plain.sort_by(|a, b| a.0.total_cmp(&b.0));
         for c in &mut row {
             if c.weight_sse > 0.0 {
                 c.distortion = c.weight_sse * interpolate(&probes, c.weight_sse.ln());
@@ -384,7 +383,7 @@ pub fn allocate(
     };
     let config_for = |picks: &[usize]| -> EncoderConfig {
         let mut c = base_cfg.clone();
-        for ((t, &k), row) in alloc.iter().zip(picks).zip(&table) {
+        for ((&(t, _, _), &k), row) in alloc.iter().zip(picks).zip(&table) {
             if let Some(cand) = row.get(k) {
                 c.overrides.insert(
                     t.name.clone(),
@@ -606,19 +605,17 @@ pub fn allocate(
         break;
     }
     let config = config_for(&picks);
-    let chosen = |k: usize, t: usize| table.get(t).and_then(|r| r.get(k));
-    let qps = alloc
+    let chosen: Vec<(&str, Candidate)> = alloc
         .iter()
         .zip(&picks)
-        .enumerate()
-        .filter_map(|(t, (x, &k))| chosen(k, t).map(|c| (x.name.clone(), c.qp)))
+        .zip(&table)
+        .filter_map(|((&(t, _, _), &k), row)| row.get(k).map(|c| (t.name.as_str(), *c)))
         .collect();
-    let uniform = alloc
+    let qps = chosen.iter().map(|(n, c)| (n.to_string(), c.qp)).collect();
+    let uniform = chosen
         .iter()
-        .zip(&picks)
-        .enumerate()
-        .filter(|(t, (_, &k))| chosen(k, *t).is_some_and(|c| !c.dq))
-        .map(|(_, (x, _))| x.name.clone())
+        .filter(|(_, c)| !c.dq)
+        .map(|(n, _)| n.to_string())
         .collect();
     Ok(RatePlan {
         metric,

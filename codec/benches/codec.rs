@@ -22,33 +22,13 @@ fn laplacian(rows: usize, cols: usize, seed: u64) -> Tensor {
     }
 }
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 fn conformance_input(name: &str) -> Vec<Tensor> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../fixtures/conformance/nnc")
-        .join(format!("{name}.input.npz"));
-    let mut ar = npyz::npz::NpzArchive::open(&path).expect("npz");
-    let names: Vec<String> = (0..ar.zip_archive().len())
-        .map(|i| {
-            ar.zip_archive()
-                .by_index(i)
-                .expect("entry")
-                .name()
-                .trim_end_matches(".npy")
-                .to_string()
-        })
-        .collect();
-    names
+    common::load_npz(&common::conformance_dir().join(format!("{name}.input.npz")))
         .into_iter()
-        .map(|name| {
-            let npy = ar.by_name(&name).expect("read").expect("present");
-            let shape = npy.shape().iter().map(|&d| d as usize).collect();
-            let data = if npy.dtype().descr().contains("i4") {
-                TensorData::I32(npy.into_vec().expect("i32"))
-            } else {
-                TensorData::F32(npy.into_vec().expect("f32"))
-            };
-            Tensor { name, shape, data }
-        })
+        .map(|(t, _)| t)
         .collect()
 }
 

@@ -13,30 +13,13 @@ use nnc_codec::{encode, quant, reconstruct, EncoderConfig, Tensor, TensorData, T
 #[allow(dead_code)]
 mod speed;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 fn load(path: &str) -> Vec<Tensor> {
-    let mut ar = npyz::npz::NpzArchive::open(path).expect("open npz");
-    let names: Vec<String> = (0..ar.zip_archive().len())
-        .map(|i| {
-            ar.zip_archive()
-                .by_index(i)
-                .expect("entry")
-                .name()
-                .trim_end_matches(".npy")
-                .to_string()
-        })
-        .collect();
-    names
+    common::load_npz(std::path::Path::new(path))
         .into_iter()
-        .map(|name| {
-            let npy = ar.by_name(&name).expect("read").expect("present");
-            let shape = npy.shape().iter().map(|&d| d as usize).collect();
-            let data = if npy.dtype().descr().contains("i4") {
-                TensorData::I32(npy.into_vec().expect("i32"))
-            } else {
-                TensorData::F32(npy.into_vec().expect("f32"))
-            };
-            Tensor { name, shape, data }
-        })
+        .map(|(t, _)| t)
         .collect()
 }
 

@@ -3,29 +3,16 @@
 //!  [--qp-density N] [--no-dq] [--codebook N] [--bitdepth N] [--row-skipping] [--nonweight-qp N]
 //!  [--no-param-opt] [--fast] [--scan-order N] [--raw NAME]...`
 
-use nnc_codec::{encode, EncoderConfig, Tensor, TensorData, TensorOverride};
+use nnc_codec::{encode, EncoderConfig, Tensor, TensorOverride};
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+/// The npz's tensors in archive order (float64 narrowed to float32 where exact).
 fn load(path: &str) -> Vec<Tensor> {
-    let mut ar = npyz::npz::NpzArchive::open(path).expect("open npz");
-    let names: Vec<String> = (0..ar.zip_archive().len())
-        .map(|i| {
-            let f = ar.zip_archive().by_index(i).expect("entry");
-            f.name().trim_end_matches(".npy").to_string()
-        })
-        .collect();
-    names
+    common::load_npz(std::path::Path::new(path))
         .into_iter()
-        .map(|name| {
-            let npy = ar.by_name(&name).expect("read").expect("present");
-            let shape = npy.shape().iter().map(|&d| d as usize).collect();
-            let descr = npy.dtype().descr();
-            let data = if descr.contains("i4") {
-                TensorData::I32(npy.into_vec().expect("i32"))
-            } else {
-                TensorData::F32(npy.into_vec().expect("f32"))
-            };
-            Tensor { name, shape, data }
-        })
+        .map(|(t, _)| t)
         .collect()
 }
 

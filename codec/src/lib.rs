@@ -152,6 +152,15 @@ pub struct EncoderConfig {
 }
 
 impl EncoderConfig {
+    /// The QP non-weight tensors get without a per-tensor override: `nonweight_qp`, or
+    /// `qp − 2^(d+1)` where it is unset or 0 (as the reference).
+    pub fn effective_nonweight_qp(&self) -> i32 {
+        match self.nonweight_qp {
+            Some(q) if q != 0 => q,
+            _ => self.qp.saturating_sub(2 << self.qp_density),
+        }
+    }
+
     /// The defaults with sampled parameter optimisation (first 2000 bins per context): about
     /// twice as fast to encode, streams within 0.1% of the reference's size on the
     /// conformance set, identical reconstruction. Suited to rate-control trial encodes.

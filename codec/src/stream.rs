@@ -480,10 +480,10 @@ fn quantize_tensor(t: &Tensor, w: &[f32], cfg: &EncoderConfig) -> Result<Coded> 
     let dq = ov.use_dq.unwrap_or(cfg.use_dq);
     let width = row_width(&t.shape);
     let so = effective_scan_order(&t.shape, cfg.scan_order);
-    let mut qp = match cfg.nonweight_qp {
-        _ if kind == TensorKind::Weight => cfg.qp,
-        Some(q) if q != 0 => q,
-        _ => cfg.qp.saturating_sub(2 << d),
+    let mut qp = if kind == TensorKind::Weight {
+        cfg.qp
+    } else {
+        cfg.effective_nonweight_qp()
     };
     let bw = cfg.int_quant_bw.filter(|&b| b > 0);
     if let Some(bw) = bw {

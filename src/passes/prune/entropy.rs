@@ -452,10 +452,10 @@ fn settle_layer(
     if pre.len() != n {
         return Ok(None);
     }
-    // A margin past the lowest value seen, so inputs like the calibration data stay ON too.
+    // 10% past the lowest value seen, so inputs like the calibration data stay ON too.
     let delta: Vec<f64> = (0..n)
         .map(|c| match (on[c], pre[c].0) {
-            (true, m) if m <= 0.0 => -m + 0.1 * (pre[c].1 - m).abs().max(-m) + 1e-3,
+            (true, m) if m <= 0.0 => 1.1 * -m + 1e-3,
             _ => 0.0,
         })
         .collect();
