@@ -1,5 +1,9 @@
 //! Encode/decode speed on a synthetic ResNet-18-like model (11.7 M Laplacian weights in 62
-//! tensors of ResNet-18's shapes): `cargo run -p nnc-codec --release --example nnc_speed [-- SCAN_ORDER]`
+//! tensors of ResNet-18's shapes):
+//! `cargo run -p nnc-codec --release --example nnc_speed [-- SCAN_ORDER [PARAM_OPT_BINS]] [OUT.npz]`
+//!
+//! An argument ending in `.npz` also writes the model there (and its bitstream beside it as
+//! `.nnc`), so the reference can be timed on the same tensors (`scripts/reference-speed.py`).
 
 use nnc_codec::{decode, encode, EncoderConfig, Limits, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
@@ -48,11 +52,11 @@ pub fn resnet18_like(seed: u64) -> Vec<Tensor> {
 }
 
 fn main() {
-    let so: u8 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let bins: Option<u32> = std::env::args().nth(2).and_then(|s| s.parse().ok());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let npz = args.iter().find(|a| a.ends_with(".npz")).cloned();
+    let mut nums = args.iter().filter(|a| !a.ends_with(".npz"));
+    let so: u8 = nums.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let bins: Option<u32> = nums.next().and_then(|s| s.parse().ok());
     let tensors = resnet18_like(1);
     let n: usize = tensors.iter().map(|t| t.data.len()).sum();
     let cfg = EncoderConfig {
@@ -67,8 +71,13 @@ fn main() {
     let d = decode(&bs, &Limits::default()).expect("decode");
     let td = t0.elapsed().as_secs_f64();
     assert_eq!(d.len(), tensors.len());
+    if let Some(path) = npz {
+        write_npz(&path, &tensors);
+        std::fs::write(format!("{}.nnc", path.trim_end_matches(".npz")), &bs).expect("write nnc");
+    }
     println!(
-        "{n} weights, scan_order {so}, param_opt_bins {bins:?}: {:.3} bits/weight; encode {:.2} s ({:.2} M/s); decode {:.3} s ({:.1} M/s); {} threads",
+        "{n} weights, scan_order {so}, param_opt_bins {bins:?}: {} bytes, {:.4} bits/weight; encode {:.2} s ({:.2} M/s); decode {:.3} s ({:.1} M/s); {} threads",
+        bs.len(),
         bs.len() as f64 * 8.0 / n as f64,
         te,
         n as f64 / te / 1e6,
@@ -76,4 +85,24 @@ fn main() {
         n as f64 / td / 1e6,
         rayon::current_num_threads()
     );
+}
+
+fn write_npz(path: &str, tensors: &[Tensor]) {
+    use npyz::WriterBuilder;
+    let mut npz = npyz::npz::NpzWriter::create(path).expect("create npz");
+    for t in tensors {
+        let TensorData::F32(v) = &t.data else {
+            continue;
+        };
+        let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+        let mut w = npz
+            .array::<f32>(&t.name, Default::default())
+            .expect("array")
+            .default_dtype()
+            .shape(&shape)
+            .begin_nd()
+            .expect("begin");
+        w.extend(v.iter().copied()).expect("write");
+        w.finish().expect("finish");
+    }
 }

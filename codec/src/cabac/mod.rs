@@ -9,25 +9,63 @@ pub(crate) use tables::{INIT_SETS, RANGE_TAB_LPS, UPDATE_STEP};
 use std::sync::OnceLock;
 
 /// One adaptive binary context: two probability estimators of different window sizes whose sum
-/// (`s0 * 16 + s1`, kept as `s0_plus_s1`) is the probability state in the log domain.
+/// (`s0 * 16 + s1`, kept as `st`) is the probability state in the log domain.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ContextModel {
-    /// Fast estimator (kept as its own value; the state is `s0 * 16 + s1`).
-    s0: i16,
-    /// Slow estimator.
-    s1: i16,
     /// Cached `s0 * 16 + s1` (kept so the coding path does not recompute it).
     st: i16,
-    shift0: u8,
-    shift1: u8,
+    /// Slow estimator.
+    s1: i16,
+    /// Fast estimator (8 bits in the reference).
+    s0: i8,
+    /// `shift0 - 4` (0..4), the row of [`NEXT_S0`].
+    sh0: u8,
+    /// `shift1 - 4` (0..3), the row of [`DELTA_S1`].
+    sh1: u8,
     init_idx: u8,
 }
 
-#[inline(always)]
-fn step(idx: i32) -> i32 {
-    // Valid states keep the index inside 0..32; the mask only guards corrupt input.
-    i32::from(UPDATE_STEP[(idx & 31) as usize])
-}
+/// The fast estimator's update as a table: `NEXT_S0[shift0 - 4][bin][s0 as u8]` is the new
+/// `s0` (the update of clause 9.3.2.2 with the 8-bit wrap of the reference), so the decoding
+/// loop does one load instead of a multiply, a lookup and two shifts.
+static NEXT_S0: [[[i8; 256]; 2]; 4] = {
+    let mut t = [[[0i8; 256]; 2]; 4];
+    let mut sh = 0;
+    while sh < 4 {
+        let mut bin = 0;
+        while bin < 2 {
+            let sign: i32 = if bin == 1 { 1 } else { -1 };
+            let mut u = 0;
+            while u < 256 {
+                let s0 = u as u8 as i8 as i32;
+                let i = (16 + ((sign * s0) >> 3)) & 31;
+                let n0 = s0 + sign * ((UPDATE_STEP[i as usize] as i32) >> (sh + 4));
+                t[sh][bin][u] = n0 as i8;
+                u += 1;
+            }
+            bin += 1;
+        }
+        sh += 1;
+    }
+    t
+};
+
+/// The slow estimator's signed step: `DELTA_S1[shift1 - 4][bin][(16 + (±s1 >> 7)) & 31]`.
+static DELTA_S1: [[[i16; 32]; 2]; 3] = {
+    let mut t = [[[0i16; 32]; 2]; 3];
+    let mut sh = 0;
+    while sh < 3 {
+        let mut i = 0;
+        while i < 32 {
+            let d = UPDATE_STEP[i] >> (sh + 4);
+            t[sh][0][i] = -d;
+            t[sh][1][i] = d;
+            i += 1;
+        }
+        sh += 1;
+    }
+    t
+};
 
 /// `RANGE_TAB_LPS` padded so that every index `(range & 0xe0) + |state >> 7|` (at most 256) is
 /// inside; the pad repeats the smallest sub-range.
@@ -54,8 +92,8 @@ impl ContextModel {
     pub fn init(&mut self, idx: u8) {
         let set = INIT_SETS[usize::from(idx.min(8))];
         self.init_idx = idx.min(8);
-        self.shift0 = set[0] as u8 + 4;
-        self.shift1 = set[1] as u8;
+        self.sh0 = set[0] as u8;
+        self.sh1 = set[1] as u8 - 4;
         self.reset();
     }
 
@@ -63,7 +101,7 @@ impl ContextModel {
     #[inline]
     pub fn reset(&mut self) {
         let set = INIT_SETS[usize::from(self.init_idx)];
-        self.s0 = set[3];
+        self.s0 = set[3] as i8;
         self.s1 = set[2] - 16 * set[3];
         self.st = set[2];
     }
@@ -77,15 +115,14 @@ impl ContextModel {
     /// Probability update after coding `bin`.
     #[inline(always)]
     pub fn update(&mut self, bin: u32) {
-        let sign: i32 = ((bin & 1) as i32) * 2 - 1;
-        let s0 = i32::from(self.s0);
+        let b = (bin & 1) as usize;
+        let s0 = NEXT_S0[usize::from(self.sh0 & 3)][b][usize::from(self.s0 as u8)];
         let s1 = i32::from(self.s1);
-        let n0 = s0 + sign * (step(16 + ((sign * s0) >> 3)) >> self.shift0);
-        let n1 = s1 + sign * (step(16 + ((sign * s1) >> 7)) >> self.shift1);
-        // The fast estimator is stored in 8 bits by the reference.
-        self.s0 = i16::from(n0 as i8);
-        self.s1 = n1 as i16;
-        self.st = (16 * i32::from(self.s0) + i32::from(self.s1)) as i16;
+        let t = if b == 1 { s1 } else { -s1 };
+        let d = DELTA_S1[usize::from(self.sh1).min(2)][b][((16 + (t >> 7)) & 31) as usize];
+        self.s0 = s0;
+        self.s1 = (s1 + i32::from(d)) as i16;
+        self.st = (16 * i32::from(s0) + i32::from(self.s1)) as i16;
     }
 
     /// Sub-range of the least probable symbol for the current `range` (256..=510).
@@ -131,21 +168,21 @@ fn est_bits_table() -> &'static [[u32; 2]; 1024] {
     })
 }
 
-/// Shifts of the nine candidate initialisations (window sizes of the two estimators).
-const OPT_SHIFT0: [i32; 9] = {
-    let mut t = [0i32; 9];
+/// Rows of [`NEXT_S0`] / [`DELTA_S1`] of the nine candidate initialisations.
+const OPT_SH0: [usize; 9] = {
+    let mut t = [0usize; 9];
     let mut i = 0;
     while i < 9 {
-        t[i] = INIT_SETS[i][0] as i32 + 4;
+        t[i] = INIT_SETS[i][0] as usize;
         i += 1;
     }
     t
 };
-const OPT_SHIFT1: [i32; 9] = {
-    let mut t = [0i32; 9];
+const OPT_SH1: [usize; 9] = {
+    let mut t = [0usize; 9];
     let mut i = 0;
     while i < 9 {
-        t[i] = INIT_SETS[i][1] as i32;
+        t[i] = INIT_SETS[i][1] as usize - 4;
         i += 1;
     }
     t
@@ -184,16 +221,15 @@ impl ContextOptimizer {
     #[inline(always)]
     pub fn code_with(&mut self, bin: u32, est: &[[u32; 2]; 1024]) {
         let b = (bin & 1) as usize;
-        let sign: i32 = if bin != 0 { 1 } else { -1 };
         for k in 0..9 {
             let s0 = self.s0[k];
             let s1 = self.s1[k];
             let idx = ((512 + ((16 * s0 + s1) >> 3)) & 1023) as usize;
             self.acc[k] += u64::from(est[idx][b]);
-            let n0 = s0 + sign * (step(16 + ((sign * s0) >> 3)) >> OPT_SHIFT0[k]);
-            let n1 = s1 + sign * (step(16 + ((sign * s1) >> 7)) >> OPT_SHIFT1[k]);
-            self.s0[k] = i32::from(n0 as i8);
-            self.s1[k] = n1;
+            let t = if b == 1 { s1 } else { -s1 };
+            let d = DELTA_S1[OPT_SH1[k]][b][((16 + (t >> 7)) & 31) as usize];
+            self.s0[k] = i32::from(NEXT_S0[OPT_SH0[k]][b][s0 as u8 as usize]);
+            self.s1[k] = s1 + i32::from(d);
         }
     }
 
@@ -299,25 +335,17 @@ impl<S: ByteSink> BinEncoder<S> {
     #[inline(always)]
     pub fn encode_bin(&mut self, bin: u32, ctx: &mut ContextModel) {
         let rlps = ctx.rlps(self.range);
-        self.range -= rlps;
-        if bin == ctx.mps() {
-            if self.range < 256 {
-                self.range += self.range;
-                self.low = self.low.wrapping_add(self.low);
-                self.bits_left -= 1;
-                if self.bits_left < 12 {
-                    self.write_out();
-                }
-            }
-        } else {
-            let n = rlps.leading_zeros() - 23;
-            self.low = self.low.wrapping_add(self.range);
-            self.range = rlps << n;
-            self.low = self.low.wrapping_shl(n);
-            self.bits_left -= n as i32;
-            if self.bits_left < 12 {
-                self.write_out();
-            }
+        let rmps = self.range - rlps;
+        // Branch-free MPS/LPS selection, as in the decoder.
+        let mask = u32::from(bin != ctx.mps()).wrapping_neg();
+        self.low = self.low.wrapping_add(rmps & mask);
+        let range = rmps ^ ((rmps ^ rlps) & mask);
+        let n = range.leading_zeros() - 23;
+        self.range = range << n;
+        self.low = self.low.wrapping_shl(n);
+        self.bits_left -= n as i32;
+        if self.bits_left < 12 {
+            self.write_out();
         }
         ctx.update(bin);
     }

@@ -393,7 +393,8 @@ pub(crate) fn zero_rows(values: &[i32], width: usize) -> Vec<bool> {
 
 /// One pass over the tensor in scan order, coding every non-skipped level into `sink`.
 /// `real` selects the encoder's behaviour (coded value, neighbour resets at entry points);
-/// otherwise the optimiser's (stored value, no neighbour reset).
+/// otherwise the optimiser's (stored value, no neighbour reset). The pass ends after the row
+/// segment in which `max_levels` levels were reached (sampled parameter optimisation).
 #[allow(clippy::too_many_arguments)]
 fn level_pass<B: BinSink>(
     sink: &mut B,
@@ -403,12 +404,33 @@ fn level_pass<B: BinSink>(
     values: &[i32],
     skip_rows: Option<&[bool]>,
     real: bool,
+    max_levels: usize,
     at_block_row_end: impl FnMut(&mut B),
 ) {
     if p.cb_size == 0 {
-        level_pass_impl::<B, false>(sink, c, p, geo, values, skip_rows, real, at_block_row_end)
+        level_pass_impl::<B, false>(
+            sink,
+            c,
+            p,
+            geo,
+            values,
+            skip_rows,
+            real,
+            max_levels,
+            at_block_row_end,
+        )
     } else {
-        level_pass_impl::<B, true>(sink, c, p, geo, values, skip_rows, real, at_block_row_end)
+        level_pass_impl::<B, true>(
+            sink,
+            c,
+            p,
+            geo,
+            values,
+            skip_rows,
+            real,
+            max_levels,
+            at_block_row_end,
+        )
     }
 }
 
@@ -422,13 +444,18 @@ fn level_pass_impl<B: BinSink, const CB: bool>(
     values: &[i32],
     skip_rows: Option<&[bool]>,
     real: bool,
+    max_levels: usize,
     mut at_block_row_end: impl FnMut(&mut B),
 ) {
     let mut state: u32 = 0;
     let mut nb: i32 = 0;
+    let mut coded_levels = 0usize;
     let nbr = geo.num_block_rows();
     for br in 0..nbr {
         for seg in geo.segments(br) {
+            if coded_levels >= max_levels {
+                return;
+            }
             if let Some(sk) = skip_rows {
                 if sk.get(seg.row).copied().unwrap_or(false) {
                     if p.dq {
@@ -438,6 +465,7 @@ fn level_pass_impl<B: BinSink, const CB: bool>(
                 }
             }
             let base = seg.row * geo.width;
+            coded_levels += seg.x1 - seg.x0;
             for &stored in &values[base + seg.x0..base + seg.x1] {
                 let value = if p.dq {
                     dq_coded_value(stored, state)
@@ -460,6 +488,9 @@ fn level_pass_impl<B: BinSink, const CB: bool>(
         }
     }
 }
+
+/// Sampled parameter optimisation looks at no more than this many levels per bin of budget.
+const SAMPLED_LEVELS_PER_BIN: usize = 16;
 
 /// Encodes one tensor's levels into `enc` (the reference's `encodeLayer`): optional row skip
 /// flags, context initialisation signalling (chosen by a first pass when `param_opt` is
@@ -517,6 +548,13 @@ pub(crate) fn encode_layer<S: ByteSink>(
             values,
             skip.as_deref(),
             false,
+            // A context sees at most `bins` bins; once the most frequent ones have had theirs,
+            // the rest of the tensor adds little to the choice.
+            if bins == u32::MAX {
+                usize::MAX
+            } else {
+                (bins as usize).saturating_mul(SAMPLED_LEVELS_PER_BIN)
+            },
             |s: &mut OptSink<'_>| {
                 for o in s.ctx.iter_mut() {
                     o.reset();
@@ -548,6 +586,7 @@ pub(crate) fn encode_layer<S: ByteSink>(
         values,
         skip.as_deref(),
         true,
+        usize::MAX,
         |s: &mut RealSink<'_, S>| {
             for m in s.ctx.iter_mut() {
                 m.reset();
