@@ -10,26 +10,30 @@ use std::sync::OnceLock;
 
 /// One adaptive binary context: two probability estimators of different window sizes whose sum
 /// (`s0 * 16 + s1`, kept as `st`) is the probability state in the log domain.
+///
+/// The update and the range lookup are table driven with precomputed row offsets, so coding a
+/// bin costs a few loads instead of multiplies and variable shifts (decoding is bin-serial).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ContextModel {
     /// Cached `s0 * 16 + s1` (kept so the coding path does not recompute it).
     st: i16,
     /// Slow estimator.
     s1: i16,
+    /// Offset of this context's rows in [`NEXT_S0`]: `(shift0 - 4) * 512`.
+    r0: u16,
     /// Fast estimator (8 bits in the reference).
     s0: i8,
-    /// `shift0 - 4` (0..4), the row of [`NEXT_S0`].
-    sh0: u8,
-    /// `shift1 - 4` (0..3), the row of [`DELTA_S1`].
-    sh1: u8,
+    /// `(st >> 7) & 63`: the row of [`RLPS_ROWS`] (signed column of the LPS range table).
+    q: u8,
+    /// Offset of this context's rows in [`DELTA_S1`]: `(shift1 - 4) * 64`.
+    r1: u8,
     init_idx: u8,
 }
 
-/// The fast estimator's update as a table: `NEXT_S0[shift0 - 4][bin][s0 as u8]` is the new
-/// `s0` (the update of clause 9.3.2.2 with the 8-bit wrap of the reference), so the decoding
-/// loop does one load instead of a multiply, a lookup and two shifts.
-static NEXT_S0: [[[i8; 256]; 2]; 4] = {
-    let mut t = [[[0i8; 256]; 2]; 4];
+/// The fast estimator's update (clause 9.3.2.2, with the reference's 8-bit wrap) as a table:
+/// `NEXT_S0[(shift0 - 4) * 512 + bin * 256 + s0 as u8]` is the new `s0`.
+const NEXT_S0: [i8; 2048] = {
+    let mut t = [0i8; 2048];
     let mut sh = 0;
     while sh < 4 {
         let mut bin = 0;
@@ -40,7 +44,7 @@ static NEXT_S0: [[[i8; 256]; 2]; 4] = {
                 let s0 = u as u8 as i8 as i32;
                 let i = (16 + ((sign * s0) >> 3)) & 31;
                 let n0 = s0 + sign * ((UPDATE_STEP[i as usize] as i32) >> (sh + 4));
-                t[sh][bin][u] = n0 as i8;
+                t[sh * 512 + bin * 256 + u] = n0 as i8;
                 u += 1;
             }
             bin += 1;
@@ -50,16 +54,17 @@ static NEXT_S0: [[[i8; 256]; 2]; 4] = {
     t
 };
 
-/// The slow estimator's signed step: `DELTA_S1[shift1 - 4][bin][(16 + (±s1 >> 7)) & 31]`.
-static DELTA_S1: [[[i16; 32]; 2]; 3] = {
-    let mut t = [[[0i16; 32]; 2]; 3];
+/// The slow estimator's signed step: `DELTA_S1[(shift1 - 4) * 64 + bin * 32 + i]` with
+/// `i = (16 + (±s1 >> 7)) & 31` (the sign of the bin applied to `s1`). Padded to 256 entries.
+const DELTA_S1: [i16; 256] = {
+    let mut t = [0i16; 256];
     let mut sh = 0;
     while sh < 3 {
         let mut i = 0;
         while i < 32 {
             let d = UPDATE_STEP[i] >> (sh + 4);
-            t[sh][0][i] = -d;
-            t[sh][1][i] = d;
+            t[sh * 64 + i] = -d;
+            t[sh * 64 + 32 + i] = d;
             i += 1;
         }
         sh += 1;
@@ -79,6 +84,26 @@ const RLPS: [u8; 264] = {
     t
 };
 
+/// The LPS range table rearranged by `(st >> 7) & 63` (states keep `st >> 7` within −32..=31)
+/// and `(range >> 5) & 7`, each entry with the renormalisation shift after an LPS: entry
+/// `[q][b]` is the flat `RLPS[b * 32 + |st >> 7|]`, so the lookup needs neither `abs` nor a
+/// clamp and the shift is known before the MPS/LPS decision.
+const RLPS_ROWS: [[(u8, u8); 8]; 64] = {
+    let mut t = [[(0u8, 0u8); 8]; 64];
+    let mut q = 0;
+    while q < 64 {
+        let col = if q < 32 { q } else { 64 - q };
+        let mut b = 0;
+        while b < 8 {
+            let r = RLPS[b * 32 + col];
+            t[q][b] = (r, (r as u32).leading_zeros() as u8 - 23);
+            b += 1;
+        }
+        q += 1;
+    }
+    t
+};
+
 impl ContextModel {
     /// A context initialised with set `idx` (0..9) of the selectable initialisations.
     pub fn new(idx: u8) -> Self {
@@ -92,8 +117,8 @@ impl ContextModel {
     pub fn init(&mut self, idx: u8) {
         let set = INIT_SETS[usize::from(idx.min(8))];
         self.init_idx = idx.min(8);
-        self.sh0 = set[0] as u8;
-        self.sh1 = set[1] as u8 - 4;
+        self.r0 = set[0] as u16 * 512;
+        self.r1 = (set[1] as u8 - 4) * 64;
         self.reset();
     }
 
@@ -103,7 +128,13 @@ impl ContextModel {
         let set = INIT_SETS[usize::from(self.init_idx)];
         self.s0 = set[3] as i8;
         self.s1 = set[2] - 16 * set[3];
-        self.st = set[2];
+        self.set_state(set[2]);
+    }
+
+    #[inline(always)]
+    fn set_state(&mut self, st: i16) {
+        self.st = st;
+        self.q = ((st >> 7) & 63) as u8;
     }
 
     /// The probability state `s0 * 16 + s1` (the reference's `S0plusS1`).
@@ -116,20 +147,28 @@ impl ContextModel {
     #[inline(always)]
     pub fn update(&mut self, bin: u32) {
         let b = (bin & 1) as usize;
-        let s0 = NEXT_S0[usize::from(self.sh0 & 3)][b][usize::from(self.s0 as u8)];
+        let i0 = (usize::from(self.r0) + (b << 8) + usize::from(self.s0 as u8)) & 2047;
+        let s0 = NEXT_S0[i0];
         let s1 = i32::from(self.s1);
         let t = if b == 1 { s1 } else { -s1 };
-        let d = DELTA_S1[usize::from(self.sh1).min(2)][b][((16 + (t >> 7)) & 31) as usize];
+        let i1 = (usize::from(self.r1) + (b << 5) + ((16 + (t >> 7)) & 31) as usize) & 255;
+        let s1 = s1 + i32::from(DELTA_S1[i1]);
         self.s0 = s0;
-        self.s1 = (s1 + i32::from(d)) as i16;
-        self.st = (16 * i32::from(s0) + i32::from(self.s1)) as i16;
+        self.s1 = s1 as i16;
+        self.set_state((16 * i32::from(s0) + s1) as i16);
     }
 
     /// Sub-range of the least probable symbol for the current `range` (256..=510).
     #[inline(always)]
     pub fn rlps(&self, range: u32) -> u32 {
-        let i = ((self.state() as i16) >> 7).unsigned_abs() as u32 + (range & 0xe0);
-        u32::from(RLPS[(i as usize).min(263)])
+        self.rlps_shift(range).0
+    }
+
+    /// [`ContextModel::rlps`] and the renormalisation shift after coding an LPS with it.
+    #[inline(always)]
+    pub fn rlps_shift(&self, range: u32) -> (u32, u32) {
+        let (r, n) = RLPS_ROWS[usize::from(self.q & 63)][((range >> 5) & 7) as usize];
+        (u32::from(r), u32::from(n))
     }
 
     /// The most probable symbol.
@@ -168,7 +207,7 @@ fn est_bits_table() -> &'static [[u32; 2]; 1024] {
     })
 }
 
-/// Rows of [`NEXT_S0`] / [`DELTA_S1`] of the nine candidate initialisations.
+/// `shift0 - 4` and `shift1 - 4` of the nine candidate initialisations.
 const OPT_SH0: [usize; 9] = {
     let mut t = [0usize; 9];
     let mut i = 0;
@@ -227,9 +266,10 @@ impl ContextOptimizer {
             let idx = ((512 + ((16 * s0 + s1) >> 3)) & 1023) as usize;
             self.acc[k] += u64::from(est[idx][b]);
             let t = if b == 1 { s1 } else { -s1 };
-            let d = DELTA_S1[OPT_SH1[k]][b][((16 + (t >> 7)) & 31) as usize];
-            self.s0[k] = i32::from(NEXT_S0[OPT_SH0[k]][b][s0 as u8 as usize]);
-            self.s1[k] = s1 + i32::from(d);
+            let i1 = (OPT_SH1[k] * 64 + (b << 5) + ((16 + (t >> 7)) & 31) as usize) & 255;
+            let i0 = (OPT_SH0[k] * 512 + (b << 8) + usize::from(s0 as u8)) & 2047;
+            self.s0[k] = i32::from(NEXT_S0[i0]);
+            self.s1[k] = s1 + i32::from(DELTA_S1[i1]);
         }
     }
 
@@ -334,13 +374,14 @@ impl<S: ByteSink> BinEncoder<S> {
     /// Codes `bin` with context `ctx` and adapts it.
     #[inline(always)]
     pub fn encode_bin(&mut self, bin: u32, ctx: &mut ContextModel) {
-        let rlps = ctx.rlps(self.range);
+        let (rlps, n_lps) = ctx.rlps_shift(self.range);
         let rmps = self.range - rlps;
         // Branch-free MPS/LPS selection, as in the decoder.
+        let n_mps = u32::from(rmps < 256);
         let mask = u32::from(bin != ctx.mps()).wrapping_neg();
         self.low = self.low.wrapping_add(rmps & mask);
         let range = rmps ^ ((rmps ^ rlps) & mask);
-        let n = range.leading_zeros() - 23;
+        let n = n_mps ^ ((n_mps ^ n_lps) & mask);
         self.range = range << n;
         self.low = self.low.wrapping_shl(n);
         self.bits_left -= n as i32;
@@ -499,16 +540,18 @@ impl<'a> BinDecoder<'a> {
     /// Decodes one bin with context `ctx` and adapts it.
     #[inline(always)]
     pub fn decode_bin(&mut self, ctx: &mut ContextModel) -> u32 {
-        let rlps = ctx.rlps(self.range);
+        let (rlps, n_lps) = ctx.rlps_shift(self.range);
         let rmps = self.range - rlps;
-        // Branch-free LPS/MPS selection: the outcome is unpredictable for many contexts.
+        // Both outcomes' next range and shift are ready before the comparison, which then only
+        // selects (branch-free: the outcome is unpredictable for many contexts).
+        let n_mps = u32::from(rmps < 256);
         let lps = u32::from((self.value >> 7) >= rmps);
         let mask = lps.wrapping_neg();
         let bin = ctx.mps() ^ lps;
         self.value = self.value.wrapping_sub((rmps << 7) & mask);
-        self.range = rmps ^ ((rmps ^ rlps) & mask);
-        let n = self.range.leading_zeros() - 23;
-        self.range <<= n;
+        let range = rmps ^ ((rmps ^ rlps) & mask);
+        let n = n_mps ^ ((n_mps ^ n_lps) & mask);
+        self.range = range << n;
         self.value = self.value.wrapping_shl(n);
         self.bits_needed += n as i32;
         if self.bits_needed >= 0 {
