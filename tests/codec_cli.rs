@@ -53,15 +53,17 @@ fn encode_decode_info_through_the_cli() {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(conformance("manifest.json")).unwrap()).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // A spread of settings: DQ, no DQ, codebook, bit depth, row skipping, no param opt.
-    for name in [
-        "small__q38_dq",
-        "rows__q32_nodq",
-        "wide__cb_q34",
-        "sparse__bw8",
-        "rows__q20_dq_rows",
-        "small__q30_noparamopt",
-        "int__q38_dq",
+    // A spread of settings: DQ, no DQ, codebook, bit depth, row skipping, no param opt, and the
+    // sampled parameter optimisation (`--fast`: other context initialisations, same levels).
+    for (name, extra) in [
+        ("small__q38_dq", None),
+        ("rows__q32_nodq", None),
+        ("wide__cb_q34", None),
+        ("sparse__bw8", None),
+        ("rows__q20_dq_rows", None),
+        ("small__q30_noparamopt", None),
+        ("int__q38_dq", None),
+        ("wide__q38_dq", Some("--fast")),
     ] {
         let v = manifest["vectors"]
             .as_array()
@@ -79,6 +81,7 @@ fn encode_decode_info_through_the_cli() {
             out.to_str().unwrap().into(),
         ];
         args.extend(flags(&v["encoder_settings"]));
+        args.extend(extra.map(String::from));
         let r = nnzip(&args.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(
             r.status.success(),
