@@ -55,8 +55,8 @@ if [[ $sections == *pipeline* ]]; then
 echo
 echo "## Pipeline: (a) reference defaults, (b) --max-drop 1, (c) structured pruning + simplify + (b)"
 echo
-echo "| model | (a) bytes | (a) agreement | best single QP within 1 pt: bytes | (b) bytes | (b) agreement | (b)/single | (c) bytes | (c) agreement | (c) params | latency orig ms | (b) ms | (c) ms |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| model | (a) bytes | (a) agreement | reference best single QP within 1 pt: bytes | same pipeline, single QP: bytes | (b) bytes | (b) agreement | (b)/reference single | (b)/same-pipeline single | (c) bytes | (c) agreement | (c) params | latency orig ms | (b) ms | (c) ms |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for pair in "fixtures/cnn.onnx:$W/mnist_agree.npz" "fixtures/resnet.onnx:$W/mnist_agree.npz" "fixtures/mobilenet.onnx:$W/mnist_agree.npz" \
             "fixtures/mlp.onnx:$W/mnist_flat_agree.npz" "fixtures/transformer.onnx:$W/mnist_agree.npz" \
             ${BENCH_REAL:+"$R/orientation_lcnet.onnx:$W/orientation_calib.npz" "$R/ppocr_cls.onnx:$W/ppocr_calib.npz"}; do
@@ -68,9 +68,11 @@ for pair in "fixtures/cnn.onnx:$W/mnist_agree.npz" "fixtures/resnet.onnx:$W/mnis
   bb=$($N compress "$m" -o "$W/$b.b.nnc" --calib "$c" --max-drop 1 --compare-single-qp --runs 30 "${sh[@]}" --json -q)
   cc=$($N compress "$m" -o "$W/$b.c.nnc" --calib "$c" --max-drop 1 --prune structured --runs 30 "${sh[@]}" --json -q || echo '{}')
   single=$(echo "$bb" | json "d['best_single_qp']['bitstream_bytes'] if d['best_single_qp'] else 0")
-  echo "| $b | $(echo "$a" | json "d['bitstream_bytes']") | $(echo "$a" | json "'%.1f' % d['metric_after']") | $single \
-| $(echo "$bb" | json "d['bitstream_bytes']") | $(echo "$bb" | json "'%.1f' % d['metric_after']") \
-| $(python3 -c "print('%.3f' % ($(echo "$bb" | json "d['bitstream_bytes']")/max(1,$single)))") \
+  rsingle=$(echo "$bb" | json "d['best_single_qp_reference']['bitstream_bytes'] if d['best_single_qp_reference'] else 0")
+  bbytes=$(echo "$bb" | json "d['bitstream_bytes']")
+  echo "| $b | $(echo "$a" | json "d['bitstream_bytes']") | $(echo "$a" | json "'%.1f' % d['metric_after']") | $rsingle | $single \
+| $bbytes | $(echo "$bb" | json "'%.1f' % d['metric_after']") \
+| $(python3 -c "print('%.3f' % ($bbytes/max(1,$rsingle)))") | $(python3 -c "print('%.3f' % ($bbytes/max(1,$single)))") \
 | $(echo "$cc" | json "d.get('bitstream_bytes','-')") | $(echo "$cc" | json "'%.1f' % d['metric_after'] if 'metric_after' in d else '-'") \
 | $(echo "$cc" | json "d.get('parameters_after','-')") \
 | $(echo "$bb" | json "'%.3f' % d['latency_ms_original']") | $(echo "$bb" | json "'%.3f' % d['latency_ms_compressed']") \

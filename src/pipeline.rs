@@ -207,6 +207,7 @@ pub fn compress_file(
     let mut container = opts.container.clone();
     let mut rate = None;
     let mut single = None;
+    let mut single_reference = None;
     if let (Some(max_drop), Some(c), Some((metric, reference, v0))) =
         (opts.max_drop, &calib, &metric_info)
     {
@@ -221,6 +222,21 @@ pub fn compress_file(
             progress("best single QP");
             single =
                 best_single_qp(rt, &model, c, &opts.container, budget)?.map(|(qp, _, m)| (qp, m));
+            // The reference tool itself: the original model (it cannot prune or simplify), a
+            // parameters-only stream as it writes (tiny tensors quantized too), whole budget.
+            progress("best single QP of the reference");
+            let ro = ContainerOptions {
+                raw_below: 0,
+                ..opts.container.clone()
+            };
+            single_reference =
+                best_single_qp(rt, &original, c, &ro, max_drop)?.map(|(qp, bytes, metric)| {
+                    SingleQp {
+                        qp,
+                        bitstream_bytes: bytes,
+                        metric,
+                    }
+                });
         }
     }
     progress("encoding");
@@ -329,6 +345,7 @@ pub fn compress_file(
         simplify: simplify_report,
         rate_control: rate,
         best_single_qp,
+        best_single_qp_reference: single_reference,
         codec: serde_json::json!({
             "qp": c.qp, "qp_density": c.qp_density, "use_dq": c.use_dq, "codebook_mode": c.codebook_mode,
             "int_quant_bw": c.int_quant_bw, "row_skipping": c.row_skipping, "param_opt": c.param_opt,

@@ -195,3 +195,56 @@ fn truncated_bitstreams_are_refused_and_nothing_is_written() {
     ]);
     assert_eq!(e.status.code(), Some(2));
 }
+
+/// The target of the pipeline: within the same accuracy budget, our bitstream is at most 0.85×
+/// the reference tool's at its best single QP (NNCodec's one knob, on the original model, its
+/// parameters-only stream). The reported reference point is checked by re-running it.
+#[test]
+fn rate_control_beats_the_reference_at_its_best_single_qp() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("cnn.onnx");
+    let calib = fixture("mnist_test.npz");
+    let out = dir.path().join("cnn.nnc");
+    let r = ok(&nnzip(&[
+        "compress",
+        src.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--calib",
+        calib.to_str().unwrap(),
+        "--max-drop",
+        "1",
+        "--compare-single-qp",
+        "--runs",
+        "0",
+        "--json",
+        "-q",
+    ]));
+    let s = &r["best_single_qp_reference"];
+    let before = r["metric_before"].as_f64().unwrap();
+    assert!(before - s["metric"].as_f64().unwrap() <= 1.0 + 1e-9, "{s}");
+    // The same point through the reference-compatible path: same bytes, same metric.
+    let qp = s["qp"].as_i64().unwrap().to_string();
+    let again = ok(&nnzip(&[
+        "compress",
+        src.to_str().unwrap(),
+        "-o",
+        dir.path().join("ref.nnc").to_str().unwrap(),
+        "--no-simplify",
+        "--reference-compatible",
+        "--qp",
+        &qp,
+        "--calib",
+        calib.to_str().unwrap(),
+        "--runs",
+        "0",
+        "--json",
+        "-q",
+    ]));
+    assert_eq!(again["bitstream_bytes"], s["bitstream_bytes"]);
+    assert!((again["metric_after"].as_f64().unwrap() - s["metric"].as_f64().unwrap()).abs() < 1e-9);
+    let ours = r["bitstream_bytes"].as_u64().unwrap() as f64;
+    let theirs = s["bitstream_bytes"].as_u64().unwrap() as f64;
+    assert!(ours <= 0.85 * theirs, "{ours} vs {theirs}");
+    assert!(before - r["metric_after"].as_f64().unwrap() <= 1.0 + 1e-9);
+}
