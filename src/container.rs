@@ -52,6 +52,9 @@ pub struct ContainerOptions {
     pub codec: EncoderConfig,
     /// Float tensors with fewer elements than this are stored raw (lossless).
     pub raw_below: usize,
+    /// Raw-float NDUs allowed (not in reference-compatible streams, which NNCodec 2.1.3 cannot
+    /// read after one); float tensors that cannot be quantized then stay in the graph.
+    pub raw_allowed: bool,
 }
 
 impl Default for ContainerOptions {
@@ -59,6 +62,7 @@ impl Default for ContainerOptions {
         ContainerOptions {
             codec: EncoderConfig::default(),
             raw_below: 16,
+            raw_allowed: true,
         }
     }
 }
@@ -85,17 +89,29 @@ enum Plan {
     Keep,
 }
 
-fn plan(t: &Tensor, raw_below: usize) -> Plan {
-    match t.dtype {
-        DType::F32 if t.numel() < raw_below => Plan::Raw,
-        DType::F32 => Plan::Quantized,
+fn plan(t: &Tensor, name: &str, opts: &ContainerOptions) -> Result<Plan, ContainerError> {
+    Ok(match t.dtype {
+        DType::F32 if t.numel() < opts.raw_below && opts.raw_allowed => Plan::Raw,
+        DType::F32 => {
+            // Values beyond 32-bit levels at the tensor's QP (sentinels like -3.4e38 in masks)
+            // would force a QP at which every other value is lost: store such tensors exactly.
+            let c = &opts.codec;
+            let (qp, dq) = c.tensor_qp(name, &t.dims);
+            let fits = c.int_quant_bw.is_some()
+                || nnc_codec::quant::levels_fit(&t.to_f32()?, qp, c.qp_density, dq);
+            match (fits, opts.raw_allowed) {
+                (true, _) => Plan::Quantized,
+                (false, true) => Plan::Raw,
+                (false, false) => Plan::Keep,
+            }
+        }
         DType::I32 => Plan::Integer,
         DType::I64 => match t.to_i64() {
             Ok(v) if v.iter().all(|&x| i32::try_from(x).is_ok()) => Plan::Integer,
             _ => Plan::Keep,
         },
         _ => Plan::Keep,
-    }
+    })
 }
 
 /// Unique NDU names: the weight's qualified name, suffixed on a clash.
@@ -191,7 +207,7 @@ pub fn prepare(
         } else {
             t.dims.clone()
         };
-        let data = match plan(&t, opts.raw_below) {
+        let data = match plan(&t, &name, opts)? {
             Plan::Keep => {
                 stats.kept_in_graph += 1;
                 continue;
@@ -256,6 +272,7 @@ pub fn compress_reference_compatible(
     // quantize tiny tensors too (non-weight QP) so the reference can read the stream.
     let opts = &ContainerOptions {
         raw_below: 0,
+        raw_allowed: false,
         ..opts.clone()
     };
     let (tensors, cfg, proto, mut stats) = prepare(model, opts)?;

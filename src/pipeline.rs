@@ -116,7 +116,7 @@ fn metric_of(
     metric: Metric,
 ) -> Result<f64, PipelineError> {
     let out = run_model(rt, model, calib)?;
-    let t = out.first().map(|(_, t)| t).ok_or(CalibError::Empty {
+    let t = crate::calib::metric_output(&out).ok_or(CalibError::Empty {
         path: calib.path.clone(),
     })?;
     Ok(evaluate(metric, calib, reference, t)?)
@@ -147,12 +147,9 @@ pub fn compress_file(
     if let Some(c) = &calib {
         progress("measuring the original");
         let out = run_model(rt, &original, c)?;
-        let reference = out
-            .first()
-            .map(|(_, t)| t.clone())
-            .ok_or(CalibError::Empty {
-                path: c.path.clone(),
-            })?;
+        let reference = crate::calib::into_metric_output(out).ok_or(CalibError::Empty {
+            path: c.path.clone(),
+        })?;
         let metric = Metric::for_data(c, &reference);
         let v = evaluate(metric, c, &reference, &reference)?;
         metric_info = Some((metric, reference, v));
@@ -227,6 +224,7 @@ pub fn compress_file(
             progress("best single QP of the reference");
             let ro = ContainerOptions {
                 raw_below: 0,
+                raw_allowed: false,
                 ..opts.container.clone()
             };
             single_reference =

@@ -112,11 +112,9 @@ pub fn quantized_model(model: &Model, opts: &ContainerOptions) -> Result<Model, 
 }
 
 fn first_output(out: &[(String, Tensor)]) -> Result<&Tensor, RateError> {
-    out.first()
-        .map(|(_, t)| t)
-        .ok_or(RateError::Calib(CalibError::Empty {
-            path: Default::default(),
-        }))
+    crate::calib::metric_output(out).ok_or(RateError::Calib(CalibError::Empty {
+        path: Default::default(),
+    }))
 }
 
 /// Weighted mean squared difference of two outputs, `weights` one per sample (row).
@@ -404,7 +402,7 @@ pub fn allocate(
      -> Result<(f64, u64), RateError> {
         let o = ContainerOptions {
             codec: c.clone(),
-            raw_below: opts.raw_below,
+            ..opts.clone()
         };
         let m = quantized_model(model, &o)?;
         let out = run_model(rt, &m, calib)?;

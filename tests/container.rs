@@ -109,3 +109,41 @@ fn truncated_and_corrupt_bitstreams_are_refused() {
     }
     let _ = decompress(&bad, None, &Default::default()); // an error or a model, never a panic
 }
+
+/// A float tensor holding a sentinel far beyond 32-bit levels (the −3.4e38 of attention masks in
+/// exported transformers) next to ordinary values: quantizing it would need a QP at which the
+/// ordinary values vanish and which no common QP range can hold. It is stored exactly: raw in
+/// our streams, inside the graph in reference-compatible ones.
+#[test]
+fn tensors_with_sentinel_values_are_stored_exactly() {
+    let mut model = Model::load(fixture("mlp.onnx")).unwrap();
+    let (_, plain) = compress(&model, &ContainerOptions::default()).unwrap();
+    let values: Vec<f32> = (0..64)
+        .map(|i| {
+            if i == 3 {
+                f32::MIN
+            } else {
+                i as f32 * 0.01 - 0.3
+            }
+        })
+        .collect();
+    let mask = nnzip::tensor::Tensor::from_f32(vec![64], &values).unwrap();
+    model
+        .graph_mut()
+        .initializer
+        .push(nnzip::onnx::tensor_proto("mask_bias", &mask));
+    let find = |m: &Model| {
+        let w = m.weights();
+        let w = w.iter().find(|w| w.name == "mask_bias").unwrap();
+        m.read(&w.id).unwrap()
+    };
+    let (bytes, stats) = compress(&model, &ContainerOptions::default()).unwrap();
+    assert_eq!(stats.raw_elements, plain.raw_elements + 64, "{stats:?}");
+    let back = decompress(&bytes, None, &Default::default()).unwrap();
+    assert_eq!(find(&back), mask);
+    let (bytes, graph, stats) =
+        compress_reference_compatible(&model, &ContainerOptions::default()).unwrap();
+    assert_eq!(stats.kept_in_graph, 1, "{stats:?}");
+    let back = decompress(&bytes, Some(&graph), &Default::default()).unwrap();
+    assert_eq!(find(&back), mask);
+}

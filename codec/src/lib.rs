@@ -161,6 +161,20 @@ impl EncoderConfig {
         }
     }
 
+    /// The QP and dependent-quantization switch tensor `name` of shape `shape` gets, before any
+    /// integer alignment (`int_quant_bw`) or overflow adjustment: its override, else `qp` for
+    /// weights and the non-weight QP for the rest.
+    pub fn tensor_qp(&self, name: &str, shape: &[usize]) -> (i32, bool) {
+        let ov = self.overrides.get(name).copied().unwrap_or_default();
+        let kind = ov.kind.unwrap_or_else(|| TensorKind::of_shape(shape));
+        let qp = ov.qp.unwrap_or(if kind == TensorKind::Weight {
+            self.qp
+        } else {
+            self.effective_nonweight_qp()
+        });
+        (qp, ov.use_dq.unwrap_or(self.use_dq))
+    }
+
     /// The defaults with sampled parameter optimisation (first 2000 bins per context): about
     /// twice as fast to encode, streams within 0.1% of the reference's size on the
     /// conformance set, identical reconstruction. Suited to rate-control trial encodes.

@@ -278,6 +278,26 @@ pub fn run_model(
     run_all(&mut s, calib)
 }
 
+/// The output the metric judges: the first floating-point output (a model may return token ids
+/// or masks before its scores), else the first output. Owned variant: [`into_metric_output`].
+pub fn metric_output(outs: &[(String, Tensor)]) -> Option<&Tensor> {
+    outs.iter()
+        .map(|(_, t)| t)
+        .find(|t| is_float(t))
+        .or_else(|| outs.first().map(|(_, t)| t))
+}
+
+/// [`metric_output`], taking the outputs.
+pub fn into_metric_output(outs: Vec<(String, Tensor)>) -> Option<Tensor> {
+    let i = outs.iter().position(|(_, t)| is_float(t)).unwrap_or(0);
+    outs.into_iter().nth(i).map(|(_, t)| t)
+}
+
+fn is_float(t: &Tensor) -> bool {
+    use crate::tensor::DType;
+    matches!(t.dtype, DType::F32 | DType::F16 | DType::F64 | DType::Bf16)
+}
+
 /// Which number judges a compressed model against the original.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -247,10 +247,7 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
     let metric = match (calib.as_ref(), rt, &search) {
         (Some(c), Some(rt), None) => {
             let first = |m: &Model| -> Result<nnzip::tensor::Tensor> {
-                run_model(rt, m, c)?
-                    .into_iter()
-                    .next()
-                    .map(|o| o.1)
+                nnzip::calib::into_metric_output(run_model(rt, m, c)?)
                     .context("the model has no output")
             };
             let reference = first(&model)?;

@@ -42,6 +42,13 @@ fn overflows(weights: &[f32], step: f32, dq: bool) -> bool {
     })
 }
 
+/// True if `weights` quantize at `qp` without overflowing 32-bit levels, i.e. without the
+/// encoder raising the QP for the whole tensor (which a tensor holding a sentinel such as
+/// −3.4e38 next to ordinary values would need, losing every ordinary value).
+pub fn levels_fit(weights: &[f32], qp: i32, qp_density: u8, dq: bool) -> bool {
+    !overflows(weights, step_size(qp, qp_density), dq)
+}
+
 /// Smallest QP whose levels fit 32 bits, as the reference recomputes it after an overflow.
 fn overflow_free_qp(weights: &[f32], qp_density: u8) -> i32 {
     let k = f64::from(1u32 << qp_density);

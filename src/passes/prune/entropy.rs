@@ -554,14 +554,12 @@ impl EntropyPrune {
         // The unpruned model's outputs: the reference of the layer-removal tolerance.
         let metric_of =
             |m: &Model, reference: Option<&Tensor>| -> Result<(Tensor, f64), PassError> {
-                let out = run_model(rt, m, calib)?
-                    .into_iter()
-                    .next()
-                    .map(|o| o.1)
-                    .ok_or_else(|| PassError::Invalid {
+                let out = crate::calib::into_metric_output(run_model(rt, m, calib)?).ok_or_else(
+                    || PassError::Invalid {
                         pass: "entropy",
                         reason: "the model has no output".into(),
-                    })?;
+                    },
+                )?;
                 let r = reference.unwrap_or(&out);
                 let v = evaluate(Metric::for_data(calib, r), calib, r, &out)?;
                 Ok((out, v))

@@ -53,13 +53,10 @@ pub struct SearchReport {
 fn first_output(
     outs: Vec<(String, crate::tensor::Tensor)>,
 ) -> Result<crate::tensor::Tensor, PassError> {
-    outs.into_iter()
-        .next()
-        .map(|o| o.1)
-        .ok_or_else(|| PassError::Invalid {
-            pass: "search",
-            reason: "the model has no output".into(),
-        })
+    crate::calib::into_metric_output(outs).ok_or_else(|| PassError::Invalid {
+        pass: "search",
+        reason: "the model has no output".into(),
+    })
 }
 
 fn argmax_rows(t: &crate::tensor::Tensor) -> Option<Vec<usize>> {
