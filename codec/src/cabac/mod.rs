@@ -15,15 +15,14 @@ use std::sync::OnceLock;
 /// bin costs a few loads instead of multiplies and variable shifts (decoding is bin-serial).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ContextModel {
-    /// Cached `s0 * 16 + s1` (kept so the coding path does not recompute it).
-    st: i16,
     /// Slow estimator.
     s1: i16,
     /// Offset of this context's rows in [`NEXT_S0`]: `(shift0 - 4) * 512`.
     r0: u16,
     /// Fast estimator (8 bits in the reference).
     s0: i8,
-    /// `(st >> 7) & 63`: the row of [`RLPS_ROWS`] (signed column of the LPS range table).
+    /// `(st >> 7) & 63` of the state `st = s0 * 16 + s1`: the row of [`RLPS_ROWS`] (signed
+    /// column of the LPS range table); below 32 exactly when the MPS is 1.
     q: u8,
     /// Offset of this context's rows in [`DELTA_S1`]: `(shift1 - 4) * 64`.
     r1: u8,
@@ -133,14 +132,13 @@ impl ContextModel {
 
     #[inline(always)]
     fn set_state(&mut self, st: i16) {
-        self.st = st;
         self.q = ((st >> 7) & 63) as u8;
     }
 
-    /// The probability state `s0 * 16 + s1` (the reference's `S0plusS1`).
+    /// The probability state `s0 * 16 + s1` (the reference's `S0plusS1`, 16-bit).
     #[inline(always)]
     fn state(&self) -> i32 {
-        i32::from(self.st)
+        i32::from((16 * i32::from(self.s0) + i32::from(self.s1)) as i16)
     }
 
     /// Probability update after coding `bin`.
@@ -174,7 +172,7 @@ impl ContextModel {
     /// The most probable symbol.
     #[inline(always)]
     pub fn mps(&self) -> u32 {
-        u32::from(self.state() as i16 >= 0)
+        u32::from(self.q < 32)
     }
 
     /// Estimated cost of coding `bin` in 1/32768 bit (encoder only).
