@@ -91,7 +91,10 @@ enum Plan {
 
 fn plan(t: &Tensor, name: &str, opts: &ContainerOptions) -> Result<Plan, ContainerError> {
     Ok(match t.dtype {
+        // Tiny tensors are mostly structural scalars (a 1.0 subtracted from an attention mask,
+        // sqrt(d)): exact, raw or inside the graph.
         DType::F32 if t.numel() < opts.raw_below && opts.raw_allowed => Plan::Raw,
+        DType::F32 if t.numel() < opts.raw_below => Plan::Keep,
         DType::F32 => {
             // Values beyond 32-bit levels at the tensor's QP (sentinels like -3.4e38 in masks)
             // would force a QP at which every other value is lost: store such tensors exactly.
@@ -269,9 +272,9 @@ pub fn compress_reference_compatible(
     opts: &ContainerOptions,
 ) -> Result<(Vec<u8>, Vec<u8>, ContainerStats), ContainerError> {
     // NNCodec 2.1.3 miscounts the bytes of a raw-float NDU and fails on any unit after one:
-    // quantize tiny tensors too (non-weight QP) so the reference can read the stream.
+    // tiny tensors stay in the graph instead (quantizing them, as the reference would, breaks
+    // models that rely on exact scalars, e.g. BERT's `1.0 - mask` times -3.4e38).
     let opts = &ContainerOptions {
-        raw_below: 0,
         raw_allowed: false,
         ..opts.clone()
     };

@@ -219,11 +219,10 @@ pub fn compress_file(
             progress("best single QP");
             single =
                 best_single_qp(rt, &model, c, &opts.container, budget)?.map(|(qp, _, m)| (qp, m));
-            // The reference tool itself: the original model (it cannot prune or simplify), a
-            // parameters-only stream as it writes (tiny tensors quantized too), whole budget.
+            // The reference tool itself: the original model (it cannot prune or simplify), the
+            // parameters-only stream of `--reference-compatible`, whole budget.
             progress("best single QP of the reference");
             let ro = ContainerOptions {
-                raw_below: 0,
                 raw_allowed: false,
                 ..opts.container.clone()
             };
