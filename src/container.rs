@@ -81,31 +81,31 @@ pub struct ContainerStats {
     pub kept_in_graph: usize,
 }
 
-/// One weight's plan.
+/// One weight's plan. Float tensors carry their values, converted once.
 enum Plan {
-    Quantized,
-    Raw,
+    Quantized(Vec<f32>),
+    Raw(Vec<f32>),
     Integer,
     Keep,
 }
 
 fn plan(t: &Tensor, name: &str, opts: &ContainerOptions) -> Result<Plan, ContainerError> {
     Ok(match t.dtype {
-        // Tiny tensors are mostly structural scalars (a 1.0 subtracted from an attention mask,
-        // sqrt(d)): exact, raw or inside the graph.
-        DType::F32 if t.numel() < opts.raw_below && opts.raw_allowed => Plan::Raw,
-        DType::F32 if t.numel() < opts.raw_below => Plan::Keep,
         DType::F32 => {
-            // Values beyond 32-bit levels at the tensor's QP (sentinels like -3.4e38 in masks)
-            // would force a QP at which every other value is lost: store such tensors exactly.
+            let v = t.to_f32()?;
             let c = &opts.codec;
             let (qp, dq) = c.tensor_qp(name, &t.dims);
-            let fits = c.int_quant_bw.is_some()
-                || nnc_codec::quant::levels_fit(&t.to_f32()?, qp, c.qp_density, dq);
-            match (fits, opts.raw_allowed) {
-                (true, _) => Plan::Quantized,
-                (false, true) => Plan::Raw,
-                (false, false) => Plan::Keep,
+            // Tiny tensors are mostly structural scalars (a 1.0 subtracted from an attention
+            // mask, sqrt(d)); values beyond 32-bit levels at the tensor's QP (sentinels like
+            // -3.4e38) would force a QP at which every other value is lost. Both stay exact:
+            // raw, or inside the graph where raw NDUs are not allowed.
+            let exact = t.numel() < opts.raw_below
+                || !(c.int_quant_bw.is_some()
+                    || nnc_codec::quant::levels_fit(&v, qp, c.qp_density, dq));
+            match (exact, opts.raw_allowed) {
+                (false, _) => Plan::Quantized(v),
+                (true, true) => Plan::Raw(v),
+                (true, false) => Plan::Keep,
             }
         }
         DType::I32 => Plan::Integer,
@@ -215,15 +215,15 @@ pub fn prepare(
                 stats.kept_in_graph += 1;
                 continue;
             }
-            Plan::Quantized => {
+            Plan::Quantized(v) => {
                 stats.quantized_elements += t.numel() as u64;
-                nnc_codec::TensorData::F32(t.to_f32()?)
+                nnc_codec::TensorData::F32(v)
             }
-            Plan::Raw => {
+            Plan::Raw(v) => {
                 stats.raw_elements += t.numel() as u64;
                 let o = cfg.overrides.entry(name.clone()).or_default();
                 o.raw = true;
-                nnc_codec::TensorData::F32(t.to_f32()?)
+                nnc_codec::TensorData::F32(v)
             }
             Plan::Integer => {
                 stats.integer_elements += t.numel() as u64;

@@ -9,6 +9,9 @@ use nnc_codec::{decode, encode, EncoderConfig, Limits, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 /// ResNet-18 convolution / linear weight shapes plus BatchNorm-like vectors.
 /// Synthetic model used by the speed example and the baselines.
 pub fn resnet18_like(seed: u64) -> Vec<Tensor> {
@@ -72,7 +75,7 @@ fn main() {
     let td = t0.elapsed().as_secs_f64();
     assert_eq!(d.len(), tensors.len());
     if let Some(path) = npz {
-        write_npz(&path, &tensors);
+        common::write_npz(std::path::Path::new(&path), &tensors);
         std::fs::write(format!("{}.nnc", path.trim_end_matches(".npz")), &bs).expect("write nnc");
     }
     println!(
@@ -85,24 +88,4 @@ fn main() {
         n as f64 / td / 1e6,
         rayon::current_num_threads()
     );
-}
-
-fn write_npz(path: &str, tensors: &[Tensor]) {
-    use npyz::WriterBuilder;
-    let mut npz = npyz::npz::NpzWriter::create(path).expect("create npz");
-    for t in tensors {
-        let TensorData::F32(v) = &t.data else {
-            continue;
-        };
-        let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
-        let mut w = npz
-            .array::<f32>(&t.name, Default::default())
-            .expect("array")
-            .default_dtype()
-            .shape(&shape)
-            .begin_nd()
-            .expect("begin");
-        w.extend(v.iter().copied()).expect("write");
-        w.finish().expect("finish");
-    }
 }

@@ -477,16 +477,12 @@ fn quantize_tensor(t: &Tensor, w: &[f32], cfg: &EncoderConfig) -> Result<Coded> 
     let ov = cfg.overrides.get(&t.name).copied().unwrap_or_default();
     let kind = ov.kind.unwrap_or_else(|| TensorKind::of_shape(&t.shape));
     let d = cfg.qp_density;
-    let dq = ov.use_dq.unwrap_or(cfg.use_dq);
+    let (mut qp, dq) = cfg.tensor_qp(&t.name, &t.shape);
     let width = row_width(&t.shape);
     let so = effective_scan_order(&t.shape, cfg.scan_order);
-    let mut qp = if kind == TensorKind::Weight {
-        cfg.qp
-    } else {
-        cfg.effective_nonweight_qp()
-    };
     let bw = cfg.int_quant_bw.filter(|&b| b > 0);
-    if let Some(bw) = bw {
+    // Integer alignment derives the QP from the data, unless the tensor's QP is overridden.
+    if let (Some(bw), None) = (bw, ov.qp) {
         let tb = if bw > 7 || kind == TensorKind::Weight {
             bw
         } else {
@@ -497,9 +493,6 @@ fn quantize_tensor(t: &Tensor, w: &[f32], cfg: &EncoderConfig) -> Result<Coded> 
         } else {
             quant::int_aligned_qp(w, d, tb)
         };
-    }
-    if let Some(q) = ov.qp {
-        qp = q;
     }
     let clip_bw = bw.map(|b| {
         if b > 7 || kind == TensorKind::Weight {

@@ -206,20 +206,11 @@ fn est_bits_table() -> &'static [[u32; 2]; 1024] {
 }
 
 /// `shift0 - 4` and `shift1 - 4` of the nine candidate initialisations.
-const OPT_SH0: [usize; 9] = {
-    let mut t = [0usize; 9];
+const OPT_SH: [(usize, usize); 9] = {
+    let mut t = [(0usize, 0usize); 9];
     let mut i = 0;
     while i < 9 {
-        t[i] = INIT_SETS[i][0] as usize;
-        i += 1;
-    }
-    t
-};
-const OPT_SH1: [usize; 9] = {
-    let mut t = [0usize; 9];
-    let mut i = 0;
-    while i < 9 {
-        t[i] = INIT_SETS[i][1] as usize - 4;
+        t[i] = (INIT_SETS[i][0] as usize, INIT_SETS[i][1] as usize - 4);
         i += 1;
     }
     t
@@ -258,14 +249,14 @@ impl ContextOptimizer {
     #[inline(always)]
     pub fn code_with(&mut self, bin: u32, est: &[[u32; 2]; 1024]) {
         let b = (bin & 1) as usize;
-        for k in 0..9 {
+        for (k, &(sh0, sh1)) in OPT_SH.iter().enumerate() {
             let s0 = self.s0[k];
             let s1 = self.s1[k];
             let idx = ((512 + ((16 * s0 + s1) >> 3)) & 1023) as usize;
             self.acc[k] += u64::from(est[idx][b]);
             let t = if b == 1 { s1 } else { -s1 };
-            let i1 = (OPT_SH1[k] * 64 + (b << 5) + ((16 + (t >> 7)) & 31) as usize) & 255;
-            let i0 = (OPT_SH0[k] * 512 + (b << 8) + usize::from(s0 as u8)) & 2047;
+            let i1 = (sh1 * 64 + (b << 5) + ((16 + (t >> 7)) & 31) as usize) & 255;
+            let i0 = (sh0 * 512 + (b << 8) + usize::from(s0 as u8)) & 2047;
             self.s0[k] = i32::from(NEXT_S0[i0]);
             self.s1[k] = s1 + i32::from(DELTA_S1[i1]);
         }

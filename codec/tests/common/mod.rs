@@ -1,4 +1,5 @@
-//! Shared helpers of the integration tests: conformance vector loading.
+//! Shared helpers of the integration tests (also of the codec examples and bench):
+//! conformance vector loading, npz reading and writing.
 #![allow(dead_code)]
 
 use nnc_codec::{Tensor, TensorData};
@@ -106,5 +107,38 @@ pub fn same_tensor(a: &Tensor, b: &Tensor) -> Result<(), String> {
             Ok(())
         }
         _ => Err(format!("{}: element types differ", a.name)),
+    }
+}
+
+/// Writes tensors (float32 / int32) to an npz, names and shapes kept.
+pub fn write_npz(path: &std::path::Path, tensors: &[Tensor]) {
+    use npyz::WriterBuilder;
+    let mut npz = npyz::npz::NpzWriter::create(path).expect("create npz");
+    for t in tensors {
+        let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
+        match &t.data {
+            TensorData::F32(v) => {
+                let mut w = npz
+                    .array::<f32>(&t.name, Default::default())
+                    .expect("array")
+                    .default_dtype()
+                    .shape(&shape)
+                    .begin_nd()
+                    .expect("begin");
+                w.extend(v.iter().copied()).expect("write");
+                w.finish().expect("finish");
+            }
+            TensorData::I32(v) => {
+                let mut w = npz
+                    .array::<i32>(&t.name, Default::default())
+                    .expect("array")
+                    .default_dtype()
+                    .shape(&shape)
+                    .begin_nd()
+                    .expect("begin");
+                w.extend(v.iter().copied()).expect("write");
+                w.finish().expect("finish");
+            }
+        }
     }
 }
