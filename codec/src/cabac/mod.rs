@@ -2,7 +2,10 @@
 //! two-rate probability estimation, the 9-bit range coder (`BinEncoder` / `BinDecoder`), and the
 //! encoder-side estimator used to choose per-context initialisations ("parameter optimisation").
 
+mod optimizer;
 mod tables;
+
+pub use optimizer::{ContextOptimizer, ParamOptimizer};
 
 pub(crate) use tables::{INIT_SETS, RANGE_TAB_LPS, UPDATE_STEP};
 
@@ -203,91 +206,6 @@ fn est_bits_table() -> &'static [[u32; 2]; 1024] {
         }
         t
     })
-}
-
-/// `shift0 - 4` and `shift1 - 4` of the nine candidate initialisations.
-const OPT_SH: [(usize, usize); 9] = {
-    let mut t = [(0usize, 0usize); 9];
-    let mut i = 0;
-    while i < 9 {
-        t[i] = (INIT_SETS[i][0] as usize, INIT_SETS[i][1] as usize - 4);
-        i += 1;
-    }
-    t
-};
-
-/// The nine candidate initialisations of one context, run in parallel over a first pass to
-/// pick the cheapest (encoder side of `xShiftParameterIds`). Each candidate keeps its two
-/// estimators separately (`s0`, and `s1 = s0_plus_s1 - 16 * s0`).
-#[derive(Debug, Clone, Copy)]
-pub struct ContextOptimizer {
-    s0: [i32; 9],
-    s1: [i32; 9],
-    acc: [u64; 9],
-}
-
-impl Default for ContextOptimizer {
-    fn default() -> Self {
-        let mut o = ContextOptimizer {
-            s0: [0; 9],
-            s1: [0; 9],
-            acc: [0; 9],
-        };
-        o.reset();
-        o
-    }
-}
-
-impl ContextOptimizer {
-    /// Accumulates the estimated cost of `bin` under every candidate, then adapts them.
-    #[inline]
-    pub fn code(&mut self, bin: u32) {
-        self.code_with(bin, est_bits_table());
-    }
-
-    /// [`ContextOptimizer::code`] with the cost table passed in (hot loops).
-    #[inline(always)]
-    pub fn code_with(&mut self, bin: u32, est: &[[u32; 2]; 1024]) {
-        let b = (bin & 1) as usize;
-        for (k, &(sh0, sh1)) in OPT_SH.iter().enumerate() {
-            let s0 = self.s0[k];
-            let s1 = self.s1[k];
-            let idx = ((512 + ((16 * s0 + s1) >> 3)) & 1023) as usize;
-            self.acc[k] += u64::from(est[idx][b]);
-            let t = if b == 1 { s1 } else { -s1 };
-            let i1 = (sh1 * 64 + (b << 5) + ((16 + (t >> 7)) & 31) as usize) & 255;
-            let i0 = (sh0 * 512 + (b << 8) + usize::from(s0 as u8)) & 2047;
-            self.s0[k] = i32::from(NEXT_S0[i0]);
-            self.s1[k] = s1 + i32::from(DELTA_S1[i1]);
-        }
-    }
-
-    /// Resets the probability states (not the accumulated costs), as at entry points.
-    pub fn reset(&mut self) {
-        for ((s0, s1), set) in self.s0.iter_mut().zip(self.s1.iter_mut()).zip(INIT_SETS) {
-            *s0 = i32::from(set[3]);
-            *s1 = i32::from(set[2]) - 16 * i32::from(set[3]);
-        }
-    }
-
-    /// The cheapest candidate; signalling a non-default one costs three extra bits.
-    pub fn best(&self) -> u8 {
-        let mut best = 0u8;
-        let mut min = self.acc[0];
-        for i in 1..9 {
-            let c = self.acc[i] + 3 * 32768;
-            if c < min {
-                min = c;
-                best = i as u8;
-            }
-        }
-        best
-    }
-}
-
-/// The estimated-cost table, for passing into [`ContextOptimizer::code_with`].
-pub fn est_table() -> &'static [[u32; 2]; 1024] {
-    est_bits_table()
 }
 
 /// Where a [`BinEncoder`] puts its bytes.
@@ -698,19 +616,5 @@ mod tests {
         }
         assert_eq!(t[0], t[1]);
         assert_eq!(t[100][0], t[924][1]);
-    }
-
-    #[test]
-    fn optimizer_prefers_default_without_data() {
-        assert_eq!(ContextOptimizer::default().best(), 0);
-        let mut o = ContextOptimizer::default();
-        for _ in 0..2000 {
-            o.code(0);
-        }
-        assert_ne!(
-            o.best(),
-            0,
-            "a long run of zeros favours a skewed initialisation"
-        );
     }
 }

@@ -6,7 +6,7 @@
 
 pub mod scan;
 
-use crate::cabac::{BinDecoder, BinEncoder, ByteSink, ContextModel, ContextOptimizer, EntryPoint};
+use crate::cabac::{BinDecoder, BinEncoder, ByteSink, ContextModel, EntryPoint, ParamOptimizer};
 use crate::error::{Error, Result};
 use scan::ScanGeometry;
 
@@ -198,19 +198,18 @@ impl<S: ByteSink> BinSink for RealSink<'_, S> {
     }
 }
 
-struct OptSink<'a> {
-    ctx: &'a mut [ContextOptimizer],
-    est: &'static [[u32; 2]; 1024],
+struct OptSink {
+    opt: ParamOptimizer,
     /// Bins still to evaluate per context (sampled parameter optimisation).
     budget: Vec<u32>,
 }
 
-impl BinSink for OptSink<'_> {
+impl BinSink for OptSink {
     #[inline(always)]
     fn bin(&mut self, bin: u32, ctx: usize) {
-        if self.budget[ctx] > 0 {
-            self.budget[ctx] -= 1;
-            self.ctx[ctx].code_with(bin, self.est);
+        if let Some(b) = self.budget.get_mut(ctx).filter(|b| **b > 0) {
+            *b -= 1;
+            self.opt.push(ctx, bin);
         }
     }
     #[inline(always)]
@@ -527,7 +526,7 @@ pub(crate) fn encode_layer<S: ByteSink>(
         }
     }
     let geo = p.geometry()?;
-    let mut opt = vec![ContextOptimizer::default(); c.count()];
+    let mut opt = ParamOptimizer::new(c.count());
     if let Some(bins) = param_opt.filter(|_| p.cb_size != 1 || p.profile == 0) {
         // The first pass ignores codebook limits (the reference codes it without them).
         let p_opt = LayerParams {
@@ -536,8 +535,7 @@ pub(crate) fn encode_layer<S: ByteSink>(
             ..*p
         };
         let mut sink = OptSink {
-            ctx: &mut opt,
-            est: crate::cabac::est_table(),
+            opt,
             budget: vec![bins; c.count()],
         };
         level_pass(
@@ -555,18 +553,15 @@ pub(crate) fn encode_layer<S: ByteSink>(
             } else {
                 (bins as usize).saturating_mul(SAMPLED_LEVELS_PER_BIN)
             },
-            |s: &mut OptSink<'_>| {
-                for o in s.ctx.iter_mut() {
-                    o.reset();
-                }
-            },
+            |s: &mut OptSink| s.opt.reset(),
         );
+        opt = sink.opt;
     }
     let po = c.param_opt();
     for (i, present) in p.signalled_inits() {
         let mut best = 0u8;
         if present {
-            best = opt[i].best();
+            best = opt.best(i);
             enc.encode_bin(u32::from(best != 0), &mut ctx[po]);
             if best != 0 {
                 enc.encode_bins_ep(u32::from(best - 1), 3);
