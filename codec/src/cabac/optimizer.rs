@@ -301,7 +301,7 @@ mod simd {
     /// Runs `step` bins of every slot's run (an empty run: a free slot, fed zeros and ignored).
     #[target_feature(enable = "avx512f,avx512bw")]
     unsafe fn kernel(lanes: &mut Lanes, runs: &[&[u8]; SLOTS], step: usize) {
-        let est: &[[u32; 2]; 1024] = est_bits_table();
+        let est: &[u32] = est_bits_table().as_flattened();
         let mut sh0 = [4i16; 32];
         let mut sh1 = [4i16; 32];
         for l in 0..27 {
@@ -323,8 +323,8 @@ mod simd {
         };
         // SAFETY (all loads and stores below): the arrays are 32 lanes of 16 bits = 64 bytes,
         // as the unaligned 512-bit accesses need; bin reads stay below `step` within each run
-        // (or at offset 0 of `zeros` with stride 0); the cost table has 1024 rows and the
-        // index is masked to 10 bits.
+        // (or at offset 0 of `zeros` with stride 0); the cost table has 2048 entries and the
+        // index is `2 * (idx & 1023) + bin`.
         unsafe {
             let sh0 = _mm512_loadu_si512(sh0.as_ptr().cast());
             let sh1 = _mm512_loadu_si512(sh1.as_ptr().cast());
@@ -332,12 +332,13 @@ mod simd {
             let c512 = _mm512_set1_epi16(512);
             let c1023 = _mm512_set1_epi16(1023);
             let c16 = _mm512_set1_epi16(16);
+            let one = _mm512_set1_epi16(1);
             let zero = _mm512_setzero_si512();
             let mut s0: [__m512i; G] =
                 std::array::from_fn(|g| _mm512_loadu_si512(lanes.s0[g].as_ptr().cast()));
             let mut s1: [__m512i; G] =
                 std::array::from_fn(|g| _mm512_loadu_si512(lanes.s1[g].as_ptr().cast()));
-            let mut ix = [0u16; 32];
+            let mut ix = [0u64; 8];
             for j in 0..step {
                 for g in 0..G {
                     let b: [usize; 3] = std::array::from_fn(|k| {
@@ -350,16 +351,23 @@ mod simd {
                     let st = _mm512_add_epi16(_mm512_slli_epi16::<4>(s0[g]), s1[g]);
                     let idx =
                         _mm512_and_si512(_mm512_add_epi16(_mm512_srai_epi16::<3>(st), c512), c1023);
+                    // Row and column of the cost table as one index: 2 * idx + bin.
+                    let idx = _mm512_slli_epi16::<1>(idx);
+                    let idx = _mm512_mask_add_epi16(idx, !neg, idx, one);
                     _mm512_storeu_si512(ix.as_mut_ptr().cast(), idx);
                     let acc = &mut lanes.acc[g];
-                    for (k, &bk) in b.iter().enumerate() {
-                        for l in 9 * k..9 * k + 9 {
-                            // A volatile read keeps LLVM from turning these into a gather
-                            // (slower than scalar loads on the CPUs measured).
-                            let e = std::ptr::read_volatile(
-                                est.get_unchecked(usize::from(ix[l])).get_unchecked(bk),
-                            );
-                            acc[l] = acc[l].wrapping_add(e);
+                    // Four indices per 64-bit word, split in general registers: cheaper than
+                    // one lane extract per index.
+                    for (w, &word) in ix.iter().enumerate().take(7) {
+                        for k in 0..4 {
+                            let l = 4 * w + k;
+                            if l < 27 {
+                                // A volatile read keeps LLVM from turning these into a gather
+                                // (slower than scalar loads on the CPUs measured).
+                                let i = ((word >> (16 * k)) & 0xffff) as usize;
+                                let e = std::ptr::read_volatile(est.get_unchecked(i));
+                                acc[l] = acc[l].wrapping_add(e);
+                            }
                         }
                     }
                     // Fast estimator: s0 += ±(UPDATE_STEP[(16 + (±s0 >> 3)) & 31] >> shift0),

@@ -200,14 +200,16 @@ impl<S: ByteSink> BinSink for RealSink<'_, S> {
 
 struct OptSink {
     opt: ParamOptimizer,
-    /// Bins still to evaluate per context (sampled parameter optimisation).
+    /// Bins still to evaluate per context (sampled parameter optimisation); empty: no limit.
     budget: Vec<u32>,
 }
 
 impl BinSink for OptSink {
     #[inline(always)]
     fn bin(&mut self, bin: u32, ctx: usize) {
-        if let Some(b) = self.budget.get_mut(ctx).filter(|b| **b > 0) {
+        if self.budget.is_empty() {
+            self.opt.push(ctx, bin);
+        } else if let Some(b) = self.budget.get_mut(ctx).filter(|b| **b > 0) {
             *b -= 1;
             self.opt.push(ctx, bin);
         }
@@ -536,7 +538,11 @@ pub(crate) fn encode_layer<S: ByteSink>(
         };
         let mut sink = OptSink {
             opt,
-            budget: vec![bins; c.count()],
+            budget: if bins == u32::MAX {
+                Vec::new()
+            } else {
+                vec![bins; c.count()]
+            },
         };
         level_pass(
             &mut sink,

@@ -40,37 +40,22 @@ fn min_index(org: f64) -> i64 {
     (org as i32 as i64 - 1).max(1)
 }
 
-/// Quantizes `weights` with dependent quantization along the scan of `geo`.
-pub fn quantize_dq(weights: &[f32], geo: &ScanGeometry, step: f32) -> Vec<i32> {
-    let n = weights.len();
-    let mut out = vec![0i32; n];
-    if n == 0 {
-        return out;
+/// The Viterbi forward pass: for every element (its five candidate distortions) and state, the
+/// cheapest incoming branch, written to `dec` (8 bytes per element); returns the final costs.
+fn forward(dists: impl Iterator<Item = [f64; 5]>, dec: &mut [u8]) -> [f64; 8] {
+    #[cfg(target_arch = "x86_64")]
+    if simd::available() {
+        // SAFETY: the CPU has the features `forward_avx512` is compiled for.
+        #[allow(unsafe_code)]
+        return unsafe { simd::forward_avx512(dists, dec) };
     }
-    let raster = geo.num_block_rows() <= 1;
-    // Block scans need the position of every scan index for the backward pass.
-    let order: Vec<u32> = if raster {
-        Vec::new()
-    } else {
-        geo.positions().map(|p| p as u32).collect()
-    };
-    let pos_of = |k: usize| if raster { k } else { order[k] as usize };
-    let qscale = 1.0f64 / f64::from(step);
-    // One byte per state and element: previous state (3 bits) and candidate slot (3 bits).
-    let mut dec = vec![0u8; n * 8];
+    forward_scalar(dists, dec)
+}
+
+fn forward_scalar(dists: impl Iterator<Item = [f64; 5]>, dec: &mut [u8]) -> [f64; 8] {
     let mut cost = [0.5 * f64::MAX; 8];
     cost[0] = 0.0;
-    for (k, row) in dec.chunks_exact_mut(8).enumerate() {
-        let value = f64::from(weights[pos_of(k)]);
-        let sign = if value < 0.0 { -1.0 } else { 1.0 };
-        let org = qscale * value * sign;
-        let mq = min_index(org);
-        // Squared error of the candidate with residue r (mod 4) among mq..mq+4, and of zero.
-        let cand = |r: i64| {
-            let d = org - (mq + ((r - mq) & 3)) as f64;
-            d * d
-        };
-        let dist = [cand(0), cand(1), cand(2), cand(3), org * org];
+    for (dist, row) in dists.zip(dec.chunks_exact_mut(8)) {
         let mut next = [0f64; 8];
         for s in 0..8 {
             let [(p0, q0), (p1, q1), (p2, q2)] = CON[s];
@@ -91,6 +76,104 @@ pub fn quantize_dq(weights: &[f32], geo: &ScanGeometry, step: f32) -> Vec<i32> {
         }
         cost = next;
     }
+    cost
+}
+
+/// The forward pass with the eight states in the lanes of one AVX-512 register: the same
+/// additions and comparisons in the same order, so the same decisions.
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod simd {
+    use super::CON;
+    use std::arch::x86_64::*;
+
+    pub(super) fn available() -> bool {
+        is_x86_feature_detected!("avx512f")
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn forward_avx512(
+        dists: impl Iterator<Item = [f64; 5]>,
+        dec: &mut [u8],
+    ) -> [f64; 8] {
+        let lanes = |f: &dyn Fn(usize) -> i64| {
+            let a: [i64; 8] = std::array::from_fn(f);
+            a
+        };
+        let prev: [[i64; 8]; 3] = std::array::from_fn(|i| lanes(&|s| i64::from(CON[s][i].0)));
+        let slot: [[i64; 8]; 3] = std::array::from_fn(|i| lanes(&|s| i64::from(CON[s][i].1)));
+        let choice: [[i64; 8]; 3] =
+            std::array::from_fn(|i| lanes(&|s| i64::from((CON[s][i].0 << 3) | CON[s][i].1)));
+        let mut init = [0.5 * f64::MAX; 8];
+        init[0] = 0.0;
+        let mut out = [0f64; 8];
+        // SAFETY: every load and store below is from or to an 8-lane array of 64-bit values
+        // (64 bytes), or 8 bytes at the start of an 8-byte row of `dec`.
+        unsafe {
+            let p: [__m512i; 3] =
+                std::array::from_fn(|i| _mm512_loadu_si512(prev[i].as_ptr().cast()));
+            let q: [__m512i; 3] =
+                std::array::from_fn(|i| _mm512_loadu_si512(slot[i].as_ptr().cast()));
+            let ch: [__m512i; 3] =
+                std::array::from_fn(|i| _mm512_loadu_si512(choice[i].as_ptr().cast()));
+            let mut cost = _mm512_loadu_pd(init.as_ptr());
+            for (dist, row) in dists.zip(dec.chunks_exact_mut(8)) {
+                let d = [dist[0], dist[1], dist[2], dist[3], dist[4], 0.0, 0.0, 0.0];
+                let d = _mm512_loadu_pd(d.as_ptr());
+                let branch = |i: usize| {
+                    _mm512_add_pd(
+                        _mm512_permutexvar_pd(p[i], cost),
+                        _mm512_permutexvar_pd(q[i], d),
+                    )
+                };
+                let mut best = branch(0);
+                let mut pick = ch[0];
+                for (i, &chi) in ch.iter().enumerate().skip(1) {
+                    let c = branch(i);
+                    let m = _mm512_cmp_pd_mask::<_CMP_LT_OQ>(c, best);
+                    best = _mm512_mask_blend_pd(m, best, c);
+                    pick = _mm512_mask_blend_epi64(m, pick, chi);
+                }
+                _mm_storel_epi64(row.as_mut_ptr().cast(), _mm512_cvtepi64_epi8(pick));
+                cost = best;
+            }
+            _mm512_storeu_pd(out.as_mut_ptr(), cost);
+        }
+        out
+    }
+}
+
+/// Quantizes `weights` with dependent quantization along the scan of `geo`.
+pub fn quantize_dq(weights: &[f32], geo: &ScanGeometry, step: f32) -> Vec<i32> {
+    let n = weights.len();
+    let mut out = vec![0i32; n];
+    if n == 0 {
+        return out;
+    }
+    let raster = geo.num_block_rows() <= 1;
+    // Block scans need the position of every scan index for the backward pass.
+    let order: Vec<u32> = if raster {
+        Vec::new()
+    } else {
+        geo.positions().map(|p| p as u32).collect()
+    };
+    let pos_of = |k: usize| if raster { k } else { order[k] as usize };
+    let qscale = 1.0f64 / f64::from(step);
+    // One byte per state and element: previous state (3 bits) and candidate slot (3 bits).
+    let mut dec = vec![0u8; n * 8];
+    let dists = (0..n).map(|k| {
+        let value = f64::from(weights[pos_of(k)]);
+        let sign = if value < 0.0 { -1.0 } else { 1.0 };
+        let org = qscale * value * sign;
+        let mq = min_index(org);
+        // Squared error of the candidate with residue r (mod 4) among mq..mq+4, and of zero.
+        let cand = |r: i64| {
+            let d = org - (mq + ((r - mq) & 3)) as f64;
+            d * d
+        };
+        [cand(0), cand(1), cand(2), cand(3), org * org]
+    });
+    let cost = forward(dists, &mut dec);
     let mut state = 0usize;
     let mut min = cost[0];
     for (s, &c) in cost.iter().enumerate().skip(1) {
@@ -131,6 +214,32 @@ pub fn quantize_dq(weights: &[f32], geo: &ScanGeometry, step: f32) -> Vec<i32> {
 mod tests {
     use super::*;
     use crate::coding::DQ_TRANS;
+
+    /// The vector forward pass (where the CPU has it) makes exactly the scalar decisions,
+    /// ties included (integer-valued distortions tie often).
+    #[test]
+    fn forward_pass_matches_the_scalar_definition() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for trial in 0..40 {
+            let n = rng.gen_range(1..3000);
+            let dists: Vec<[f64; 5]> = (0..n)
+                .map(|_| {
+                    if trial % 2 == 0 {
+                        std::array::from_fn(|_| f64::from(rng.gen_range(0..4u8)))
+                    } else {
+                        std::array::from_fn(|_| rng.gen_range(0.0..9.0))
+                    }
+                })
+                .collect();
+            let mut a = vec![0u8; n * 8];
+            let mut b = vec![0u8; n * 8];
+            let ca = forward(dists.iter().copied(), &mut a);
+            let cb = forward_scalar(dists.iter().copied(), &mut b);
+            assert_eq!(a, b, "trial {trial}");
+            assert_eq!(ca.map(f64::to_bits), cb.map(f64::to_bits), "trial {trial}");
+        }
+    }
 
     /// Reconstruction indices must be consistent with the state machine: replaying the states
     /// along the scan, each index belongs to the quantizer of its state.
