@@ -28,8 +28,8 @@
 //! history dependent significance (incremental updates), NNR_AGG. Scalars are carried as
 //! one-element vectors (as the reference does), so they decode with shape `[1]`.
 
-// The one exception: the AVX-512 kernel of the parameter optimiser (`cabac::optimizer`),
-// selected at run time and tested against the scalar definition.
+// Exceptions: the AVX-512 kernels of the parameter optimiser and of the DQ trellis, selected
+// at run time and tested to decide exactly as the scalar code (fallback and test oracle).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
