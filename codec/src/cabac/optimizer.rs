@@ -54,9 +54,14 @@ impl Default for ContextOptimizer {
 impl ContextOptimizer {
     /// Accumulates the estimated cost of `bin` under every candidate, then adapts them (the
     /// scalar definition the vector kernel is tested against).
-    #[inline(always)]
+    #[inline]
     pub fn code(&mut self, bin: u32) {
-        let est = est_bits_table();
+        self.code_with(bin, est_bits_table());
+    }
+
+    /// [`ContextOptimizer::code`] with the cost table fetched once by the caller (hot loop).
+    #[inline(always)]
+    fn code_with(&mut self, bin: u32, est: &[[u32; 2]; 1024]) {
         let b = (bin & 1) as usize;
         for (k, &(sh0, sh1)) in OPT_SH.iter().enumerate() {
             let s0 = i32::from(self.s0[k]);
@@ -163,9 +168,10 @@ fn run_candidates(ctx: &mut [ContextOptimizer], bins: &[Vec<u8>]) {
 }
 
 fn run_scalar(ctx: &mut [ContextOptimizer], bins: &[Vec<u8>]) {
+    let est = est_bits_table();
     for (c, b) in ctx.iter_mut().zip(bins) {
         for &bin in b {
-            c.code(u32::from(bin));
+            c.code_with(u32::from(bin), est);
         }
     }
 }

@@ -200,18 +200,20 @@ impl<S: ByteSink> BinSink for RealSink<'_, S> {
 
 struct OptSink {
     opt: ParamOptimizer,
-    /// Bins still to evaluate per context (sampled parameter optimisation); empty: no limit.
-    budget: Vec<u32>,
+    /// Bins still to evaluate per context (sampled parameter optimisation); `None`: all.
+    budget: Option<Vec<u32>>,
 }
 
 impl BinSink for OptSink {
     #[inline(always)]
     fn bin(&mut self, bin: u32, ctx: usize) {
-        if self.budget.is_empty() {
-            self.opt.push(ctx, bin);
-        } else if let Some(b) = self.budget.get_mut(ctx).filter(|b| **b > 0) {
-            *b -= 1;
-            self.opt.push(ctx, bin);
+        match self.budget.as_mut().map(|b| b.get_mut(ctx)) {
+            None => self.opt.push(ctx, bin),
+            Some(Some(b)) if *b > 0 => {
+                *b -= 1;
+                self.opt.push(ctx, bin);
+            }
+            Some(_) => {}
         }
     }
     #[inline(always)]
@@ -538,11 +540,7 @@ pub(crate) fn encode_layer<S: ByteSink>(
         };
         let mut sink = OptSink {
             opt,
-            budget: if bins == u32::MAX {
-                Vec::new()
-            } else {
-                vec![bins; c.count()]
-            },
+            budget: (bins != u32::MAX).then(|| vec![bins; c.count()]),
         };
         level_pass(
             &mut sink,

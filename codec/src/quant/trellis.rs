@@ -96,14 +96,13 @@ mod simd {
         dists: impl Iterator<Item = [f64; 5]>,
         dec: &mut [u8],
     ) -> [f64; 8] {
-        let lanes = |f: &dyn Fn(usize) -> i64| {
-            let a: [i64; 8] = std::array::from_fn(f);
-            a
+        // Per branch i, lane s: previous state, candidate slot, and the byte to record.
+        let lanes = |f: fn((u8, u8)) -> u8| -> [[i64; 8]; 3] {
+            std::array::from_fn(|i| std::array::from_fn(|s| i64::from(f(CON[s][i]))))
         };
-        let prev: [[i64; 8]; 3] = std::array::from_fn(|i| lanes(&|s| i64::from(CON[s][i].0)));
-        let slot: [[i64; 8]; 3] = std::array::from_fn(|i| lanes(&|s| i64::from(CON[s][i].1)));
-        let choice: [[i64; 8]; 3] =
-            std::array::from_fn(|i| lanes(&|s| i64::from((CON[s][i].0 << 3) | CON[s][i].1)));
+        let prev = lanes(|(p, _)| p);
+        let slot = lanes(|(_, q)| q);
+        let choice = lanes(|(p, q)| (p << 3) | q);
         let mut init = [0.5 * f64::MAX; 8];
         init[0] = 0.0;
         let mut out = [0f64; 8];

@@ -112,33 +112,30 @@ pub fn same_tensor(a: &Tensor, b: &Tensor) -> Result<(), String> {
 
 /// Writes tensors (float32 / int32) to an npz, names and shapes kept.
 pub fn write_npz(path: &std::path::Path, tensors: &[Tensor]) {
-    use npyz::WriterBuilder;
     let mut npz = npyz::npz::NpzWriter::create(path).expect("create npz");
     for t in tensors {
         let shape: Vec<u64> = t.shape.iter().map(|&d| d as u64).collect();
         match &t.data {
-            TensorData::F32(v) => {
-                let mut w = npz
-                    .array::<f32>(&t.name, Default::default())
-                    .expect("array")
-                    .default_dtype()
-                    .shape(&shape)
-                    .begin_nd()
-                    .expect("begin");
-                w.extend(v.iter().copied()).expect("write");
-                w.finish().expect("finish");
-            }
-            TensorData::I32(v) => {
-                let mut w = npz
-                    .array::<i32>(&t.name, Default::default())
-                    .expect("array")
-                    .default_dtype()
-                    .shape(&shape)
-                    .begin_nd()
-                    .expect("begin");
-                w.extend(v.iter().copied()).expect("write");
-                w.finish().expect("finish");
-            }
+            TensorData::F32(v) => write_array(&mut npz, &t.name, &shape, v),
+            TensorData::I32(v) => write_array(&mut npz, &t.name, &shape, v),
         }
     }
+}
+
+fn write_array<T: npyz::AutoSerialize + Copy, W: std::io::Write + std::io::Seek>(
+    npz: &mut npyz::npz::NpzWriter<W>,
+    name: &str,
+    shape: &[u64],
+    v: &[T],
+) {
+    use npyz::WriterBuilder;
+    let mut w = npz
+        .array::<T>(name, Default::default())
+        .expect("array")
+        .default_dtype()
+        .shape(shape)
+        .begin_nd()
+        .expect("begin");
+    w.extend(v.iter().copied()).expect("write");
+    w.finish().expect("finish");
 }
