@@ -1,18 +1,21 @@
-//! Prints the channel groups of a model (a development aid for the pruning analysis).
-#![allow(clippy::unwrap_used)]
+//! Prints the channel groups of a model: `cargo run --example groups -- MODEL.onnx`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 fn main() {
-    let p = std::env::args().nth(1).expect("usage: groups MODEL");
-    let m = nnzip::onnx::Model::load(&p).unwrap();
-    let ix = nnzip::graph::index::GraphIndex::new(&m);
-    let shapes = nnzip::inspect::mac_shapes(&m, &[]).unwrap();
-    let s = nnzip::graph::shapes::infer(&m, &shapes);
-    for g in nnzip::graph::groups::channel_groups(&m, &ix, &s) {
+    let path = std::env::args().nth(1).expect("usage: groups MODEL.onnx");
+    let m = nnzip::onnx::Model::load(&path).unwrap();
+    let ed = nnzip::graph::editor::Editor::new(m, Default::default());
+    for g in nnzip::graph::groups::channel_groups(&ed) {
         println!(
-            "{} ch={} sources={:?} consumers={:?} blocked={:?}",
-            g.name, g.channels, g.sources, g.consumers, g.blocked
+            "{:40} {:4} ch  {:2} src  {:2} cons  {}",
+            g.name,
+            g.channels,
+            g.sources.len(),
+            g.consumers.len(),
+            if g.prunable() {
+                "prunable".to_string()
+            } else {
+                g.blocked.join("; ")
+            }
         );
-        for p in &g.params {
-            println!("    {:?} {} {:?}", p.role, p.name, p.place);
-        }
     }
 }

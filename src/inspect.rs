@@ -1,14 +1,16 @@
 //! `nnzip inspect`: what a model is made of, and what it costs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::Serialize;
 
-use crate::graph::shapes::{self, attr_i, Shapes};
+use crate::graph::infer::{declared, infer, InputDims};
+use crate::graph::ops::InferCx;
+use crate::graph::sym::Expr;
 use crate::onnx::weights::visit_graphs;
 use crate::onnx::{Dim, Model, OnnxError};
-use crate::runtime::inputs::{resolve_shapes, InputError};
+use crate::runtime::inputs::InputError;
 use crate::tensor::DType;
 
 #[derive(Debug, Serialize)]
@@ -56,13 +58,17 @@ pub struct InspectReport {
     pub weight_bytes: u64,
     /// Fraction of parameter elements that are zero.
     pub zero_fraction: f64,
-    /// Multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul in the main graph, for the
-    /// input shapes in `mac_input_shapes`; `null` when no such node has known shapes.
+    /// Multiply-accumulates of Conv, ConvTranspose, Gemm, MatMul and recurrent layers in the
+    /// main graph, for the input shapes in `mac_input_shapes`; `null` when they depend on a
+    /// symbolic size (then `macs_formula` has them) or no such node has known shapes.
     pub macs: Option<u64>,
+    /// The same as an expression in the inputs' symbolic sizes (`154425600*batch`).
+    pub macs_formula: Option<String>,
     pub macs_by_op: BTreeMap<String, u64>,
     /// Main-graph compute nodes whose shapes could not be inferred (not counted in `macs`).
     pub macs_unknown: Vec<String>,
-    pub mac_input_shapes: BTreeMap<String, Vec<usize>>,
+    /// Per input, the sizes MACs are counted at: numbers, or symbolic names.
+    pub mac_input_shapes: BTreeMap<String, Vec<serde_json::Value>>,
 }
 
 fn io_desc(v: &crate::onnx::ValueInfo) -> IoDesc {
@@ -81,51 +87,91 @@ fn io_desc(v: &crate::onnx::ValueInfo) -> IoDesc {
     }
 }
 
-/// MACs of one node given inferred shapes; `None` when shapes are unknown.
-pub fn node_macs(n: &onnx_protobuf::NodeProto, s: &Shapes) -> Option<u64> {
-    let shape = |i: usize| n.input.get(i).and_then(|x| s.get(x));
-    let out = n.output.first().and_then(|x| s.get(x));
-    let prod = |v: &[usize]| v.iter().map(|&d| d as u64).product::<u64>();
-    match n.op_type.as_str() {
-        "Conv" => {
-            let (w, o) = (shape(1)?, out?);
-            // out elements × (Cin/group × kernel) — W is [M, C/group, k...]
-            Some(prod(o) * prod(&w[1..]))
-        }
-        "ConvTranspose" => {
-            let (x, w) = (shape(0)?, shape(1)?);
-            // every input element meets (M/group × kernel) weights — W is [C, M/group, k...]
-            Some(prod(x) * prod(&w[1..]))
-        }
-        "Gemm" => {
-            let (a, o) = (shape(0)?, out?);
-            let k = if attr_i(n, "transA", 0) != 0 {
-                *a.first()?
-            } else {
-                *a.get(1)?
-            };
-            Some(prod(o) * k as u64)
-        }
-        "MatMul" => {
-            let (a, o) = (shape(0)?, out?);
-            Some(prod(o) * *a.last()? as u64)
-        }
-        _ => None,
+/// MACs of a model's main graph at some input sizes.
+#[derive(Debug, Clone, Default)]
+pub struct MacCount {
+    /// Sum over the counted nodes; `None` when no compute node has known shapes.
+    pub total: Option<Expr>,
+    pub by_op: BTreeMap<String, Expr>,
+    /// Compute nodes whose shapes could not be inferred (not in `total`).
+    pub unknown: Vec<String>,
+}
+
+impl MacCount {
+    /// The total as a number, when it does not depend on a symbolic size.
+    pub fn value(&self) -> Option<u64> {
+        self.total
+            .as_ref()?
+            .as_int()
+            .and_then(|v| u64::try_from(v).ok())
     }
 }
 
-pub fn is_compute_op(op: &str) -> bool {
-    matches!(op, "Conv" | "ConvTranspose" | "Gemm" | "MatMul")
+/// Counts multiply-accumulates with `dims` in place of declared input dims.
+pub fn count_macs(model: &Model, dims: &InputDims) -> MacCount {
+    let info = infer(model, dims);
+    let mut out = MacCount::default();
+    for (i, n) in model.graph().node.iter().enumerate() {
+        let Some(Ok(op)) = info.ops.get(i) else {
+            continue;
+        };
+        if !op.is_compute() {
+            continue;
+        }
+        match op.macs(&info.inputs_of(n), &info.outputs_of(n)) {
+            Some(m) => {
+                let e = out
+                    .by_op
+                    .entry(n.op_type.clone())
+                    .or_insert_with(|| Expr::int(0));
+                *e = e.checked_add(&m).unwrap_or_else(|| e.clone());
+                out.total = Some(match &out.total {
+                    Some(t) => t.checked_add(&m).unwrap_or_else(|| t.clone()),
+                    None => m,
+                });
+            }
+            None => out.unknown.push(if n.name.is_empty() {
+                format!("{}#{i}", n.op_type)
+            } else {
+                n.name.clone()
+            }),
+        }
+    }
+    out
 }
 
-/// Concrete input shapes for MAC estimates: `--shape` values, fixed dims, batch 1.
-pub fn mac_shapes(
-    model: &Model,
-    given: &[(String, Vec<usize>)],
-) -> Result<HashMap<String, Vec<usize>>, InputError> {
-    let ins = model.inputs();
-    let shapes = resolve_shapes(&ins, given)?;
-    Ok(ins.into_iter().map(|v| v.name).zip(shapes).collect())
+/// Input sizes for MAC counts "per inference": `--shape` values, then declared dims with a
+/// symbolic first (batch) dimension taken as 1; other symbolic sizes stay symbolic.
+pub fn mac_dims(model: &Model, given: &[(String, Vec<usize>)]) -> Result<InputDims, InputError> {
+    crate::runtime::inputs::check_given(&model.inputs(), given)?;
+    let mut cx = InferCx::default();
+    let mut out = InputDims::new();
+    for vi in model.inputs() {
+        if let Some((_, g)) = given.iter().find(|(n, _)| n == &vi.name) {
+            out.insert(
+                vi.name.clone(),
+                crate::graph::sym::known(g).unwrap_or_default(),
+            );
+            continue;
+        }
+        let Some(mut d) = declared(&vi, &mut cx, true) else {
+            continue;
+        };
+        if let Some(first) = d.first_mut().filter(|x| !x.is_known()) {
+            *first = Expr::int(1);
+        }
+        out.insert(vi.name.clone(), d);
+    }
+    Ok(out)
+}
+
+fn dims_json(d: &[Expr]) -> Vec<serde_json::Value> {
+    d.iter()
+        .map(|x| match x.as_int() {
+            Some(v) => serde_json::Value::from(v),
+            None => serde_json::Value::from(x.to_string()),
+        })
+        .collect()
 }
 
 /// Builds the report. `given` resolves symbolic input dims (others default to batch 1); inputs
@@ -177,37 +223,17 @@ pub fn inspect(
             is_parameter,
         });
     }
-    // Per input: what was given or fixed, batch 1; an input we cannot resolve is left out.
-    let mut mac_input_shapes = BTreeMap::new();
-    for vi in model.inputs() {
-        let own: Vec<(String, Vec<usize>)> = given
-            .iter()
-            .filter(|(n, _)| n == &vi.name)
-            .cloned()
-            .collect();
-        if let Ok(mut s) = resolve_shapes(std::slice::from_ref(&vi), &own) {
-            if let Some(s) = s.pop() {
-                mac_input_shapes.insert(vi.name.clone(), s);
-            }
-        }
-    }
-    let inferred = shapes::infer(model, &mac_input_shapes.clone().into_iter().collect());
-    let mut macs_by_op = BTreeMap::new();
-    let mut macs_unknown = Vec::new();
-    for (i, n) in model.graph().node.iter().enumerate() {
-        if !is_compute_op(&n.op_type) {
-            continue;
-        }
-        match node_macs(n, &inferred) {
-            Some(m) => *macs_by_op.entry(n.op_type.clone()).or_insert(0) += m,
-            None => macs_unknown.push(if n.name.is_empty() {
-                format!("{}#{i}", n.op_type)
-            } else {
-                n.name.clone()
-            }),
-        }
-    }
-    let macs = (!macs_by_op.is_empty()).then(|| macs_by_op.values().sum());
+    let dims = mac_dims(model, given).unwrap_or_default();
+    let count = count_macs(model, &dims);
+    let macs_by_op = count
+        .by_op
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), u64::try_from(v.as_int()?).ok()?)))
+        .collect();
+    let mac_input_shapes = dims
+        .iter()
+        .map(|(k, v)| (k.clone(), dims_json(v)))
+        .collect();
     Ok(InspectReport {
         path: path.display().to_string(),
         file_bytes,
@@ -247,9 +273,10 @@ pub fn inspect(
         } else {
             zeros as f64 / parameters as f64
         },
-        macs,
+        macs: count.value(),
+        macs_formula: count.total.as_ref().map(Expr::to_string),
         macs_by_op,
-        macs_unknown,
+        macs_unknown: count.unknown,
         mac_input_shapes,
     })
 }
@@ -355,31 +382,36 @@ impl InspectReport {
             bytes_h(self.weight_bytes),
             self.zero_fraction * 100.0
         );
-        match self.macs {
-            Some(m) => {
+        let at = self
+            .mac_input_shapes
+            .iter()
+            .map(|(k, v)| {
+                let d: Vec<String> = v
+                    .iter()
+                    .map(|d| d.as_str().map_or_else(|| d.to_string(), str::to_string))
+                    .collect();
+                format!("{k}={}", d.join("x"))
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        match (self.macs, &self.macs_formula) {
+            (Some(m), _) => {
+                let by_op = self
+                    .macs_by_op
+                    .iter()
+                    .map(|(k, v)| format!("{k} {}", si(*v as f64).trim()))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 let _ = writeln!(
                     o,
-                    "MACs       {} per inference at {} ({})",
-                    si(m as f64).trim(),
-                    self.mac_input_shapes
-                        .iter()
-                        .map(|(k, v)| format!(
-                            "{k}={}",
-                            v.iter()
-                                .map(|d| d.to_string())
-                                .collect::<Vec<_>>()
-                                .join("x")
-                        ))
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    self.macs_by_op
-                        .iter()
-                        .map(|(k, v)| format!("{k} {}", si(*v as f64).trim()))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "MACs       {} per inference at {at} ({by_op})",
+                    si(m as f64).trim()
                 );
             }
-            None => {
+            (None, Some(f)) => {
+                let _ = writeln!(o, "MACs       {f} per inference at {at} (symbolic sizes; --shape NAME=DIMS gives a number)");
+            }
+            (None, None) => {
                 let _ = writeln!(
                     o,
                     "MACs       unknown (shapes could not be inferred; try --shape NAME=DIMS)"

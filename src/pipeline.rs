@@ -157,6 +157,7 @@ pub fn compress_file(
     let ctx = PassContext {
         calib: calib.as_ref(),
         runtime: Some(rt),
+        inputs: None,
     };
     let prune = match &opts.prune {
         Some(p) => match (p.amount, opts.max_drop, &calib) {
@@ -182,7 +183,10 @@ pub fn compress_file(
             (amount, _, _) => {
                 progress("pruning");
                 let pass = (p.make)(amount.unwrap_or(p.default_amount));
-                Some(serde_json::to_value(pass.run(&mut model, &ctx)?).unwrap_or_default())
+                let mut ed = crate::graph::editor::Editor::new(model, Default::default());
+                let r = pass.run(&mut ed, &ctx)?;
+                model = ed.into_model();
+                Some(serde_json::to_value(r).unwrap_or_default())
             }
         },
         None => None,

@@ -110,7 +110,12 @@ fn rectifier_states_count_every_observation() {
         .unwrap()
         .take(50)
         .unwrap();
-    let states = rectifier_states(runtime(), &model, &calib).unwrap();
+    let states = rectifier_states(
+        runtime(),
+        &nnzip::graph::editor::Editor::new(model.clone(), Default::default()),
+        &calib,
+    )
+    .unwrap();
     assert_eq!(states.len(), 4, "cnn has four Relu");
     // conv1's Relu sees 28x28 positions per sample, 16 channels.
     let s0 = &states[0];

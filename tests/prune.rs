@@ -11,8 +11,7 @@ use std::process::Command;
 
 use common::*;
 use nnzip::calib::{evaluate, run_model, Calibration, Metric};
-use nnzip::graph::groups::{channel_groups, ParamRole};
-use nnzip::graph::index::GraphIndex;
+use nnzip::graph::groups::ParamRole;
 use nnzip::onnx::proto::GraphProto;
 use nnzip::onnx::{Model, SaveOptions};
 use nnzip::passes::prune::*;
@@ -153,17 +152,7 @@ fn runs_in_ort(name: &str, model: &Model) {
     let inputs = if TRAINED.iter().any(|t| t.0 == name) {
         calib_for(name, &reloaded).slice(0, 8).unwrap()
     } else {
-        let shapes = nnzip::inspect::mac_shapes(&reloaded, &[]).unwrap();
-        nnzip::runtime::inputs::random_inputs(
-            &reloaded.inputs(),
-            &reloaded
-                .inputs()
-                .iter()
-                .map(|i| shapes[&i.name].clone())
-                .collect::<Vec<_>>(),
-            7,
-        )
-        .unwrap()
+        common::planned_inputs(&reloaded, 7)
     };
     let out = run_file(&p, &inputs);
     assert!(!out.is_empty());
@@ -202,7 +191,7 @@ fn magnitude_per_layer_hits_the_target_on_every_fixture() {
             global: false,
             filter: Filter::default(),
         }
-        .prune(&mut m)
+        .prune(&mut common::ed(&mut m))
         .unwrap();
         // Every prunable tensor at 60% (rounded per tensor), counted here.
         for (n, _) in &names {
@@ -233,7 +222,7 @@ fn magnitude_global_and_filters() {
             global: true,
             filter: Filter::default(),
         }
-        .prune(&mut m)
+        .prune(&mut common::ed(&mut m))
         .unwrap();
         let (z, total) = count(&m);
         assert_eq!(z, (0.7 * total as f64).round() as usize, "{name}");
@@ -268,7 +257,7 @@ fn magnitude_global_and_filters() {
             exclude: vec!["conv1*".into()],
         },
     }
-    .prune(&mut m)
+    .prune(&mut common::ed(&mut m))
     .unwrap();
     for (n, _) in prunable_names(&m) {
         let changed = weight(&orig, &n) != weight(&m, &n);
@@ -285,7 +274,7 @@ fn magnitude_global_and_filters() {
             exclude: vec![],
         },
     }
-    .prune(&mut m)
+    .prune(&mut common::ed(&mut m))
     .unwrap();
     let fc1 = weight(&m, "fc1.weight");
     assert_eq!(fc1.count_zeros(), (0.9 * 36864.0f64).round() as usize);
@@ -304,7 +293,7 @@ fn nm_two_of_four_along_the_reduction_axis() {
             m: 4,
             filter: Filter::default(),
         }
-        .prune(&mut m)
+        .prune(&mut common::ed(&mut m))
         .unwrap();
         let skipped: HashSet<&str> = out.skipped.iter().map(|s| s.name.as_str()).collect();
         let mut eligible = 0;
@@ -345,7 +334,7 @@ fn nm_two_of_four_along_the_reduction_axis() {
 fn check_structured(name: &str, norm: Norm, global: bool, round_to: usize, fraction: f64) {
     let orig = load(name);
     let feed = calib_for(name, &orig).slice(0, 16).unwrap();
-    check_structured_model(name, &orig, &feed, &[], norm, global, round_to, fraction);
+    check_structured_model(name, &orig, &feed, norm, global, round_to, fraction);
     let mut m = orig.clone();
     StructuredPrune {
         fraction,
@@ -353,9 +342,8 @@ fn check_structured(name: &str, norm: Norm, global: bool, round_to: usize, fract
         norm,
         round_to,
         filter: Filter::default(),
-        input_shapes: vec![],
     }
-    .prune(&mut m)
+    .prune(&mut common::ed(&mut m))
     .unwrap();
     runs_in_ort(name, &m);
 }
@@ -365,7 +353,6 @@ fn check_structured_model(
     name: &str,
     orig: &Model,
     feed: &[(String, Tensor)],
-    input_shapes: &[(String, Vec<usize>)],
     norm: Norm,
     global: bool,
     round_to: usize,
@@ -379,16 +366,10 @@ fn check_structured_model(
         norm,
         round_to,
         filter: Filter::default(),
-        input_shapes: input_shapes.to_vec(),
     }
-    .prune(&mut m)
+    .prune(&mut common::ed(&mut m))
     .unwrap();
-    let ix = GraphIndex::new(&orig);
-    let shapes = nnzip::graph::shapes::infer(
-        &orig,
-        &nnzip::inspect::mac_shapes(&orig, input_shapes).unwrap(),
-    );
-    let all = channel_groups(&orig, &ix, &shapes);
+    let all = common::groups_of(&orig);
     let total_removed: usize = groups.iter().map(|g| g.removed.len()).sum();
     assert!(
         total_removed > 0 || !all.iter().any(|g| g.prunable()),
@@ -412,11 +393,15 @@ fn check_structured_model(
             assert!(gr.removed.len() <= want, "{name}");
         }
         let removed: HashSet<usize> = gr.removed.iter().copied().collect();
+        let (eo, em) = (
+            nnzip::graph::editor::Editor::new(orig.clone(), Default::default()),
+            nnzip::graph::editor::Editor::new(m.clone(), Default::default()),
+        );
         for p in &g.params {
-            let before = ix.constant(&orig, &p.name).unwrap().unwrap();
-            let after = ix.constant(&m, &p.name).unwrap().unwrap();
+            let before = eo.constant(&p.name).unwrap().unwrap();
+            let after = em.constant(&p.name).unwrap().unwrap();
             let (a, b) = (before.to_f32().unwrap(), after.to_f32().unwrap());
-            let node = &orig.graph().node[p.node];
+            let node = eo.node(p.node).unwrap();
             let spared = (node.op_type == "BatchNormalization"
                 && node.input.iter().position(|x| x == &p.name).unwrap() >= 3)
                 || matches!(node.op_type.as_str(), "Div" | "Pow");
@@ -454,7 +439,7 @@ fn check_structured_model(
             let fed = g
                 .consumers
                 .iter()
-                .any(|&ci| orig.graph().node[ci].input.iter().any(|x| x == t));
+                .any(|&ci| eo.node(ci).unwrap().input.iter().any(|x| x == t));
             if fed {
                 watch.push((t.clone(), *place, gr.removed.clone()));
             }
@@ -529,9 +514,8 @@ fn structured_and_nm_obey_filters() {
             include: vec!["layer3.*".into()],
             exclude: vec!["*downsample*".into()],
         },
-        input_shapes: vec![],
     }
-    .prune(&mut m)
+    .prune(&mut common::ed(&mut m))
     .unwrap();
     // layer3.conv1 alone: layer3.conv2 is joined with the excluded downsample projection.
     let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
@@ -553,7 +537,7 @@ fn structured_and_nm_obey_filters() {
             exclude: vec![],
         },
     }
-    .prune(&mut m)
+    .prune(&mut common::ed(&mut m))
     .unwrap();
     for (n, _) in prunable_names(&m) {
         let t = weight(&m, &n);
@@ -580,9 +564,8 @@ fn structured_on_the_other_fixtures() {
         norm: Norm::L1,
         round_to: 1,
         filter: Filter::default(),
-        input_shapes: vec![],
     }
-    .prune(&mut m)
+    .prune(&mut common::ed(&mut m))
     .unwrap();
     assert!(groups
         .iter()
@@ -621,9 +604,8 @@ fn structured_on_the_other_fixtures() {
         norm: Norm::L1,
         round_to: 1,
         filter: Filter::default(),
-        input_shapes: vec![],
     }
-    .prune(&mut m)
+    .prune(&mut common::ed(&mut m))
     .unwrap();
     assert_eq!(groups.iter().map(|g| g.removed.len()).sum::<usize>(), 4);
     let (w1, w2) = (weight(&m, "fc1.weight"), weight(&m, "fc2.weight"));
@@ -723,8 +705,11 @@ fn max_drop_search_holds_on_held_out_samples() {
         let ctx = PassContext {
             calib: None,
             runtime: None,
+            inputs: None,
         };
-        cfg.pass(*conservative).run(&mut fixed, &ctx).unwrap();
+        cfg.pass(*conservative)
+            .run(&mut common::ed(&mut fixed), &ctx)
+            .unwrap();
         let fixed_acc = accuracy(&fixed, &held_out);
         let (z, total) = count(&pruned);
         let (zf, _) = count(&fixed);
@@ -761,6 +746,7 @@ fn entropy_guided_pruning_on_the_cnn() {
     let ctx = PassContext {
         calib: Some(&c),
         runtime: Some(runtime()),
+        inputs: None,
     };
     let (out, layers) = EntropyPrune {
         sparsity: 0.3,
@@ -768,9 +754,8 @@ fn entropy_guided_pruning_on_the_cnn() {
         collapse: 0.01,
         layer_drop: None,
         filter: Filter::default(),
-        input_shapes: vec![],
     }
-    .prune(&mut pruned, &ctx)
+    .prune(&mut common::ed(&mut pruned), &ctx)
     .unwrap();
     let (z, total) = count(&pruned);
     assert_eq!(out.zeros, z);
@@ -783,8 +768,11 @@ fn entropy_guided_pruning_on_the_cnn() {
     assert!(rz >= (0.3 * rn as f64).round() as usize, "{rz}/{rn}");
     assert!(out.skipped.iter().any(|s| s.name == "fc2"));
     // Entropies before and after, recomputed here from the rectifier states.
-    let st0 = nnzip::calib::states::rectifier_states(runtime(), &m, &c).unwrap();
-    let st = nnzip::calib::states::rectifier_states(runtime(), &pruned, &c).unwrap();
+    let st0 =
+        nnzip::calib::states::rectifier_states(runtime(), &common::ed(&mut m.clone()), &c).unwrap();
+    let st =
+        nnzip::calib::states::rectifier_states(runtime(), &common::ed(&mut pruned.clone()), &c)
+            .unwrap();
     for l in &layers {
         let s0 = st0.iter().find(|s| s.name == l.rectifiers[0]).unwrap();
         let s = st.iter().find(|s| s.name == l.rectifiers[0]).unwrap();
@@ -821,7 +809,7 @@ fn entropy_guided_pruning_on_the_cnn() {
         global: false,
         filter: Filter::default(),
     }
-    .prune(&mut uniform)
+    .prune(&mut common::ed(&mut uniform))
     .unwrap();
     let uni = accuracy(&uniform, &held_out);
     eprintln!(
@@ -849,6 +837,7 @@ fn entropy_pruning_brings_a_cnn_layer_to_zero_entropy_and_simplify_merges_it() {
     let ctx = PassContext {
         calib: Some(&c),
         runtime: Some(runtime()),
+        inputs: None,
     };
     let mut pruned = m.clone();
     let (_, layers) = EntropyPrune {
@@ -857,9 +846,8 @@ fn entropy_pruning_brings_a_cnn_layer_to_zero_entropy_and_simplify_merges_it() {
         collapse: 0.01,
         layer_drop: Some(1.0),
         filter: Filter::default(),
-        input_shapes: vec![],
     }
-    .prune(&mut pruned, &ctx)
+    .prune(&mut common::ed(&mut pruned), &ctx)
     .unwrap();
     let fc1 = layers.iter().find(|l| l.layer == "fc1").unwrap();
     assert!(fc1.removed && fc1.zero_entropy, "{fc1:?}");
@@ -868,7 +856,9 @@ fn entropy_pruning_brings_a_cnn_layer_to_zero_entropy_and_simplify_merges_it() {
         "{fc1:?}"
     );
     // Zero entropy, recounted here: every fc1 neuron always ON or always OFF on the data.
-    let st = nnzip::calib::states::rectifier_states(runtime(), &pruned, &c).unwrap();
+    let st =
+        nnzip::calib::states::rectifier_states(runtime(), &common::ed(&mut pruned.clone()), &c)
+            .unwrap();
     let s = st.iter().find(|s| s.name == "fc1.relu").unwrap();
     assert!((0..s.channels()).all(|i| s.entropy(i) == 0.0));
     let always_on = (0..s.channels())
@@ -1083,23 +1073,28 @@ fn real_models_every_method() {
             Method::Entropy,
         ] {
             let mut cfg = PruneConfig::new(method);
-            cfg.input_shapes = shapes.clone();
             let mut m = orig.clone();
             let ctx = PassContext {
                 calib: calib.as_ref(),
                 runtime: Some(runtime()),
+                inputs: None,
             };
             if method == Method::Entropy && calib.is_none() {
                 continue;
             }
             let t0 = std::time::Instant::now();
-            let r = cfg.pass(method.default_amount(false)).run(&mut m, &ctx);
+            let r = cfg
+                .pass(method.default_amount(false))
+                .run(&mut common::ed(&mut m), &ctx);
             let r = match r {
                 Ok(r) => r,
                 Err(e) => panic!("{file} {method:?}: {e}"),
             };
             let (z, total) = count(&m);
-            let reported = r.details["sparsity"].as_f64().unwrap();
+            let nnzip::passes::PassDetails::Prune(outcome) = &r.details else {
+                panic!("not a pruning report")
+            };
+            let reported = outcome.sparsity;
             assert!(
                 (reported - z as f64 / total as f64).abs() < 1e-12,
                 "{file} {method:?}"
@@ -1109,11 +1104,11 @@ fn real_models_every_method() {
                 None => inputs.clone(),
             };
             if method == Method::Structured {
-                check_structured_model(file, &orig, &feed, &shapes, Norm::L1, false, 1, 0.25);
+                check_structured_model(file, &orig, &feed, Norm::L1, false, 1, 0.25);
             }
             let out = common::run_model(&m, &feed);
             assert!(!out.is_empty());
-            let skipped = r.details["skipped"].as_array().map_or(0, |a| a.len());
+            let skipped = outcome.skipped.len();
             eprintln!(
                 "{file} {method:?}: sparsity {:.3} of {total} ({} ms), {skipped} left alone",
                 z as f64 / total as f64,
@@ -1136,6 +1131,7 @@ fn entropy_layer_silencing_respects_its_tolerance() {
     let ctx = PassContext {
         calib: Some(&c),
         runtime: Some(runtime()),
+        inputs: None,
     };
     for tol in [1.0, 45.0] {
         let mut x = m.clone();
@@ -1145,9 +1141,8 @@ fn entropy_layer_silencing_respects_its_tolerance() {
             collapse: 0.0,
             layer_drop: Some(tol),
             filter: Filter::default(),
-            input_shapes: vec![],
         }
-        .prune(&mut x, &ctx)
+        .prune(&mut common::ed(&mut x), &ctx)
         .unwrap();
         let after = accuracy(&x, &c);
         assert!(base - after <= tol, "{tol}: {base} -> {after}");
@@ -1161,7 +1156,8 @@ fn entropy_layer_silencing_respects_its_tolerance() {
             continue;
         }
         assert!(!removed.is_empty());
-        let st = nnzip::calib::states::rectifier_states(runtime(), &x, &c).unwrap();
+        let st = nnzip::calib::states::rectifier_states(runtime(), &common::ed(&mut x.clone()), &c)
+            .unwrap();
         for l in removed {
             assert!(l.zero_entropy);
             let s = st.iter().find(|s| s.name == l.rectifiers[0]).unwrap();
@@ -1218,9 +1214,7 @@ fn structured_follows_biases_behind_reshape() {
     mp.opset_import.push(op);
     mp.graph = Some(g).into();
     let m = Model::from_bytes(&mp.write_to_bytes().unwrap()).unwrap();
-    let ix = GraphIndex::new(&m);
-    let shapes = nnzip::graph::shapes::infer(&m, &nnzip::inspect::mac_shapes(&m, &[]).unwrap());
-    let groups = channel_groups(&m, &ix, &shapes);
+    let groups = common::groups_of(&m);
     let g1 = groups.iter().find(|g| g.name == "y").unwrap();
     assert!(g1.prunable(), "{:?}", g1.blocked);
     assert!(g1
@@ -1232,7 +1226,7 @@ fn structured_follows_biases_behind_reshape() {
         "x".to_string(),
         Tensor::from_f32(vec![1, 2, 4, 4], &x).unwrap(),
     )];
-    check_structured_model("reshaped_bias", &m, &feed, &[], Norm::L1, false, 1, 0.5);
+    check_structured_model("reshaped_bias", &m, &feed, Norm::L1, false, 1, 0.5);
     let mut p = m.clone();
     let (_, rep) = StructuredPrune {
         fraction: 0.5,
@@ -1240,11 +1234,15 @@ fn structured_follows_biases_behind_reshape() {
         norm: Norm::L2,
         round_to: 1,
         filter: Filter::default(),
-        input_shapes: vec![],
     }
-    .prune(&mut p)
+    .prune(&mut common::ed(&mut p))
     .unwrap();
-    let b = ix.constant(&p, "b").unwrap().unwrap().to_f32().unwrap();
+    let b = common::ed(&mut p)
+        .constant("b")
+        .unwrap()
+        .unwrap()
+        .to_f32()
+        .unwrap();
     assert_eq!(rep[0].removed.len(), 2);
     for &c in &rep[0].removed {
         assert_eq!(b[c], 0.0);

@@ -7,27 +7,23 @@ use std::collections::BTreeSet;
 
 use common::*;
 use nnzip::calib::Calibration;
-use nnzip::graph::groups::{channel_groups, ChannelGroup, ParamRole};
-use nnzip::graph::index::GraphIndex;
+use nnzip::graph::groups::{ChannelGroup, ParamRole};
 use nnzip::onnx::Model;
 use nnzip::passes::simplify::{simplify, ModelStats};
 use nnzip::tensor::Tensor;
 use rand::{seq::SliceRandom, SeedableRng};
 
 fn groups(model: &Model) -> Vec<ChannelGroup> {
-    let ix = GraphIndex::new(model);
-    let shapes =
-        nnzip::graph::shapes::infer(model, &nnzip::inspect::mac_shapes(model, &[]).unwrap());
-    channel_groups(model, &ix, &shapes)
+    groups_of(model)
 }
 
 /// Zeroes channels of a group in every coupled tensor the way structured pruning does (BN
 /// mean/var kept); `keep_bias` leaves biases and BN shifts so the dead channels are nonzero
 /// constants.
 fn zero_channels(model: &mut Model, g: &ChannelGroup, chans: &BTreeSet<usize>, keep_bias: bool) {
-    let ix = GraphIndex::new(model);
+    let mut e = ed(model);
     for p in &g.params {
-        let node = &model.graph().node[p.node];
+        let node = e.node(p.node).unwrap().clone();
         let k = node.input.iter().position(|i| i == &p.name).unwrap();
         let is_bn = node.op_type == "BatchNormalization";
         if is_bn && k >= 3 {
@@ -43,8 +39,7 @@ fn zero_channels(model: &mut Model, g: &ChannelGroup, chans: &BTreeSet<usize>, k
         if keep_bias && p.role == ParamRole::PerChannel && !is_bn {
             continue;
         }
-        let id = ix.constants[&p.name].clone();
-        let t = model.read(&id).unwrap();
+        let t = e.constant(&p.name).unwrap().unwrap();
         let mut v = t.to_f32().unwrap();
         for &c in chans {
             if let Some(r) = p.place.range(c) {
@@ -55,8 +50,7 @@ fn zero_channels(model: &mut Model, g: &ChannelGroup, chans: &BTreeSet<usize>, k
                 }
             }
         }
-        model
-            .write(&id, &Tensor::from_f32(t.dims.clone(), &v).unwrap())
+        e.write_constant(&p.name, &Tensor::from_f32(t.dims.clone(), &v).unwrap())
             .unwrap();
     }
 }
@@ -125,6 +119,7 @@ fn parameter_count_drops_by_exactly_the_removed_slices() {
     let ctx = nnzip::passes::PassContext {
         calib: None,
         runtime: Some(runtime()),
+        inputs: None,
     };
     nnzip::passes::run_passes(
         &[
@@ -132,11 +127,11 @@ fn parameter_count_drops_by_exactly_the_removed_slices() {
             Box::new(nnzip::passes::simplify::fold_bn::FoldBatchNorm),
             Box::new(nnzip::passes::simplify::cleanup::Cleanup),
         ],
-        &mut folded,
+        &mut ed(&mut folded),
         &ctx,
     )
     .unwrap();
-    let ix = GraphIndex::new(&folded);
+    let e = nnzip::graph::editor::Editor::new(folded.clone(), Default::default());
     // Per tensor and axis, the indices that go; slices of two groups may cross in one tensor
     // (a conv's output and input channels), so count what remains.
     let mut cut: std::collections::HashMap<
@@ -149,7 +144,7 @@ fn parameter_count_drops_by_exactly_the_removed_slices() {
             .iter()
             .find(|p| p.role == ParamRole::SourceWeight)
             .unwrap();
-        let t = ix.constant(&folded, &w.name).unwrap().unwrap();
+        let t = e.constant(&w.name).unwrap().unwrap();
         let v = t.to_f32().unwrap();
         for c in 0..g.channels {
             if t.axis_offsets(w.place.axis, c).iter().all(|&o| v[o] == 0.0) {
@@ -165,7 +160,7 @@ fn parameter_count_drops_by_exactly_the_removed_slices() {
     }
     let mut expected_removed = 0usize;
     for (name, axes) in &cut {
-        let t = ix.constant(&folded, name).unwrap().unwrap();
+        let t = e.constant(name).unwrap().unwrap();
         let kept: usize = t
             .dims
             .iter()
@@ -204,13 +199,11 @@ fn constant_channels_into_padded_convs_get_exact_bias_maps() {
         .passes
         .iter()
         .filter(|p| p.pass == "remove_dead_channels")
-        .map(|p| {
-            p.details["removals"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x["bias_maps"].as_u64().unwrap())
-                .sum::<u64>()
+        .map(|p| match &p.details {
+            nnzip::passes::PassDetails::DeadChannels(d) => {
+                d.removals.iter().map(|x| x.bias_maps as u64).sum::<u64>()
+            }
+            _ => 0,
         })
         .sum();
     assert!(maps >= 1, "no bias map: {:?}", r.passes);
@@ -295,10 +288,11 @@ mod properties {
             prune_randomly(&mut pruned, fraction, seed);
             let x = vec![("input".to_string(), held_out_batch("mnist_test.npz", 8).0)];
             let reference = run_model(&pruned, &x);
-            let ctx = nnzip::passes::PassContext { calib: None, runtime: Some(runtime()) };
+            let plan = nnzip::passes::simplify::input_plans(runtime(), &pruned, &[], None, 1).unwrap();
+            let ctx = nnzip::passes::PassContext { calib: None, runtime: Some(runtime()), inputs: plan.first() };
             let mut m = pruned.clone();
-            for pass in nnzip::passes::simplify::passes(false, &[]) {
-                pass.run(&mut m, &ctx).unwrap();
+            for pass in nnzip::passes::simplify::passes(false) {
+                pass.run(&mut ed(&mut m), &ctx).unwrap();
                 let (d, s) = nnzip::calib::max_abs_diff(&reference, &run_model(&m, &x));
                 prop_assert!(d <= 1e-4 * s.max(1.0), "{} after {}: {}", name, pass.name(), d);
             }

@@ -6,6 +6,7 @@
 //! dimension as samples each of the input's full shape. nnzip feeds batches the model accepts:
 //! many samples at once where the batch dimension is symbolic, one by one where it is fixed.
 
+pub mod capture;
 pub mod states;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +48,8 @@ pub enum CalibError {
     Empty { path: PathBuf },
     #[error("the model's first output has shape {0:?}; top-1 metrics need [N, classes]")]
     NotClassifier(Vec<usize>),
+    #[error("inputs for the model: {0}")]
+    Inputs(String),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
     #[error(transparent)]

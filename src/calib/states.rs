@@ -5,17 +5,18 @@
 
 use serde::Serialize;
 
-use super::{CalibError, Calibration, BATCH};
-use crate::graph::index::{node_label, GraphIndex};
-use crate::graph::shapes::attr_f;
-use crate::onnx::Model;
-use crate::runtime::{Runtime, Session, SessionOptions};
+use super::capture::{capture, Source};
+use super::{CalibError, Calibration};
+use crate::graph::editor::{Editor, NodeId};
+use crate::graph::groups::label;
+use crate::graph::ops::{Binary, Op};
+use crate::runtime::Runtime;
 
 /// State counts of one rectifier's channels over the calibration data.
 #[derive(Debug, Clone, Serialize)]
 pub struct NeuronStates {
-    /// The rectifier node (index in the main graph) and its label.
-    pub node: usize,
+    /// The rectifier node and its label.
+    pub node: NodeId,
     pub name: String,
     /// Its input, the pre-activation.
     pub tensor: String,
@@ -70,40 +71,31 @@ impl NeuronStates {
     }
 }
 
-/// Rectifier nodes of the main graph: (node, input tensor, lower bound, upper bound).
-pub fn rectifiers(model: &Model, ix: &GraphIndex) -> Vec<(usize, String, f32, f32)> {
-    let g = model.graph();
+/// Rectifier nodes of the main graph: (node, input tensor, lower bound, upper bound). Only
+/// rectifiers clamping at 0 (ReLU, ReLU6 as `Clip`).
+pub fn rectifiers(ed: &Editor) -> Vec<(NodeId, String, f32, f32)> {
+    let a = ed.analysis();
     let mut out = Vec::new();
-    for (ni, n) in g.node.iter().enumerate() {
+    for &id in a.order() {
+        let (Some(n), Some(op)) = (ed.node(id), a.valid_op(id)) else {
+            continue;
+        };
         let Some(x) = n.input.first() else { continue };
-        match n.op_type.as_str() {
-            "Relu" => out.push((ni, x.clone(), 0.0, f32::INFINITY)),
-            "Clip" => {
-                // Clip-6 and older keep bounds in attributes, newer in inputs.
-                let bound = |i: usize, attr: &str, default: f32| -> Option<f32> {
-                    match n.input.get(i).filter(|s| !s.is_empty()) {
-                        Some(name) => ix
-                            .constant(model, name)
-                            .ok()
-                            .flatten()?
-                            .to_f32()
-                            .ok()?
-                            .first()
-                            .copied(),
-                        None => Some(attr_f(n, attr, default)),
-                    }
-                };
-                let (Some(lo), Some(hi)) = (
-                    bound(1, "min", f32::NEG_INFINITY),
-                    bound(2, "max", f32::INFINITY),
-                ) else {
-                    continue;
-                };
-                if lo == 0.0 {
-                    out.push((ni, x.clone(), lo, hi));
-                }
+        // Clip-11 and newer keep bounds in inputs.
+        let bound = |i: usize| -> Option<f32> {
+            let name = n.input.get(i).filter(|s| !s.is_empty())?;
+            ed.constant(name)
+                .ok()
+                .flatten()?
+                .to_f32()
+                .ok()?
+                .first()
+                .copied()
+        };
+        if let Some((lo, hi)) = op.rectifier((bound(1), bound(2))) {
+            if lo == 0.0 {
+                out.push((id, x.clone(), lo, hi));
             }
-            _ => {}
         }
     }
     out
@@ -111,17 +103,20 @@ pub fn rectifiers(model: &Model, ix: &GraphIndex) -> Vec<(usize, String, f32, f3
 
 /// Channel axis of a pre-activation: the last for token-major tensors coming from `MatMul`,
 /// else 1 (NCHW feature maps and [N, F] features).
-fn channel_axis(model: &Model, ix: &GraphIndex, tensor: &str, rank: usize) -> usize {
+fn channel_axis(ed: &Editor, tensor: &str, rank: usize) -> usize {
     if rank <= 2 {
         return rank.saturating_sub(1).min(1);
     }
-    let g = model.graph();
+    let a = ed.analysis();
     let mut t = tensor.to_string();
     for _ in 0..3 {
-        let Some(&p) = ix.producer.get(&t) else { break };
-        match g.node[p].op_type.as_str() {
-            "MatMul" => return rank - 1,
-            "Add" => match g.node[p].input.iter().find(|i| !ix.is_const(i)) {
+        let Some(p) = a.producer(&t) else { break };
+        match a.valid_op(p) {
+            Some(Op::MatMul) => return rank - 1,
+            Some(Op::Binary(Binary::Add)) => match ed
+                .node(p)
+                .and_then(|n| n.input.iter().find(|i| !a.is_const(i)))
+            {
                 Some(i) => t = i.clone(),
                 None => break,
             },
@@ -131,41 +126,36 @@ fn channel_axis(model: &Model, ix: &GraphIndex, tensor: &str, rank: usize) -> us
     1
 }
 
-/// Counts rectifier states over the calibration data.
+/// Counts rectifier states over the calibration data, one batch at a time.
 pub fn rectifier_states(
     rt: &Runtime,
-    model: &Model,
+    ed: &Editor,
     calib: &Calibration,
 ) -> Result<Vec<NeuronStates>, CalibError> {
-    let ix = GraphIndex::new(model);
-    let rects = rectifiers(model, &ix);
+    let rects = rectifiers(ed);
     if rects.is_empty() {
         return Ok(Vec::new());
     }
-    // A copy of the model that also outputs every pre-activation.
-    let mut probe = model.clone();
     let pre: Vec<String> = rects.iter().map(|r| r.1.clone()).collect();
-    crate::graph::edit::expose_float_outputs(&mut probe, &pre);
-    let mut session = Session::from_model(rt, &probe, &SessionOptions::default())?;
-    let step = if calib.batchable { BATCH } else { 1 };
-    let g = model.graph();
     let mut states: Vec<Option<NeuronStates>> = vec![None; rects.len()];
-    let mut start = 0;
-    while start < calib.samples {
-        let end = (start + step).min(calib.samples);
-        let outs = session.run(&calib.slice(start, end)?)?;
-        for (ri, (node, x, lo, hi)) in rects.iter().enumerate() {
-            let Some((_, t)) = outs.iter().find(|(n, _)| n == x) else {
-                continue;
-            };
+    let source = Source::Calibration {
+        data: calib,
+        limit: None,
+    };
+    capture(rt, ed.model(), &pre, source, &mut |batch| {
+        for ((node, x, lo, hi), (t, slot)) in rects
+            .iter()
+            .zip(batch.tensors.iter().zip(states.iter_mut()))
+        {
+            let Some(t) = t else { continue };
             let v = t.to_f32()?;
             let rank = t.dims.len();
-            let axis = channel_axis(model, &ix, x, rank);
+            let axis = channel_axis(ed, x, rank);
             let c = t.dims.get(axis).copied().unwrap_or(1).max(1);
-            let inner: usize = t.dims[axis + 1..].iter().product();
-            let st = states[ri].get_or_insert_with(|| NeuronStates {
+            let inner: usize = t.dims.get(axis + 1..).map_or(1, |d| d.iter().product());
+            let st = slot.get_or_insert_with(|| NeuronStates {
                 node: *node,
-                name: node_label(&g.node[*node], *node),
+                name: label(ed, *node),
                 tensor: x.clone(),
                 axis,
                 lo: *lo,
@@ -180,17 +170,20 @@ pub fn rectifier_states(
             }
             for (i, &val) in v.iter().enumerate() {
                 let ch = (i / inner.max(1)) % c;
-                if val <= *lo {
-                    st.off[ch] += 1;
+                let counter = if val <= *lo {
+                    &mut st.off
                 } else if val >= *hi {
-                    st.saturated[ch] += 1;
+                    &mut st.saturated
                 } else {
-                    st.linear[ch] += 1;
+                    &mut st.linear
+                };
+                if let Some(k) = counter.get_mut(ch) {
+                    *k += 1;
                 }
             }
             st.observations += (v.len() / c) as u64;
         }
-        start = end;
-    }
+        Ok(())
+    })?;
     Ok(states.into_iter().flatten().collect())
 }

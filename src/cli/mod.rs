@@ -110,7 +110,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
                 P::Onnx(_) | P::Tensor(_) => code::BAD_INPUT,
                 P::Calib(C::Runtime(_)) | P::Runtime(_) => code::RUNTIME,
                 P::Calib(_) => code::BAD_INPUT,
-                P::Invalid { .. } | P::NeedsCalibration { .. } => code::USAGE,
+                P::Invalid { .. } | P::NeedsCalibration { .. } | P::NeedsInputs { .. } => {
+                    code::USAGE
+                }
             };
         }
         if let Some(c) = cause.downcast_ref::<nnzip::calib::CalibError>() {

@@ -3,8 +3,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use nnzip::calib::{evaluate, run_model, Calibration, Metric};
 use nnzip::onnx::{Model, SaveOptions};
-use nnzip::passes::prune::entropy::LayerEntropy;
-use nnzip::passes::prune::structured::GroupReport;
+
 use nnzip::passes::prune::{
     search_amount, Filter, Method, Norm, PruneConfig, PruneOutcome, SearchOptions, SearchReport,
     SearchStep,
@@ -121,10 +120,6 @@ struct Report {
     #[serde(flatten)]
     outcome: PruneOutcome,
     #[serde(skip_serializing_if = "Option::is_none")]
-    groups: Option<Vec<GroupReport>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    entropy: Option<Vec<LayerEntropy>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     metric: Option<MetricReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     search: Option<SearchReport>,
@@ -188,7 +183,6 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         include: a.include.clone(),
         exclude: a.exclude.clone(),
     };
-    cfg.input_shapes = a.shapes.clone();
     cfg.rounds = a.rounds;
     cfg.collapse = a.collapse;
     // Entropy: whole layers may go silent within the same tolerance as the search.
@@ -232,15 +226,18 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
             (m, r.details, Some(s))
         }
         _ => {
-            let mut m = model.clone();
+            let m = model.clone();
             let ctx = PassContext {
                 calib: calib.as_ref(),
                 runtime: rt,
+                inputs: None,
             };
+            let mut ed = nnzip::graph::editor::Editor::new(m, Default::default());
             let r = cfg
                 .pass(amount)
-                .run(&mut m, &ctx)
+                .run(&mut ed, &ctx)
                 .context("pruning failed")?;
+            let m = ed.into_model();
             (m, r.details, None)
         }
     };
@@ -285,18 +282,13 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
     pruned
         .save(&a.output, &SaveOptions::default())
         .with_context(|| format!("cannot write {}", a.output.display()))?;
-    let outcome: PruneOutcome =
-        serde_json::from_value(details.clone()).context("internal: pruning report")?;
+    let nnzip::passes::PassDetails::Prune(outcome) = details else {
+        bail!("internal: a pruning pass reported something else");
+    };
     let report = Report {
         input: a.model.clone(),
         output: a.output.clone(),
-        outcome,
-        groups: details
-            .get("groups")
-            .and_then(|g| serde_json::from_value(g.clone()).ok()),
-        entropy: details
-            .get("entropy")
-            .and_then(|g| serde_json::from_value(g.clone()).ok()),
+        outcome: *outcome,
         metric,
         search,
         simplify: simplified,
@@ -358,7 +350,7 @@ fn text(r: &Report) -> String {
         pct(r.outcome.sparsity),
         r.outcome.prunable_params
     );
-    if let Some(e) = &r.entropy {
+    if let Some(e) = Some(&r.outcome.entropy).filter(|e| !e.is_empty()) {
         for l in e {
             if l.zero_entropy {
                 let how = match (l.removed, l.linearized) {

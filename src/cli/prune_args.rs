@@ -30,7 +30,7 @@ impl PruneArgs {
     pub fn spec(
         &self,
         has_calib: bool,
-        shapes: &[(String, Vec<usize>)],
+        _shapes: &[(String, Vec<usize>)],
     ) -> Result<Option<PruneSpec>> {
         let Some(m) = &self.method else {
             return Ok(None);
@@ -62,7 +62,6 @@ impl PruneArgs {
             ))),
         };
         cfg.round_to = self.round_to.max(1);
-        cfg.input_shapes = shapes.to_vec();
         Ok(Some(PruneSpec {
             amount: self.sparsity,
             default_amount: method.default_amount(false),

@@ -10,14 +10,16 @@
 //! `MatMul` input channels). Where the traced channels meet other channels in an element-wise op
 //! (residual `Add`, gating `Mul`), the sources are *joined*: they must drop the same channels.
 //! Anything the analysis cannot follow blocks the group, with the reason, and it is left alone.
+//!
+//! Sizes may be symbolic (an input of `[N, 3, H, W]`): channel counts come from weights and are
+//! always concrete; where a channel would span a symbolic number of features (a `Flatten` of
+//! symbolic spatial dims), the group is blocked with a message naming the sizes to fix.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use onnx_protobuf::NodeProto;
-
-use super::index::{node_label, GraphIndex};
-use super::shapes::{attr_i, attr_ints, Shapes};
-use crate::onnx::Model;
+use super::editor::{Analysis, Editor, NodeId};
+use super::ops::{norm_axis, Binary, Op};
+use super::sym::{product, Expr};
 
 /// Where (part of) a channel space sits in one dimension of a tensor: channel `c` in
 /// `first..first + count` covers indices `offset + (c - first) * block ..+ block` of `axis`.
@@ -43,10 +45,9 @@ impl Placement {
 
     /// The index range of channel `c` in this tensor's `axis`, if `c` is present.
     pub fn range(&self, c: usize) -> Option<std::ops::Range<usize>> {
-        (c >= self.first && c < self.first + self.count).then(|| {
-            let s = self.offset + (c - self.first) * self.block;
-            s..s + self.block
-        })
+        let i = c.checked_sub(self.first).filter(|&i| i < self.count)?;
+        let s = self.offset.checked_add(i.checked_mul(self.block)?)?;
+        Some(s..s.checked_add(self.block)?)
     }
 }
 
@@ -73,7 +74,7 @@ pub struct CoupledParam {
     pub place: Placement,
     pub role: ParamRole,
     /// The node that uses it.
-    pub node: usize,
+    pub node: NodeId,
 }
 
 /// A set of channels that must be removed together.
@@ -81,14 +82,14 @@ pub struct CoupledParam {
 pub struct ChannelGroup {
     pub channels: usize,
     /// The nodes whose output channels form this space (joined sources).
-    pub sources: Vec<usize>,
+    pub sources: Vec<NodeId>,
     pub params: Vec<CoupledParam>,
     /// Non-constant tensors carrying the channels, and where.
     pub activations: Vec<(String, Placement)>,
     /// Nodes where the channels are contracted away.
-    pub consumers: Vec<usize>,
+    pub consumers: Vec<NodeId>,
     /// Nodes the channels flow through on the way (normalizations, activations, pools, ...).
-    pub path: Vec<usize>,
+    pub path: Vec<NodeId>,
     /// Why the group cannot be pruned; empty when it can.
     pub blocked: Vec<String>,
     /// Human-readable name: the first source's label.
@@ -106,147 +107,130 @@ impl ChannelGroup {
 struct Trace {
     params: BTreeSet<CoupledParam>,
     activations: BTreeSet<(String, Placement)>,
-    consumers: BTreeSet<usize>,
-    path: BTreeSet<usize>,
+    consumers: BTreeSet<NodeId>,
+    path: BTreeSet<NodeId>,
     blocked: Vec<String>,
 }
 
-/// Ops whose output has the input's shape and is computed element by element, each channel
-/// on its own.
-pub fn passthrough_unary(op: &str) -> bool {
-    matches!(
-        op,
-        "Relu"
-            | "LeakyRelu"
-            | "Sigmoid"
-            | "HardSigmoid"
-            | "HardSwish"
-            | "Tanh"
-            | "Clip"
-            | "Erf"
-            | "Gelu"
-            | "Sqrt"
-            | "Exp"
-            | "Log"
-            | "Neg"
-            | "Abs"
-            | "Identity"
-            | "Cast"
-            | "Dropout"
-            | "Softplus"
-            | "Softsign"
-            | "Elu"
-            | "Selu"
-            | "Celu"
-            | "Mish"
-            | "ThresholdedRelu"
-            | "Reciprocal"
-            | "Floor"
-            | "Ceil"
-            | "Round"
-            | "Sign"
-            | "Sin"
-            | "Cos"
-    )
-}
-
-fn elementwise_nary(op: &str) -> bool {
-    matches!(
-        op,
-        "Add" | "Sub" | "Mul" | "Div" | "Max" | "Min" | "Sum" | "Mean" | "Pow" | "PRelu"
-    )
-}
-
-fn is_pool(op: &str) -> bool {
-    matches!(
-        op,
-        "MaxPool"
-            | "AveragePool"
-            | "LpPool"
-            | "GlobalAveragePool"
-            | "GlobalMaxPool"
-            | "GlobalLpPool"
-    )
+/// A node's label for reports: its name, or `op#id`.
+pub fn label(ed: &Editor, id: NodeId) -> String {
+    match ed.node(id) {
+        Some(n) if !n.name.is_empty() => n.name.clone(),
+        Some(n) => format!("{}#{id}", n.op_type),
+        None => id.to_string(),
+    }
 }
 
 /// Is this Conv depthwise (each group one input channel)?
-pub fn is_depthwise(n: &NodeProto, shapes: &Shapes) -> bool {
-    let group = attr_i(n, "group", 1);
+pub fn is_depthwise(ed: &Editor, id: NodeId) -> bool {
+    let (Some(Op::Conv(w)), Some(n)) = (ed.analysis().valid_op(id), ed.node(id)) else {
+        return false;
+    };
+    let a = ed.analysis();
     let cin = n
         .input
         .first()
-        .and_then(|x| shapes.get(x))
+        .and_then(|x| a.shape(x))
         .and_then(|s| s.get(1))
-        .copied();
-    let w = n.input.get(1).and_then(|x| shapes.get(x));
-    group > 1 && cin == Some(group as usize) && w.is_some_and(|w| w.get(1) == Some(&1))
+        .and_then(Expr::as_int);
+    let wd = n
+        .input
+        .get(1)
+        .and_then(|x| a.shape(x))
+        .and_then(|s| s.get(1))
+        .and_then(Expr::as_int);
+    w.group > 1 && cin == Some(w.group) && wd == Some(1)
 }
 
-/// Output channel count and weight placement of a source node, or why it is not one.
-fn source_info(
-    model: &Model,
-    ix: &GraphIndex,
-    shapes: &Shapes,
-    ni: usize,
-) -> Option<Result<(usize, Vec<CoupledParam>), String>> {
-    let n = &model.graph().node[ni];
-    let dims = |name: &str| shapes.get(name).cloned();
+/// A constant seen through shape-only ops (`Reshape`, `Unsqueeze`, `Squeeze`, `Flatten`,
+/// `Identity` with constant shape inputs), as exporters often write a bias: the name of the
+/// stored constant, which holds the same values in the same order.
+pub fn stored_const(ed: &Editor, name: &str) -> Option<String> {
+    let a = ed.analysis();
+    let mut cur = name.to_string();
+    for _ in 0..4 {
+        if a.is_const(&cur) {
+            return Some(cur);
+        }
+        let p = a.producer(&cur)?;
+        let n = ed.node(p)?;
+        let shape_only = n.op_type == "Identity"
+            || matches!(
+                a.valid_op(p)?,
+                Op::Reshape { .. } | Op::Unsqueeze(_) | Op::Squeeze(_) | Op::Flatten { .. }
+            );
+        if !shape_only
+            || n.input
+                .iter()
+                .skip(1)
+                .any(|x| !x.is_empty() && !a.is_const(x))
+        {
+            return None;
+        }
+        cur = n.input.first()?.clone();
+    }
+    None
+}
+
+/// Output channel count and weight placement of a source node, `None` when it is not one,
+/// `Err` when it is one that cannot be pruned.
+fn source_info(ed: &Editor, id: NodeId) -> Option<Result<(usize, Vec<CoupledParam>), String>> {
+    let a = ed.analysis();
+    let n = ed.node(id)?;
+    let w = n.input.get(1)?;
+    let dims = |name: &str| a.concrete(name);
     let p = |name: &str, axis: usize, c: usize, role| CoupledParam {
         name: name.to_string(),
         place: Placement::whole(axis, c),
         role,
-        node: ni,
+        node: id,
     };
-    let w = n.input.get(1)?;
-    match n.op_type.as_str() {
-        "Conv" => {
-            if !ix.is_const(w) {
-                return Some(Err("its weight is not a constant".into()));
+    let bias = n.input.get(2).filter(|b| !b.is_empty());
+    let not_const = || Some(Err("its weight is not a constant".into()));
+    match a.valid_op(id)? {
+        Op::Conv(win) => {
+            if !a.is_const(w) {
+                return not_const();
             }
-            if is_depthwise(n, shapes) {
+            if is_depthwise(ed, id) {
                 return None; // follows its input's channels
             }
-            let wd = dims(w)?;
-            if attr_i(n, "group", 1) != 1 {
+            if win.group != 1 {
                 return Some(Err("grouped convolution".into()));
             }
-            let c = *wd.first()?;
+            let c = *dims(w)?.first()?;
             let mut ps = vec![p(w, 0, c, ParamRole::SourceWeight)];
-            if let Some(b) = n.input.get(2).filter(|b| !b.is_empty()) {
-                ps.push(p(b, 0, c, ParamRole::SourceBias));
-            }
+            ps.extend(bias.map(|b| p(b, 0, c, ParamRole::SourceBias)));
             Some(Ok((c, ps)))
         }
-        "ConvTranspose" => {
-            if !ix.is_const(w) {
-                return Some(Err("its weight is not a constant".into()));
+        Op::ConvTranspose(t) => {
+            if !a.is_const(w) {
+                return not_const();
             }
-            if attr_i(n, "group", 1) != 1 {
+            if t.window.group != 1 {
                 return Some(Err("grouped transposed convolution".into()));
             }
             let c = *dims(w)?.get(1)?;
             let mut ps = vec![p(w, 1, c, ParamRole::SourceWeight)];
-            if let Some(b) = n.input.get(2).filter(|b| !b.is_empty()) {
-                ps.push(p(b, 0, c, ParamRole::SourceBias));
-            }
+            ps.extend(bias.map(|b| p(b, 0, c, ParamRole::SourceBias)));
             Some(Ok((c, ps)))
         }
-        "Gemm" => {
-            if !ix.is_const(w) {
-                return Some(Err("its weight is not a constant".into()));
+        Op::Gemm { trans_b, .. } => {
+            if !a.is_const(w) {
+                return not_const();
             }
             let wd = dims(w)?;
             if wd.len() != 2 {
                 return None;
             }
-            let axis = if attr_i(n, "transB", 0) != 0 { 0 } else { 1 };
-            let c = wd[axis];
+            let axis = if *trans_b { 0 } else { 1 };
+            let c = *wd.get(axis)?;
             let mut ps = vec![p(w, axis, c, ParamRole::SourceWeight)];
-            if let Some(b) = n.input.get(2).filter(|b| !b.is_empty()) {
+            if let Some(b) = bias {
                 let bd = dims(b)?;
                 match bd.last() {
                     Some(&l) if l == c && bd.iter().rev().skip(1).all(|&d| d == 1) => {
-                        ps.push(p(b, bd.len() - 1, c, ParamRole::SourceBias))
+                        ps.push(p(b, bd.len().saturating_sub(1), c, ParamRole::SourceBias))
                     }
                     Some(&1) | None => {}
                     _ => return Some(Err("its bias is not per output channel".into())),
@@ -254,559 +238,655 @@ fn source_info(
             }
             Some(Ok((c, ps)))
         }
-        "MatMul" => {
-            if !ix.is_const(w) {
+        Op::MatMul => {
+            if !a.is_const(w) {
                 return None; // activations times activations: not a layer
             }
             let wd = dims(w)?;
-            if wd.len() != 2 {
-                return Some(Err("its weight is not a matrix".into()));
+            match wd.as_slice() {
+                [_, c] => Some(Ok((*c, vec![p(w, 1, *c, ParamRole::SourceWeight)]))),
+                _ => Some(Err("its weight is not a matrix".into())),
             }
-            Some(Ok((wd[1], vec![p(w, 1, wd[1], ParamRole::SourceWeight)])))
         }
         _ => None,
     }
 }
 
-/// A constant seen through shape-only ops (`Reshape`, `Unsqueeze`, `Squeeze`, `Flatten`,
-/// `Identity` with constant shape inputs), as exporters often write a bias: the name of the
-/// stored constant, which holds the same values in the same order.
-pub fn stored_const(model: &Model, ix: &GraphIndex, name: &str) -> Option<String> {
-    let g = model.graph();
-    let mut cur = name;
-    for _ in 0..4 {
-        if ix.is_const(cur) {
-            return Some(cur.to_string());
-        }
-        let n = g.node.get(*ix.producer.get(cur)?)?;
-        if !matches!(
-            n.op_type.as_str(),
-            "Reshape" | "Unsqueeze" | "Squeeze" | "Flatten" | "Identity"
-        ) || n
-            .input
-            .iter()
-            .skip(1)
-            .any(|x| !x.is_empty() && !ix.is_const(x))
-        {
-            return None;
-        }
-        cur = n.input.first()?;
-    }
-    None
-}
+/// One step's outcome: where the channels go next, or why they cannot be followed.
+type Step = Result<(), String>;
 
 struct Tracer<'a> {
-    model: &'a Model,
-    ix: &'a GraphIndex,
-    shapes: &'a Shapes,
+    ed: &'a Editor,
+    a: &'a Analysis,
     /// node -> (source, input index, placement) of traced channels arriving there.
-    arrivals: HashMap<usize, Vec<(usize, usize, Placement)>>,
+    arrivals: HashMap<NodeId, Vec<(NodeId, usize, Placement)>>,
     /// Sources whose channels a Reshape splits into (heads, head size): traced again per head.
-    head_split: HashMap<usize, (usize, usize)>,
+    head_split: HashMap<NodeId, (usize, usize)>,
+}
+
+/// The state of one trace: what it found and what is left to follow.
+struct Walk {
+    src: NodeId,
+    t: Trace,
+    work: Vec<(String, Placement)>,
+}
+
+impl Walk {
+    fn forward(&mut self, via: NodeId, out: &str, p: Placement) {
+        self.t.path.insert(via);
+        self.work.push((out.to_string(), p));
+    }
+
+    fn couple(&mut self, name: &str, place: Placement, role: ParamRole, node: NodeId) {
+        self.t.params.insert(CoupledParam {
+            name: name.to_string(),
+            place,
+            role,
+            node,
+        });
+    }
+}
+
+fn known(d: &Expr, what: &str) -> Result<usize, String> {
+    d.as_usize().ok_or_else(|| {
+        let syms: Vec<String> = d.symbols().into_iter().collect();
+        format!("{what} depends on the input size ({d}); give the input a concrete size with --shape (symbols: {})", syms.join(", "))
+    })
 }
 
 impl Tracer<'_> {
-    fn trace(&mut self, src: usize, out: &str, channels: usize) -> Trace {
-        self.trace_blocks(src, out, channels, 1)
+    fn shape(&self, name: &str) -> Result<Vec<Expr>, String> {
+        self.a
+            .shape(name)
+            .map(<[Expr]>::to_vec)
+            .ok_or_else(|| format!("shape of {name} unknown"))
     }
 
-    /// Traces `channels` channels of `block` consecutive output features each (attention heads).
-    fn trace_blocks(&mut self, src: usize, out: &str, channels: usize, block: usize) -> Trace {
-        let mut t = Trace::default();
-        let g = self.model.graph();
-        let mut work = vec![(
-            out.to_string(),
-            Placement {
-                block,
-                ..Placement::whole(1, channels)
-            },
-        )];
+    fn trace(&mut self, src: NodeId, out: &str, channels: usize, block: usize) -> Trace {
+        let mut w = Walk {
+            src,
+            t: Trace::default(),
+            work: vec![(
+                out.to_string(),
+                Placement {
+                    block,
+                    ..Placement::whole(1, channels)
+                },
+            )],
+        };
         // The source's output axis: 1 for Conv/Gemm, last for MatMul.
-        if g.node[src].op_type == "MatMul" {
-            match self.shapes.get(out) {
-                Some(s) if !s.is_empty() => work[0].1.axis = s.len() - 1,
+        if matches!(self.a.valid_op(src), Some(Op::MatMul)) {
+            match self.a.rank(out) {
+                Some(r) if r > 0 => {
+                    if let Some(first) = w.work.first_mut() {
+                        first.1.axis = r - 1;
+                    }
+                }
                 _ => {
-                    t.blocked.push(format!("shape of {out} unknown"));
-                    return t;
+                    w.t.blocked.push(format!("shape of {out} unknown"));
+                    return w.t;
                 }
             }
         }
         let mut seen = HashSet::new();
-        while let Some((tensor, place)) = work.pop() {
+        while let Some((tensor, place)) = w.work.pop() {
             if !seen.insert((tensor.clone(), place)) {
                 continue;
             }
-            if t.blocked.len() > 8 {
+            if w.t.blocked.len() > 8 {
                 break;
             }
-            t.activations.insert((tensor.clone(), place));
-            if self.ix.graph_outputs.contains(&tensor) {
-                t.blocked
+            w.t.activations.insert((tensor.clone(), place));
+            if self.a.is_graph_output(&tensor) {
+                w.t.blocked
                     .push(format!("its channels reach the model output {tensor}"));
                 continue;
             }
-            for &(ci, k) in self.ix.consumers_of(&tensor) {
-                if let Err(reason) = self.step(src, ci, k, &tensor, place, &mut t, &mut work) {
-                    t.blocked.push(format!(
-                        "{} ({}): {reason}",
-                        node_label(&g.node[ci], ci),
-                        g.node[ci].op_type
-                    ));
+            for (ci, k) in self.a.consumers(&tensor) {
+                if let Err(reason) = self.step(&mut w, ci, k, &tensor, place) {
+                    let op = self
+                        .ed
+                        .node(ci)
+                        .map(|n| n.op_type.clone())
+                        .unwrap_or_default();
+                    w.t.blocked
+                        .push(format!("{} ({op}): {reason}", label(self.ed, ci)));
                 }
             }
         }
-        t
+        w.t
     }
 
     /// Follows the channels at input `k` of node `ci`.
-    #[allow(clippy::too_many_arguments)]
-    fn step(
-        &mut self,
-        src: usize,
-        ci: usize,
-        k: usize,
-        tensor: &str,
-        place: Placement,
-        t: &mut Trace,
-        work: &mut Vec<(String, Placement)>,
-    ) -> Result<(), String> {
-        let g = self.model.graph();
-        let n = &g.node[ci];
-        let op = n.op_type.as_str();
-        let shape = |name: &str| {
-            self.shapes
-                .get(name)
-                .cloned()
-                .ok_or_else(|| format!("shape of {name} unknown"))
+    fn step(&mut self, w: &mut Walk, ci: NodeId, k: usize, tensor: &str, place: Placement) -> Step {
+        let n = self.ed.node(ci).ok_or("node gone")?;
+        let op = match self.a.op(ci) {
+            Some(Ok(op)) => op,
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Err("node gone".into()),
         };
-        let rank = shape(tensor)?.len();
+        let rank = self.shape(tensor)?.len();
         let out0 = n.output.first().cloned().unwrap_or_default();
-        let mut forward = |t: &mut Trace, p: Placement| {
-            t.path.insert(ci);
-            work.push((out0.clone(), p));
-        };
         match op {
-            _ if passthrough_unary(op) => {
-                if op == "Clip"
+            _ if op.is_channelwise_unary() => {
+                if matches!(op, Op::Clip { .. })
                     && n.input
                         .iter()
                         .skip(1)
-                        .any(|x| !x.is_empty() && !self.ix.is_const(x))
+                        .any(|x| !x.is_empty() && !self.a.is_const(x))
                 {
                     return Err("clip bounds are not constants".into());
                 }
-                forward(t, place);
+                w.forward(ci, &out0, place);
             }
-            "Softmax" | "LogSoftmax" | "Hardmax" => {
-                let axis = attr_i(n, "axis", -1);
-                let a = if axis < 0 { axis + rank as i64 } else { axis } as usize;
-                if a == place.axis {
+            Op::Softmax { axis, coerced } => {
+                let a = norm_axis(*axis, rank).ok_or("bad axis")?;
+                if a == place.axis || (*coerced && place.axis > a) {
                     return Err("normalizes across the channels".into());
                 }
-                forward(t, place);
+                w.forward(ci, &out0, place);
             }
-            "LayerNormalization" => {
-                let axis = attr_i(n, "axis", -1);
-                let a = if axis < 0 { axis + rank as i64 } else { axis } as usize;
+            Op::LayerNorm { axis, .. } => {
+                let a = norm_axis(*axis, rank).ok_or("bad axis")?;
                 if k != 0 || place.axis >= a {
                     return Err("normalizes across the channels".into());
                 }
-                forward(t, place);
+                w.forward(ci, &out0, place);
             }
-            "BatchNormalization" | "InstanceNormalization" => {
-                if k != 0 || place.axis != 1 {
-                    return Err("channels not on axis 1".into());
-                }
-                let last = if op == "BatchNormalization" { 4 } else { 2 };
-                for pi in 1..=last {
-                    let name = n.input.get(pi).ok_or("missing parameter")?;
-                    if !self.ix.is_const(name) {
-                        return Err(format!("parameter {name} is not a constant"));
-                    }
-                    t.params.insert(CoupledParam {
-                        name: name.clone(),
-                        place: Placement { axis: 0, ..place },
-                        role: ParamRole::PerChannel,
-                        node: ci,
-                    });
-                }
-                forward(t, place);
+            Op::BatchNorm { .. } | Op::InstanceNorm { .. } => {
+                self.step_norm(w, ci, k, place, &out0, matches!(op, Op::BatchNorm { .. }))?
             }
-            _ if is_pool(op) => {
+            Op::Pool(_) | Op::GlobalPool(_) => {
                 if place.axis != 1 {
                     return Err("channels not on axis 1".into());
                 }
-                forward(t, place);
+                w.forward(ci, &out0, place);
             }
-            _ if elementwise_nary(op) => {
-                let out_shape = shape(&out0)?;
-                let out_rank = out_shape.len();
-                // The channel axis counted from the right is what broadcasting aligns.
-                let from_right = rank - place.axis;
-                let out_place = Placement {
-                    axis: out_rank - from_right,
-                    ..place
-                };
-                for (j, other) in n.input.iter().enumerate() {
-                    if j == k || other.is_empty() {
-                        continue;
-                    }
-                    if self.ix.is_const(other) {
-                        let os = shape(other)?;
-                        if os.len() >= from_right {
-                            let a = os.len() - from_right;
-                            match os[a] {
-                                1 => {}
-                                d if d == out_shape[out_place.axis] => {
-                                    t.params.insert(CoupledParam {
-                                        name: other.clone(),
-                                        place: Placement { axis: a, ..place },
-                                        role: ParamRole::PerChannel,
-                                        node: ci,
-                                    });
-                                }
-                                _ => {
-                                    return Err(format!(
-                                        "constant {other} does not broadcast per channel"
-                                    ))
-                                }
-                            }
-                        }
-                    } else if let Some(stored) = stored_const(self.model, self.ix, other) {
-                        let os = shape(other)?;
-                        if os.len() >= from_right {
-                            let a = os.len() - from_right;
-                            let d = os[a];
-                            let per_channel = d == out_shape[out_place.axis]
-                                && os.iter().enumerate().all(|(i, &x)| i == a || x == 1);
-                            if d != 1 && !per_channel {
-                                return Err(format!(
-                                    "constant {other} does not broadcast per channel"
-                                ));
-                            }
-                            if d != 1 {
-                                // Same values in the same order: the channel axis of the stored
-                                // tensor is its only non-unit one.
-                                let ss = shape(&stored)?;
-                                let sa = ss
-                                    .iter()
-                                    .position(|&x| x == d)
-                                    .filter(|_| ss.iter().filter(|&&x| x != 1).count() == 1)
-                                    .ok_or_else(|| {
-                                        format!("constant {stored} does not broadcast per channel")
-                                    })?;
-                                t.params.insert(CoupledParam {
-                                    name: stored,
-                                    place: Placement { axis: sa, ..place },
-                                    role: ParamRole::PerChannel,
-                                    node: ci,
-                                });
-                            }
-                        }
-                    }
-                }
-                if shape(tensor)?.get(place.axis) != out_shape.get(out_place.axis) {
-                    return Err("broadcasts the channel axis".into());
-                }
-                self.arrivals
-                    .entry(ci)
-                    .or_default()
-                    .push((src, k, out_place));
-                forward(t, out_place);
+            Op::Binary(b) if *b != Binary::Equal && *b != Binary::Where => {
+                self.step_elementwise(w, ci, k, tensor, place, &out0)?
             }
-            "Concat" => {
-                let axis = attr_i(n, "axis", 0);
-                let a = if axis < 0 { axis + rank as i64 } else { axis } as usize;
-                if a == place.axis {
-                    let mut off = 0;
-                    for prev in n.input.iter().take(k) {
-                        off += *shape(prev)?.get(a).ok_or("rank mismatch")?;
-                    }
-                    forward(
-                        t,
-                        Placement {
-                            offset: place.offset + off,
-                            ..place
-                        },
-                    );
-                } else {
-                    // Concatenated along another axis: every input must carry the same channels.
-                    self.arrivals.entry(ci).or_default().push((src, k, place));
-                    forward(t, place);
-                }
+            Op::Concat { axis } => self.step_concat(
+                w,
+                ci,
+                k,
+                place,
+                &out0,
+                norm_axis(*axis, rank).ok_or("bad axis")?,
+            )?,
+            Op::Split { axis, .. } => {
+                self.step_split(w, ci, place, norm_axis(*axis, rank).ok_or("bad axis")?)?
             }
-            "Split" => {
-                let axis = attr_i(n, "axis", 0);
-                let a = if axis < 0 { axis + rank as i64 } else { axis } as usize;
-                if a != place.axis {
-                    for o in &n.output {
-                        t.path.insert(ci);
-                        work.push((o.clone(), place));
-                    }
-                    return Ok(());
-                }
-                let mut start = 0;
-                for o in &n.output {
-                    let size = *shape(o)?.get(a).ok_or("rank mismatch")?;
-                    let end = start + size;
-                    // Channels of this space inside [start, end).
-                    let mut first = None;
-                    let mut count = 0;
-                    for c in place.first..place.first + place.count {
-                        let r = place.range(c).ok_or("bad placement")?;
-                        if r.start >= start && r.end <= end {
-                            first.get_or_insert(c);
-                            count += 1;
-                        } else if r.start < end && r.end > start {
-                            return Err("splits a channel's block".into());
-                        }
-                    }
-                    if let Some(f) = first {
-                        let r0 = place.range(f).ok_or("bad placement")?;
-                        t.path.insert(ci);
-                        work.push((
-                            o.clone(),
-                            Placement {
-                                offset: r0.start - start,
-                                first: f,
-                                count,
-                                ..place
-                            },
-                        ));
-                    }
-                    start = end;
-                }
-            }
-            "Transpose" => {
-                let perm = attr_ints(n, "perm").unwrap_or_else(|| (0..rank as i64).rev().collect());
+            Op::Transpose { perm } => {
+                let perm: Vec<i64> = perm
+                    .clone()
+                    .unwrap_or_else(|| (0..rank as i64).rev().collect());
                 let a = perm
                     .iter()
-                    .position(|&p| p as usize == place.axis)
+                    .position(|&p| usize::try_from(p).ok() == Some(place.axis))
                     .ok_or("bad perm")?;
-                forward(t, Placement { axis: a, ..place });
+                w.forward(ci, &out0, Placement { axis: a, ..place });
             }
-            "Flatten" | "Reshape" => {
+            Op::Flatten { .. } | Op::Reshape { .. } => {
                 if k != 0 {
                     return Err("channels used as a shape".into());
                 }
-                let (ins, outs) = (shape(tensor)?, shape(&out0)?);
-                let a = place.axis;
-                if ins[..=a] == outs[..=a.min(outs.len().saturating_sub(1))]
-                    && outs.len() > a
-                    && outs[a] == ins[a]
-                {
-                    // Only dimensions after the channels change: their placement holds.
-                    forward(t, place);
-                } else if outs.len() == a + 1
-                    && ins[..a] == outs[..a]
-                    && outs[a] == ins[a..].iter().product::<usize>()
-                {
-                    // Channels merged with every following dimension (Flatten before a dense layer).
-                    let inner: usize = ins[a + 1..].iter().product();
-                    forward(
-                        t,
-                        Placement {
-                            offset: place.offset * inner,
-                            block: place.block * inner,
-                            ..place
-                        },
-                    );
-                } else if outs.len() == ins.len() + 1
-                    && ins[..a] == outs[..a]
-                    && ins[a + 1..] == outs[a + 2..]
-                    && outs[a] * outs[a + 1] == ins[a]
-                {
-                    // The channel axis split in two, e.g. [.., H*D] -> [.., H, D] (heads).
-                    let (heads, size) = (outs[a], outs[a + 1]);
-                    if size > 0
-                        && place.block.is_multiple_of(size)
-                        && place.offset.is_multiple_of(size)
-                    {
-                        forward(
-                            t,
-                            Placement {
-                                offset: place.offset / size,
-                                block: place.block / size,
-                                ..place
-                            },
-                        );
-                    } else {
-                        if place.block == 1 && place.offset == 0 && place.count == ins[a] {
-                            self.head_split.insert(src, (heads, size));
-                        }
-                        return Err(format!(
-                            "splits the channel axis into {heads} heads of {size}"
-                        ));
-                    }
-                } else {
-                    return Err("reshapes the channel axis (e.g. into attention heads)".into());
-                }
+                self.step_reshape(w, ci, tensor, place, &out0)?
             }
-            "Squeeze" | "Unsqueeze" | "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" => {
+            Op::Squeeze(_) | Op::Unsqueeze(_) | Op::Reduce(_) => {
                 if k != 0 {
                     return Err("channels used as axes".into());
                 }
-                let (ins, outs) = (shape(tensor)?, shape(&out0)?);
-                let a = place.axis;
-                // The channel axis keeps its size; find it by the dims around it.
-                let before: usize = ins[..a].iter().product();
-                let mut acc = 1usize;
-                let mut found = None;
-                for (j, &d) in outs.iter().enumerate() {
-                    if acc == before && d == ins[a] && (found.is_none()) {
-                        let after_in: usize = ins[a + 1..].iter().product();
-                        let after_out: usize = outs[j + 1..].iter().product();
-                        if op.starts_with("Reduce") || after_in == after_out {
-                            found = Some(j);
-                        }
-                    }
-                    acc *= d;
-                }
-                if op.starts_with("Reduce") {
-                    let axes = attr_ints(n, "axes").or_else(|| {
-                        self.shapes
-                            .consts
-                            .get(n.input.get(1).map(String::as_str).unwrap_or(""))
-                            .cloned()
-                    });
-                    let reduces_channels = match axes {
-                        Some(ax) => ax
-                            .iter()
-                            .any(|&x| (if x < 0 { x + rank as i64 } else { x }) as usize == a),
-                        None => true,
-                    };
-                    if reduces_channels {
-                        return Err("reduces across the channels".into());
-                    }
-                }
-                let j = found.ok_or("cannot follow the channel axis")?;
-                forward(t, Placement { axis: j, ..place });
+                self.step_axes(w, ci, op, tensor, place, &out0)?
             }
-            "Conv" if k == 0 => {
-                if place.axis != 1 {
-                    return Err("channels not on axis 1".into());
-                }
-                let w = n.input.get(1).ok_or("no weight")?;
-                if !self.ix.is_const(w) {
-                    return Err("its weight is not a constant".into());
-                }
-                if is_depthwise(n, self.shapes) {
-                    let mult = shape(w)?[0] / shape(tensor)?[1].max(1);
-                    let dp = Placement {
-                        axis: 0,
-                        offset: place.offset * mult,
-                        block: place.block * mult,
-                        ..place
-                    };
-                    t.params.insert(CoupledParam {
-                        name: w.clone(),
-                        place: dp,
-                        role: ParamRole::Depthwise,
-                        node: ci,
-                    });
-                    if let Some(b) = n.input.get(2).filter(|b| !b.is_empty()) {
-                        t.params.insert(CoupledParam {
-                            name: b.clone(),
-                            place: dp,
-                            role: ParamRole::Depthwise,
-                            node: ci,
-                        });
-                    }
-                    forward(
-                        t,
-                        Placement {
-                            offset: place.offset * mult,
-                            block: place.block * mult,
-                            ..place
-                        },
-                    );
-                } else if attr_i(n, "group", 1) == 1 {
-                    t.params.insert(CoupledParam {
-                        name: w.clone(),
-                        place: Placement { axis: 1, ..place },
-                        role: ParamRole::ConsumerWeight,
-                        node: ci,
-                    });
-                    t.consumers.insert(ci);
-                } else {
-                    return Err("grouped convolution".into());
-                }
-            }
-            "ConvTranspose" if k == 0 => {
-                let w = n.input.get(1).ok_or("no weight")?;
-                if place.axis != 1 || attr_i(n, "group", 1) != 1 || !self.ix.is_const(w) {
+            Op::Conv(_) if k == 0 => self.step_conv(w, ci, tensor, place, &out0)?,
+            Op::ConvTranspose(t) if k == 0 => {
+                let wt = n.input.get(1).ok_or("no weight")?;
+                if place.axis != 1 || t.window.group != 1 || !self.a.is_const(wt) {
                     return Err("unsupported transposed convolution input".into());
                 }
-                t.params.insert(CoupledParam {
-                    name: w.clone(),
-                    place: Placement { axis: 0, ..place },
-                    role: ParamRole::ConsumerWeight,
-                    node: ci,
-                });
-                t.consumers.insert(ci);
+                w.couple(
+                    wt,
+                    Placement { axis: 0, ..place },
+                    ParamRole::ConsumerWeight,
+                    ci,
+                );
+                w.t.consumers.insert(ci);
             }
-            "Gemm" if k == 0 => {
-                let w = n.input.get(1).ok_or("no weight")?;
-                let ta = attr_i(n, "transA", 0) != 0;
-                if (ta && place.axis != 0) || (!ta && place.axis != 1) || !self.ix.is_const(w) {
+            Op::Gemm {
+                trans_a, trans_b, ..
+            } if k == 0 => {
+                let wt = n.input.get(1).ok_or("no weight")?;
+                if (*trans_a && place.axis != 0)
+                    || (!*trans_a && place.axis != 1)
+                    || !self.a.is_const(wt)
+                {
                     return Err(
                         "channels are not the contracted features of a constant weight".into(),
                     );
                 }
-                let axis = if attr_i(n, "transB", 0) != 0 { 1 } else { 0 };
-                t.params.insert(CoupledParam {
-                    name: w.clone(),
-                    place: Placement { axis, ..place },
-                    role: ParamRole::ConsumerWeight,
-                    node: ci,
-                });
-                t.consumers.insert(ci);
+                let axis = if *trans_b { 1 } else { 0 };
+                w.couple(
+                    wt,
+                    Placement { axis, ..place },
+                    ParamRole::ConsumerWeight,
+                    ci,
+                );
+                w.t.consumers.insert(ci);
             }
-            "MatMul" if k == 1 || n.input.get(1).is_some_and(|w| !self.ix.is_const(w)) => {
-                // Activations times activations (attention): channels on a batch axis of both
-                // operands pass through; both must carry the same ones (a join).
-                let other = n.input.get(1 - k).ok_or("missing operand")?;
-                if self.ix.is_const(other) || place.axis + 2 >= rank {
+            Op::MatMul => self.step_matmul(w, ci, k, tensor, place, &out0)?,
+            _ => {
+                return Err(format!(
+                    "nnzip cannot follow channels through {} input {k}",
+                    n.op_type
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    fn step_norm(
+        &mut self,
+        w: &mut Walk,
+        ci: NodeId,
+        k: usize,
+        place: Placement,
+        out0: &str,
+        batch: bool,
+    ) -> Step {
+        if k != 0 || place.axis != 1 {
+            return Err("channels not on axis 1".into());
+        }
+        let n = self.ed.node(ci).ok_or("node gone")?;
+        let last = if batch { 4 } else { 2 };
+        for pi in 1..=last {
+            let name = n.input.get(pi).ok_or("missing parameter")?;
+            if !self.a.is_const(name) {
+                return Err(format!("parameter {name} is not a constant"));
+            }
+            w.couple(
+                name,
+                Placement { axis: 0, ..place },
+                ParamRole::PerChannel,
+                ci,
+            );
+        }
+        w.forward(ci, out0, place);
+        Ok(())
+    }
+
+    /// Residual `Add`, gating `Mul`, bias `Add`: constants broadcast per channel are coupled,
+    /// other tensors must carry the same channels (a join, resolved after all traces).
+    fn step_elementwise(
+        &mut self,
+        w: &mut Walk,
+        ci: NodeId,
+        k: usize,
+        tensor: &str,
+        place: Placement,
+        out0: &str,
+    ) -> Step {
+        let n = self.ed.node(ci).ok_or("node gone")?;
+        let out_shape = self.shape(out0)?;
+        let rank = self.shape(tensor)?.len();
+        // The channel axis counted from the right is what broadcasting aligns.
+        let from_right = rank.checked_sub(place.axis).ok_or("bad placement")?;
+        let out_place = Placement {
+            axis: out_shape
+                .len()
+                .checked_sub(from_right)
+                .ok_or("rank mismatch")?,
+            ..place
+        };
+        let channel_size = out_shape
+            .get(out_place.axis)
+            .cloned()
+            .ok_or("rank mismatch")?;
+        for (j, other) in n.input.iter().enumerate() {
+            if j == k || other.is_empty() {
+                continue;
+            }
+            let stored = if self.a.is_const(other) {
+                Some(other.clone())
+            } else {
+                stored_const(self.ed, other)
+            };
+            let Some(stored) = stored else { continue };
+            let os = self.shape(other)?;
+            let Some(a) = os.len().checked_sub(from_right) else {
+                continue; // broadcast from a lower rank: one value for all channels
+            };
+            let d = os.get(a).cloned().ok_or("rank mismatch")?;
+            if d.as_int() == Some(1) {
+                continue;
+            }
+            let per_channel = d == channel_size
+                && os
+                    .iter()
+                    .enumerate()
+                    .all(|(i, x)| i == a || x.as_int() == Some(1));
+            if !per_channel {
+                return Err(format!("constant {other} does not broadcast per channel"));
+            }
+            // The stored tensor holds the same values in the same order: its channel axis is
+            // its only non-unit one.
+            let sa = if stored == *other {
+                a
+            } else {
+                let ss = self.shape(&stored)?;
+                ss.iter()
+                    .position(|x| *x == d)
+                    .filter(|_| ss.iter().filter(|x| x.as_int() != Some(1)).count() == 1)
+                    .ok_or_else(|| format!("constant {stored} does not broadcast per channel"))?
+            };
+            w.couple(
+                &stored,
+                Placement { axis: sa, ..place },
+                ParamRole::PerChannel,
+                ci,
+            );
+        }
+        if self.shape(tensor)?.get(place.axis) != Some(&channel_size) {
+            return Err("broadcasts the channel axis".into());
+        }
+        self.arrivals
+            .entry(ci)
+            .or_default()
+            .push((w.src, k, out_place));
+        w.forward(ci, out0, out_place);
+        Ok(())
+    }
+
+    fn step_concat(
+        &mut self,
+        w: &mut Walk,
+        ci: NodeId,
+        k: usize,
+        place: Placement,
+        out0: &str,
+        a: usize,
+    ) -> Step {
+        if a == place.axis {
+            let n = self.ed.node(ci).ok_or("node gone")?;
+            let mut off = 0usize;
+            for prev in n.input.iter().take(k) {
+                let d = self.shape(prev)?.get(a).cloned().ok_or("rank mismatch")?;
+                off = off
+                    .checked_add(known(&d, "a concatenated size")?)
+                    .ok_or("overflow")?;
+            }
+            let offset = place.offset.checked_add(off).ok_or("overflow")?;
+            w.forward(ci, out0, Placement { offset, ..place });
+        } else {
+            // Concatenated along another axis: every input must carry the same channels.
+            self.arrivals.entry(ci).or_default().push((w.src, k, place));
+            w.forward(ci, out0, place);
+        }
+        Ok(())
+    }
+
+    fn step_split(&mut self, w: &mut Walk, ci: NodeId, place: Placement, a: usize) -> Step {
+        let outs = self.ed.node(ci).ok_or("node gone")?.output.clone();
+        if a != place.axis {
+            for o in &outs {
+                w.forward(ci, o, place);
+            }
+            return Ok(());
+        }
+        let mut start = 0usize;
+        for o in &outs {
+            let size = known(
+                self.shape(o)?.get(a).ok_or("rank mismatch")?,
+                "a split size",
+            )?;
+            let end = start.checked_add(size).ok_or("overflow")?;
+            // Channels of this space inside [start, end).
+            let mut first = None;
+            let mut count = 0usize;
+            for c in place.first..place.first.saturating_add(place.count) {
+                let r = place.range(c).ok_or("bad placement")?;
+                if r.start >= start && r.end <= end {
+                    first.get_or_insert(c);
+                    count = count.saturating_add(1);
+                } else if r.start < end && r.end > start {
+                    return Err("splits a channel's block".into());
+                }
+            }
+            if let Some(f) = first {
+                let r0 = place.range(f).ok_or("bad placement")?;
+                w.forward(
+                    ci,
+                    o,
+                    Placement {
+                        offset: r0.start.saturating_sub(start),
+                        first: f,
+                        count,
+                        ..place
+                    },
+                );
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    fn step_reshape(
+        &mut self,
+        w: &mut Walk,
+        ci: NodeId,
+        tensor: &str,
+        place: Placement,
+        out0: &str,
+    ) -> Step {
+        let (ins, outs) = (self.shape(tensor)?, self.shape(out0)?);
+        let a = place.axis;
+        let get = |v: &[Expr], r: std::ops::Range<usize>| v.get(r).map(<[Expr]>::to_vec);
+        let (Some(in_a), Some(before)) = (ins.get(a), ins.get(..a)) else {
+            return Err("rank mismatch".into());
+        };
+        if outs.len() > a && outs.get(..=a) == ins.get(..=a) {
+            // Only dimensions after the channels change: their placement holds.
+            w.forward(ci, out0, place);
+        } else if outs.len() == a + 1
+            && outs.get(..a) == Some(before)
+            && product(ins.get(a..).unwrap_or_default()).as_ref() == outs.get(a)
+        {
+            // Channels merged with every following dimension (Flatten before a dense layer).
+            let inner = known(
+                &product(ins.get(a + 1..).unwrap_or_default()).ok_or("overflow")?,
+                "the features per channel",
+            )?;
+            let m = |x: usize| x.checked_mul(inner).ok_or("overflow");
+            w.forward(
+                ci,
+                out0,
+                Placement {
+                    offset: m(place.offset)?,
+                    block: m(place.block)?,
+                    ..place
+                },
+            );
+        } else if outs.len() == ins.len() + 1
+            && outs.get(..a) == Some(before)
+            && get(&ins, a + 1..ins.len()) == get(&outs, a + 2..outs.len())
+            && outs
+                .get(a)
+                .zip(outs.get(a + 1))
+                .and_then(|(h, d)| h.checked_mul(d))
+                .as_ref()
+                == Some(in_a)
+        {
+            // The channel axis split in two, e.g. [.., H*D] -> [.., H, D] (heads).
+            let heads = known(outs.get(a).ok_or("rank")?, "the head count")?;
+            let size = known(outs.get(a + 1).ok_or("rank")?, "the head size")?;
+            if size > 0 && place.block.is_multiple_of(size) && place.offset.is_multiple_of(size) {
+                w.forward(
+                    ci,
+                    out0,
+                    Placement {
+                        offset: place.offset / size,
+                        block: place.block / size,
+                        ..place
+                    },
+                );
+            } else {
+                if place.block == 1 && place.offset == 0 && in_a.as_usize() == Some(place.count) {
+                    self.head_split.insert(w.src, (heads, size));
+                }
+                return Err(format!(
+                    "splits the channel axis into {heads} heads of {size}"
+                ));
+            }
+        } else {
+            return Err("reshapes the channel axis (e.g. into attention heads)".into());
+        }
+        Ok(())
+    }
+
+    fn step_axes(
+        &mut self,
+        w: &mut Walk,
+        ci: NodeId,
+        op: &Op,
+        tensor: &str,
+        place: Placement,
+        out0: &str,
+    ) -> Step {
+        let (ins, outs) = (self.shape(tensor)?, self.shape(out0)?);
+        let a = place.axis;
+        let facts = self
+            .a
+            .shapes()
+            .inputs_of(self.ed.node(ci).ok_or("node gone")?);
+        if let Op::Reduce(r) = op {
+            let axes = r.axes(&facts, ins.len()).ok_or("reduced axes unknown")?;
+            if axes.contains(&a) {
+                return Err("reduces across the channels".into());
+            }
+        }
+        // The channel axis keeps its size; find it by the dims around it.
+        let before = product(ins.get(..a).unwrap_or_default());
+        let after_in = product(ins.get(a + 1..).unwrap_or_default());
+        let c = ins.get(a).ok_or("rank mismatch")?;
+        let reduce = matches!(op, Op::Reduce(_));
+        let found = (0..outs.len()).find(|&j| {
+            outs.get(j) == Some(c)
+                && product(outs.get(..j).unwrap_or_default()) == before
+                && (reduce || product(outs.get(j + 1..).unwrap_or_default()) == after_in)
+        });
+        let j = found.ok_or("cannot follow the channel axis")?;
+        w.forward(ci, out0, Placement { axis: j, ..place });
+        Ok(())
+    }
+
+    fn step_conv(
+        &mut self,
+        w: &mut Walk,
+        ci: NodeId,
+        tensor: &str,
+        place: Placement,
+        out0: &str,
+    ) -> Step {
+        if place.axis != 1 {
+            return Err("channels not on axis 1".into());
+        }
+        let n = self.ed.node(ci).ok_or("node gone")?;
+        let wt = n.input.get(1).ok_or("no weight")?.clone();
+        if !self.a.is_const(&wt) {
+            return Err("its weight is not a constant".into());
+        }
+        let group = match self.a.valid_op(ci) {
+            Some(Op::Conv(win)) => win.group,
+            _ => 1,
+        };
+        if is_depthwise(self.ed, ci) {
+            let rows = self
+                .a
+                .concrete(&wt)
+                .and_then(|s| s.first().copied())
+                .ok_or("weight shape unknown")?;
+            let cin = known(
+                self.shape(tensor)?.get(1).ok_or("rank")?,
+                "the channel count",
+            )?
+            .max(1);
+            let mult = rows / cin;
+            let dp = Placement {
+                axis: 0,
+                offset: place.offset.checked_mul(mult).ok_or("overflow")?,
+                block: place.block.checked_mul(mult).ok_or("overflow")?,
+                ..place
+            };
+            w.couple(&wt, dp, ParamRole::Depthwise, ci);
+            if let Some(b) = n.input.get(2).filter(|b| !b.is_empty()) {
+                w.couple(b, dp, ParamRole::Depthwise, ci);
+            }
+            w.forward(ci, out0, Placement { axis: 1, ..dp });
+        } else if group == 1 {
+            w.couple(
+                &wt,
+                Placement { axis: 1, ..place },
+                ParamRole::ConsumerWeight,
+                ci,
+            );
+            w.t.consumers.insert(ci);
+        } else {
+            return Err("grouped convolution".into());
+        }
+        Ok(())
+    }
+
+    fn step_matmul(
+        &mut self,
+        w: &mut Walk,
+        ci: NodeId,
+        k: usize,
+        tensor: &str,
+        place: Placement,
+        out0: &str,
+    ) -> Step {
+        let n = self.ed.node(ci).ok_or("node gone")?;
+        let rank = self.shape(tensor)?.len();
+        let weight = n.input.get(1).filter(|x| self.a.is_const(x)).cloned();
+        match (k, weight) {
+            (0, Some(wt)) => {
+                if self.a.rank(&wt) != Some(2) || place.axis + 1 != rank {
                     return Err(
                         "channels meet a non-constant matrix product (e.g. attention)".into(),
                     );
                 }
-                let os = shape(other)?;
+                w.couple(
+                    &wt,
+                    Placement { axis: 0, ..place },
+                    ParamRole::ConsumerWeight,
+                    ci,
+                );
+                w.t.consumers.insert(ci);
+            }
+            _ => {
+                // Activations times activations (attention): channels on a batch axis of both
+                // operands pass through; both must carry the same ones (a join).
+                let other = n.input.get(1 - k.min(1)).ok_or("missing operand")?;
+                if self.a.is_const(other) || place.axis + 2 >= rank {
+                    return Err(
+                        "channels meet a non-constant matrix product (e.g. attention)".into(),
+                    );
+                }
+                let os = self.shape(other)?;
                 let from_right = rank - place.axis;
-                if os.len() < from_right || os[os.len() - from_right] != shape(tensor)?[place.axis]
-                {
+                let here = self.shape(tensor)?.get(place.axis).cloned();
+                if os.len() < from_right || os.get(os.len() - from_right).cloned() != here {
                     return Err("broadcasts the channel axis".into());
                 }
-                let out_rank = shape(&out0)?.len();
+                let out_rank = self.shape(out0)?.len();
                 let out_place = Placement {
-                    axis: out_rank - from_right,
+                    axis: out_rank.checked_sub(from_right).ok_or("rank")?,
                     ..place
                 };
                 self.arrivals
                     .entry(ci)
                     .or_default()
-                    .push((src, k, out_place));
-                forward(t, out_place);
-            }
-            "MatMul" if k == 0 => {
-                let w = n.input.get(1).ok_or("no weight")?;
-                if !self.ix.is_const(w) || shape(w)?.len() != 2 || place.axis + 1 != rank {
-                    return Err(
-                        "channels meet a non-constant matrix product (e.g. attention)".into(),
-                    );
-                }
-                t.params.insert(CoupledParam {
-                    name: w.clone(),
-                    place: Placement { axis: 0, ..place },
-                    role: ParamRole::ConsumerWeight,
-                    node: ci,
-                });
-                t.consumers.insert(ci);
-            }
-            _ => {
-                return Err(format!(
-                    "nnzip cannot follow channels through {op} input {k}"
-                ))
+                    .push((w.src, k, out_place));
+                w.forward(ci, out0, out_place);
             }
         }
         Ok(())
@@ -818,45 +898,59 @@ type PlaceKey = (usize, usize, usize, usize);
 
 /// Union-find over source indices.
 fn find(parent: &mut [usize], mut x: usize) -> usize {
-    while parent[x] != x {
-        parent[x] = parent[parent[x]];
-        x = parent[x];
+    while let Some(&p) = parent.get(x) {
+        if p == x {
+            break;
+        }
+        let gp = parent.get(p).copied().unwrap_or(p);
+        if let Some(slot) = parent.get_mut(x) {
+            *slot = gp;
+        }
+        x = gp;
     }
     x
 }
 
+fn union(parent: &mut [usize], a: usize, b: usize) {
+    let (ra, rb) = (find(parent, a), find(parent, b));
+    if let Some(slot) = parent.get_mut(ra) {
+        *slot = rb;
+    }
+}
+
 /// Analyses the main graph: every prunable layer's channel group, prunable or not.
-pub fn channel_groups(model: &Model, ix: &GraphIndex, shapes: &Shapes) -> Vec<ChannelGroup> {
-    let g = model.graph();
+pub fn channel_groups(ed: &Editor) -> Vec<ChannelGroup> {
+    let a = ed.analysis();
     let mut tracer = Tracer {
-        model,
-        ix,
-        shapes,
+        ed,
+        a,
         arrivals: HashMap::new(),
         head_split: HashMap::new(),
     };
     // (node, channels, trace) per source
-    let mut sources: Vec<(usize, usize, Trace)> = Vec::new();
-    for (ni, n) in g.node.iter().enumerate() {
-        let Some(info) = source_info(model, ix, shapes, ni) else {
+    let mut sources: Vec<(NodeId, usize, Trace)> = Vec::new();
+    for &id in a.order() {
+        let Some(info) = source_info(ed, id) else {
             continue;
         };
-        let out = n.output.first().cloned().unwrap_or_default();
+        let out = ed
+            .node(id)
+            .and_then(|n| n.output.first().cloned())
+            .unwrap_or_default();
         match info {
-            Ok((c, ps)) => {
-                let mut t = tracer.trace(ni, &out, c);
+            Ok((c, mut ps)) => {
                 let mut c = c;
-                let mut ps = ps;
+                let mut t = tracer.trace(id, &out, c, 1);
                 // Split into heads and stopped only there: prune whole heads instead.
-                if let Some(&(heads, size)) = tracer.head_split.get(&ni) {
+                if let Some(&(heads, size)) = tracer.head_split.get(&id) {
                     if !t.blocked.is_empty()
                         && t.blocked.iter().all(|b| b.contains(" heads of "))
-                        && heads * size == c
+                        && heads.checked_mul(size) == Some(c)
                     {
                         for v in tracer.arrivals.values_mut() {
-                            v.retain(|a| a.0 != ni);
+                            v.retain(|x| x.0 != id);
                         }
-                        t = tracer.trace_blocks(ni, &out, heads, size);
+                        t = tracer.trace(id, &out, heads, size);
                         c = heads;
                         for p in &mut ps {
                             p.place.block = size;
@@ -865,40 +959,44 @@ pub fn channel_groups(model: &Model, ix: &GraphIndex, shapes: &Shapes) -> Vec<Ch
                     }
                 }
                 t.params.extend(ps);
-                sources.push((ni, c, t));
+                sources.push((id, c, t));
             }
             Err(reason) => {
-                let t = Trace {
-                    blocked: vec![reason],
-                    ..Default::default()
-                };
-                let c = shapes
-                    .get(&out)
+                let c = a
+                    .shape(&out)
                     .and_then(|s| s.get(1))
-                    .copied()
+                    .and_then(Expr::as_usize)
                     .unwrap_or(0);
-                sources.push((ni, c, t));
+                sources.push((
+                    id,
+                    c,
+                    Trace {
+                        blocked: vec![reason],
+                        ..Default::default()
+                    },
+                ));
             }
         }
     }
-    let pos: HashMap<usize, usize> = sources.iter().enumerate().map(|(i, s)| (s.0, i)).collect();
+    let pos: HashMap<NodeId, usize> = sources.iter().enumerate().map(|(i, s)| (s.0, i)).collect();
     let mut parent: Vec<usize> = (0..sources.len()).collect();
-    let mut extra_block: HashMap<usize, Vec<String>> = HashMap::new();
+    let mut extra_block: HashMap<NodeId, Vec<String>> = HashMap::new();
     // Joins: at an element-wise node every non-constant input must carry the same channels.
-    let mut join_nodes: Vec<_> = tracer.arrivals.keys().copied().collect();
-    join_nodes.sort_unstable();
+    let mut join_nodes: Vec<NodeId> = tracer.arrivals.keys().copied().collect();
+    join_nodes.sort_unstable_by_key(|id| a.position(*id));
     for ni in join_nodes {
-        let arr = &tracer.arrivals[&ni];
-        let n = &g.node[ni];
+        let (Some(arr), Some(n)) = (tracer.arrivals.get(&ni), ed.node(ni)) else {
+            continue;
+        };
         let live: Vec<usize> = n
             .input
             .iter()
             .enumerate()
-            .filter(|(_, x)| !x.is_empty() && stored_const(model, ix, x).is_none())
+            .filter(|(_, x)| !x.is_empty() && stored_const(ed, x).is_none())
             .map(|(j, _)| j)
             .collect();
         // placement -> per input, the sources arriving with it
-        let mut by_place: HashMap<PlaceKey, HashMap<usize, Vec<usize>>> = HashMap::new();
+        let mut by_place: HashMap<PlaceKey, HashMap<usize, Vec<NodeId>>> = HashMap::new();
         for &(s, k, p) in arr {
             by_place
                 .entry((p.offset, p.block, p.first, p.count))
@@ -908,63 +1006,76 @@ pub fn channel_groups(model: &Model, ix: &GraphIndex, shapes: &Shapes) -> Vec<Ch
                 .push(s);
         }
         for inputs in by_place.values() {
-            let all: Vec<usize> = inputs.values().flatten().copied().collect();
+            let all: Vec<NodeId> = inputs.values().flatten().copied().collect();
             if live.iter().all(|j| inputs.contains_key(j)) {
-                for w in all.windows(2) {
-                    let (a, b) = (find(&mut parent, pos[&w[0]]), find(&mut parent, pos[&w[1]]));
-                    parent[a] = b;
+                for pair in all.windows(2) {
+                    if let (Some(&x), Some(&y)) = (
+                        pair.first().and_then(|s| pos.get(s)),
+                        pair.get(1).and_then(|s| pos.get(s)),
+                    ) {
+                        union(&mut parent, x, y);
+                    }
                 }
             } else {
                 for s in all {
                     extra_block.entry(s).or_default().push(format!(
                         "{} ({}): joined with a tensor whose channels nnzip cannot trace",
-                        node_label(n, ni),
+                        label(ed, ni),
                         n.op_type
                     ));
                 }
             }
         }
     }
-    // Assemble the groups.
+    assemble(ed, sources, &mut parent, &extra_block)
+}
+
+fn assemble(
+    ed: &Editor,
+    sources: Vec<(NodeId, usize, Trace)>,
+    parent: &mut [usize],
+    extra_block: &HashMap<NodeId, Vec<String>>,
+) -> Vec<ChannelGroup> {
+    let a = ed.analysis();
     let mut groups: HashMap<usize, ChannelGroup> = HashMap::new();
-    for (i, (ni, c, t)) in sources.iter().enumerate() {
-        let root = find(&mut parent, i);
+    for (i, (ni, c, t)) in sources.into_iter().enumerate() {
+        let root = find(parent, i);
         let gr = groups.entry(root).or_insert_with(|| ChannelGroup {
-            channels: *c,
+            channels: c,
             sources: vec![],
             params: vec![],
             activations: vec![],
             consumers: vec![],
             path: vec![],
             blocked: vec![],
-            name: node_label(&g.node[*ni], *ni),
+            name: label(ed, ni),
         });
-        if gr.channels != *c {
+        if gr.channels != c {
             gr.blocked.push(format!(
                 "joined layers disagree on the channel count ({} vs {c})",
                 gr.channels
             ));
         }
-        gr.sources.push(*ni);
-        gr.params.extend(t.params.iter().cloned());
-        gr.activations.extend(t.activations.iter().cloned());
-        gr.consumers.extend(t.consumers.iter().copied());
-        gr.path.extend(t.path.iter().copied());
-        gr.blocked.extend(t.blocked.iter().cloned());
-        if let Some(b) = extra_block.get(ni) {
-            gr.blocked.extend(b.iter().cloned());
-        }
+        gr.sources.push(ni);
+        gr.params.extend(t.params);
+        gr.activations.extend(t.activations);
+        gr.consumers.extend(t.consumers);
+        gr.path.extend(t.path);
+        gr.blocked.extend(t.blocked);
+        gr.blocked
+            .extend(extra_block.get(&ni).into_iter().flatten().cloned());
     }
+    let order = |id: &NodeId| a.position(*id);
     let mut out: Vec<ChannelGroup> = groups.into_values().collect();
     for gr in &mut out {
-        gr.sources.sort_unstable();
+        gr.sources.sort_by_key(order);
         gr.params.sort();
         gr.params.dedup();
         gr.activations.sort();
         gr.activations.dedup();
-        gr.consumers.sort_unstable();
+        gr.consumers.sort_by_key(order);
         gr.consumers.dedup();
-        gr.path.sort_unstable();
+        gr.path.sort_by_key(order);
         gr.path.dedup();
         gr.blocked.sort();
         gr.blocked.dedup();
@@ -972,6 +1083,6 @@ pub fn channel_groups(model: &Model, ix: &GraphIndex, shapes: &Shapes) -> Vec<Ch
             gr.blocked.push("its channels reach no consumer".into());
         }
     }
-    out.sort_by_key(|g| g.sources[0]);
+    out.sort_by_key(|g| g.sources.first().and_then(order));
     out
 }

@@ -45,23 +45,9 @@ impl GraphIndex {
                     ix.producer.insert(o.clone(), ni);
                 }
             }
-            if is_constant_node(n) {
-                if let (Some(o), Some(ai)) = (
-                    n.output.first(),
-                    n.attribute.iter().position(|a| {
-                        matches!(
-                            a.name.as_str(),
-                            "value" | "value_float" | "value_floats" | "value_int" | "value_ints"
-                        )
-                    }),
-                ) {
-                    ix.constants.insert(
-                        o.clone(),
-                        WeightId {
-                            graph: vec![],
-                            slot: WeightSlot::Constant { node: ni, attr: ai },
-                        },
-                    );
+            if let Some(id) = GraphIndex::constant_slot_of(n, ni) {
+                if let Some(o) = n.output.first() {
+                    ix.constants.insert(o.clone(), id);
                 }
             }
         }
@@ -74,6 +60,28 @@ impl GraphIndex {
             .map(|i| i.name.clone())
             .collect();
         ix
+    }
+
+    /// Where a `Constant` node at `node` of the main graph keeps its value.
+    pub fn constant_slot_of(n: &NodeProto, node: usize) -> Option<WeightId> {
+        if !is_constant_node(n) {
+            return None;
+        }
+        let attr = n.attribute.iter().position(|a| {
+            matches!(
+                a.name.as_str(),
+                "value" | "value_float" | "value_floats" | "value_int" | "value_ints"
+            )
+        })?;
+        Some(WeightId {
+            graph: vec![],
+            slot: WeightSlot::Constant { node, attr },
+        })
+    }
+
+    /// [`GraphIndex::constant_slot_of`] by position in `model`'s main graph.
+    pub fn constant_slot(model: &Model, node: usize) -> Option<WeightId> {
+        GraphIndex::constant_slot_of(model.graph().node.get(node)?, node)
     }
 
     pub fn is_const(&self, name: &str) -> bool {

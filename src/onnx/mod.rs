@@ -64,6 +64,8 @@ pub enum OnnxError {
     },
     #[error("no weight {0:?} in this model")]
     NoSuchWeight(WeightId),
+    #[error("'{0}' is not a constant of the main graph")]
+    NotConstant(String),
     #[error("weight '{name}' stored as {storage} cannot hold a {dtype} tensor of shape {dims:?}")]
     IncompatibleWrite {
         name: String,

@@ -310,59 +310,58 @@ impl Model {
     /// `value_float(s)`/`value_int(s)` keep their type and rank (scalar or 1-D).
     pub fn write(&mut self, id: &WeightId, t: &Tensor) -> Result<(), OnnxError> {
         let missing = || OnnxError::NoSuchWeight(id.clone());
-        let info = self
-            .weights()
-            .into_iter()
-            .find(|w| &w.id == id)
-            .ok_or_else(missing)?;
+        let g = graph_at_mut(self.graph_mut(), &id.graph).ok_or_else(missing)?;
+        // The slot alone says how the weight is stored: no walk over the other weights.
+        let (name, a) = match id.slot {
+            WeightSlot::Initializer(i) => {
+                store_tensor(g.initializer.get_mut(i).ok_or_else(missing)?, t);
+                return Ok(());
+            }
+            WeightSlot::Constant { node, attr } => {
+                let n = g.node.get_mut(node).ok_or_else(missing)?;
+                let name = n.output.first().cloned().unwrap_or_default();
+                (name, n.attribute.get_mut(attr).ok_or_else(missing)?)
+            }
+        };
+        let storage = match a.name.as_str() {
+            "value" => WeightStorage::ConstantTensor,
+            "value_floats" => WeightStorage::ConstantFloats,
+            "value_float" => WeightStorage::ConstantFloat,
+            "value_ints" => WeightStorage::ConstantInts,
+            "value_int" => WeightStorage::ConstantInt,
+            _ => return Err(missing()),
+        };
         let incompatible = || OnnxError::IncompatibleWrite {
-            name: info.name.clone(),
-            storage: info.storage,
+            name: name.clone(),
+            storage,
             dtype: t.dtype,
             dims: t.dims.clone(),
         };
-        let g = graph_at_mut(self.graph_mut(), &id.graph).ok_or_else(missing)?;
-        match id.slot {
-            WeightSlot::Initializer(i) => {
-                store_tensor(g.initializer.get_mut(i).ok_or_else(missing)?, t)
+        match storage {
+            WeightStorage::ConstantTensor => store_tensor(a.t.as_mut().ok_or_else(missing)?, t),
+            WeightStorage::ConstantFloats if t.dims.len() == 1 => {
+                a.floats = t.to_f32().map_err(|_| incompatible())?
             }
-            WeightSlot::Constant { node, attr } => {
-                let a = g
-                    .node
-                    .get_mut(node)
-                    .ok_or_else(missing)?
-                    .attribute
-                    .get_mut(attr)
-                    .ok_or_else(missing)?;
-                match info.storage {
-                    WeightStorage::ConstantTensor | WeightStorage::External => {
-                        store_tensor(a.t.as_mut().ok_or_else(missing)?, t)
-                    }
-                    WeightStorage::ConstantFloats if t.dims.len() == 1 => {
-                        a.floats = t.to_f32().map_err(|_| incompatible())?
-                    }
-                    WeightStorage::ConstantFloat if t.dims.is_empty() => {
-                        a.f = t
-                            .to_f32()
-                            .map_err(|_| incompatible())?
-                            .first()
-                            .copied()
-                            .ok_or_else(incompatible)?
-                    }
-                    WeightStorage::ConstantInts if t.dims.len() == 1 => {
-                        a.ints = t.to_i64().map_err(|_| incompatible())?
-                    }
-                    WeightStorage::ConstantInt if t.dims.is_empty() => {
-                        a.i = t
-                            .to_i64()
-                            .map_err(|_| incompatible())?
-                            .first()
-                            .copied()
-                            .ok_or_else(incompatible)?
-                    }
-                    _ => return Err(incompatible()),
-                }
+            WeightStorage::ConstantFloat if t.dims.is_empty() => {
+                a.f = t
+                    .to_f32()
+                    .map_err(|_| incompatible())?
+                    .first()
+                    .copied()
+                    .ok_or_else(incompatible)?
             }
+            WeightStorage::ConstantInts if t.dims.len() == 1 => {
+                a.ints = t.to_i64().map_err(|_| incompatible())?
+            }
+            WeightStorage::ConstantInt if t.dims.is_empty() => {
+                a.i = t
+                    .to_i64()
+                    .map_err(|_| incompatible())?
+                    .first()
+                    .copied()
+                    .ok_or_else(incompatible)?
+            }
+            _ => return Err(incompatible()),
         }
         Ok(())
     }

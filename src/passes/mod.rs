@@ -1,5 +1,6 @@
 //! Graph passes: values in a list, each stating what it preserves. The pipeline is a
-//! configuration: a `Vec<Box<dyn Pass>>` run in order over one model.
+//! configuration: a `Vec<Box<dyn Pass>>` run in order over one [`Editor`], the only way a pass
+//! changes a graph.
 
 pub mod prune;
 pub mod simplify;
@@ -8,7 +9,9 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::calib::{CalibError, Calibration};
-use crate::onnx::{Model, OnnxError};
+use crate::graph::editor::Editor;
+use crate::onnx::OnnxError;
+use crate::runtime::inputs::InputPlan;
 use crate::runtime::{Runtime, RuntimeError};
 use crate::tensor::TensorError;
 
@@ -24,12 +27,14 @@ pub enum PassError {
     Runtime(#[from] RuntimeError),
     #[error("{pass}: {reason}")]
     Invalid { pass: &'static str, reason: String },
-    #[error("{pass} needs calibration data (--calib FILE.npz)")]
+    #[error("{pass} needs calibration data")]
     NeedsCalibration { pass: &'static str },
+    #[error("{pass} needs concrete input sizes to run the model: {reason}")]
+    NeedsInputs { pass: &'static str, reason: String },
 }
 
-/// What a pass keeps equal between the model before and after it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// What a pass keeps equal between the model before and after it, strongest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Preserves {
     /// The outputs on every input, up to float rounding.
@@ -41,18 +46,48 @@ pub enum Preserves {
 }
 
 /// What a pass may use besides the model.
+#[derive(Clone, Copy, Default)]
 pub struct PassContext<'a> {
     pub calib: Option<&'a Calibration>,
     pub runtime: Option<&'static Runtime>,
+    /// Concrete inputs the model runs on, for passes that probe values with ONNX Runtime.
+    pub inputs: Option<&'a InputPlan>,
+}
+
+impl PassContext<'_> {
+    pub fn runtime(&self, pass: &'static str) -> Result<&'static Runtime, PassError> {
+        self.runtime.ok_or(PassError::Invalid {
+            pass,
+            reason: "needs ONNX Runtime".into(),
+        })
+    }
+
+    pub fn inputs(&self, pass: &'static str) -> Result<&InputPlan, PassError> {
+        self.inputs.ok_or(PassError::NeedsInputs {
+            pass,
+            reason: "no input sizes were given".into(),
+        })
+    }
+}
+
+/// What one pass did, by pass.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum PassDetails {
+    Cleanup(simplify::cleanup::CleanupDetails),
+    FoldBatchNorm(simplify::fold_bn::FoldDetails),
+    Collapse(simplify::collapse::CollapseDetails),
+    DeadChannels(simplify::dead::DeadDetails),
+    Prune(Box<prune::PruneOutcome>),
 }
 
 /// One pass's account of what it did.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize)]
 pub struct PassReport {
     pub pass: String,
+    pub preserves: Preserves,
     pub changed: bool,
-    /// Pass-specific details for the report (JSON).
-    pub details: serde_json::Value,
+    pub details: PassDetails,
     /// Human-readable lines.
     pub notes: Vec<String>,
 }
@@ -60,14 +95,25 @@ pub struct PassReport {
 pub trait Pass {
     fn name(&self) -> &'static str;
     fn preserves(&self) -> Preserves;
-    fn run(&self, model: &mut Model, ctx: &PassContext<'_>) -> Result<PassReport, PassError>;
+    fn run(&self, ed: &mut Editor, ctx: &PassContext<'_>) -> Result<PassReport, PassError>;
 }
 
 /// Runs passes in order, collecting their reports.
 pub fn run_passes(
     passes: &[Box<dyn Pass>],
-    model: &mut Model,
+    ed: &mut Editor,
     ctx: &PassContext<'_>,
 ) -> Result<Vec<PassReport>, PassError> {
-    passes.iter().map(|p| p.run(model, ctx)).collect()
+    passes.iter().map(|p| p.run(ed, ctx)).collect()
+}
+
+/// The weakest guarantee among the passes that changed something (`Outputs` when none did):
+/// what a check of the result may expect.
+pub fn weakest(reports: &[PassReport]) -> Preserves {
+    reports
+        .iter()
+        .filter(|r| r.changed)
+        .map(|r| r.preserves)
+        .max()
+        .unwrap_or(Preserves::Outputs)
 }

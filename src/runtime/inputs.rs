@@ -32,6 +32,8 @@ pub enum InputError {
     UnknownRank(String),
     #[error("input '{name}' has type {dtype}, which nnzip cannot generate")]
     UnsupportedType { name: String, dtype: DType },
+    #[error("no input size nnzip tried runs this model (inputs {inputs}; symbolic sizes {symbols}): pass --shape NAME=DIMS, or calibration data")]
+    NoRunnableSize { inputs: String, symbols: String },
     #[error(transparent)]
     Tensor(#[from] TensorError),
 }
@@ -196,6 +198,392 @@ pub fn random_inputs(
             Ok((vi.name.clone(), t))
         })
         .collect()
+}
+
+/// How an input is filled with seeded data: what the model does with it decides.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fill {
+    /// Floats ~ N(0, 1).
+    Normal,
+    /// Integers uniform in `0..n`: indices into a table of `n` rows (token ids, types).
+    Index(i64),
+    /// The value the graph compares the input with (a sample rate, a mode switch).
+    Constant(i64),
+    /// Integers and booleans nothing above decides: ones (an attention mask attends to all).
+    Ones,
+}
+
+/// One input's concrete shape and fill.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedInput {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub fill: Fill,
+}
+
+/// Concrete inputs a model runs on, for checks and probes on seeded data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputPlan {
+    pub inputs: Vec<PlannedInput>,
+    /// Sizes nnzip chose for symbolic dims (`x[2]=224`), empty when none were needed.
+    pub chosen: Vec<String>,
+}
+
+impl InputPlan {
+    pub fn shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.inputs
+            .iter()
+            .map(|i| (i.name.clone(), i.shape.clone()))
+            .collect()
+    }
+
+    /// Seeded inputs following each input's fill.
+    pub fn random(&self, seed: u64) -> Result<Vec<(String, Tensor)>, InputError> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        self.inputs
+            .iter()
+            .map(|p| {
+                let n = crate::tensor::numel(&p.shape)?;
+                let int = |rng: &mut ChaCha8Rng| match p.fill {
+                    Fill::Index(k) if k > 0 => rng.gen_range(0..k),
+                    Fill::Constant(v) => v,
+                    _ => 1,
+                };
+                let dims = p.shape.clone();
+                let t = match p.dtype {
+                    DType::F32 => Tensor::from_f32(
+                        dims,
+                        &(0..n).map(|_| gaussian(&mut rng)).collect::<Vec<_>>(),
+                    )?,
+                    DType::F64 => Tensor::from_bytes(
+                        DType::F64,
+                        dims,
+                        (0..n)
+                            .flat_map(|_| (gaussian(&mut rng) as f64).to_le_bytes())
+                            .collect(),
+                    )?,
+                    DType::I64 => {
+                        Tensor::from_i64(dims, &(0..n).map(|_| int(&mut rng)).collect::<Vec<_>>())?
+                    }
+                    DType::I32 => Tensor::from_i32(
+                        dims,
+                        &(0..n)
+                            .map(|_| i32::try_from(int(&mut rng)).unwrap_or(0))
+                            .collect::<Vec<_>>(),
+                    )?,
+                    DType::U8 | DType::I8 | DType::Bool => Tensor::from_bytes(
+                        p.dtype,
+                        dims,
+                        (0..n)
+                            .map(|_| u8::try_from(int(&mut rng)).unwrap_or(1))
+                            .collect(),
+                    )?,
+                    dtype => {
+                        return Err(InputError::UnsupportedType {
+                            name: p.name.clone(),
+                            dtype,
+                        })
+                    }
+                };
+                Ok((p.name.clone(), t))
+            })
+            .collect()
+    }
+}
+
+/// Sizes tried for a symbolic dimension nothing else fixes, by the input's kind.
+fn candidates(dtype: DType, rank: usize) -> &'static [i64] {
+    match (dtype.is_float(), rank) {
+        // images, feature maps: common sizes, multiples of 32 first (detectors need them)
+        (true, 4) | (true, 5) => &[
+            224, 256, 320, 640, 192, 160, 128, 96, 64, 48, 32, 384, 512, 1,
+        ],
+        // audio chunks, sequences of features; 1 for batch-like axes of recurrent states
+        (true, _) => &[512, 256, 576, 1024, 2048, 64, 16, 1],
+        // token sequences
+        (false, _) => &[16, 32, 64, 128, 8, 1],
+    }
+}
+
+/// What the graph does with an integer input, found by following it through ops that keep
+/// its values (casts, reshapes, constant-index gathers) to an `Equal` with a constant or a
+/// `Gather` into a constant table.
+fn integer_fill(model: &crate::onnx::Model, input: &str) -> Fill {
+    let g = model.graph();
+    let consts: HashMap<&str, &onnx_protobuf::TensorProto> =
+        g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    let constant = |name: &str| -> Option<Tensor> {
+        if let Some(t) = consts.get(name) {
+            return model.decode_tensor(t).ok();
+        }
+        let n = g
+            .node
+            .iter()
+            .find(|n| n.output.first().map(String::as_str) == Some(name))?;
+        let id = crate::graph::index::GraphIndex::constant_slot(
+            model,
+            g.node.iter().position(|m| std::ptr::eq(m, n))?,
+        )?;
+        model.read(&id).ok()
+    };
+    let mut frontier = vec![input.to_string()];
+    for _ in 0..6 {
+        let mut next = Vec::new();
+        for name in &frontier {
+            for n in g.node.iter().filter(|n| n.input.iter().any(|i| i == name)) {
+                let k = n.input.iter().position(|i| i == name).unwrap_or(0);
+                let other = n
+                    .input
+                    .get(1usize.saturating_sub(k))
+                    .map(String::as_str)
+                    .unwrap_or("");
+                match n.op_type.as_str() {
+                    "Equal" => {
+                        if let Some(v) = constant(other)
+                            .and_then(|t| t.to_i64_lossy())
+                            .and_then(|v| v.first().copied())
+                        {
+                            return Fill::Constant(v);
+                        }
+                    }
+                    "Gather" if k == 1 => {
+                        if let Some(t) = constant(n.input.first().map(String::as_str).unwrap_or(""))
+                        {
+                            let axis = n
+                                .attribute
+                                .iter()
+                                .find(|a| a.name == "axis")
+                                .map_or(0, |a| a.i);
+                            let a = crate::graph::ops::norm_axis(axis, t.dims.len()).unwrap_or(0);
+                            let rows = t.dims.get(a).copied().unwrap_or(0);
+                            return Fill::Index(i64::try_from(rows).unwrap_or(0));
+                        }
+                    }
+                    "Cast" | "Reshape" | "Squeeze" | "Unsqueeze" | "Identity" | "Flatten"
+                    | "Gather"
+                        if k == 0 =>
+                    {
+                        next.extend(n.output.iter().cloned());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        frontier = next;
+    }
+    Fill::Ones
+}
+
+/// Plans concrete inputs: `given` shapes first, then fixed dims, batch 1 for a symbolic first
+/// dimension, and for other symbolic dims the first candidate size at which the model's shape
+/// arithmetic holds (sizes it requires equal, windows that fit) and, with a runtime, at which
+/// ONNX Runtime runs it.
+pub fn plan(
+    model: &crate::onnx::Model,
+    given: &[(String, Vec<usize>)],
+    check: &mut dyn FnMut(&InputPlan) -> bool,
+) -> Result<InputPlan, InputError> {
+    plans(model, given, check, 1)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| no_size(model, &[]))
+}
+
+fn no_size(model: &crate::onnx::Model, symbols: &[String]) -> InputError {
+    InputError::NoRunnableSize {
+        inputs: model
+            .inputs()
+            .iter()
+            .map(|i| i.name.clone())
+            .collect::<Vec<_>>()
+            .join(", "),
+        symbols: symbols.join(", "),
+    }
+}
+
+/// [`plan`], up to `n` runnable plans at different sizes (one when every size is fixed).
+pub fn plans(
+    model: &crate::onnx::Model,
+    given: &[(String, Vec<usize>)],
+    check: &mut dyn FnMut(&InputPlan) -> bool,
+    n: usize,
+) -> Result<Vec<InputPlan>, InputError> {
+    use crate::graph::infer::{declared, infer, InputDims};
+    use crate::graph::ops::InferCx;
+    use crate::graph::sym::Expr;
+    let ins = model.inputs();
+    // Validate names and conflicts as before.
+    check_given(&ins, given)?;
+    let mut cx = InferCx::default();
+    let mut dims: InputDims = HashMap::new();
+    let mut free: Vec<(String, DType, usize)> = Vec::new(); // symbol, dtype, rank of its input
+    for vi in &ins {
+        let d: Vec<Expr> = match given.iter().find(|(n, _)| n == &vi.name) {
+            Some((_, g)) => crate::graph::sym::known(g).unwrap_or_default(),
+            None => {
+                let mut d = declared(vi, &mut cx, true)
+                    .ok_or_else(|| InputError::UnknownRank(vi.name.clone()))?;
+                if let Some(first) = d.first_mut().filter(|x| !x.is_known()) {
+                    *first = Expr::int(1);
+                }
+                d
+            }
+        };
+        for x in &d {
+            for s in x.symbols() {
+                if !free.iter().any(|f| f.0 == s) {
+                    free.push((s, vi.dtype, d.len()));
+                }
+            }
+        }
+        dims.insert(vi.name.clone(), d);
+    }
+    let make = |env: &HashMap<String, i64>| -> Option<InputPlan> {
+        let mut out = Vec::new();
+        for vi in &ins {
+            let d = dims.get(&vi.name)?;
+            let shape: Vec<usize> = d
+                .iter()
+                .map(|x| {
+                    x.eval(&|s| env.get(s).copied())
+                        .and_then(|v| usize::try_from(v).ok())
+                })
+                .collect::<Option<_>>()?;
+            let fill = if vi.dtype.is_float() {
+                Fill::Normal
+            } else {
+                integer_fill(model, &vi.name)
+            };
+            out.push(PlannedInput {
+                name: vi.name.clone(),
+                dtype: vi.dtype,
+                shape,
+                fill,
+            });
+        }
+        let mut chosen: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        chosen.sort();
+        Some(InputPlan {
+            inputs: out,
+            chosen,
+        })
+    };
+    // Candidate assignments, one symbol at a time; the model's own constraints filter them.
+    let holds = |env: &HashMap<String, i64>| -> bool {
+        let concrete: InputDims = dims
+            .iter()
+            .filter_map(|(k, d)| {
+                let v: Option<Vec<Expr>> = d
+                    .iter()
+                    .map(|x| x.eval(&|s| env.get(s).copied()).map(Expr::int))
+                    .collect();
+                Some((k.clone(), v?))
+            })
+            .collect();
+        infer(model, &concrete).consistent()
+    };
+    // A symbol that is some input's first dimension is the batch: 1 wherever it appears (a
+    // recurrent state carries it on another axis).
+    let mut env: HashMap<String, i64> = HashMap::new();
+    for vi in &ins {
+        if given.iter().any(|(n, _)| n == &vi.name) {
+            continue;
+        }
+        let declared_first = declared(vi, &mut cx, true).and_then(|d| d.first().cloned());
+        if let Some(s) = declared_first
+            .filter(|d| !d.is_known())
+            .and_then(|d| d.symbols().into_iter().next())
+        {
+            env.insert(s, 1);
+        }
+    }
+    let free: Vec<(String, DType, usize)> = free
+        .into_iter()
+        .filter(|f| !env.contains_key(&f.0))
+        .collect();
+    let mut attempts: Vec<HashMap<String, i64>> = Vec::new();
+    for (sym, dtype, rank) in &free {
+        let cands = candidates(*dtype, *rank);
+        let pick = cands.iter().copied().find(|&c| {
+            let mut e = env.clone();
+            e.insert(sym.clone(), c);
+            holds(&e)
+        });
+        env.insert(
+            sym.clone(),
+            pick.unwrap_or(cands.first().copied().unwrap_or(1)),
+        );
+    }
+    attempts.push(env.clone());
+    // Alternatives for the runtime check: each symbol's other candidates, in order.
+    for (sym, dtype, rank) in &free {
+        for &c in candidates(*dtype, *rank) {
+            let mut e = env.clone();
+            e.insert(sym.clone(), c);
+            if !attempts.contains(&e) && holds(&e) {
+                attempts.push(e);
+            }
+        }
+    }
+    let mut out: Vec<InputPlan> = Vec::new();
+    for e in &attempts {
+        if out.len() >= n {
+            break;
+        }
+        let Some(p) = make(e) else { continue };
+        if !out.contains(&p) && check(&p) {
+            out.push(p);
+        }
+    }
+    if out.is_empty() {
+        return Err(no_size(
+            model,
+            &free.iter().map(|f| f.0.clone()).collect::<Vec<_>>(),
+        ));
+    }
+    Ok(out)
+}
+
+/// `resolve_shapes`' checks of `--shape` values (unknown names, conflicts with fixed dims),
+/// without requiring every symbolic dim to be given.
+pub fn check_given(inputs: &[ValueInfo], given: &[(String, Vec<usize>)]) -> Result<(), InputError> {
+    let names = inputs
+        .iter()
+        .map(|i| i.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    for (n, g) in given {
+        let vi = inputs
+            .iter()
+            .find(|i| &i.name == n)
+            .ok_or_else(|| InputError::UnknownInput {
+                name: n.clone(),
+                inputs: names.clone(),
+            })?;
+        if let Some(d) = &vi.dims {
+            let conflict = d.len() != g.len()
+                || d.iter()
+                    .zip(g)
+                    .any(|(a, b)| matches!(a, Dim::Fixed(x) if x != b));
+            if conflict {
+                return Err(InputError::ShapeConflict {
+                    name: n.clone(),
+                    given: g
+                        .iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join("x"),
+                    fixed: d
+                        .iter()
+                        .map(|x| x.to_string())
+                        .collect::<Vec<_>>()
+                        .join("x"),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Standard normal sample (Box-Muller), f32.

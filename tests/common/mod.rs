@@ -136,3 +136,56 @@ pub fn assert_bit_identical(a: &[(String, Tensor)], b: &[(String, Tensor)]) {
         assert_eq!(ta.bytes(), tb.bytes(), "output {na} differs");
     }
 }
+
+/// An [`Editor`](nnzip::graph::editor::Editor) over a copy of `model`, written back into it when
+/// dropped: `pass.run(&mut ed(&mut m), &ctx)` edits `m`.
+pub fn ed(model: &mut Model) -> Ed<'_> {
+    let e = nnzip::graph::editor::Editor::new(model.clone(), Default::default());
+    Ed { model, ed: Some(e) }
+}
+
+pub struct Ed<'a> {
+    model: &'a mut Model,
+    ed: Option<nnzip::graph::editor::Editor>,
+}
+
+impl std::ops::Deref for Ed<'_> {
+    type Target = nnzip::graph::editor::Editor;
+    fn deref(&self) -> &Self::Target {
+        self.ed.as_ref().unwrap()
+    }
+}
+
+impl std::ops::DerefMut for Ed<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.ed.as_mut().unwrap()
+    }
+}
+
+impl Drop for Ed<'_> {
+    fn drop(&mut self) {
+        if let Some(e) = self.ed.take() {
+            *self.model = e.into_model();
+        }
+    }
+}
+
+/// The channel groups of a model at its declared sizes.
+pub fn groups_of(model: &Model) -> Vec<nnzip::graph::groups::ChannelGroup> {
+    let e = nnzip::graph::editor::Editor::new(model.clone(), Default::default());
+    nnzip::graph::groups::channel_groups(&e)
+}
+
+/// Seeded inputs the model runs on (sizes planned as nnzip plans them, checked on ORT).
+pub fn planned_inputs(model: &Model, seed: u64) -> Vec<(String, Tensor)> {
+    let mut ok = |p: &nnzip::runtime::inputs::InputPlan| {
+        let x = p.random(0).unwrap();
+        Session::from_model(runtime(), model, &SessionOptions::default())
+            .and_then(|mut s| s.run(&x))
+            .is_ok()
+    };
+    nnzip::runtime::inputs::plan(model, &[], &mut ok)
+        .unwrap()
+        .random(seed)
+        .unwrap()
+}

@@ -23,15 +23,15 @@
 
 use serde::Serialize;
 
-use super::structured::{analyse, zero_channels};
+use super::structured::zero_channels;
 
 use super::{census, check_fraction, prunable_weights, ratio, Filter, PruneOutcome, Skipped};
+use crate::calib::capture::{capture, Source};
 use crate::calib::states::{rectifier_states, NeuronStates};
 use crate::calib::{evaluate, run_model, Metric};
-use crate::graph::groups::{ChannelGroup, CoupledParam, ParamRole};
-use crate::graph::index::GraphIndex;
-use crate::onnx::weights::WeightId;
-use crate::onnx::Model;
+use crate::graph::editor::Editor;
+use crate::graph::groups::{channel_groups, ChannelGroup, CoupledParam, ParamRole};
+use crate::graph::ops::Op;
 use crate::passes::{Pass, PassContext, PassError, PassReport, Preserves};
 use crate::tensor::Tensor;
 
@@ -48,7 +48,6 @@ pub struct EntropyPrune {
     /// many points of the unpruned model's (None: never).
     pub layer_drop: Option<f64>,
     pub filter: Filter,
-    pub input_shapes: Vec<(String, Vec<usize>)>,
 }
 
 /// One rectified layer's entropy account.
@@ -78,11 +77,8 @@ struct Layer {
     group: ChannelGroup,
     /// Indices into the states list.
     rects: Vec<usize>,
-    /// (weight id, dims) of its source weights, with their channel placements.
-    sources: Vec<(
-        crate::onnx::weights::WeightId,
-        crate::graph::groups::Placement,
-    )>,
+    /// Its source weights (constants of the main graph) and their channel placements.
+    sources: Vec<(String, crate::graph::groups::Placement)>,
 }
 
 /// Per-neuron entropy of a layer: the mean over its rectifiers.
@@ -114,11 +110,11 @@ fn mean_entropy(states: &[NeuronStates], l: &Layer) -> f64 {
 }
 
 /// Per neuron L1 norm and the layer's non-zero count, over its source weights.
-fn layer_norms(model: &Model, l: &Layer) -> Result<(Vec<f64>, usize, usize), PassError> {
+fn layer_norms(ed: &Editor, l: &Layer) -> Result<(Vec<f64>, usize, usize), PassError> {
     let mut l1 = vec![0.0f64; l.group.channels];
     let (mut nnz, mut total) = (0, 0);
-    for (id, place) in &l.sources {
-        let t = model.read(id)?;
+    for (name, place) in &l.sources {
+        let t = read_const(ed, name)?;
         let v = t.to_f32()?;
         super::structured::for_each_channel_elem(&t.dims, place, |c, e| {
             if let (Some(a), Some(x)) = (l1.get_mut(c), v.get(e)) {
@@ -131,39 +127,52 @@ fn layer_norms(model: &Model, l: &Layer) -> Result<(Vec<f64>, usize, usize), Pas
     Ok((l1, nnz, total))
 }
 
+/// A constant of the main graph, which pruning found there.
+fn read_const(ed: &Editor, name: &str) -> Result<Tensor, PassError> {
+    ed.constant(name)?.ok_or_else(|| PassError::Invalid {
+        pass: "entropy",
+        reason: format!("{name} is not a constant"),
+    })
+}
+
 /// Per-channel (minimum, mean) of `tensor` (channels on `axis`) over the first `samples`
-/// calibration samples.
+/// calibration samples, accumulated batch by batch.
 fn probe_stats(
-    model: &Model,
+    ed: &Editor,
     rt: &crate::runtime::Runtime,
     calib: &crate::calib::Calibration,
     tensor: &str,
     axis: usize,
     samples: usize,
 ) -> Result<Vec<(f64, f64)>, PassError> {
-    let mut probe = model.clone();
-    crate::graph::edit::expose_float_outputs(&mut probe, &[tensor.to_string()]);
-    let c = calib.take(samples)?;
-    let outs = run_model(rt, &probe, &c)?;
-    let t = outs
-        .iter()
-        .find(|(n, _)| n == tensor)
-        .map(|o| &o.1)
-        .ok_or_else(|| PassError::Invalid {
-            pass: "entropy",
-            reason: format!("cannot observe {tensor}"),
-        })?;
-    let v = t.to_f32()?;
-    let ch = t.dims.get(axis).copied().unwrap_or(1).max(1);
-    let inner: usize = t.dims.get(axis + 1..).map_or(1, |d| d.iter().product());
-    let mut sum = vec![0.0f64; ch];
-    let mut min = vec![f64::INFINITY; ch];
-    for (i, x) in v.iter().enumerate() {
-        let c = (i / inner.max(1)) % ch;
-        sum[c] += *x as f64;
-        min[c] = min[c].min(*x as f64);
-    }
-    let per = (v.len() / ch).max(1) as f64;
+    let (mut sum, mut min, mut count): (Vec<f64>, Vec<f64>, usize) = (Vec::new(), Vec::new(), 0);
+    let source = Source::Calibration {
+        data: calib,
+        limit: Some(samples),
+    };
+    capture(rt, ed.model(), &[tensor.to_string()], source, &mut |b| {
+        let Some(Some(t)) = b.tensors.into_iter().next() else {
+            return Err(crate::calib::CalibError::Inputs(format!(
+                "cannot observe {tensor}"
+            )));
+        };
+        let v = t.to_f32()?;
+        let ch = t.dims.get(axis).copied().unwrap_or(1).max(1);
+        if sum.is_empty() {
+            (sum, min) = (vec![0.0; ch], vec![f64::INFINITY; ch]);
+        }
+        let inner: usize = t.dims.get(axis + 1..).map_or(1, |d| d.iter().product());
+        for (i, x) in v.iter().enumerate() {
+            let c = (i / inner.max(1)) % ch;
+            if let (Some(s), Some(m)) = (sum.get_mut(c), min.get_mut(c)) {
+                *s += f64::from(*x);
+                *m = m.min(f64::from(*x));
+            }
+        }
+        count += v.len() / ch;
+        Ok(())
+    })?;
+    let per = count.max(1) as f64;
     Ok(min
         .into_iter()
         .zip(sum)
@@ -172,14 +181,14 @@ fn probe_stats(
 }
 
 fn probe_means(
-    model: &Model,
+    ed: &Editor,
     rt: &crate::runtime::Runtime,
     calib: &crate::calib::Calibration,
     tensor: &str,
     axis: usize,
     samples: usize,
 ) -> Result<Vec<f64>, PassError> {
-    Ok(probe_stats(model, rt, calib, tensor, axis, samples)?
+    Ok(probe_stats(ed, rt, calib, tensor, axis, samples)?
         .into_iter()
         .map(|x| x.1)
         .collect())
@@ -187,14 +196,12 @@ fn probe_means(
 
 /// The last additive per-channel parameter before the layer's rectifier (BatchNormalization
 /// bias, else the layer's own bias): moving it shifts the pre-activation channel by channel.
-fn shift_param(model: &Model, l: &Layer, st: &NeuronStates) -> Option<CoupledParam> {
-    let g = model.graph();
+fn shift_param(ed: &Editor, l: &Layer, st: &NeuronStates) -> Option<CoupledParam> {
     let bn_beta = l.group.params.iter().find(|p| {
         p.role == ParamRole::PerChannel
-            && g.node.get(p.node).is_some_and(|n| {
-                n.op_type == "BatchNormalization"
-                    && n.input.get(2) == Some(&p.name)
-                    && n.output.first() == Some(&st.tensor)
+            && matches!(ed.analysis().valid_op(p.node), Some(Op::BatchNorm { .. }))
+            && ed.node(p.node).is_some_and(|n| {
+                n.input.get(2) == Some(&p.name) && n.output.first() == Some(&st.tensor)
             })
     });
     bn_beta
@@ -210,7 +217,7 @@ fn shift_param(model: &Model, l: &Layer, st: &NeuronStates) -> Option<CoupledPar
 /// The layer's single rectifier and its output tensor, where it has exactly one of each and
 /// one source op.
 fn single_rectifier<'s>(
-    model: &Model,
+    ed: &Editor,
     l: &Layer,
     states: &'s [NeuronStates],
 ) -> Option<(&'s NeuronStates, String)> {
@@ -218,7 +225,7 @@ fn single_rectifier<'s>(
         return None;
     };
     let st = states.get(r)?;
-    let out = model.graph().node.get(st.node)?.output.first()?.clone();
+    let out = ed.node(st.node)?.output.first()?.clone();
     Some((st, out))
 }
 
@@ -229,53 +236,51 @@ fn single_rectifier<'s>(
 /// (mean > 0) or always OFF: zero entropy. Returns false where the layer has no such parameter
 /// or the check fails (the caller discards the candidate model).
 fn silence_to_mean(
-    model: &mut Model,
-    ix: &GraphIndex,
+    ed: &mut Editor,
     l: &Layer,
     states: &[NeuronStates],
     rt: &crate::runtime::Runtime,
     calib: &crate::calib::Calibration,
     mask: &[bool],
 ) -> Result<bool, PassError> {
-    let Some((st, rect_out)) = single_rectifier(model, l, states) else {
+    let Some((st, rect_out)) = single_rectifier(ed, l, states) else {
         return Ok(false);
     };
-    let Some(shift) = shift_param(model, l, st) else {
+    let Some(shift) = shift_param(ed, l, st) else {
         return Ok(false);
     };
     if !mask.iter().any(|&m| m) {
         return Ok(true);
     }
-    let means = probe_means(model, rt, calib, &rect_out, st.axis, calib.samples)?;
+    let means = probe_means(ed, rt, calib, &rect_out, st.axis, calib.samples)?;
     if means.len() != l.group.channels || mask.len() != l.group.channels {
         return Ok(false);
     }
     let on = |c: usize| mask.get(c).copied().unwrap_or(false);
-    for (id, place) in &l.sources {
-        let t = model.read(id)?;
+    for (name, place) in &l.sources {
+        let t = read_const(ed, name)?;
         let mut v = t.to_f32()?;
         super::structured::for_each_channel_elem(&t.dims, place, |c, e| {
             if let (true, Some(x)) = (on(c), v.get_mut(e)) {
                 *x = 0.0;
             }
         });
-        model.write(id, &Tensor::from_f32(t.dims.clone(), &v)?)?;
+        ed.write_constant(name, &Tensor::from_f32(t.dims.clone(), &v)?)?;
     }
     // The pre-activation is now a constant per silenced channel: measure it, then move it to
     // the mean.
-    let now = probe_means(model, rt, calib, &st.tensor, st.axis, 1)?;
-    let Some(id) = ix.constants.get(&shift.name) else {
+    let now = probe_means(ed, rt, calib, &st.tensor, st.axis, 1)?;
+    let Some(t) = ed.constant(&shift.name)? else {
         return Ok(false);
     };
-    let t = model.read(id)?;
     let mut v = t.to_f32()?;
     super::structured::for_each_channel_elem(&t.dims, &shift.place, |c, e| {
         if let (true, Some(x), Some(m), Some(k)) = (on(c), v.get_mut(e), means.get(c), now.get(c)) {
             *x += (*m - *k) as f32;
         }
     });
-    model.write(id, &Tensor::from_f32(t.dims.clone(), &v)?)?;
-    let check = probe_means(model, rt, calib, &st.tensor, st.axis, 1)?;
+    ed.write_constant(&shift.name, &Tensor::from_f32(t.dims.clone(), &v)?)?;
+    let check = probe_means(ed, rt, calib, &st.tensor, st.axis, 1)?;
     Ok(check
         .iter()
         .zip(&means)
@@ -288,56 +293,49 @@ fn silence_to_mean(
 enum Absorb {
     /// Gemm(A = the activation, B constant, C constant of N elements): C[o] -= α/β Σ_c B[c,o] δ_c.
     Gemm {
-        b: WeightId,
-        c: WeightId,
+        b: String,
+        c: String,
         trans_b: bool,
         scale: f32,
     },
     /// Conv without padding and with one group: bias[o] -= Σ_c δ_c Σ_s W[o,c,s]. With padding
     /// the offset is missing at the borders, so that case is refused.
-    Conv { w: WeightId, bias: WeightId },
+    Conv { w: String, bias: String },
 }
 
-fn absorbers(model: &Model, ix: &GraphIndex, tensor: &str) -> Option<Vec<Absorb>> {
-    use crate::graph::shapes::{attr_f, attr_i, attr_ints, attr_s};
-    if ix.graph_outputs.contains(tensor) {
+fn absorbers(ed: &Editor, tensor: &str) -> Option<Vec<Absorb>> {
+    let a = ed.analysis();
+    if a.is_graph_output(tensor) {
         return None;
     }
-    let g = model.graph();
     let mut out = Vec::new();
-    for &(ni, k) in ix.consumers.get(tensor)? {
-        let n = g.node.get(ni)?;
+    for (ni, k) in a.consumers(tensor) {
+        let n = ed.node(ni)?;
         if k != 0 {
             return None;
         }
-        let constant = |i: usize| n.input.get(i).and_then(|x| ix.constants.get(x)).cloned();
-        match n.op_type.as_str() {
-            "Gemm" if attr_i(n, "transA", 0) == 0 => {
-                let beta = attr_f(n, "beta", 1.0);
-                if beta == 0.0 {
+        let constant = |i: usize| n.input.get(i).filter(|x| a.is_const(x)).cloned();
+        match a.valid_op(ni)? {
+            Op::Gemm {
+                trans_a: false,
+                trans_b,
+                alpha,
+                beta,
+            } => {
+                if *beta == 0.0 {
                     return None;
                 }
                 out.push(Absorb::Gemm {
                     b: constant(1)?,
                     c: constant(2)?,
-                    trans_b: attr_i(n, "transB", 0) != 0,
-                    scale: attr_f(n, "alpha", 1.0) / beta,
+                    trans_b: *trans_b,
+                    scale: alpha / beta,
                 });
             }
-            "Conv" => {
-                let no_pads = attr_ints(n, "pads").is_none_or(|p| p.iter().all(|&x| x == 0));
-                let auto = attr_s(n, "auto_pad").unwrap_or_default();
-                if attr_i(n, "group", 1) != 1
-                    || !no_pads
-                    || !(auto.is_empty() || auto == "NOTSET" || auto == "VALID")
-                {
-                    return None;
-                }
-                out.push(Absorb::Conv {
-                    w: constant(1)?,
-                    bias: constant(2)?,
-                });
-            }
+            Op::Conv(w) if w.group == 1 && w.unpadded() => out.push(Absorb::Conv {
+                w: constant(1)?,
+                bias: constant(2)?,
+            }),
             _ => return None,
         }
     }
@@ -345,7 +343,7 @@ fn absorbers(model: &Model, ix: &GraphIndex, tensor: &str) -> Option<Vec<Absorb>
 }
 
 /// Subtracts the consumers' image of `delta` (one offset per input channel) from their biases.
-fn absorb(model: &mut Model, plan: &[Absorb], delta: &[f64]) -> Result<bool, PassError> {
+fn absorb(ed: &mut Editor, plan: &[Absorb], delta: &[f64]) -> Result<bool, PassError> {
     let k = delta.len();
     for a in plan {
         match a {
@@ -355,9 +353,9 @@ fn absorb(model: &mut Model, plan: &[Absorb], delta: &[f64]) -> Result<bool, Pas
                 trans_b,
                 scale,
             } => {
-                let bt = model.read(b)?;
+                let bt = read_const(ed, b)?;
                 let bv = bt.to_f32()?;
-                let ct = model.read(c)?;
+                let ct = read_const(ed, c)?;
                 let mut cv = ct.to_f32()?;
                 let (rows, cols) = match bt.dims.as_slice() {
                     [r, c] => (*r, *c),
@@ -379,12 +377,12 @@ fn absorb(model: &mut Model, plan: &[Absorb], delta: &[f64]) -> Result<bool, Pas
                     }
                     *y -= (*scale as f64 * s) as f32;
                 }
-                model.write(c, &Tensor::from_f32(ct.dims.clone(), &cv)?)?;
+                ed.write_constant(c, &Tensor::from_f32(ct.dims.clone(), &cv)?)?;
             }
             Absorb::Conv { w, bias } => {
-                let wt = model.read(w)?;
+                let wt = read_const(ed, w)?;
                 let wv = wt.to_f32()?;
-                let bt = model.read(bias)?;
+                let bt = read_const(ed, bias)?;
                 let mut bv = bt.to_f32()?;
                 let (Some(&o_n), Some(&c_n)) = (wt.dims.first(), wt.dims.get(1)) else {
                     return Ok(false);
@@ -402,7 +400,7 @@ fn absorb(model: &mut Model, plan: &[Absorb], delta: &[f64]) -> Result<bool, Pas
                     }
                     *y -= s as f32;
                 }
-                model.write(bias, &Tensor::from_f32(bt.dims.clone(), &bv)?)?;
+                ed.write_constant(bias, &Tensor::from_f32(bt.dims.clone(), &bv)?)?;
             }
         }
     }
@@ -419,36 +417,35 @@ fn absorb(model: &mut Model, plan: &[Absorb], delta: &[f64]) -> Result<bool, Pas
 /// neuron used to be OFF, so this costs far less accuracy than silencing the layer.
 /// Returns the number of neurons made linear, or None where the layer cannot be settled.
 fn settle_layer(
-    model: &mut Model,
-    ix: &GraphIndex,
+    ed: &mut Editor,
     l: &Layer,
     states: &[NeuronStates],
     rt: &crate::runtime::Runtime,
     calib: &crate::calib::Calibration,
 ) -> Result<Option<usize>, PassError> {
-    let Some((st, rect_out)) = single_rectifier(model, l, states) else {
+    let Some((st, rect_out)) = single_rectifier(ed, l, states) else {
         return Ok(None);
     };
     // A saturating rectifier (Relu6) is not the identity above its ceiling.
     if st.lo != 0.0 || st.hi.is_finite() {
         return Ok(None);
     }
-    let Some(plan) = absorbers(model, ix, &rect_out) else {
+    let Some(plan) = absorbers(ed, &rect_out) else {
         return Ok(None);
     };
-    let Some(shift) = shift_param(model, l, st) else {
+    let Some(shift) = shift_param(ed, l, st) else {
         return Ok(None);
     };
-    let Some(shift_id) = ix.constants.get(&shift.name).cloned() else {
+    if !ed.analysis().is_const(&shift.name) {
         return Ok(None);
-    };
+    }
     let n = l.group.channels;
     let on: Vec<bool> = (0..n).map(|c| st.on_fraction(c) >= 0.5).collect();
     let off: Vec<bool> = on.iter().map(|x| !x).collect();
-    if !silence_to_mean(model, ix, l, states, rt, calib, &off)? {
+    if !silence_to_mean(ed, l, states, rt, calib, &off)? {
         return Ok(None);
     }
-    let pre = probe_stats(model, rt, calib, &st.tensor, st.axis, calib.samples)?;
+    let pre = probe_stats(ed, rt, calib, &st.tensor, st.axis, calib.samples)?;
     if pre.len() != n {
         return Ok(None);
     }
@@ -460,17 +457,17 @@ fn settle_layer(
         })
         .collect();
     if delta.iter().any(|d| *d > 0.0) {
-        if !absorb(model, &plan, &delta)? {
+        if !absorb(ed, &plan, &delta)? {
             return Ok(None);
         }
-        let t = model.read(&shift_id)?;
+        let t = read_const(ed, &shift.name)?;
         let mut v = t.to_f32()?;
         super::structured::for_each_channel_elem(&t.dims, &shift.place, |c, e| {
             if let (Some(x), Some(d)) = (v.get_mut(e), delta.get(c)) {
                 *x += *d as f32;
             }
         });
-        model.write(&shift_id, &Tensor::from_f32(t.dims.clone(), &v)?)?;
+        ed.write_constant(&shift.name, &Tensor::from_f32(t.dims.clone(), &v)?)?;
     }
     Ok(Some(on.iter().filter(|x| **x).count()))
 }
@@ -478,13 +475,12 @@ fn settle_layer(
 impl EntropyPrune {
     fn layers(
         &self,
-        model: &Model,
+        ed: &Editor,
         states: &[NeuronStates],
-    ) -> Result<(GraphIndex, Vec<Layer>, Vec<Skipped>), PassError> {
-        let (ix, groups) = analyse(model, &self.input_shapes)?;
+    ) -> Result<(Vec<Layer>, Vec<Skipped>), PassError> {
+        let groups = channel_groups(ed);
         let mut layers = Vec::new();
         let mut skipped = Vec::new();
-        let g = model.graph();
         for gr in groups {
             let rects: Vec<usize> = states
                 .iter()
@@ -500,8 +496,10 @@ impl EntropyPrune {
                 .collect();
             let selected = gr.sources.iter().all(|&s| {
                 let mut all = names.clone();
-                all.push(g.node[s].name.as_str());
-                self.filter.allows(&all, &g.node[s].op_type)
+                let n = ed.node(s);
+                all.push(n.map_or("", |n| n.name.as_str()));
+                self.filter
+                    .allows(&all, n.map_or("", |n| n.op_type.as_str()))
             });
             if !selected {
                 continue;
@@ -520,11 +518,11 @@ impl EntropyPrune {
                 .iter()
                 .filter(|p| p.role == ParamRole::SourceWeight)
             {
-                match ix.constants.get(&p.name) {
-                    Some(id) if model.read(id)?.dtype == crate::tensor::DType::F32 => {
-                        sources.push((id.clone(), p.place))
-                    }
-                    _ => {}
+                if ed
+                    .constant(&p.name)?
+                    .is_some_and(|t| t.dtype == crate::tensor::DType::F32)
+                {
+                    sources.push((p.name.clone(), p.place));
                 }
             }
             if sources.is_empty() {
@@ -536,12 +534,12 @@ impl EntropyPrune {
                 sources,
             });
         }
-        Ok((ix, layers, skipped))
+        Ok((layers, skipped))
     }
 
     pub fn prune(
         &self,
-        model: &mut Model,
+        ed: &mut Editor,
         ctx: &PassContext<'_>,
     ) -> Result<(PruneOutcome, Vec<LayerEntropy>), PassError> {
         check_fraction("entropy", "sparsity", self.sparsity)?;
@@ -549,42 +547,44 @@ impl EntropyPrune {
         let (Some(calib), Some(rt)) = (ctx.calib, ctx.runtime) else {
             return Err(PassError::NeedsCalibration { pass: "entropy" });
         };
-        let weights = prunable_weights(model);
-        let before = census(model, &weights)?;
+        let weights = prunable_weights(ed.model());
+        let before = census(ed.model(), &weights)?;
         // The unpruned model's outputs: the reference of the layer-removal tolerance.
-        let metric_of =
-            |m: &Model, reference: Option<&Tensor>| -> Result<(Tensor, f64), PassError> {
-                let out = crate::calib::into_metric_output(run_model(rt, m, calib)?).ok_or_else(
-                    || PassError::Invalid {
+        let metric_of = |m: &crate::onnx::Model,
+                         reference: Option<&Tensor>|
+         -> Result<(Tensor, f64), PassError> {
+            let out =
+                crate::calib::into_metric_output(run_model(rt, m, calib)?).ok_or_else(|| {
+                    PassError::Invalid {
                         pass: "entropy",
                         reason: "the model has no output".into(),
-                    },
-                )?;
-                let r = reference.unwrap_or(&out);
-                let v = evaluate(Metric::for_data(calib, r), calib, r, &out)?;
-                Ok((out, v))
-            };
+                    }
+                })?;
+            let r = reference.unwrap_or(&out);
+            let v = evaluate(Metric::for_data(calib, r), calib, r, &out)?;
+            Ok((out, v))
+        };
         let reference = match self.layer_drop {
-            Some(_) => Some(metric_of(model, None)?),
+            Some(_) => Some(metric_of(ed.model(), None)?),
             None => None,
         };
-        let states0 = rectifier_states(rt, model, calib)?;
-        let (ix, layers, skipped) = self.layers(model, &states0)?;
+        let states0 = rectifier_states(rt, ed, calib)?;
+        let (layers, skipped) = self.layers(ed, &states0)?;
         let h0: Vec<f64> = layers.iter().map(|l| mean_entropy(&states0, l)).collect();
         let total: usize = layers
             .iter()
-            .map(|l| layer_norms(model, l).map(|x| x.2))
+            .map(|l| layer_norms(ed, l).map(|x| x.2))
             .sum::<Result<usize, _>>()?;
         let target = (self.sparsity * total as f64).round() as usize;
         let rounds = self.rounds.max(1);
         let mut states = states0.clone();
         for round in 0..rounds {
             if round > 0 {
-                states = rectifier_states(rt, model, calib)?;
+                states = rectifier_states(rt, ed, calib)?;
             }
             let norms: Vec<(Vec<f64>, usize, usize)> = layers
                 .iter()
-                .map(|l| layer_norms(model, l))
+                .map(|l| layer_norms(ed, l))
                 .collect::<Result<_, _>>()?;
             let zeros: usize = norms.iter().map(|n| n.2 - n.1).sum();
             if zeros >= target {
@@ -628,22 +628,22 @@ impl EntropyPrune {
                 let share = share.min(nnz.saturating_sub(1));
                 let k = (tot - nnz) + share;
                 let mut vals: Vec<(usize, Vec<f32>, Vec<usize>)> = Vec::new();
-                for (si, (id, _)) in l.sources.iter().enumerate() {
-                    let t = model.read(id)?;
+                for (si, (name, _)) in l.sources.iter().enumerate() {
+                    let t = read_const(ed, name)?;
                     let dims = t.dims.clone();
                     vals.push((si, t.to_f32()?, dims));
                 }
                 let mut refs: Vec<&mut Vec<f32>> = vals.iter_mut().map(|v| &mut v.1).collect();
                 super::zero_smallest(&mut refs, k);
                 for (si, v, dims) in &vals {
-                    model.write(&l.sources[*si].0, &Tensor::from_f32(dims.clone(), v)?)?;
+                    ed.write_constant(&l.sources[*si].0, &Tensor::from_f32(dims.clone(), v)?)?;
                 }
             }
         }
         // Remove what the data says is dead.
         let mut collapsed = vec![0usize; layers.len()];
         if self.collapse > 0.0 {
-            let st = rectifier_states(rt, model, calib)?;
+            let st = rectifier_states(rt, ed, calib)?;
             for (li, l) in layers.iter().enumerate() {
                 if !l.group.prunable() {
                     continue;
@@ -656,7 +656,7 @@ impl EntropyPrune {
                     .collect();
                 // Never the whole layer: the collapse is for the simplify stage to do.
                 if dead.len() < l.group.channels {
-                    zero_channels(model, &ix, &l.group, &dead)?;
+                    zero_channels(ed, &l.group, &dead)?;
                     collapsed[li] = dead.len();
                 }
             }
@@ -674,33 +674,33 @@ impl EntropyPrune {
                 }
                 // Settling keeps the majority-ON neurons' information; silencing the whole
                 // layer is the fallback.
-                let now = rectifier_states(rt, model, calib)?;
-                let mut candidate = model.clone();
-                if let Some(n_on) = settle_layer(&mut candidate, &ix, l, &now, rt, calib)? {
-                    let (_, v) = metric_of(&candidate, Some(ref_out))?;
+                let now = rectifier_states(rt, ed, calib)?;
+                let snap = ed.snapshot();
+                if let Some(n_on) = settle_layer(ed, l, &now, rt, calib)? {
+                    let (_, v) = metric_of(ed.model(), Some(ref_out))?;
                     if base - v <= tol {
-                        *model = candidate;
                         removed[li] = true;
                         linearized[li] = n_on;
                         collapsed[li] = l.group.channels - n_on;
                         continue;
                     }
                 }
-                let mut candidate = model.clone();
+                ed.restore(snap);
+                let snap = ed.snapshot();
                 let all = vec![true; l.group.channels];
-                if !silence_to_mean(&mut candidate, &ix, l, &now, rt, calib, &all)? {
-                    continue;
+                if silence_to_mean(ed, l, &now, rt, calib, &all)? {
+                    let (_, v) = metric_of(ed.model(), Some(ref_out))?;
+                    if base - v <= tol {
+                        removed[li] = true;
+                        collapsed[li] = l.group.channels;
+                        continue;
+                    }
                 }
-                let (_, v) = metric_of(&candidate, Some(ref_out))?;
-                if base - v <= tol {
-                    *model = candidate;
-                    removed[li] = true;
-                    collapsed[li] = l.group.channels;
-                }
+                ed.restore(snap);
             }
         }
-        let st = rectifier_states(rt, model, calib)?;
-        let after = census(model, &weights)?;
+        let st = rectifier_states(rt, ed, calib)?;
+        let after = census(ed.model(), &weights)?;
         let mut out = PruneOutcome::from_census("entropy", &weights, &before, &after);
         let mut report = Vec::new();
         for (li, l) in layers.iter().enumerate() {
@@ -708,7 +708,7 @@ impl EntropyPrune {
             let zero_n = (0..l.group.channels)
                 .filter(|&c| neuron_entropy(&st, &l.rects, c) == 0.0)
                 .count();
-            let (_, nnz, tot) = layer_norms(model, l)?;
+            let (_, nnz, tot) = layer_norms(ed, l)?;
             report.push(LayerEntropy {
                 layer: l.group.name.clone(),
                 rectifiers: l
@@ -745,6 +745,7 @@ impl EntropyPrune {
             }
         }
         out.skipped = skipped;
+        out.entropy = report.clone();
         Ok((out, report))
     }
 }
@@ -756,15 +757,7 @@ impl Pass for EntropyPrune {
     fn preserves(&self) -> Preserves {
         Preserves::Interface
     }
-    fn run(&self, model: &mut Model, ctx: &PassContext<'_>) -> Result<PassReport, PassError> {
-        let (out, layers) = self.prune(model, ctx)?;
-        let mut r = out.into_report(self.name())?;
-        if let serde_json::Value::Object(m) = &mut r.details {
-            m.insert(
-                "entropy".into(),
-                serde_json::to_value(&layers).unwrap_or(serde_json::Value::Null),
-            );
-        }
-        Ok(r)
+    fn run(&self, ed: &mut Editor, ctx: &PassContext<'_>) -> Result<PassReport, PassError> {
+        Ok(self.prune(ed, ctx)?.0.into_report(self.name()))
     }
 }

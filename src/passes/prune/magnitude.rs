@@ -5,7 +5,7 @@ use super::{
     census, check_fraction, prunable_weights, read_f32, write_f32, zero_smallest, Filter,
     PruneOutcome, Skipped,
 };
-use crate::onnx::Model;
+use crate::graph::editor::Editor;
 use crate::passes::{Pass, PassContext, PassError, PassReport, Preserves};
 
 #[derive(Debug, Clone)]
@@ -17,17 +17,17 @@ pub struct MagnitudePrune {
 }
 
 impl MagnitudePrune {
-    pub fn prune(&self, model: &mut Model) -> Result<PruneOutcome, PassError> {
+    pub fn prune(&self, ed: &mut Editor) -> Result<PruneOutcome, PassError> {
         check_fraction("magnitude", "sparsity", self.sparsity)?;
-        let weights = prunable_weights(model);
-        let before = census(model, &weights)?;
+        let weights = prunable_weights(ed.model());
+        let before = census(ed.model(), &weights)?;
         let mut skipped = Vec::new();
         let mut chosen = Vec::new();
         for w in &weights {
             if !self.filter.allows(&[&w.name, &w.node], &w.op) {
                 continue;
             }
-            match read_f32(model, &w.id)? {
+            match read_f32(ed, &w.id)? {
                 Some(v) => chosen.push((w, v)),
                 None => skipped.push(Skipped {
                     name: w.name.clone(),
@@ -47,9 +47,9 @@ impl MagnitudePrune {
             }
         }
         for (w, v) in &chosen {
-            write_f32(model, &w.id, &w.dims, v)?;
+            write_f32(ed, &w.id, &w.dims, v)?;
         }
-        let after = census(model, &weights)?;
+        let after = census(ed.model(), &weights)?;
         let mut out = PruneOutcome::from_census("magnitude", &weights, &before, &after);
         out.skipped = skipped;
         Ok(out)
@@ -63,7 +63,7 @@ impl Pass for MagnitudePrune {
     fn preserves(&self) -> Preserves {
         Preserves::Interface
     }
-    fn run(&self, model: &mut Model, _ctx: &PassContext<'_>) -> Result<PassReport, PassError> {
-        self.prune(model)?.into_report(self.name())
+    fn run(&self, ed: &mut Editor, _ctx: &PassContext<'_>) -> Result<PassReport, PassError> {
+        Ok(self.prune(ed)?.into_report(self.name()))
     }
 }

@@ -17,9 +17,10 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Pass, PassError, PassReport};
+use super::{Pass, PassDetails, PassError, PassReport, Preserves};
+use crate::graph::editor::Editor;
 use crate::graph::index::node_label;
-use crate::graph::shapes::attr_i;
+use crate::graph::ops::Op;
 use crate::onnx::weights::{visit_graphs, WeightId};
 use crate::onnx::Model;
 use crate::tensor::{DType, Tensor};
@@ -125,6 +126,7 @@ pub fn prunable_weights(model: &Model) -> Vec<PrunableWeight> {
     }
     let mut out = Vec::new();
     let mut seen: HashSet<WeightId> = HashSet::new();
+    let opset = model.opset().unwrap_or(1);
     visit_graphs(model.graph(), &mut |path, _scope, g| {
         // Names resolve in this graph first, then in the enclosing ones (outer-scope constants).
         let resolve = |name: &str| -> Option<usize> {
@@ -135,22 +137,23 @@ pub fn prunable_weights(model: &Model) -> Vec<PrunableWeight> {
         for (ni, n) in g.node.iter().enumerate() {
             let op = n.op_type.as_str();
             let rank_of = |i: usize| all[i].dims.len();
-            let (wi, reduce, outa) = match op {
-                "Conv" | "ConvTranspose" | "Gemm" => {
+            let parsed = Op::parse(n, opset);
+            let (wi, reduce, outa) = match &parsed {
+                Ok(Op::Conv(_) | Op::ConvTranspose(_) | Op::Gemm { .. }) => {
                     let Some(wi) = n.input.get(1).and_then(|x| resolve(x)) else {
                         continue;
                     };
                     if rank_of(wi) < 2 {
                         continue;
                     }
-                    match op {
-                        "Conv" => (wi, 1, 0),
-                        "ConvTranspose" => (wi, 0, 1),
-                        _ if attr_i(n, "transB", 0) != 0 => (wi, 1, 0),
+                    match &parsed {
+                        Ok(Op::Conv(_)) => (wi, 1, 0),
+                        Ok(Op::ConvTranspose(_)) => (wi, 0, 1),
+                        Ok(Op::Gemm { trans_b: true, .. }) => (wi, 1, 0),
                         _ => (wi, 0, 1),
                     }
                 }
-                "MatMul" => {
+                Ok(Op::MatMul) => {
                     if let Some(wi) = n.input.get(1).and_then(|x| resolve(x)) {
                         let r = rank_of(wi);
                         if r < 2 {
@@ -262,6 +265,12 @@ pub struct PruneOutcome {
     pub zeros: usize,
     pub layers: Vec<LayerReport>,
     pub skipped: Vec<Skipped>,
+    /// Structured pruning: the channels removed per group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<structured::GroupReport>,
+    /// Entropy pruning: each rectified layer's entropy account.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entropy: Vec<entropy::LayerEntropy>,
     /// Whether any weight changed.
     #[serde(skip)]
     pub changed: bool,
@@ -299,31 +308,31 @@ impl PruneOutcome {
             zeros: after.zeros,
             layers,
             skipped: Vec::new(),
+            groups: Vec::new(),
+            entropy: Vec::new(),
             changed: after.zeros != before.zeros,
         }
     }
 
-    pub fn into_report(self, pass: &str) -> Result<PassReport, PassError> {
+    pub fn into_report(self, pass: &str) -> PassReport {
         let notes = self
             .skipped
             .iter()
             .map(|s| format!("left alone: {}: {}", s.name, s.reason))
             .collect();
-        Ok(PassReport {
+        PassReport {
             pass: pass.to_string(),
+            preserves: Preserves::Interface,
             changed: self.changed,
-            details: serde_json::to_value(&self).map_err(|e| PassError::Invalid {
-                pass: "prune",
-                reason: e.to_string(),
-            })?,
+            details: PassDetails::Prune(Box::new(self)),
             notes,
-        })
+        }
     }
 }
 
 /// Reads a float weight as f32 values (F32 only: other float types are left alone).
-pub(crate) fn read_f32(model: &Model, id: &WeightId) -> Result<Option<Vec<f32>>, PassError> {
-    let t = model.read(id)?;
+pub(crate) fn read_f32(ed: &Editor, id: &WeightId) -> Result<Option<Vec<f32>>, PassError> {
+    let t = ed.model().read(id)?;
     if t.dtype != DType::F32 {
         return Ok(None);
     }
@@ -331,13 +340,13 @@ pub(crate) fn read_f32(model: &Model, id: &WeightId) -> Result<Option<Vec<f32>>,
 }
 
 pub(crate) fn write_f32(
-    model: &mut Model,
+    ed: &mut Editor,
     id: &WeightId,
     dims: &[usize],
     v: &[f32],
 ) -> Result<(), PassError> {
     let t = Tensor::from_f32(dims.to_vec(), v)?;
-    model.write(id, &t)?;
+    ed.write_weight(id, &t)?;
     Ok(())
 }
 
@@ -446,7 +455,6 @@ pub struct PruneConfig {
     pub m: usize,
     pub round_to: usize,
     pub filter: Filter,
-    pub input_shapes: Vec<(String, Vec<usize>)>,
     /// Entropy method: prune-then-measure rounds, and the ON fraction under which a neuron is
     /// removed as dead.
     pub rounds: usize,
@@ -465,7 +473,6 @@ impl PruneConfig {
             m: 4,
             round_to: 1,
             filter: Filter::default(),
-            input_shapes: Vec::new(),
             rounds: 4,
             collapse: 0.01,
             layer_drop: None,
@@ -491,7 +498,6 @@ impl PruneConfig {
                 norm: self.norm,
                 round_to: self.round_to,
                 filter: self.filter.clone(),
-                input_shapes: self.input_shapes.clone(),
             }),
             Method::Entropy => Box::new(EntropyPrune {
                 sparsity: amount,
@@ -499,7 +505,6 @@ impl PruneConfig {
                 collapse: self.collapse,
                 layer_drop: self.layer_drop,
                 filter: self.filter.clone(),
-                input_shapes: self.input_shapes.clone(),
             }),
         }
     }

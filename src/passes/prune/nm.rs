@@ -3,7 +3,7 @@
 //! magnitude stay (2:4 is what sparse tensor cores accelerate).
 
 use super::{census, prunable_weights, read_f32, write_f32, Filter, PruneOutcome, Skipped};
-use crate::onnx::Model;
+use crate::graph::editor::Editor;
 use crate::passes::{Pass, PassContext, PassError, PassReport, Preserves};
 
 #[derive(Debug, Clone)]
@@ -35,15 +35,15 @@ pub fn apply_nm(v: &mut [f32], dims: &[usize], axis: usize, n: usize, m: usize) 
 }
 
 impl NmPrune {
-    pub fn prune(&self, model: &mut Model) -> Result<PruneOutcome, PassError> {
+    pub fn prune(&self, ed: &mut Editor) -> Result<PruneOutcome, PassError> {
         if self.m == 0 || self.n > self.m {
             return Err(PassError::Invalid {
                 pass: "nm",
                 reason: format!("{}:{} is not an N:M pattern with N <= M", self.n, self.m),
             });
         }
-        let weights = prunable_weights(model);
-        let before = census(model, &weights)?;
+        let weights = prunable_weights(ed.model());
+        let before = census(ed.model(), &weights)?;
         let mut skipped = Vec::new();
         for w in &weights {
             if !self.filter.allows(&[&w.name, &w.node], &w.op) {
@@ -57,7 +57,7 @@ impl NmPrune {
                 });
                 continue;
             }
-            let Some(mut v) = read_f32(model, &w.id)? else {
+            let Some(mut v) = read_f32(ed, &w.id)? else {
                 skipped.push(Skipped {
                     name: w.name.clone(),
                     reason: format!("{} weights are not pruned (float32 only)", w.dtype.name()),
@@ -65,9 +65,9 @@ impl NmPrune {
                 continue;
             };
             apply_nm(&mut v, &w.dims, w.reduce_axis, self.n, self.m);
-            write_f32(model, &w.id, &w.dims, &v)?;
+            write_f32(ed, &w.id, &w.dims, &v)?;
         }
-        let after = census(model, &weights)?;
+        let after = census(ed.model(), &weights)?;
         let mut out = PruneOutcome::from_census(
             &format!("nm {}:{}", self.n, self.m),
             &weights,
@@ -86,8 +86,8 @@ impl Pass for NmPrune {
     fn preserves(&self) -> Preserves {
         Preserves::Interface
     }
-    fn run(&self, model: &mut Model, _ctx: &PassContext<'_>) -> Result<PassReport, PassError> {
-        self.prune(model)?.into_report(self.name())
+    fn run(&self, ed: &mut Editor, _ctx: &PassContext<'_>) -> Result<PassReport, PassError> {
+        Ok(self.prune(ed)?.into_report(self.name()))
     }
 }
 

@@ -6,6 +6,8 @@
 use serde::Serialize;
 
 use crate::calib::{evaluate, run_model, Calibration, Metric};
+use crate::graph::editor::Editor;
+use crate::graph::infer::InputDims;
 use crate::onnx::Model;
 use crate::passes::{Pass, PassContext, PassError, PassReport};
 use crate::runtime::Runtime;
@@ -131,13 +133,15 @@ pub fn search_amount(
     let ctx = PassContext {
         calib: Some(calib),
         runtime: Some(rt),
+        inputs: None,
     };
     let mut steps = Vec::new();
     let mut try_amount = |amount: f64,
                           steps: &mut Vec<SearchStep>|
      -> Result<(Model, PassReport, f64, bool), PassError> {
-        let mut m = model.clone();
-        let report = make(amount).run(&mut m, &ctx)?;
+        let mut ed = Editor::new(model.clone(), InputDims::new());
+        let report = make(amount).run(&mut ed, &ctx)?;
+        let m = ed.into_model();
         let out = first_output(run_model(rt, &m, calib)?)?;
         let value = evaluate(metric, calib, &reference, &out)?;
         let drop = baseline - value;

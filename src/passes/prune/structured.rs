@@ -13,10 +13,11 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::{census, check_fraction, prunable_weights, Filter, PruneOutcome, Skipped};
-use crate::graph::groups::{channel_groups, ChannelGroup, CoupledParam, ParamRole, Placement};
-use crate::graph::index::{node_label, GraphIndex};
-use crate::graph::shapes;
-use crate::onnx::Model;
+use crate::graph::editor::Editor;
+use crate::graph::groups::{
+    channel_groups, label, ChannelGroup, CoupledParam, ParamRole, Placement,
+};
+use crate::graph::ops::{Binary, Op};
 use crate::passes::{Pass, PassContext, PassError, PassReport, Preserves};
 use crate::tensor::{DType, Tensor};
 
@@ -36,8 +37,6 @@ pub struct StructuredPrune {
     /// Keep channel counts multiples of this (1: no rounding).
     pub round_to: usize,
     pub filter: Filter,
-    /// Shapes of inputs with symbolic dimensions other than a batch (default: batch 1).
-    pub input_shapes: Vec<(String, Vec<usize>)>,
 }
 
 /// One group in the report.
@@ -47,21 +46,6 @@ pub struct GroupReport {
     pub channels: usize,
     pub removed: Vec<usize>,
     pub sources: Vec<String>,
-}
-
-/// The channel groups of the main graph, with the index used to find their tensors.
-pub fn analyse(
-    model: &Model,
-    input_shapes: &[(String, Vec<usize>)],
-) -> Result<(GraphIndex, Vec<ChannelGroup>), PassError> {
-    let ix = GraphIndex::new(model);
-    let ins = crate::inspect::mac_shapes(model, input_shapes).map_err(|e| PassError::Invalid {
-        pass: "structured",
-        reason: format!("input shapes: {e}"),
-    })?;
-    let s = shapes::infer(model, &ins);
-    let groups = channel_groups(model, &ix, &s);
-    Ok((ix, groups))
 }
 
 /// Index along `place.axis` -> channel.
@@ -103,12 +87,8 @@ pub(crate) fn for_each_channel_elem(
     }
 }
 
-fn read_param(
-    model: &Model,
-    ix: &GraphIndex,
-    p: &CoupledParam,
-) -> Result<Option<(Tensor, Vec<f32>)>, PassError> {
-    let Some(t) = ix.constant(model, &p.name)? else {
+fn read_param(ed: &Editor, p: &CoupledParam) -> Result<Option<(Tensor, Vec<f32>)>, PassError> {
+    let Some(t) = ed.constant(&p.name)? else {
         return Ok(None);
     };
     if t.dtype != DType::F32 || t.dims.len() <= p.place.axis {
@@ -121,8 +101,7 @@ fn read_param(
 /// Per-channel importance of a group: the norm of each channel's slice in every coupled weight
 /// (source, depthwise, consumer), summed over those weights.
 pub fn channel_scores(
-    model: &Model,
-    ix: &GraphIndex,
+    ed: &Editor,
     group: &ChannelGroup,
     norm: Norm,
 ) -> Result<Vec<f64>, PassError> {
@@ -134,7 +113,7 @@ pub fn channel_scores(
         ) {
             continue;
         }
-        let Some((t, v)) = read_param(model, ix, p)? else {
+        let Some((t, v)) = read_param(ed, p)? else {
             continue;
         };
         let mut acc = vec![0.0f64; group.channels];
@@ -158,25 +137,24 @@ pub fn channel_scores(
 }
 
 /// Whether structured pruning leaves this coupled parameter as it is.
-pub fn keeps_param(model: &Model, p: &CoupledParam) -> bool {
-    let Some(n) = model.graph().node.get(p.node) else {
+pub fn keeps_param(ed: &Editor, p: &CoupledParam) -> bool {
+    let (Some(n), Some(op)) = (ed.node(p.node), ed.analysis().valid_op(p.node)) else {
         return true;
     };
-    match n.op_type.as_str() {
-        "BatchNormalization" => n
+    match op {
+        Op::BatchNorm { .. } => n
             .input
             .iter()
             .position(|x| x == &p.name)
             .is_some_and(|k| k >= 3),
-        "Div" | "Pow" => true,
-        _ => false,
+        Op::Binary(Binary::Div) => true,
+        _ => n.op_type == "Pow",
     }
 }
 
 /// Zeroes `channels` of `group` in every coupled tensor (but those `keeps_param` spares).
 pub fn zero_channels(
-    model: &mut Model,
-    ix: &GraphIndex,
+    ed: &mut Editor,
     group: &ChannelGroup,
     channels: &[usize],
 ) -> Result<(), PassError> {
@@ -190,10 +168,10 @@ pub fn zero_channels(
         }
     }
     for p in &group.params {
-        if keeps_param(model, p) {
+        if keeps_param(ed, p) {
             continue;
         }
-        let Some((t, mut v)) = read_param(model, ix, p)? else {
+        let Some((t, mut v)) = read_param(ed, p)? else {
             continue;
         };
         for_each_channel_elem(&t.dims, &p.place, |c, e| {
@@ -201,15 +179,7 @@ pub fn zero_channels(
                 v[e] = 0.0;
             }
         });
-        let id = ix
-            .constants
-            .get(&p.name)
-            .ok_or_else(|| PassError::Invalid {
-                pass: "structured",
-                reason: format!("{} is not a constant", p.name),
-            })?
-            .clone();
-        model.write(&id, &Tensor::from_f32(t.dims.clone(), &v)?)?;
+        ed.write_constant(&p.name, &Tensor::from_f32(t.dims.clone(), &v)?)?;
     }
     Ok(())
 }
@@ -234,23 +204,22 @@ fn source_weight_names(g: &ChannelGroup) -> Vec<&str> {
 }
 
 impl StructuredPrune {
-    pub fn prune(&self, model: &mut Model) -> Result<(PruneOutcome, Vec<GroupReport>), PassError> {
+    pub fn prune(&self, ed: &mut Editor) -> Result<(PruneOutcome, Vec<GroupReport>), PassError> {
         check_fraction("structured", "fraction", self.fraction)?;
-        let weights = prunable_weights(model);
-        let before = census(model, &weights)?;
-        let (ix, groups) = analyse(model, &self.input_shapes)?;
-        let g = model.graph();
+        let weights = prunable_weights(ed.model());
+        let before = census(ed.model(), &weights)?;
+        let groups = channel_groups(ed);
         let mut skipped = Vec::new();
         // (group, scores) of the selected, prunable groups
         let mut chosen: Vec<(&ChannelGroup, Vec<f64>)> = Vec::new();
         for gr in &groups {
             let names = source_weight_names(gr);
             let selected = gr.sources.iter().all(|&s| {
-                let n = &g.node[s];
-                let label = node_label(n, s);
+                let l = label(ed, s);
                 let mut all: Vec<&str> = names.clone();
-                all.push(&label);
-                self.filter.allows(&all, &n.op_type)
+                all.push(&l);
+                self.filter
+                    .allows(&all, ed.node(s).map_or("", |n| n.op_type.as_str()))
             });
             if !selected {
                 continue;
@@ -262,7 +231,7 @@ impl StructuredPrune {
                 });
                 continue;
             }
-            let scores = channel_scores(model, &ix, gr, self.norm)?;
+            let scores = channel_scores(ed, gr, self.norm)?;
             chosen.push((gr, scores));
         }
         // The channel analysis covers the main graph; layers inside If/Loop/Scan bodies stay.
@@ -341,9 +310,9 @@ impl StructuredPrune {
             });
         }
         for (gr, p) in &jobs {
-            zero_channels(model, &ix, gr, p)?;
+            zero_channels(ed, gr, p)?;
         }
-        let after = census(model, &weights)?;
+        let after = census(ed.model(), &weights)?;
         let mut out = PruneOutcome::from_census("structured", &weights, &before, &after);
         for l in &mut out.layers {
             if let Some(&(c, r)) = removed_by_weight.get(&l.name) {
@@ -353,6 +322,7 @@ impl StructuredPrune {
         }
         out.skipped = skipped;
         out.changed = jobs.iter().any(|(_, p)| !p.is_empty());
+        out.groups = reports.clone();
         Ok((out, reports))
     }
 }
@@ -364,16 +334,8 @@ impl Pass for StructuredPrune {
     fn preserves(&self) -> Preserves {
         Preserves::Interface
     }
-    fn run(&self, model: &mut Model, _ctx: &PassContext<'_>) -> Result<PassReport, PassError> {
-        let (out, groups) = self.prune(model)?;
-        let mut r = out.into_report(self.name())?;
-        if let serde_json::Value::Object(m) = &mut r.details {
-            m.insert(
-                "groups".into(),
-                serde_json::to_value(&groups).unwrap_or(serde_json::Value::Null),
-            );
-        }
-        Ok(r)
+    fn run(&self, ed: &mut Editor, _ctx: &PassContext<'_>) -> Result<PassReport, PassError> {
+        Ok(self.prune(ed)?.0.into_report(self.name()))
     }
 }
 

@@ -1,12 +1,21 @@
 //! Removes what inference does not need: `Identity` and `Dropout` nodes, nodes whose outputs
 //! nothing reads, unused initializers and stale value_info.
 
-use crate::graph::edit::{bypass, remove_unused};
-use crate::graph::index::node_label;
-use crate::onnx::Model;
-use crate::passes::{Pass, PassContext, PassError, PassReport, Preserves};
+use serde::Serialize;
+
+use crate::graph::editor::Editor;
+use crate::graph::groups::label;
+use crate::graph::ops::Op;
+use crate::passes::{Pass, PassContext, PassDetails, PassError, PassReport, Preserves};
 
 pub struct Cleanup;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CleanupDetails {
+    pub bypassed: Vec<String>,
+    pub nodes_removed: usize,
+    pub initializers_removed: usize,
+}
 
 impl Pass for Cleanup {
     fn name(&self) -> &'static str {
@@ -17,35 +26,51 @@ impl Pass for Cleanup {
         Preserves::Outputs
     }
 
-    fn run(&self, model: &mut Model, _ctx: &PassContext<'_>) -> Result<PassReport, PassError> {
+    fn run(&self, ed: &mut Editor, _ctx: &PassContext<'_>) -> Result<PassReport, PassError> {
+        // Identity, and Dropout whose optional mask output nothing reads (the identity at
+        // inference).
+        let candidates: Vec<_> = {
+            let a = ed.analysis();
+            a.order()
+                .iter()
+                .copied()
+                .filter(|&id| {
+                    let (Some(n), Some(Op::Unary(_))) = (ed.node(id), a.valid_op(id)) else {
+                        return false;
+                    };
+                    n.op_type == "Identity"
+                        || (n.op_type == "Dropout"
+                            && n.output.iter().skip(1).all(|o| {
+                                o.is_empty() || a.consumers(o).is_empty() && !a.is_graph_output(o)
+                            }))
+                })
+                .collect()
+        };
         let mut bypassed = Vec::new();
-        for i in 0..model.graph().node.len() {
-            let n = &model.graph().node[i];
-            // Dropout is the identity at inference (its optional mask output must be unused).
-            let identity = n.op_type == "Identity"
-                || (n.op_type == "Dropout"
-                    && n.output.iter().skip(1).all(|o| {
-                        o.is_empty() || !crate::graph::edit::used_names(model.graph()).contains(o)
-                    }));
-            if identity && n.domain.is_empty() {
-                let label = node_label(n, i);
-                if bypass(model, i) {
-                    bypassed.push(label);
-                }
+        for id in candidates {
+            let l = label(ed, id);
+            if ed.bypass(id) {
+                bypassed.push(l);
             }
         }
-        let (nodes, inits) = remove_unused(model);
+        let (nodes, inits) = ed.sweep();
+        let changed = nodes + inits > 0;
         Ok(PassReport {
             pass: self.name().into(),
-            changed: nodes + inits > 0,
-            details: serde_json::json!({ "bypassed": bypassed, "nodes_removed": nodes, "initializers_removed": inits }),
-            notes: if nodes + inits > 0 {
+            preserves: self.preserves(),
+            changed,
+            notes: if changed {
                 vec![format!(
                     "removed {nodes} node(s), {inits} unused initializer(s)"
                 )]
             } else {
                 vec![]
             },
+            details: PassDetails::Cleanup(CleanupDetails {
+                bypassed,
+                nodes_removed: nodes,
+                initializers_removed: inits,
+            }),
         })
     }
 }

@@ -5,71 +5,98 @@
 //! its two linear neighbours become one (Gemm∘Gemm, MatMul∘MatMul, a 1×1 convolution on either
 //! side). Exact only on inputs like the calibration data, which the report says.
 
+use serde::Serialize;
+
 use crate::calib::states::{rectifier_states, NeuronStates};
-use crate::graph::edit::{bypass, set_node_constant};
-use crate::graph::index::{node_label, GraphIndex};
-use crate::graph::shapes::{attr_f, attr_i, attr_ints, attr_s};
-use crate::onnx::Model;
-use crate::passes::{Pass, PassContext, PassError, PassReport, Preserves};
+use crate::graph::editor::{Editor, NodeId};
+use crate::graph::groups::label;
+use crate::graph::ops::{Binary, Op, Window};
+use crate::passes::{Pass, PassContext, PassDetails, PassError, PassReport, Preserves};
 use crate::tensor::Tensor;
 
 pub struct CollapseZeroEntropy;
 
+const PASS: &str = "collapse_zero_entropy";
+
+/// One rectifier layer's statistics, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerStates {
+    pub layer: String,
+    pub channels: usize,
+    pub mean_entropy: f64,
+    pub always_off: usize,
+    pub always_linear: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CollapseDetails {
+    pub layers: Vec<LayerStates>,
+    pub channels_made_constant: usize,
+    pub collapsed: Vec<String>,
+}
+
 /// A dense layer as `y = x·W + b` with W [K, N].
 struct Dense {
-    node: usize,
+    node: NodeId,
     w: Vec<f64>,
     k: usize,
     n: usize,
     b: Vec<f64>,
     /// For MatMul: the bias `Add` node and which input is the constant.
-    bias_add: Option<(usize, usize)>,
+    bias_add: Option<(NodeId, usize)>,
 }
 
 /// A constant's dims and values.
 type Shaped = (Vec<usize>, Vec<f64>);
 
-fn consts_f64(model: &Model, ix: &GraphIndex, name: &str) -> Result<Option<Shaped>, PassError> {
-    Ok(match ix.constant(model, name)? {
-        Some(t) => t
-            .to_f32()
+fn consts_f64(ed: &Editor, name: &str) -> Result<Option<Shaped>, PassError> {
+    Ok(ed.constant(name)?.and_then(|t| {
+        t.to_f32()
             .ok()
-            .map(|v| (t.dims.clone(), v.iter().map(|&x| x as f64).collect())),
-        None => None,
-    })
+            .map(|v| (t.dims.clone(), v.iter().map(|&x| f64::from(x)).collect()))
+    }))
 }
 
 /// Reads Gemm or MatMul(+Add) at `node` as a dense layer.
-fn dense(model: &Model, ix: &GraphIndex, node: usize) -> Result<Option<Dense>, PassError> {
-    let n = &model.graph().node[node];
-    let Some(wn) = n.input.get(1) else {
+fn dense(ed: &Editor, node: NodeId) -> Result<Option<Dense>, PassError> {
+    let a = ed.analysis();
+    let Some(n) = ed.node(node) else {
         return Ok(None);
     };
-    let Some((wd, wv)) = consts_f64(model, ix, wn)? else {
+    let Some((wd, wv)) = n
+        .input
+        .get(1)
+        .map(|w| consts_f64(ed, w))
+        .transpose()?
+        .flatten()
+    else {
         return Ok(None);
     };
-    if wd.len() != 2 {
+    let &[r, c] = wd.as_slice() else {
         return Ok(None);
-    }
-    match n.op_type.as_str() {
-        "Gemm" => {
-            if attr_i(n, "transA", 0) != 0 {
-                return Ok(None);
-            }
-            let (alpha, beta) = (
-                attr_f(n, "alpha", 1.0) as f64,
-                attr_f(n, "beta", 1.0) as f64,
-            );
-            let tb = attr_i(n, "transB", 0) != 0;
-            let (k, nn) = if tb { (wd[1], wd[0]) } else { (wd[0], wd[1]) };
+    };
+    match a.valid_op(node) {
+        Some(Op::Gemm {
+            trans_a: false,
+            trans_b,
+            alpha,
+            beta,
+        }) => {
+            let (alpha, beta) = (f64::from(*alpha), f64::from(*beta));
+            let (k, nn) = if *trans_b { (c, r) } else { (r, c) };
             let mut w = vec![0.0; k * nn];
             for i in 0..k {
                 for j in 0..nn {
-                    w[i * nn + j] = alpha * if tb { wv[j * k + i] } else { wv[i * nn + j] };
+                    w[i * nn + j] = alpha
+                        * if *trans_b {
+                            wv[j * k + i]
+                        } else {
+                            wv[i * nn + j]
+                        };
                 }
             }
             let b = match n.input.get(2).filter(|s| !s.is_empty()) {
-                Some(bn) => match consts_f64(model, ix, bn)? {
+                Some(bn) => match consts_f64(ed, bn)? {
                     Some((_, v)) if v.len() == nn => v.iter().map(|x| x * beta).collect(),
                     Some((_, v)) if v.len() == 1 => vec![v[0] * beta; nn],
                     _ => return Ok(None),
@@ -85,20 +112,22 @@ fn dense(model: &Model, ix: &GraphIndex, node: usize) -> Result<Option<Dense>, P
                 bias_add: None,
             }))
         }
-        "MatMul" => {
-            let (k, nn) = (wd[0], wd[1]);
-            let out = &n.output[0];
-            let mut b = vec![0.0; nn];
+        Some(Op::MatMul) => {
+            let out = n.output.first().cloned().unwrap_or_default();
+            let mut b = vec![0.0; c];
             let mut bias_add = None;
-            let cons = ix.consumers_of(out);
-            if cons.len() == 1 && !ix.graph_outputs.contains(out) {
-                let (ai, kk) = cons[0];
-                let a = &model.graph().node[ai];
-                if a.op_type == "Add" {
-                    if let Some((bd, bv)) = consts_f64(model, ix, &a.input[1 - kk])? {
-                        if bv.len() == nn && bd.last() == Some(&nn) {
+            if let ([(ai, kk)], false) = (a.consumers(&out).as_slice(), a.is_graph_output(&out)) {
+                if matches!(a.valid_op(*ai), Some(Op::Binary(Binary::Add))) {
+                    let other = 1 - (*kk).min(1);
+                    let bname = ed
+                        .node(*ai)
+                        .and_then(|x| x.input.get(other))
+                        .cloned()
+                        .unwrap_or_default();
+                    if let Some((bd, bv)) = consts_f64(ed, &bname)? {
+                        if bv.len() == c && bd.last() == Some(&c) {
                             b = bv;
-                            bias_add = Some((ai, 1 - kk));
+                            bias_add = Some((*ai, other));
                         }
                     }
                 }
@@ -106,8 +135,8 @@ fn dense(model: &Model, ix: &GraphIndex, node: usize) -> Result<Option<Dense>, P
             Ok(Some(Dense {
                 node,
                 w: wv,
-                k,
-                n: nn,
+                k: r,
+                n: c,
                 b,
                 bias_add,
             }))
@@ -117,15 +146,22 @@ fn dense(model: &Model, ix: &GraphIndex, node: usize) -> Result<Option<Dense>, P
 }
 
 /// The tensor a dense layer finally produces (after its bias Add, if any).
-fn dense_out(model: &Model, d: &Dense) -> String {
-    match d.bias_add {
-        Some((ai, _)) => model.graph().node[ai].output[0].clone(),
-        None => model.graph().node[d.node].output[0].clone(),
-    }
+fn dense_out(ed: &Editor, d: &Dense) -> String {
+    let node = d.bias_add.map_or(d.node, |(ai, _)| ai);
+    ed.node(node)
+        .and_then(|n| n.output.first().cloned())
+        .unwrap_or_default()
+}
+
+fn f32_tensor(dims: Vec<usize>, v: &[f64]) -> Result<Tensor, PassError> {
+    Ok(Tensor::from_f32(
+        dims,
+        &v.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+    )?)
 }
 
 /// Merges `p` then `q` (the activation between them is gone) into `q`: W = Wp·Wq, b = bp·Wq + bq.
-fn merge_dense(model: &mut Model, p: &Dense, q: &Dense) -> Result<bool, PassError> {
+fn merge_dense(ed: &mut Editor, p: &Dense, q: &Dense) -> Result<bool, PassError> {
     if p.n != q.k || p.k * q.n > p.k * p.n + q.k * q.n {
         return Ok(false); // not a chain, or the product would be bigger than the pair
     }
@@ -145,106 +181,82 @@ fn merge_dense(model: &mut Model, p: &Dense, q: &Dense) -> Result<bool, PassErro
     let b: Vec<f64> = (0..n)
         .map(|j| q.b[j] + (0..h).map(|l| p.b[l] * q.w[l * n + j]).sum::<f64>())
         .collect();
-    let wt = Tensor::from_f32(vec![k, n], &w.iter().map(|&x| x as f32).collect::<Vec<_>>())?;
-    let bt = Tensor::from_f32(vec![n], &b.iter().map(|&x| x as f32).collect::<Vec<_>>())?;
-    let x = model.graph().node[p.node].input[0].clone();
-    let label = node_label(&model.graph().node[q.node], q.node);
-    let ix = GraphIndex::new(model);
-    let qn = model.graph().node[q.node].clone();
-    let wid = ix.constants.get(&qn.input[1]).cloned();
-    set_node_constant(
-        model,
-        q.node,
-        1,
-        &wt,
-        &format!("{label}.merged_weight"),
-        wid.as_ref(),
-    )?;
-    match qn.op_type.as_str() {
-        "Gemm" => {
-            let bid = qn
-                .input
-                .get(2)
-                .filter(|s| !s.is_empty())
-                .and_then(|s| ix.constants.get(s).cloned());
-            set_node_constant(
-                model,
-                q.node,
-                2,
-                &bt,
-                &format!("{label}.merged_bias"),
-                bid.as_ref(),
-            )?;
-            let node = &mut model.graph_mut().node[q.node];
-            node.attribute
-                .retain(|a| !matches!(a.name.as_str(), "alpha" | "beta" | "transB"));
-        }
-        _ => match q.bias_add {
-            Some((ai, kk)) => {
-                let bname = model.graph().node[ai].input[kk].clone();
-                let bid = ix.constants.get(&bname).cloned();
-                set_node_constant(
-                    model,
-                    ai,
-                    kk,
-                    &bt,
-                    &format!("{label}.merged_bias"),
-                    bid.as_ref(),
-                )?;
+    let (wt, bt) = (f32_tensor(vec![k, n], &w)?, f32_tensor(vec![n], &b)?);
+    let x = ed
+        .node(p.node)
+        .and_then(|n| n.input.first().cloned())
+        .unwrap_or_default();
+    let l = label(ed, q.node);
+    let is_gemm = matches!(ed.analysis().valid_op(q.node), Some(Op::Gemm { .. }));
+    match (is_gemm, q.bias_add) {
+        (true, _) => {
+            ed.set_input_constant(q.node, 2, &bt, &format!("{l}.merged_bias"))?;
+            for attr in ["alpha", "beta", "transB"] {
+                ed.remove_attr(q.node, attr);
             }
-            None if b.iter().all(|&v| v == 0.0) => {}
-            None => return Ok(false),
-        },
+        }
+        (false, Some((ai, kk))) => {
+            ed.set_input_constant(ai, kk, &bt, &format!("{l}.merged_bias"))?
+        }
+        (false, None) if b.iter().all(|&v| v == 0.0) => {}
+        (false, None) => return Ok(false),
     }
-    model.graph_mut().node[q.node].input[0] = x;
+    ed.set_input_constant(q.node, 1, &wt, &format!("{l}.merged_weight"))?;
+    ed.set_input(q.node, 0, &x);
     Ok(true)
 }
 
 /// 1×1 convolution, stride 1, no padding, one group: a dense layer over channels.
-fn is_pointwise(n: &onnx_protobuf::NodeProto, wd: &[usize]) -> bool {
-    n.op_type == "Conv"
-        && wd.len() == 4
-        && wd[2] == 1
-        && wd[3] == 1
-        && attr_i(n, "group", 1) == 1
-        && attr_ints(n, "strides").is_none_or(|s| s.iter().all(|&x| x == 1))
-        && attr_ints(n, "pads").is_none_or(|s| s.iter().all(|&x| x == 0))
-        && attr_s(n, "auto_pad").is_none_or(|s| s.is_empty() || s == "NOTSET" || s == "VALID")
+fn is_pointwise(w: &Window, wd: &[usize]) -> bool {
+    matches!(wd, [_, _, 1, 1])
+        && w.group == 1
+        && w.strides.as_ref().is_none_or(|s| s.iter().all(|&x| x == 1))
+        && w.unpadded()
 }
 
-/// Merges Conv `p` then Conv `q` when one of them is pointwise.
-fn merge_conv(model: &mut Model, ix: &GraphIndex, pi: usize, qi: usize) -> Result<bool, PassError> {
-    let g = model.graph();
-    let (p, q) = (g.node[pi].clone(), g.node[qi].clone());
-    let (Some((pd, pw)), Some((qd, qw))) = (
-        consts_f64(model, ix, &p.input[1])?,
-        consts_f64(model, ix, &q.input[1])?,
-    ) else {
+/// A merged convolution: weight, its dims, bias, and whose geometry it keeps.
+type MergedConv = (Vec<f64>, Vec<usize>, Vec<f64>, NodeId);
+
+/// Merges Conv `pi` then Conv `qi` when one of them is pointwise.
+fn merge_conv(ed: &mut Editor, pi: NodeId, qi: NodeId) -> Result<bool, PassError> {
+    let a = ed.analysis();
+    let (Some(Op::Conv(pwin)), Some(Op::Conv(qwin))) =
+        (a.valid_op(pi).cloned(), a.valid_op(qi).cloned())
+    else {
         return Ok(false);
     };
-    if pd.len() != 4 || qd.len() != 4 || attr_i(&p, "group", 1) != 1 || attr_i(&q, "group", 1) != 1
-    {
+    let (Some(p), Some(q)) = (ed.node(pi).cloned(), ed.node(qi).cloned()) else {
+        return Ok(false);
+    };
+    let weight = |n: &onnx_protobuf::NodeProto| {
+        n.input
+            .get(1)
+            .map(|w| consts_f64(ed, w))
+            .transpose()
+            .map(Option::flatten)
+    };
+    let (Some((pd, pw)), Some((qd, qw))) = (weight(&p)?, weight(&q)?) else {
+        return Ok(false);
+    };
+    if pd.len() != 4 || qd.len() != 4 || pwin.group != 1 || qwin.group != 1 {
         return Ok(false);
     }
     let bias = |n: &onnx_protobuf::NodeProto, m: usize| -> Result<Option<Vec<f64>>, PassError> {
         Ok(match n.input.get(2).filter(|s| !s.is_empty()) {
-            Some(b) => consts_f64(model, ix, b)?
-                .map(|(_, v)| v)
-                .filter(|v| v.len() == m),
+            Some(b) => consts_f64(ed, b)?.map(|(_, v)| v).filter(|v| v.len() == m),
             None => Some(vec![0.0; m]),
         })
     };
     let (Some(pb), Some(qb)) = (bias(&p, pd[0])?, bias(&q, qd[0])?) else {
         return Ok(false);
     };
-    let (h, c, kh, kw) = (pd[0], pd[1], pd[2], pd[3]);
-    let m = qd[0];
+    let (h, c, m) = (pd[0], pd[1], qd[0]);
     if qd[1] != h {
         return Ok(false);
     }
-    let (w, wdims, b, node_from) = if is_pointwise(&q, &qd) {
+    let merged: Option<MergedConv> = if is_pointwise(&qwin, &qd) {
         // W[m,c,:,:] = Σ_j Q[m,j] P[j,c,:,:]; b = Q·pb + qb
-        let taps = kh * kw;
+        let taps = pd[2] * pd[3];
         let mut w = vec![0.0; m * c * taps];
         for mo in 0..m {
             for j in 0..h {
@@ -259,20 +271,14 @@ fn merge_conv(model: &mut Model, ix: &GraphIndex, pi: usize, qi: usize) -> Resul
                 }
             }
         }
-        let b: Vec<f64> = (0..m)
+        let b = (0..m)
             .map(|mo| qb[mo] + (0..h).map(|j| qw[mo * h + j] * pb[j]).sum::<f64>())
             .collect();
-        (w, vec![m, c, kh, kw], b, &p) // the merged conv keeps p's geometry
-    } else if is_pointwise(&p, &pd) {
+        Some((w, vec![m, c, pd[2], pd[3]], b, pi)) // the merged conv keeps p's geometry
+    } else if is_pointwise(&pwin, &pd) && (qwin.unpadded() || pb.iter().all(|&x| x == 0.0)) {
         // W[m,c,:,:] = Σ_j Q[m,j,:,:] P[j,c]; p's bias spreads through q's taps, which padding
         // would cut at the borders: only exact without padding or with a zero bias.
-        let padded = attr_ints(&q, "pads").is_some_and(|s| s.iter().any(|&x| x != 0))
-            || attr_s(&q, "auto_pad").is_some_and(|s| s.starts_with("SAME"));
-        if padded && pb.iter().any(|&x| x != 0.0) {
-            return Ok(false);
-        }
-        let (qkh, qkw) = (qd[2], qd[3]);
-        let taps = qkh * qkw;
+        let taps = qd[2] * qd[3];
         let mut w = vec![0.0; m * c * taps];
         for mo in 0..m {
             for j in 0..h {
@@ -287,7 +293,7 @@ fn merge_conv(model: &mut Model, ix: &GraphIndex, pi: usize, qi: usize) -> Resul
                 }
             }
         }
-        let b: Vec<f64> = (0..m)
+        let b = (0..m)
             .map(|mo| {
                 qb[mo]
                     + (0..h)
@@ -297,234 +303,231 @@ fn merge_conv(model: &mut Model, ix: &GraphIndex, pi: usize, qi: usize) -> Resul
                         .sum::<f64>()
             })
             .collect();
-        (w, vec![m, c, qkh, qkw], b, &q)
+        Some((w, vec![m, c, qd[2], qd[3]], b, qi))
     } else {
+        None
+    };
+    let Some((w, wdims, b, geometry_from)) = merged else {
         return Ok(false);
     };
     if w.len() > pw.len() + qw.len() {
         return Ok(false);
     }
-    let label = node_label(&q, qi);
-    let wt = Tensor::from_f32(wdims, &w.iter().map(|&x| x as f32).collect::<Vec<_>>())?;
-    let bt = Tensor::from_f32(vec![m], &b.iter().map(|&x| x as f32).collect::<Vec<_>>())?;
+    let l = label(ed, qi);
     // The merged layer: q's node with the geometry of whichever conv had the kernel.
-    let attrs = node_from.attribute.clone();
-    let x = p.input[0].clone();
-    let wid = ix.constants.get(&q.input[1]).cloned();
-    set_node_constant(
-        model,
+    let attrs = ed
+        .node(geometry_from)
+        .map(|n| n.attribute.clone())
+        .unwrap_or_default();
+    let x = p.input.first().cloned().unwrap_or_default();
+    ed.set_input_constant(
         qi,
         1,
-        &wt,
-        &format!("{label}.merged_weight"),
-        wid.as_ref(),
+        &f32_tensor(wdims, &w)?,
+        &format!("{l}.merged_weight"),
     )?;
-    let bid = q
-        .input
-        .get(2)
-        .filter(|s| !s.is_empty())
-        .and_then(|s| ix.constants.get(s).cloned());
-    set_node_constant(
-        model,
+    ed.set_input_constant(
         qi,
         2,
-        &bt,
-        &format!("{label}.merged_bias"),
-        bid.as_ref(),
+        &f32_tensor(vec![m], &b)?,
+        &format!("{l}.merged_bias"),
     )?;
-    let n = &mut model.graph_mut().node[qi];
-    n.attribute = attrs;
-    n.input[0] = x;
+    if let Some(n) = ed.node_mut(qi) {
+        n.attribute = attrs;
+    }
+    ed.set_input(qi, 0, &x);
     Ok(true)
 }
 
-impl CollapseZeroEntropy {
-    /// Zeroes the incoming weights of always-OFF channels of a rectifier fed directly by a
-    /// layer (the only producer of its input): the channel's output stays the constant OFF value.
-    fn zero_off_channels(&self, model: &mut Model, st: &NeuronStates) -> Result<usize, PassError> {
-        let off: Vec<usize> = (0..st.channels()).filter(|&c| st.always_off(c)).collect();
-        if off.is_empty() || st.lo != 0.0 {
-            return Ok(0);
-        }
-        let ix = GraphIndex::new(model);
-        let Some(&pi) = ix.producer.get(&st.tensor) else {
-            return Ok(0);
-        };
-        if ix.consumers_of(&st.tensor).len() != 1 {
-            return Ok(0);
-        }
-        let p = model.graph().node[pi].clone();
-        let axis = match p.op_type.as_str() {
-            "Conv" if attr_i(&p, "group", 1) == 1 => 0,
-            "Gemm" if attr_i(&p, "transA", 0) == 0 => {
-                if attr_i(&p, "transB", 0) != 0 {
-                    0
-                } else {
-                    1
-                }
+/// Zeroes the incoming weights of always-OFF channels of a rectifier fed directly by a layer
+/// (the only producer of its input): the channel's output stays the constant OFF value.
+fn zero_off_channels(ed: &mut Editor, st: &NeuronStates) -> Result<usize, PassError> {
+    let off: Vec<usize> = (0..st.channels()).filter(|&c| st.always_off(c)).collect();
+    if off.is_empty() || st.lo != 0.0 {
+        return Ok(0);
+    }
+    let a = ed.analysis();
+    let Some(pi) = a.producer(&st.tensor) else {
+        return Ok(0);
+    };
+    if a.consumers(&st.tensor).len() != 1 {
+        return Ok(0);
+    }
+    let axis = match a.valid_op(pi) {
+        Some(Op::Conv(w)) if w.group == 1 => 0,
+        Some(Op::Gemm {
+            trans_a: false,
+            trans_b,
+            ..
+        }) => usize::from(!*trans_b),
+        _ => return Ok(0),
+    };
+    let Some(p) = ed.node(pi).cloned() else {
+        return Ok(0);
+    };
+    let Some(w) = p
+        .input
+        .get(1)
+        .map(|w| ed.constant(w))
+        .transpose()?
+        .flatten()
+    else {
+        return Ok(0);
+    };
+    let Ok(mut wv) = w.to_f32() else { return Ok(0) };
+    if w.dims.get(axis) != Some(&st.channels()) {
+        return Ok(0);
+    }
+    for &c in &off {
+        for o in w.axis_offsets(axis, c) {
+            if let Some(x) = wv.get_mut(o) {
+                *x = 0.0;
             }
-            _ => return Ok(0),
-        };
-        let Some(wid) = ix.constants.get(&p.input[1]).cloned() else {
-            return Ok(0);
-        };
-        let w = model.read(&wid)?;
-        let Ok(mut wv) = w.to_f32() else { return Ok(0) };
-        if w.dims.get(axis) != Some(&st.channels()) {
-            return Ok(0);
         }
-        for &c in &off {
-            for o in w.axis_offsets(axis, c) {
-                wv[o] = 0.0;
-            }
-        }
-        let label = node_label(&p, pi);
-        set_node_constant(
-            model,
-            pi,
-            1,
-            &Tensor::from_f32(w.dims.clone(), &wv)?,
-            &format!("{label}.weight"),
-            Some(&wid),
-        )?;
-        if let Some(bn) = p.input.get(2).filter(|s| !s.is_empty()) {
-            if let Some(bt) = ix.constant(model, bn)? {
-                if let Ok(mut bv) = bt.to_f32() {
-                    if bv.len() == st.channels() {
-                        for &c in &off {
-                            bv[c] = 0.0;
-                        }
-                        let bid = ix.constants.get(bn).cloned();
-                        set_node_constant(
-                            model,
-                            pi,
-                            2,
-                            &Tensor::from_f32(bt.dims.clone(), &bv)?,
-                            &format!("{label}.bias"),
-                            bid.as_ref(),
-                        )?;
+    }
+    let l = label(ed, pi);
+    ed.set_input_constant(
+        pi,
+        1,
+        &Tensor::from_f32(w.dims.clone(), &wv)?,
+        &format!("{l}.weight"),
+    )?;
+    if let Some(bn) = p.input.get(2).filter(|s| !s.is_empty()) {
+        if let Some(bt) = ed.constant(bn)? {
+            if let Ok(mut bv) = bt.to_f32() {
+                if bv.len() == st.channels() {
+                    for &c in &off {
+                        bv[c] = 0.0;
                     }
+                    ed.set_input_constant(
+                        pi,
+                        2,
+                        &Tensor::from_f32(bt.dims.clone(), &bv)?,
+                        &format!("{l}.bias"),
+                    )?;
                 }
             }
         }
-        Ok(off.len())
     }
+    Ok(off.len())
+}
 
-    /// Removes a rectifier that is linear on every observation, merging its neighbours if exact.
-    fn collapse_linear(
-        &self,
-        model: &mut Model,
-        st: &NeuronStates,
-    ) -> Result<Option<String>, PassError> {
-        if !(0..st.channels()).all(|c| st.always_linear(c)) {
-            return Ok(None);
-        }
-        let ix = GraphIndex::new(model);
-        let r = st.node;
-        let rn = model.graph().node[r].clone();
-        let out = rn.output[0].clone();
-        if !bypass(model, r) {
-            return Ok(None);
-        }
-        let label = node_label(&rn, r);
-        // Merge the linear op before with the one after, when the chain is private.
-        let cons = ix.consumers_of(&out);
-        let Some(&pi) = ix.producer.get(&st.tensor) else {
-            return Ok(Some(format!("{label}: removed")));
-        };
-        if cons.len() != 1 {
-            return Ok(Some(format!("{label}: removed")));
-        }
-        let qi = cons[0].0;
-        let pop = model.graph().node[pi].op_type.clone();
-        // For a MatMul with a bias Add, the rectifier's input is the Add's output.
-        let pnode = if pop == "Add" {
-            match model.graph().node[pi]
-                .input
-                .iter()
-                .find_map(|i| ix.producer.get(i))
-            {
-                Some(&mm) if model.graph().node[mm].op_type == "MatMul" => mm,
-                _ => return Ok(Some(format!("{label}: removed"))),
-            }
-        } else {
-            pi
-        };
-        let merged = match (
-            model.graph().node[pnode].op_type.as_str(),
-            model.graph().node[qi].op_type.as_str(),
-        ) {
-            ("Gemm" | "MatMul", "Gemm" | "MatMul") => {
-                let (Some(p), Some(q)) = (dense(model, &ix, pnode)?, dense(model, &ix, qi)?) else {
-                    return Ok(Some(format!("{label}: removed")));
-                };
-                if dense_out(model, &p) != st.tensor || ix.consumers_of(&st.tensor).len() != 1 {
-                    false
-                } else {
-                    merge_dense(model, &p, &q)?
+/// Removes a rectifier that is linear on every observation, merging its neighbours if exact.
+fn collapse_linear(ed: &mut Editor, st: &NeuronStates) -> Result<Option<String>, PassError> {
+    if !(0..st.channels()).all(|c| st.always_linear(c)) {
+        return Ok(None);
+    }
+    let r = st.node;
+    let out = ed
+        .node(r)
+        .and_then(|n| n.output.first().cloned())
+        .unwrap_or_default();
+    // Neighbours as they are before the bypass; the chain is private when the rectifier is
+    // its input's only reader.
+    let (producer, next, single_use) = {
+        let a = ed.analysis();
+        let cons = a.consumers(&out);
+        (
+            a.producer(&st.tensor),
+            (cons.len() == 1)
+                .then(|| cons.first().map(|c| c.0))
+                .flatten(),
+            a.consumers(&st.tensor).len() == 1,
+        )
+    };
+    let l = label(ed, r);
+    if !ed.bypass(r) {
+        return Ok(None);
+    }
+    ed.remove_node(r);
+    let removed = Some(format!("{l}: removed"));
+    let (Some(pi), Some(qi)) = (producer, next) else {
+        return Ok(removed);
+    };
+    // For a MatMul with a bias Add, the rectifier's input is the Add's output.
+    let pnode = {
+        let a = ed.analysis();
+        match a.valid_op(pi) {
+            Some(Op::Binary(Binary::Add)) => {
+                match ed
+                    .node(pi)
+                    .and_then(|n| n.input.iter().find_map(|i| a.producer(i)))
+                {
+                    Some(mm) if matches!(a.valid_op(mm), Some(Op::MatMul)) => mm,
+                    _ => return Ok(removed),
                 }
             }
-            ("Conv", "Conv") if ix.consumers_of(&st.tensor).len() == 1 => {
-                merge_conv(model, &ix, pnode, qi)?
+            _ => pi,
+        }
+    };
+    let kinds = (
+        ed.analysis().valid_op(pnode).cloned(),
+        ed.analysis().valid_op(qi).cloned(),
+    );
+    let merged = match kinds {
+        (Some(Op::Gemm { .. } | Op::MatMul), Some(Op::Gemm { .. } | Op::MatMul)) => {
+            match (dense(ed, pnode)?, dense(ed, qi)?) {
+                (Some(p), Some(q)) if dense_out(ed, &p) == st.tensor && single_use => {
+                    merge_dense(ed, &p, &q)?
+                }
+                _ => false,
             }
-            _ => false,
-        };
-        let qlabel = node_label(&model.graph().node[qi], qi);
-        Ok(Some(if merged {
-            format!(
-                "{label}: removed; {} merged into {qlabel}",
-                node_label(&model.graph().node[pnode], pnode)
-            )
-        } else {
-            format!("{label}: removed")
-        }))
-    }
+        }
+        (Some(Op::Conv(_)), Some(Op::Conv(_))) if single_use => merge_conv(ed, pnode, qi)?,
+        _ => false,
+    };
+    Ok(Some(if merged {
+        format!(
+            "{l}: removed; {} merged into {}",
+            label(ed, pnode),
+            label(ed, qi)
+        )
+    } else {
+        format!("{l}: removed")
+    }))
 }
 
 impl Pass for CollapseZeroEntropy {
     fn name(&self) -> &'static str {
-        "collapse_zero_entropy"
+        PASS
     }
 
     fn preserves(&self) -> Preserves {
         Preserves::OutputsOnCalibration
     }
 
-    fn run(&self, model: &mut Model, ctx: &PassContext<'_>) -> Result<PassReport, PassError> {
-        let calib = ctx.calib.ok_or(PassError::NeedsCalibration {
-            pass: "collapse_zero_entropy",
-        })?;
-        let rt = ctx.runtime.ok_or(PassError::Invalid {
-            pass: "collapse_zero_entropy",
-            reason: "needs ONNX Runtime".into(),
-        })?;
-        let states = rectifier_states(rt, model, calib)?;
-        let mut layers = Vec::new();
+    fn run(&self, ed: &mut Editor, ctx: &PassContext<'_>) -> Result<PassReport, PassError> {
+        let calib = ctx
+            .calib
+            .ok_or(PassError::NeedsCalibration { pass: PASS })?;
+        let rt = ctx.runtime(PASS)?;
+        let states = rectifier_states(rt, ed, calib)?;
+        let layers = states
+            .iter()
+            .map(|st| LayerStates {
+                layer: st.name.clone(),
+                channels: st.channels(),
+                mean_entropy: st.mean_entropy(),
+                always_off: (0..st.channels()).filter(|&c| st.always_off(c)).count(),
+                always_linear: (0..st.channels()).filter(|&c| st.always_linear(c)).count(),
+            })
+            .collect();
+        // Collapsing a layer changes node wiring, so OFF channels go first (weights only).
         let mut zeroed = 0;
+        for st in &states {
+            zeroed += zero_off_channels(ed, st)?;
+        }
         let mut collapsed = Vec::new();
         for st in &states {
-            let off = (0..st.channels()).filter(|&c| st.always_off(c)).count();
-            let lin = (0..st.channels()).filter(|&c| st.always_linear(c)).count();
-            layers.push(serde_json::json!({
-                "layer": st.name, "channels": st.channels(), "mean_entropy": st.mean_entropy(),
-                "always_off": off, "always_linear": lin,
-            }));
-        }
-        // Collapsing a layer changes node wiring, so OFF channels go first (weights only).
-        for st in &states {
-            zeroed += self.zero_off_channels(model, st)?;
-        }
-        for st in &states {
-            if let Some(msg) = self.collapse_linear(model, st)? {
-                collapsed.push(msg);
-            }
+            collapsed.extend(collapse_linear(ed, st)?);
         }
         let mut notes = Vec::new();
         if zeroed > 0 {
             notes.push(format!("{zeroed} always-OFF channel(s) made constant"));
         }
         notes.extend(collapsed.iter().cloned());
-        if zeroed > 0 || !collapsed.is_empty() {
+        let changed = zeroed > 0 || !collapsed.is_empty();
+        if changed {
             notes.push(format!(
                 "exact on inputs like the calibration data ({} samples), not on arbitrary inputs",
                 calib.samples
@@ -532,8 +535,13 @@ impl Pass for CollapseZeroEntropy {
         }
         Ok(PassReport {
             pass: self.name().into(),
-            changed: zeroed > 0 || !collapsed.is_empty(),
-            details: serde_json::json!({ "layers": layers, "channels_made_constant": zeroed, "collapsed": collapsed }),
+            preserves: self.preserves(),
+            changed,
+            details: PassDetails::Collapse(CollapseDetails {
+                layers,
+                channels_made_constant: zeroed,
+                collapsed,
+            }),
             notes,
         })
     }

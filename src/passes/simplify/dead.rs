@@ -1,61 +1,61 @@
 //! Physically removes dead channels: output channels whose incoming weights are all zero in every
 //! layer of their channel group. Such a channel's value does not depend on the input (its bias,
-//! through the per-channel ops of the group), so each consumer gets that constant contribution
-//! added to its bias, and the channel leaves every coupled tensor.
+//! through the per-channel ops of the group), so each consumer gets that constant contribution,
+//! and the channel leaves every coupled tensor.
 //!
-//! Where a consumer `Conv` pads with zeros, the contribution shrinks near the borders: the pass
-//! then adds an exact per-position bias map after the convolution instead of approximating.
+//! The contribution must stay exact at every input size the model accepts:
+//! - into a dense layer, or a convolution that does not pad: a bias;
+//! - into a padded convolution, where the contribution shrinks near the borders: with static
+//!   sizes an exact per-position bias map; with symbolic sizes a one-channel convolution of a
+//!   map of ones with the dead channels' summed kernel, which is exact at any size (zero padding
+//!   of a constant map is what a convolution of ones computes);
+//! - a channel whose value already varies near the borders (a padded depthwise convolution on
+//!   its way) with symbolic sizes: kept, with the reason.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use crate::graph::edit::{add_initializer, fresh_name, node as mk_node, set_node_constant};
-use crate::graph::groups::{channel_groups, ChannelGroup, ParamRole};
-use crate::graph::index::GraphIndex;
-use crate::graph::shapes::{attr_f, attr_i, attr_ints, attr_s, infer, Shapes};
-use crate::onnx::Model;
-use crate::passes::{Pass, PassContext, PassError, PassReport, Preserves};
-use crate::runtime::inputs::random_inputs;
-use crate::runtime::{Session, SessionOptions};
+use serde::Serialize;
+
+use crate::calib::capture::{capture, Source};
+use crate::graph::edit::node as mk_node;
+use crate::graph::editor::{Editor, NodeId};
+use crate::graph::groups::{channel_groups, label, ChannelGroup, ParamRole, Placement};
+use crate::graph::ops::{Op, Window};
+use crate::passes::{Pass, PassContext, PassDetails, PassError, PassReport, Preserves};
 use crate::tensor::Tensor;
 
-pub struct RemoveDeadChannels {
-    /// Concrete input shapes (symbolic batch = 1 when empty).
-    pub shapes: Vec<(String, Vec<usize>)>,
-}
+pub struct RemoveDeadChannels;
+
+const PASS: &str = "remove_dead_channels";
 
 /// One group's removal, for the report.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Removal {
     pub group: String,
     pub channels_before: usize,
     pub removed: usize,
     pub consumers_rebiased: usize,
     pub bias_maps: usize,
+    /// Padded convolutions given a one-channel border convolution (symbolic sizes).
+    pub border_convolutions: usize,
 }
 
-fn input_shapes(
-    model: &Model,
-    given: &[(String, Vec<usize>)],
-) -> Result<HashMap<String, Vec<usize>>, PassError> {
-    crate::inspect::mac_shapes(model, given).map_err(|e| PassError::Invalid {
-        pass: "remove_dead_channels",
-        reason: format!("{e} (needed for shape inference)"),
-    })
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadDetails {
+    pub removals: Vec<Removal>,
+    pub skipped: Vec<String>,
+    pub channels_removed: usize,
 }
 
 /// Dead channels of a prunable group: every source's weight slice is zero.
-fn dead_channels(
-    model: &Model,
-    ix: &GraphIndex,
-    g: &ChannelGroup,
-) -> Result<Vec<usize>, PassError> {
+fn dead_channels(ed: &Editor, g: &ChannelGroup) -> Result<Vec<usize>, PassError> {
     let mut weights = Vec::new();
     for p in g
         .params
         .iter()
         .filter(|p| p.role == ParamRole::SourceWeight)
     {
-        let Some(t) = ix.constant(model, &p.name)? else {
+        let Some(t) = ed.constant(&p.name)? else {
             return Ok(vec![]);
         };
         let Ok(v) = t.to_f32() else { return Ok(vec![]) };
@@ -67,50 +67,15 @@ fn dead_channels(
     Ok((0..g.channels)
         .filter(|&c| {
             weights.iter().all(|(pl, t, v)| match pl.range(c) {
-                Some(r) => r
-                    .into_iter()
-                    .all(|i| t.axis_offsets(pl.axis, i).iter().all(|&o| v[o] == 0.0)),
+                Some(r) => r.into_iter().all(|i| {
+                    t.axis_offsets(pl.axis, i)
+                        .iter()
+                        .all(|&o| v.get(o) == Some(&0.0))
+                }),
                 None => true,
             })
         })
         .collect())
-}
-
-/// Runs the model on two seeded random samples with the given tensors as extra outputs.
-fn probe(
-    model: &Model,
-    ctx: &PassContext<'_>,
-    inputs: &HashMap<String, Vec<usize>>,
-    tensors: &[String],
-) -> Result<Vec<HashMap<String, Tensor>>, PassError> {
-    let rt = ctx.runtime.ok_or(PassError::Invalid {
-        pass: "remove_dead_channels",
-        reason: "needs ONNX Runtime".into(),
-    })?;
-    let mut m = model.clone();
-    crate::graph::edit::expose_float_outputs(&mut m, tensors);
-    let mut s = Session::from_model(
-        rt,
-        &m,
-        &SessionOptions {
-            intra_threads: Some(1),
-            ..Default::default()
-        },
-    )?;
-    let ins = model.inputs();
-    let shapes: Vec<Vec<usize>> = ins
-        .iter()
-        .map(|v| inputs.get(&v.name).cloned().unwrap_or_default())
-        .collect();
-    let mut runs = Vec::new();
-    for seed in [11u64, 12] {
-        let x = random_inputs(&ins, &shapes, seed).map_err(|e| PassError::Invalid {
-            pass: "remove_dead_channels",
-            reason: e.to_string(),
-        })?;
-        runs.push(s.run(&x)?.into_iter().collect());
-    }
-    Ok(runs)
 }
 
 /// Values of the given indices along `axis` of `t`, as [index][position].
@@ -118,47 +83,100 @@ fn gather_axis(t: &Tensor, axis: usize, idx: &[usize]) -> Result<Vec<Vec<f32>>, 
     let v = t.to_f32()?;
     Ok(idx
         .iter()
-        .map(|&i| t.axis_offsets(axis, i).iter().map(|&o| v[o]).collect())
+        .map(|&i| {
+            t.axis_offsets(axis, i)
+                .iter()
+                .map(|&o| v.get(o).copied().unwrap_or(f32::NAN))
+                .collect()
+        })
         .collect())
 }
 
-/// Per-position contribution of constant input maps through a Conv: out[m][y][x].
-#[allow(clippy::too_many_arguments)]
-fn conv_contribution(
-    maps: &[Vec<f32>],
-    chans: &[usize],
-    w: &Tensor,
+/// What a consumer gets for the dead channels it loses.
+enum Update {
+    /// Added to its bias (Conv/Gemm input 2, or after a MatMul).
+    Bias { node: NodeId, add: Vec<f64> },
+    /// An exact per-position map added after it (static sizes).
+    Map {
+        node: NodeId,
+        map: Vec<f64>,
+        dims: Vec<usize>,
+    },
+    /// A one-channel convolution of ones with this kernel [M, 1, k...] added after it.
+    Border { node: NodeId, kernel: Tensor },
+}
+
+/// 2-D convolution geometry of a consumer at concrete sizes.
+struct Geometry {
     in_hw: (usize, usize),
     out_hw: (usize, usize),
     strides: (usize, usize),
     pads: (usize, usize),
     dil: (usize, usize),
+}
+
+fn geometry(w: &Window, wdims: &[usize], xs: &[usize], ys: &[usize]) -> Option<Geometry> {
+    let (&[_, _, h, wd], &[_, _, ho, wo]) = (xs, ys) else {
+        return None;
+    };
+    let e = |v: usize| crate::graph::sym::Expr::int(i64::try_from(v).unwrap_or(i64::MAX));
+    let mut pads = [0usize; 2];
+    let mut strides = [1usize; 2];
+    let mut dil = [1usize; 2];
+    for i in 0..2 {
+        let (k, s, d, pb, pe) =
+            w.axis(i, 2, crate::graph::sym::known(wdims.get(2..)?).as_deref())?;
+        let (input, output) = (e(*[h, wd].get(i)?), e(*[ho, wo].get(i)?));
+        let (b, _) = w.applied_pads(&input, &output, &k, s, d, pb, pe)?;
+        *pads.get_mut(i)? = b.as_usize()?;
+        *strides.get_mut(i)? = usize::try_from(s).ok()?;
+        *dil.get_mut(i)? = usize::try_from(d).ok()?;
+    }
+    Some(Geometry {
+        in_hw: (h, wd),
+        out_hw: (ho, wo),
+        strides: (strides[0], strides[1]),
+        pads: (pads[0], pads[1]),
+        dil: (dil[0], dil[1]),
+    })
+}
+
+/// Per-position contribution of constant input maps through a 2-D Conv: out[m][y][x].
+fn conv_contribution(
+    maps: &[Vec<f32>],
+    chans: &[usize],
+    w: &Tensor,
+    g: &Geometry,
 ) -> Result<Vec<f64>, PassError> {
     let wv = w.to_f32()?;
-    let (m, cin, kh, kw) = (w.dims[0], w.dims[1], w.dims[2], w.dims[3]);
-    let (h, wd) = in_hw;
-    let (ho, wo) = out_hw;
+    let &[m, cin, kh, kw] = w.dims.as_slice() else {
+        return Err(PassError::Invalid {
+            pass: PASS,
+            reason: "not a 2-D convolution weight".into(),
+        });
+    };
+    let ((h, wd), (ho, wo)) = (g.in_hw, g.out_hw);
     let mut out = vec![0.0f64; m * ho * wo];
     for (map, &c) in maps.iter().zip(chans) {
         for mo in 0..m {
             for ky in 0..kh {
                 for kx in 0..kw {
-                    let wt = wv[((mo * cin + c) * kh + ky) * kw + kx] as f64;
+                    let wt = f64::from(wv[((mo * cin + c) * kh + ky) * kw + kx]);
                     if wt == 0.0 {
                         continue;
                     }
                     for y in 0..ho {
-                        let iy = (y * strides.0 + ky * dil.0) as isize - pads.0 as isize;
+                        let iy = (y * g.strides.0 + ky * g.dil.0) as isize - g.pads.0 as isize;
                         if iy < 0 || iy >= h as isize {
                             continue;
                         }
                         for x in 0..wo {
-                            let ixx = (x * strides.1 + kx * dil.1) as isize - pads.1 as isize;
+                            let ixx = (x * g.strides.1 + kx * g.dil.1) as isize - g.pads.1 as isize;
                             if ixx < 0 || ixx >= wd as isize {
                                 continue;
                             }
                             out[(mo * ho + y) * wo + x] +=
-                                wt * map[iy as usize * wd + ixx as usize] as f64;
+                                wt * f64::from(map[iy as usize * wd + ixx as usize]);
                         }
                     }
                 }
@@ -168,519 +186,648 @@ fn conv_contribution(
     Ok(out)
 }
 
-impl RemoveDeadChannels {
-    /// Removes the dead channels of one group; `None` when it cannot be done exactly.
-    fn remove_group(
-        &self,
-        model: &mut Model,
-        ctx: &PassContext<'_>,
-        inputs: &HashMap<String, Vec<usize>>,
-        shapes: &Shapes,
-        g: &ChannelGroup,
-        mut dead: Vec<usize>,
-    ) -> Result<Result<Removal, String>, PassError> {
-        if dead.len() == g.channels {
-            // Keep one channel: layers with zero channels are not valid ONNX.
-            dead.remove(0);
-        }
-        if dead.is_empty() {
-            return Ok(Err("nothing to remove".into()));
-        }
-        let ix = GraphIndex::new(model);
-        let gp = model.graph();
-        // Consumer input tensors and where the channels sit there.
-        let mut feeds: Vec<(usize, String, crate::graph::groups::Placement)> = Vec::new();
-        for &ci in &g.consumers {
-            let inp = gp.node[ci].input[0].clone();
-            for (t, pl) in g.activations.iter().filter(|(t, _)| *t == inp) {
-                feeds.push((ci, t.clone(), *pl));
+/// `Σ_d v_d · W[:, d]` over the dead input channels `idx` (values `v`), as a [M, 1, k...] kernel.
+fn summed_kernel(w: &Tensor, idx: &[usize], v: &[f32]) -> Result<Tensor, PassError> {
+    let wv = w.to_f32()?;
+    let (m, cin) = (
+        w.dims.first().copied().unwrap_or(0),
+        w.dims.get(1).copied().unwrap_or(0),
+    );
+    let taps: usize = w.dims.get(2..).map_or(1, |d| d.iter().product());
+    let mut k = vec![0.0f64; m * taps];
+    for (&c, &val) in idx.iter().zip(v) {
+        for mo in 0..m {
+            for t in 0..taps {
+                k[mo * taps + t] += f64::from(val) * f64::from(wv[(mo * cin + c) * taps + t]);
             }
         }
-        let tensors: Vec<String> = feeds
-            .iter()
-            .map(|f| f.1.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let runs = probe(model, ctx, inputs, &tensors)?;
-        // Bias updates per consumer, computed on the unmodified weights.
-        enum Update {
-            Bias {
-                node: usize,
-                add: Vec<f64>,
-            },
-            Map {
-                node: usize,
-                map: Vec<f64>,
-                dims: Vec<usize>,
-            },
-        }
-        let mut updates = Vec::new();
-        for (ci, tensor, pl) in &feeds {
-            let n = &gp.node[*ci];
-            let (Some(a), Some(b)) = (runs[0].get(tensor), runs[1].get(tensor)) else {
-                return Ok(Err(format!("probe missed {tensor}")));
+    }
+    let mut dims = vec![m, 1];
+    dims.extend(w.dims.get(2..).unwrap_or_default());
+    Ok(Tensor::from_f32(
+        dims,
+        &k.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+    )?)
+}
+
+/// The consumer update for dead channels `idx` whose values at this consumer's input are `va`
+/// ([channel][position], the same on two seeded inputs). `Err` when it cannot be exact.
+fn consumer_update(
+    ed: &Editor,
+    ci: NodeId,
+    tensor: &str,
+    observed: &[usize],
+    idx: &[usize],
+    va: &[Vec<f32>],
+) -> Result<Result<Option<Update>, String>, PassError> {
+    if va.iter().flatten().all(|&x| x == 0.0) {
+        return Ok(Ok(None)); // contributes nothing
+    }
+    let a = ed.analysis();
+    let Some(n) = ed.node(ci) else {
+        return Ok(Err("consumer gone".into()));
+    };
+    let Some(w) = n
+        .input
+        .get(1)
+        .map(|x| ed.constant(x))
+        .transpose()?
+        .flatten()
+    else {
+        return Ok(Err("consumer weight not constant".into()));
+    };
+    let uniform = va.iter().all(|pos| pos.iter().all(|&x| x == pos[0]));
+    let values: Vec<f32> = va
+        .iter()
+        .map(|p| p.first().copied().unwrap_or(0.0))
+        .collect();
+    match a.valid_op(ci) {
+        Some(Op::Gemm { .. }) | Some(Op::MatMul) => {
+            // Each removed feature must be the same on every row/token.
+            if !uniform {
+                return Ok(Err("removed features vary across positions".into()));
+            }
+            let (trans_b, alpha) = match a.valid_op(ci) {
+                Some(Op::Gemm { trans_b, alpha, .. }) => (*trans_b, f64::from(*alpha)),
+                _ => (false, 1.0),
             };
-            let idx: Vec<usize> = dead.iter().filter_map(|&c| pl.range(c)).flatten().collect();
-            if idx.is_empty() {
-                continue;
-            }
-            let (va, vb) = (
-                gather_axis(a, pl.axis, &idx)?,
-                gather_axis(b, pl.axis, &idx)?,
+            let (rows, cols) = (
+                w.dims.first().copied().unwrap_or(0),
+                w.dims.get(1).copied().unwrap_or(0),
             );
-            if va != vb {
-                return Ok(Err(format!(
-                    "channels entering {} depend on the input",
-                    n.op_type
-                )));
-            }
-            if va.iter().flatten().all(|&x| x == 0.0) {
-                continue; // contributes nothing
-            }
-            let w_name = &n.input[1];
-            let Some(w) = ix.constant(model, w_name)? else {
-                return Ok(Err("consumer weight not constant".into()));
-            };
             let wv = w.to_f32()?;
-            match n.op_type.as_str() {
-                "Gemm" | "MatMul" => {
-                    // Each removed feature must be the same on every row/token.
-                    if va.iter().any(|pos| pos.iter().any(|&x| x != pos[0])) {
-                        return Ok(Err("removed features vary across positions".into()));
-                    }
-                    let trans_b = n.op_type == "Gemm" && attr_i(n, "transB", 0) != 0;
-                    let alpha = if n.op_type == "Gemm" {
-                        attr_f(n, "alpha", 1.0) as f64
+            let out = if trans_b { rows } else { cols };
+            let mut add = vec![0.0f64; out];
+            for (&i, &val) in idx.iter().zip(&values) {
+                for (j, s) in add.iter_mut().enumerate() {
+                    let wij = if trans_b {
+                        wv[j * cols + i]
                     } else {
-                        1.0
+                        wv[i * cols + j]
                     };
-                    let cols = if trans_b { w.dims[0] } else { w.dims[1] };
-                    let mut add = vec![0.0f64; cols];
-                    for (k, &i) in idx.iter().enumerate() {
-                        let val = va[k][0] as f64;
-                        for (j, a) in add.iter_mut().enumerate() {
-                            let wij = if trans_b {
-                                wv[j * w.dims[1] + i]
-                            } else {
-                                wv[i * w.dims[1] + j]
-                            };
-                            *a += alpha * val * wij as f64;
-                        }
-                    }
-                    updates.push(Update::Bias { node: *ci, add });
+                    *s += alpha * f64::from(val) * f64::from(wij);
                 }
-                "Conv" => {
-                    let (Some(xs), Some(ys)) = (shapes.get(tensor), shapes.get(&n.output[0]))
-                    else {
-                        return Ok(Err("conv shapes unknown".into()));
+            }
+            Ok(Ok(Some(Update::Bias { node: ci, add })))
+        }
+        Some(Op::Conv(win)) => {
+            if w.dims.len() != 4 {
+                return Ok(Err("only 2-D convolutions take a constant input".into()));
+            }
+            let out0 = n.output.first().cloned().unwrap_or_default();
+            // Fixed spatial sizes allow a map (the batch, symbolic or not, broadcasts).
+            let spatial = |t: &str| {
+                let d = a.shape(t)?;
+                crate::graph::sym::concrete(d.get(2..)?)?;
+                Some(
+                    d.iter()
+                        .map(|x| x.as_usize().unwrap_or(1))
+                        .collect::<Vec<_>>(),
+                )
+            };
+            match spatial(tensor).zip(spatial(&out0)) {
+                Some((_, ys)) => {
+                    let Some(g) = geometry(win, &w.dims, observed, &ys) else {
+                        return Ok(Err("convolution geometry unknown".into()));
                     };
-                    if xs.len() != 4 || w.dims.len() != 4 {
-                        return Ok(Err("only 2-D convolutions are rebiased".into()));
-                    }
-                    let strides = attr_ints(n, "strides").unwrap_or_else(|| vec![1, 1]);
-                    let dil = attr_ints(n, "dilations").unwrap_or_else(|| vec![1, 1]);
-                    let ap = attr_s(n, "auto_pad").unwrap_or_default();
-                    let pads = match ap.as_str() {
-                        "" | "NOTSET" => attr_ints(n, "pads").unwrap_or_else(|| vec![0; 4]),
-                        "VALID" => vec![0; 4],
-                        _ => {
-                            let mut p = vec![0i64; 4];
-                            for d in 0..2 {
-                                let eff = (w.dims[2 + d] as i64 - 1) * dil[d] + 1;
-                                let total = ((ys[2 + d] as i64 - 1) * strides[d] + eff
-                                    - xs[2 + d] as i64)
-                                    .max(0);
-                                p[d] = if ap == "SAME_UPPER" {
-                                    total / 2
-                                } else {
-                                    total - total / 2
-                                };
-                            }
-                            p
-                        }
-                    };
-                    // channel maps of sample 0, one per removed input channel
-                    let maps: Vec<Vec<f32>> = va.clone();
-                    let out = conv_contribution(
-                        &maps,
-                        &idx,
-                        &w,
-                        (xs[2], xs[3]),
-                        (ys[2], ys[3]),
-                        (strides[0] as usize, strides[1] as usize),
-                        (pads[0] as usize, pads[1] as usize),
-                        (dil[0] as usize, dil[1] as usize),
-                    )?;
-                    let (m, hw) = (w.dims[0], ys[2] * ys[3]);
-                    let uniform = (0..m).all(|mo| {
+                    let out = conv_contribution(va, idx, &w, &g)?;
+                    let hw = g.out_hw.0 * g.out_hw.1;
+                    let m = w.dims[0];
+                    let flat = (0..m).all(|mo| {
                         out[mo * hw..(mo + 1) * hw]
                             .iter()
                             .all(|&x| x == out[mo * hw])
                     });
-                    if uniform {
-                        updates.push(Update::Bias {
-                            node: *ci,
+                    Ok(Ok(Some(if flat {
+                        Update::Bias {
+                            node: ci,
                             add: (0..m).map(|mo| out[mo * hw]).collect(),
-                        });
+                        }
                     } else {
-                        updates.push(Update::Map {
-                            node: *ci,
+                        Update::Map {
+                            node: ci,
                             map: out,
-                            dims: vec![1, m, ys[2], ys[3]],
-                        });
-                    }
-                }
-                other => {
-                    return Ok(Err(format!(
-                        "{other} consumers cannot take a constant input"
-                    )))
-                }
-            }
-        }
-        // Removal sets per coupled constant.
-        let mut cut: HashMap<(String, usize), BTreeSet<usize>> = HashMap::new();
-        for p in &g.params {
-            let e = cut.entry((p.name.clone(), p.place.axis)).or_default();
-            for &c in &dead {
-                if let Some(r) = p.place.range(c) {
-                    e.extend(r);
-                }
-            }
-        }
-        let mut rebiased = 0;
-        let mut maps = 0;
-        // Highest node first: inserted nodes then never shift a pending update's index.
-        updates.sort_by_key(|u| {
-            std::cmp::Reverse(match u {
-                Update::Bias { node, .. } | Update::Map { node, .. } => *node,
-            })
-        });
-        for u in updates {
-            match u {
-                Update::Bias { node, add } => {
-                    rebiased += 1;
-                    add_bias(model, node, &add)?;
-                }
-                Update::Map { node, map, dims } => {
-                    maps += 1;
-                    let out = model.graph().node[node].output[0].clone();
-                    let pre = fresh_name(model.graph(), &format!("{out}.pre_bias_map"));
-                    let t =
-                        Tensor::from_f32(dims, &map.iter().map(|&x| x as f32).collect::<Vec<_>>())?;
-                    let cname = add_initializer(model, &format!("{out}.bias_map"), &t);
-                    let g = model.graph_mut();
-                    g.node[node].output[0] = pre.clone();
-                    let add = mk_node(
-                        "Add",
-                        &format!("{out}.bias_map_add"),
-                        &[&pre, &cname],
-                        &[&out],
-                    );
-                    g.node.insert(node + 1, add);
-                }
-            }
-        }
-        // Node indices may have shifted (bias-map Adds): resolve constants by name again.
-        let ix = GraphIndex::new(model);
-        for ((name, axis), idx) in &cut {
-            let Some(id) = ix.constants.get(name).cloned() else {
-                continue;
-            };
-            let t = model.read(&id)?;
-            if *axis >= t.dims.len() {
-                continue;
-            }
-            let nt = t.remove_indices(*axis, idx)?;
-            model.write(&id, &nt)?;
-        }
-        // Depthwise convolutions keep one group per remaining channel.
-        let dw: BTreeSet<usize> = g
-            .params
-            .iter()
-            .filter(|p| p.role == ParamRole::Depthwise)
-            .map(|p| p.node)
-            .collect();
-        for ni in dw {
-            let n = &model.graph().node[ni];
-            let (Some(w), group) = (n.input.get(1).cloned(), attr_i(n, "group", 1)) else {
-                continue;
-            };
-            // Rows per group (the channel multiplier) stay; the group count follows the rows.
-            let old_rows = g
-                .params
-                .iter()
-                .find(|p| p.node == ni && p.name == w)
-                .map(|p| p.place.count * p.place.block);
-            let Some(t) = ix.constant(model, &w)? else {
-                continue;
-            };
-            if let (Some(old), Some(&now)) = (old_rows, t.dims.first()) {
-                let mult = (old as i64 / group.max(1)).max(1);
-                let ng = now as i64 / mult;
-                if let Some(a) = model.graph_mut().node[ni]
-                    .attribute
-                    .iter_mut()
-                    .find(|a| a.name == "group")
-                {
-                    a.i = ng;
-                }
-            }
-        }
-        // Shape constants on the way: flatten-like Reshapes and Split sizes.
-        self.fix_shape_constants(model, g, &dead)?;
-        let changed: HashSet<String> = g.activations.iter().map(|(t, _)| t.clone()).collect();
-        crate::graph::edit::forget_shapes(model, &changed);
-        Ok(Ok(Removal {
-            group: g.name.clone(),
-            channels_before: g.channels,
-            removed: dead.len(),
-            consumers_rebiased: rebiased,
-            bias_maps: maps,
-        }))
-    }
-
-    fn fix_shape_constants(
-        &self,
-        model: &mut Model,
-        g: &ChannelGroup,
-        dead: &[usize],
-    ) -> Result<(), PassError> {
-        let gp = model.graph().clone();
-        let ix = GraphIndex::new(model);
-        let removed_in = |tensor: &str| -> usize {
-            g.activations
-                .iter()
-                .filter(|(t, _)| t == tensor)
-                .map(|(_, pl)| {
-                    dead.iter()
-                        .filter_map(|&c| pl.range(c))
-                        .map(|r| r.len())
-                        .sum::<usize>()
-                })
-                .max()
-                .unwrap_or(0)
-        };
-        for (ni, n) in gp.node.iter().enumerate() {
-            if !g.path.contains(&ni) {
-                continue;
-            }
-            match n.op_type.as_str() {
-                "Reshape" => {
-                    let (Some(x), Some(y), Some(sname)) =
-                        (n.input.first(), n.output.first(), n.input.get(1))
-                    else {
-                        continue;
-                    };
-                    let removed_out = removed_in(y);
-                    if removed_out == 0 || removed_in(x) == 0 {
-                        continue;
-                    }
-                    let Some(st) = ix.constant(model, sname)? else {
-                        continue;
-                    };
-                    let Some(mut shape) = st.to_i64_lossy() else {
-                        continue;
-                    };
-                    let Some((_, pl)) = g.activations.iter().find(|(t, _)| t == y) else {
-                        continue;
-                    };
-                    if let Some(v) = shape.get_mut(pl.axis) {
-                        if *v > 0 {
-                            *v -= removed_out as i64;
-                            let nt = Tensor::from_i64(vec![shape.len()], &shape)?;
-                            let id = ix.constants.get(sname).cloned();
-                            set_node_constant(
-                                model,
-                                ni,
-                                1,
-                                &nt,
-                                &format!("{y}.shape"),
-                                id.as_ref(),
-                            )?;
+                            dims: vec![1, m, g.out_hw.0, g.out_hw.1],
                         }
-                    }
+                    })))
                 }
-                "Split" => {
-                    let sizes: Vec<i64> = match attr_ints(n, "split") {
-                        Some(s) => s,
-                        None => match n.input.get(1).filter(|s| !s.is_empty()) {
-                            Some(s) => {
-                                match ix.constant(model, s)?.and_then(|t| t.to_i64_lossy()) {
-                                    Some(v) => v,
-                                    None => continue,
-                                }
-                            }
-                            None => continue, // equal split: recomputed by the runtime
-                        },
-                    };
-                    let new: Vec<i64> = n
-                        .output
-                        .iter()
-                        .zip(&sizes)
-                        .map(|(o, &s)| s - removed_in(o) as i64)
+                None if !uniform => Ok(Err(
+                    "the removed channels vary near the borders and the input size is symbolic"
+                        .into(),
+                )),
+                None if win.unpadded() => {
+                    let k = summed_kernel(&w, idx, &values)?;
+                    let kv = k.to_f32()?;
+                    let m = w.dims[0];
+                    let taps = kv.len() / m.max(1);
+                    let add = (0..m)
+                        .map(|mo| {
+                            kv[mo * taps..(mo + 1) * taps]
+                                .iter()
+                                .map(|&x| f64::from(x))
+                                .sum()
+                        })
                         .collect();
-                    if new == sizes {
-                        continue;
-                    }
-                    if attr_ints(n, "split").is_some() {
-                        if let Some(a) = model.graph_mut().node[ni]
-                            .attribute
-                            .iter_mut()
-                            .find(|a| a.name == "split")
-                        {
-                            a.ints = new;
-                        }
-                    } else if let Some(s) = n.input.get(1) {
-                        let id = ix.constants.get(s).cloned();
-                        let nt = Tensor::from_i64(vec![new.len()], &new)?;
-                        set_node_constant(
-                            model,
-                            ni,
-                            1,
-                            &nt,
-                            &format!("{}.split", n.output[0]),
-                            id.as_ref(),
-                        )?;
-                    }
+                    Ok(Ok(Some(Update::Bias { node: ci, add })))
                 }
-                _ => {}
+                None => Ok(Ok(Some(Update::Border {
+                    node: ci,
+                    kernel: summed_kernel(&w, idx, &values)?,
+                }))),
             }
         }
-        Ok(())
+        _ => Ok(Err(format!(
+            "{} consumers cannot take a constant input",
+            n.op_type
+        ))),
     }
 }
 
+/// A group's removal, computed from the unchanged model.
+struct Plan {
+    updates: Vec<Update>,
+    cut: HashMap<(String, usize), BTreeSet<usize>>,
+}
+
+/// Observes the tensors feeding the group's consumers and derives each consumer's update.
+fn plan_group(
+    ed: &Editor,
+    ctx: &PassContext<'_>,
+    g: &ChannelGroup,
+    dead: &[usize],
+) -> Result<Result<Plan, String>, PassError> {
+    // Consumer input tensors and where the channels sit there.
+    let mut feeds: Vec<(NodeId, String, Placement)> = Vec::new();
+    for &ci in &g.consumers {
+        let Some(inp) = ed.node(ci).and_then(|n| n.input.first()).cloned() else {
+            continue;
+        };
+        for (t, pl) in g.activations.iter().filter(|(t, _)| *t == inp) {
+            feeds.push((ci, t.clone(), *pl));
+        }
+    }
+    let tensors: Vec<String> = feeds
+        .iter()
+        .map(|f| f.1.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let rt = ctx.runtime(PASS)?;
+    let plan = ctx.inputs(PASS)?;
+    let mut runs: Vec<HashMap<String, Tensor>> = Vec::new();
+    capture(
+        rt,
+        ed.model(),
+        &tensors,
+        Source::Random {
+            plan,
+            seeds: &[11, 12],
+        },
+        &mut |b| {
+            runs.push(
+                tensors
+                    .iter()
+                    .cloned()
+                    .zip(b.tensors)
+                    .filter_map(|(n, t)| Some((n, t?)))
+                    .collect(),
+            );
+            Ok(())
+        },
+    )?;
+    let mut updates = Vec::new();
+    for (ci, tensor, pl) in &feeds {
+        let (Some(ta), Some(tb)) = (
+            runs.first().and_then(|r| r.get(tensor)),
+            runs.get(1).and_then(|r| r.get(tensor)),
+        ) else {
+            return Ok(Err(format!("probe missed {tensor}")));
+        };
+        let idx: Vec<usize> = dead.iter().filter_map(|&c| pl.range(c)).flatten().collect();
+        if idx.is_empty() {
+            continue;
+        }
+        let (va, vb) = (
+            gather_axis(ta, pl.axis, &idx)?,
+            gather_axis(tb, pl.axis, &idx)?,
+        );
+        if va != vb {
+            let op = ed.node(*ci).map(|n| n.op_type.clone()).unwrap_or_default();
+            return Ok(Err(format!("channels entering {op} depend on the input")));
+        }
+        match consumer_update(ed, *ci, tensor, &ta.dims, &idx, &va)? {
+            Ok(Some(u)) => updates.push(u),
+            Ok(None) => {}
+            Err(why) => return Ok(Err(why)),
+        }
+    }
+    // Removal sets per coupled constant.
+    let mut cut: HashMap<(String, usize), BTreeSet<usize>> = HashMap::new();
+    for p in &g.params {
+        let e = cut.entry((p.name.clone(), p.place.axis)).or_default();
+        for &c in dead {
+            e.extend(p.place.range(c).into_iter().flatten());
+        }
+    }
+    Ok(Ok(Plan { updates, cut }))
+}
+
 /// Adds `add` to the bias of a Conv/Gemm (input 2) or after a MatMul (its bias `Add`, or a new one).
-fn add_bias(model: &mut Model, node: usize, add: &[f64]) -> Result<(), PassError> {
-    let ix = GraphIndex::new(model);
-    let n = model.graph().node[node].clone();
+fn add_bias(ed: &mut Editor, node: NodeId, add: &[f64]) -> Result<(), PassError> {
+    let Some(n) = ed.node(node).cloned() else {
+        return Ok(());
+    };
     let m = add.len();
-    let label = crate::graph::index::node_label(&n, node);
-    if n.op_type == "MatMul" {
-        let out = n.output[0].clone();
+    let l = label(ed, node);
+    let to_f32 = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+    if matches!(ed.analysis().valid_op(node), Some(Op::MatMul)) {
+        let out = n.output.first().cloned().unwrap_or_default();
         // An existing bias Add with a constant [m] operand takes it.
-        let cons = ix.consumers_of(&out);
-        if cons.len() == 1 && !ix.graph_outputs.contains(&out) {
-            let (ai, k) = cons[0];
-            let a = &model.graph().node[ai];
-            if a.op_type == "Add" {
-                let other = &a.input[1 - k];
-                if let Some(t) = ix.constant(model, other)? {
-                    if let (Ok(v), true) = (
-                        t.to_f32(),
-                        t.dims.iter().product::<usize>() == m && t.dims.last() == Some(&m),
-                    ) {
+        let a = ed.analysis();
+        let cons = a.consumers(&out);
+        if let ([(ai, k)], false) = (cons.as_slice(), a.is_graph_output(&out)) {
+            let (ai, k) = (*ai, *k);
+            if ed.node(ai).is_some_and(|x| x.op_type == "Add") {
+                let other = ed
+                    .node(ai)
+                    .and_then(|x| x.input.get(1 - k.min(1)))
+                    .cloned()
+                    .unwrap_or_default();
+                if let Some(t) = ed.constant(&other)? {
+                    if let (Ok(v), true) = (t.to_f32(), t.numel() == m && t.dims.last() == Some(&m))
+                    {
                         let nv: Vec<f32> = v
                             .iter()
                             .zip(add)
-                            .map(|(x, y)| (*x as f64 + y) as f32)
+                            .map(|(x, y)| (f64::from(*x) + y) as f32)
                             .collect();
-                        let id = ix.constants.get(other).cloned();
-                        set_node_constant(
-                            model,
+                        ed.set_input_constant(
                             ai,
-                            1 - k,
+                            1 - k.min(1),
                             &Tensor::from_f32(t.dims.clone(), &nv)?,
-                            &format!("{label}.bias"),
-                            id.as_ref(),
+                            &format!("{l}.bias"),
                         )?;
                         return Ok(());
                     }
                 }
             }
         }
-        let pre = fresh_name(model.graph(), &format!("{out}.pre_bias"));
-        let bias: Vec<f32> = add.iter().map(|&x| x as f32).collect();
-        let cname = add_initializer(
-            model,
-            &format!("{label}.bias"),
-            &Tensor::from_f32(vec![m], &bias)?,
+        let pre = ed.fresh_name(&format!("{out}.pre_bias"));
+        let cname = ed.add_constant(
+            &format!("{l}.bias"),
+            &Tensor::from_f32(vec![m], &to_f32(add))?,
         );
-        let g = model.graph_mut();
-        g.node[node].output[0] = pre.clone();
-        g.node.insert(
-            node + 1,
-            mk_node(
-                "Add",
-                &format!("{label}.bias_add"),
-                &[&pre, &cname],
-                &[&out],
-            ),
+        if let Some(o) = ed.node_mut(node).and_then(|x| x.output.first_mut()) {
+            *o = pre.clone();
+        }
+        ed.insert_after(
+            node,
+            mk_node("Add", &format!("{l}.bias_add"), &[&pre, &cname], &[&out]),
         );
         return Ok(());
     }
     // Conv / Gemm: input 2, broadcast to [m].
-    let beta = if n.op_type == "Gemm" {
-        attr_f(&n, "beta", 1.0) as f64
-    } else {
-        1.0
+    let beta = match ed.analysis().valid_op(node) {
+        Some(Op::Gemm { beta, .. }) => f64::from(*beta),
+        _ => 1.0,
     };
     let cur: Vec<f64> = match n.input.get(2).filter(|s| !s.is_empty()) {
-        Some(b) => match ix.constant(model, b)?.and_then(|t| t.to_f32().ok()) {
-            Some(v) if v.len() == m => v.iter().map(|&x| x as f64 * beta).collect(),
-            Some(v) if v.len() == 1 => vec![v[0] as f64 * beta; m],
+        Some(b) => match ed.constant(b)?.and_then(|t| t.to_f32().ok()) {
+            Some(v) if v.len() == m => v.iter().map(|&x| f64::from(x) * beta).collect(),
+            Some(v) if v.len() == 1 => vec![f64::from(v[0]) * beta; m],
             _ => {
                 return Err(PassError::Invalid {
-                    pass: "remove_dead_channels",
-                    reason: format!("{label}: bias is not per channel"),
+                    pass: PASS,
+                    reason: format!("{l}: bias is not per channel"),
                 })
             }
         },
         None => vec![0.0; m],
     };
-    let nb: Vec<f32> = cur.iter().zip(add).map(|(x, y)| (x + y) as f32).collect();
-    let id = n.input.get(2).and_then(|b| ix.constants.get(b).cloned());
-    set_node_constant(
-        model,
+    let nb: Vec<f64> = cur.iter().zip(add).map(|(x, y)| x + y).collect();
+    ed.set_input_constant(
         node,
         2,
-        &Tensor::from_f32(vec![m], &nb)?,
-        &format!("{label}.bias"),
-        id.as_ref(),
+        &Tensor::from_f32(vec![m], &to_f32(&nb))?,
+        &format!("{l}.bias"),
     )?;
-    if n.op_type == "Gemm" {
-        model.graph_mut().node[node]
-            .attribute
-            .retain(|a| a.name != "beta");
+    ed.remove_attr(node, "beta");
+    Ok(())
+}
+
+/// Renames a node's output to a fresh `.pre_*` name and returns (fresh, original).
+fn detach_output(ed: &mut Editor, node: NodeId, what: &str) -> Option<(String, String)> {
+    let out = ed.node(node)?.output.first()?.clone();
+    let pre = ed.fresh_name(&format!("{out}.pre_{what}"));
+    *ed.node_mut(node)?.output.first_mut()? = pre.clone();
+    Some((pre, out))
+}
+
+/// After `node`: out = pre + Conv(ones like the node's input with one channel, kernel).
+fn add_border_conv(ed: &mut Editor, node: NodeId, kernel: &Tensor) -> Result<(), PassError> {
+    let Some(n) = ed.node(node).cloned() else {
+        return Ok(());
+    };
+    let x = n.input.first().cloned().unwrap_or_default();
+    let rank = kernel.dims.len();
+    let l = label(ed, node);
+    let Some((pre, out)) = detach_output(ed, node, "border") else {
+        return Ok(());
+    };
+    let spatial: Vec<i64> = (2..i64::try_from(rank).unwrap_or(4)).collect();
+    let c = |ed: &mut Editor, base: &str, t: Tensor| ed.add_constant(&format!("{l}.{base}"), &t);
+    let i0 = c(ed, "border_n", Tensor::from_i64(vec![1], &[0])?);
+    let isp = c(
+        ed,
+        "border_hw",
+        Tensor::from_i64(vec![spatial.len()], &spatial)?,
+    );
+    let one = c(ed, "border_one", Tensor::from_i64(vec![1], &[1])?);
+    let k = c(ed, "border_kernel", kernel.clone());
+    let name = |ed: &Editor, s: &str| ed.fresh_name(&format!("{out}.border_{s}"));
+    let (shape, nn, hw, dims, ones, corr) = (
+        name(ed, "shape"),
+        name(ed, "n"),
+        name(ed, "hw"),
+        name(ed, "dims"),
+        name(ed, "ones"),
+        name(ed, "conv"),
+    );
+    let mut gather_n = mk_node(
+        "Gather",
+        &format!("{l}.border_gather_n"),
+        &[&shape, &i0],
+        &[&nn],
+    );
+    let mut gather_hw = mk_node(
+        "Gather",
+        &format!("{l}.border_gather_hw"),
+        &[&shape, &isp],
+        &[&hw],
+    );
+    for g in [&mut gather_n, &mut gather_hw] {
+        g.attribute.push(int_attr("axis", 0));
+    }
+    let mut concat = mk_node(
+        "Concat",
+        &format!("{l}.border_dims"),
+        &[&nn, &one, &hw],
+        &[&dims],
+    );
+    concat.attribute.push(int_attr("axis", 0));
+    let mut cos = mk_node(
+        "ConstantOfShape",
+        &format!("{l}.border_ones"),
+        &[&dims],
+        &[&ones],
+    );
+    let mut value = onnx_protobuf::AttributeProto::new();
+    value.name = "value".into();
+    value.type_ =
+        protobuf::EnumOrUnknown::new(onnx_protobuf::attribute_proto::AttributeType::TENSOR);
+    value.t = Some(crate::onnx::tensor_proto(
+        "",
+        &Tensor::from_f32(vec![1], &[1.0])?,
+    ))
+    .into();
+    cos.attribute.push(value);
+    let mut conv = mk_node("Conv", &format!("{l}.border_conv"), &[&ones, &k], &[&corr]);
+    conv.attribute = n
+        .attribute
+        .iter()
+        .filter(|a| a.name != "group")
+        .cloned()
+        .collect();
+    let add = mk_node("Add", &format!("{l}.border_add"), &[&pre, &corr], &[&out]);
+    let mut anchor = node;
+    for step in [
+        mk_node("Shape", &format!("{l}.border_shape"), &[&x], &[&shape]),
+        gather_n,
+        gather_hw,
+        concat,
+        cos,
+        conv,
+        add,
+    ] {
+        anchor = ed.insert_after(anchor, step).ok_or(PassError::Invalid {
+            pass: PASS,
+            reason: "lost the consumer".into(),
+        })?;
+    }
+    Ok(())
+}
+
+fn int_attr(name: &str, v: i64) -> onnx_protobuf::AttributeProto {
+    let mut a = onnx_protobuf::AttributeProto::new();
+    a.name = name.into();
+    a.type_ = protobuf::EnumOrUnknown::new(onnx_protobuf::attribute_proto::AttributeType::INT);
+    a.i = v;
+    a
+}
+
+/// Applies a plan: consumer updates, then the cuts, depthwise groups and shape constants.
+fn apply(
+    ed: &mut Editor,
+    g: &ChannelGroup,
+    dead: &[usize],
+    plan: Plan,
+) -> Result<Removal, PassError> {
+    let (mut rebiased, mut maps, mut borders) = (0, 0, 0);
+    for u in plan.updates {
+        match u {
+            Update::Bias { node, add } => {
+                rebiased += 1;
+                add_bias(ed, node, &add)?;
+            }
+            Update::Map { node, map, dims } => {
+                maps += 1;
+                let t = Tensor::from_f32(dims, &map.iter().map(|&x| x as f32).collect::<Vec<_>>())?;
+                let Some((pre, out)) = detach_output(ed, node, "bias_map") else {
+                    continue;
+                };
+                let cname = ed.add_constant(&format!("{out}.bias_map"), &t);
+                ed.insert_after(
+                    node,
+                    mk_node(
+                        "Add",
+                        &format!("{out}.bias_map_add"),
+                        &[&pre, &cname],
+                        &[&out],
+                    ),
+                );
+            }
+            Update::Border { node, kernel } => {
+                borders += 1;
+                add_border_conv(ed, node, &kernel)?;
+            }
+        }
+    }
+    for ((name, axis), idx) in &plan.cut {
+        let Some(t) = ed.constant(name)? else {
+            continue;
+        };
+        if *axis >= t.dims.len() {
+            continue;
+        }
+        let nt = t.remove_indices(*axis, idx)?;
+        ed.write_constant(name, &nt)?;
+    }
+    // Depthwise convolutions keep one group per remaining channel: rows per group (the channel
+    // multiplier) stay, the group count follows the rows.
+    let dw: BTreeSet<NodeId> = g
+        .params
+        .iter()
+        .filter(|p| p.role == ParamRole::Depthwise)
+        .map(|p| p.node)
+        .collect();
+    for ni in dw {
+        let Some(n) = ed.node(ni) else { continue };
+        let (Some(w), Some(Op::Conv(win))) = (n.input.get(1).cloned(), ed.analysis().valid_op(ni))
+        else {
+            continue;
+        };
+        let group = win.group;
+        let old_rows = g
+            .params
+            .iter()
+            .find(|p| p.node == ni && p.name == w)
+            .map(|p| p.place.count * p.place.block);
+        let Some(t) = ed.constant(&w)? else { continue };
+        if let (Some(old), Some(&now)) = (old_rows, t.dims.first()) {
+            let mult = (old as i64 / group.max(1)).max(1);
+            ed.set_attr_int(ni, "group", now as i64 / mult);
+        }
+    }
+    fix_shape_constants(ed, g, dead)?;
+    let changed: HashSet<String> = g.activations.iter().map(|(t, _)| t.clone()).collect();
+    ed.forget_shapes(&changed);
+    Ok(Removal {
+        group: g.name.clone(),
+        channels_before: g.channels,
+        removed: dead.len(),
+        consumers_rebiased: rebiased,
+        bias_maps: maps,
+        border_convolutions: borders,
+    })
+}
+
+/// Shape constants on the group's path: flatten-like `Reshape` targets and `Split` sizes.
+fn fix_shape_constants(ed: &mut Editor, g: &ChannelGroup, dead: &[usize]) -> Result<(), PassError> {
+    let removed_in = |tensor: &str| -> usize {
+        g.activations
+            .iter()
+            .filter(|(t, _)| t == tensor)
+            .map(|(_, pl)| {
+                dead.iter()
+                    .filter_map(|&c| pl.range(c))
+                    .map(|r| r.len())
+                    .sum::<usize>()
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    for &ni in &g.path {
+        let Some(n) = ed.node(ni).cloned() else {
+            continue;
+        };
+        let op = ed.analysis().valid_op(ni).cloned();
+        match op {
+            Some(Op::Reshape { .. }) => {
+                let (Some(x), Some(y), Some(sname)) =
+                    (n.input.first(), n.output.first(), n.input.get(1))
+                else {
+                    continue;
+                };
+                let removed_out = removed_in(y);
+                if removed_out == 0 || removed_in(x) == 0 {
+                    continue;
+                }
+                let Some(mut shape) = ed.constant(sname)?.and_then(|t| t.to_i64_lossy()) else {
+                    continue;
+                };
+                let Some((_, pl)) = g.activations.iter().find(|(t, _)| t == y) else {
+                    continue;
+                };
+                if let Some(v) = shape.get_mut(pl.axis).filter(|v| **v > 0) {
+                    *v -= removed_out as i64;
+                    let nt = Tensor::from_i64(vec![shape.len()], &shape)?;
+                    ed.set_input_constant(ni, 1, &nt, &format!("{y}.shape"))?;
+                }
+            }
+            Some(Op::Split { sizes, .. }) => {
+                let current: Vec<i64> = match &sizes {
+                    crate::graph::ops::Source::Attr(s) => s.clone(),
+                    crate::graph::ops::Source::Input(i) => {
+                        match n.input.get(*i).filter(|s| !s.is_empty()) {
+                            Some(s) => match ed.constant(s)?.and_then(|t| t.to_i64_lossy()) {
+                                Some(v) => v,
+                                None => continue,
+                            },
+                            None => continue, // equal split: recomputed by the runtime
+                        }
+                    }
+                    crate::graph::ops::Source::None => continue,
+                };
+                let new: Vec<i64> = n
+                    .output
+                    .iter()
+                    .zip(&current)
+                    .map(|(o, &s)| s - removed_in(o) as i64)
+                    .collect();
+                if new == current {
+                    continue;
+                }
+                match sizes {
+                    crate::graph::ops::Source::Attr(_) => ed.set_attr_ints(ni, "split", new),
+                    crate::graph::ops::Source::Input(i) => {
+                        let nt = Tensor::from_i64(vec![new.len()], &new)?;
+                        let base =
+                            format!("{}.split", n.output.first().cloned().unwrap_or_default());
+                        ed.set_input_constant(ni, i, &nt, &base)?;
+                    }
+                    crate::graph::ops::Source::None => {}
+                }
+            }
+            _ => {}
+        }
     }
     Ok(())
 }
 
 impl Pass for RemoveDeadChannels {
     fn name(&self) -> &'static str {
-        "remove_dead_channels"
+        PASS
     }
 
     fn preserves(&self) -> Preserves {
         Preserves::Outputs
     }
 
-    fn run(&self, model: &mut Model, ctx: &PassContext<'_>) -> Result<PassReport, PassError> {
-        let inputs = input_shapes(model, &self.shapes)?;
+    fn run(&self, ed: &mut Editor, ctx: &PassContext<'_>) -> Result<PassReport, PassError> {
         let mut removals = Vec::new();
         let mut skipped: Vec<String> = Vec::new();
         let mut tried: HashSet<String> = HashSet::new();
-        // One group at a time: each removal changes shapes and indices for the next analysis.
+        // One group at a time: each removal changes shapes for the next analysis.
         loop {
-            let shapes = infer(model, &inputs);
-            let ix = GraphIndex::new(model);
-            let groups = channel_groups(model, &ix, &shapes);
             let mut next = None;
-            for g in groups
+            for g in channel_groups(ed)
                 .into_iter()
                 .filter(|g| g.prunable() && !tried.contains(&g.name))
             {
-                let dead = dead_channels(model, &ix, &g)?;
-                if !(dead.is_empty() || dead.len() == 1 && g.channels == 1) {
+                let mut dead = dead_channels(ed, &g)?;
+                if dead.len() == g.channels {
+                    // Keep one channel: layers with zero channels are not valid ONNX.
+                    dead.remove(0);
+                }
+                if !dead.is_empty() {
                     next = Some((g, dead));
                     break;
                 }
             }
             let Some((g, dead)) = next else { break };
             tried.insert(g.name.clone());
-            match self.remove_group(model, ctx, &inputs, &shapes, &g, dead)? {
-                Ok(r) => removals.push(r),
+            match plan_group(ed, ctx, &g, &dead)? {
+                Ok(plan) => removals.push(apply(ed, &g, &dead, plan)?),
                 Err(why) => skipped.push(format!("{}: {why}", g.name)),
             }
         }
@@ -695,8 +842,13 @@ impl Pass for RemoveDeadChannels {
         notes.extend(skipped.iter().map(|s| format!("kept dead channels of {s}")));
         Ok(PassReport {
             pass: self.name().into(),
+            preserves: self.preserves(),
             changed: removed > 0,
-            details: serde_json::json!({ "removals": removals, "skipped": skipped, "channels_removed": removed }),
+            details: PassDetails::DeadChannels(DeadDetails {
+                removals,
+                skipped,
+                channels_removed: removed,
+            }),
             notes,
         })
     }

@@ -2,7 +2,9 @@
 //!
 //! Passes, in order: [`cleanup::Cleanup`] (identities), [`fold_bn::FoldBatchNorm`],
 //! [`collapse::CollapseZeroEntropy`] (only with calibration data), [`dead::RemoveDeadChannels`],
-//! and [`cleanup::Cleanup`] again. [`simplify`] runs them and verifies the result on ONNX Runtime.
+//! and [`cleanup::Cleanup`] again. [`simplify`] runs them on the model's declared (possibly
+//! symbolic) sizes, so the result is exact at every size the input model accepts, and verifies
+//! it on ONNX Runtime, at two input sizes where the model's sizes are symbolic.
 
 pub mod cleanup;
 pub mod collapse;
@@ -11,29 +13,29 @@ pub mod fold_bn;
 
 use serde::Serialize;
 
-use super::{run_passes, Pass, PassContext, PassError, PassReport};
+use super::{
+    run_passes, weakest, Pass, PassContext, PassDetails, PassError, PassReport, Preserves,
+};
 use crate::calib::{run_model, Calibration};
+use crate::graph::editor::Editor;
+use crate::graph::infer::InputDims;
 use crate::onnx::Model;
-use crate::runtime::inputs::random_inputs;
+use crate::runtime::inputs::InputPlan;
 use crate::runtime::{Runtime, Session, SessionOptions};
 
 /// The pass list for a configuration.
-pub fn passes(with_calibration: bool, shapes: &[(String, Vec<usize>)]) -> Vec<Box<dyn Pass>> {
+pub fn passes(with_calibration: bool) -> Vec<Box<dyn Pass>> {
     let mut v: Vec<Box<dyn Pass>> =
         vec![Box::new(cleanup::Cleanup), Box::new(fold_bn::FoldBatchNorm)];
     if with_calibration {
         v.push(Box::new(collapse::CollapseZeroEntropy));
     }
-    v.push(Box::new(dead::RemoveDeadChannels {
-        shapes: shapes.to_vec(),
-    }));
+    v.push(Box::new(dead::RemoveDeadChannels));
     if with_calibration {
         // Once a layer's always-OFF channels are gone its other channels may all be always ON:
         // a second look drops that rectifier and merges the layer.
         v.push(Box::new(collapse::CollapseZeroEntropy));
-        v.push(Box::new(dead::RemoveDeadChannels {
-            shapes: shapes.to_vec(),
-        }));
+        v.push(Box::new(dead::RemoveDeadChannels));
     }
     v.push(Box::new(cleanup::Cleanup));
     v
@@ -45,38 +47,28 @@ pub struct ModelStats {
     pub parameters: u64,
     pub nodes: usize,
     pub onnx_bytes: u64,
+    /// MACs per inference at the given sizes (batch 1), when they are numbers.
     pub macs: Option<u64>,
+    /// MACs as an expression of the symbolic sizes left (`None` when unknown).
+    pub macs_formula: Option<String>,
 }
 
 impl ModelStats {
     pub fn of(model: &Model, shapes: &[(String, Vec<usize>)]) -> Result<ModelStats, PassError> {
-        let mut parameters = 0u64;
-        for w in model.weights() {
-            if w.dtype != crate::tensor::DType::I64 {
-                parameters += w.numel() as u64;
-            }
-        }
-        let macs = match crate::inspect::mac_shapes(model, shapes) {
-            Ok(inputs) => {
-                let s = crate::graph::shapes::infer(model, &inputs);
-                let v: Vec<Option<u64>> = model
-                    .graph()
-                    .node
-                    .iter()
-                    .filter(|n| crate::inspect::is_compute_op(&n.op_type))
-                    .map(|n| crate::inspect::node_macs(n, &s))
-                    .collect();
-                v.iter()
-                    .all(Option::is_some)
-                    .then(|| v.iter().flatten().sum())
-            }
-            Err(_) => None,
-        };
+        let parameters = model
+            .weights()
+            .iter()
+            .filter(|w| w.dtype != crate::tensor::DType::I64)
+            .map(|w| w.numel() as u64)
+            .sum();
+        let dims = crate::inspect::mac_dims(model, shapes).unwrap_or_default();
+        let count = crate::inspect::count_macs(model, &dims);
         Ok(ModelStats {
             parameters,
             nodes: model.graph().node.len(),
             onnx_bytes: model.to_bytes()?.len() as u64,
-            macs,
+            macs: count.unknown.is_empty().then(|| count.value()).flatten(),
+            macs_formula: count.total.as_ref().map(ToString::to_string),
         })
     }
 }
@@ -84,15 +76,18 @@ impl ModelStats {
 /// How the simplified model was checked against the input model.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verification {
-    /// "calibration" (the --calib samples) or "random" (seeded N(0,1) inputs).
+    /// "calibration" (the --calib samples) or "random" (seeded inputs).
     pub data: String,
     pub samples: usize,
+    /// The input sizes checked (one entry per size for seeded inputs).
+    pub sizes: Vec<String>,
     pub max_abs_diff: f64,
     /// Largest magnitude among the reference outputs, for scale.
     pub max_abs_output: f64,
     /// max_abs_diff <= 1e-4 * max(1, max_abs_output)
     pub within_tolerance: bool,
-    /// Set when zero-entropy collapse ran: equality holds on data like the calibration set only.
+    /// Set when a pass decided on calibration data (zero-entropy collapse): equality holds on
+    /// data like the calibration set only.
     pub exact_only_on_calibration_like_inputs: bool,
 }
 
@@ -110,6 +105,37 @@ pub struct SimplifyReport {
 /// Relative tolerance of the equivalence check.
 pub const TOLERANCE: f64 = 1e-4;
 
+/// Concrete inputs the model runs on: the calibration data's sizes, else `--shape` values and
+/// sizes nnzip finds the model runs at (tried on ONNX Runtime). Up to `n` different ones.
+pub fn input_plans(
+    rt: &Runtime,
+    model: &Model,
+    shapes: &[(String, Vec<usize>)],
+    calib: Option<&Calibration>,
+    n: usize,
+) -> Result<Vec<InputPlan>, PassError> {
+    let given: Vec<(String, Vec<usize>)> = match calib {
+        Some(c) => c
+            .slice(0, 1.min(c.samples))?
+            .into_iter()
+            .map(|(k, t)| (k, t.dims))
+            .collect(),
+        None => shapes.to_vec(),
+    };
+    let mut session_ok = |p: &InputPlan| -> bool {
+        let Ok(x) = p.random(0) else { return false };
+        Session::from_model(rt, model, &SessionOptions::default())
+            .and_then(|mut s| s.run(&x))
+            .is_ok()
+    };
+    crate::runtime::inputs::plans(model, &given, &mut session_ok, n).map_err(|e| {
+        PassError::NeedsInputs {
+            pass: "simplify",
+            reason: e.to_string(),
+        }
+    })
+}
+
 /// Runs the simplify passes on `model` in place and verifies the result.
 pub fn simplify(
     model: &mut Model,
@@ -117,97 +143,106 @@ pub fn simplify(
     calib: Option<&Calibration>,
     shapes: &[(String, Vec<usize>)],
 ) -> Result<SimplifyReport, PassError> {
-    let before = ModelStats::of(model, shapes)?;
-    let original = model.clone();
+    let plans = input_plans(rt, model, shapes, calib, 2)?;
+    // MACs at the sizes checked (the given ones, or those nnzip found the model runs at).
+    let at = plans.first().map(InputPlan::shapes).unwrap_or_default();
+    let before = ModelStats::of(model, &at)?;
+    // Declared sizes, not the planned ones: what the passes do must hold at every size.
+    let mut ed = Editor::new(model.clone(), InputDims::new());
     let ctx = PassContext {
         calib,
         runtime: Some(rt),
+        inputs: plans.first(),
     };
-    let reports = run_passes(&passes(calib.is_some(), shapes), model, &ctx)?;
-    let after = ModelStats::of(model, shapes)?;
-    let verification = verify(&original, model, rt, calib, shapes)?;
-    let num = |p: &str, k: &str| -> u64 {
-        reports
-            .iter()
-            .filter(|r| r.pass == p)
-            .map(|r| r.details[k].as_u64().unwrap_or(0))
-            .sum()
-    };
-    let folded: u64 = reports
-        .iter()
-        .filter(|r| r.pass == "fold_batchnorm")
-        .map(|r| r.details["folded"].as_array().map_or(0, |a| a.len() as u64))
-        .sum();
-    let layers_collapsed = reports
-        .iter()
-        .filter(|r| r.pass == "collapse_zero_entropy")
-        .flat_map(|r| {
-            r.details["collapsed"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        })
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect();
+    let reports = run_passes(&passes(calib.is_some()), &mut ed, &ctx)?;
+    let simplified = ed.into_model();
+    let verification = verify(model, &simplified, rt, calib, &plans, weakest(&reports))?;
+    *model = simplified;
+    let after = ModelStats::of(model, &at)?;
+    let (mut channels_removed, mut batchnorms_folded, mut layers_collapsed) =
+        (0u64, 0u64, Vec::new());
+    for r in &reports {
+        match &r.details {
+            PassDetails::DeadChannels(d) => channels_removed += d.channels_removed as u64,
+            PassDetails::FoldBatchNorm(f) => batchnorms_folded += f.folded.len() as u64,
+            PassDetails::Collapse(c) => layers_collapsed.extend(c.collapsed.iter().cloned()),
+            _ => {}
+        }
+    }
     Ok(SimplifyReport {
         before,
         after,
-        channels_removed: num("remove_dead_channels", "channels_removed"),
-        batchnorms_folded: folded,
+        channels_removed,
+        batchnorms_folded,
         layers_collapsed,
         passes: reports,
         verification,
     })
 }
 
-/// Compares two models' outputs on the calibration data, or on seeded random inputs.
+/// Compares two models' outputs on the calibration data, or on seeded inputs at each plan's
+/// sizes. `preserves` is the weakest guarantee of the passes that ran.
 pub fn verify(
     a: &Model,
     b: &Model,
     rt: &'static Runtime,
     calib: Option<&Calibration>,
-    shapes: &[(String, Vec<usize>)],
+    plans: &[InputPlan],
+    preserves: Preserves,
 ) -> Result<Verification, PassError> {
-    let (ra, rb, data, samples) = match calib {
+    let (ra, rb, data, samples, sizes) = match calib {
         Some(c) => (
             run_model(rt, a, c)?,
             run_model(rt, b, c)?,
             "calibration",
             c.samples,
+            vec![],
         ),
         None => {
-            let ins = a.inputs();
-            let sh = crate::runtime::inputs::resolve_shapes(&ins, shapes).map_err(|e| {
-                PassError::Invalid {
-                    pass: "verify",
-                    reason: e.to_string(),
-                }
-            })?;
             let opts = SessionOptions::default();
             let (mut sa, mut sb) = (
                 Session::from_model(rt, a, &opts)?,
                 Session::from_model(rt, b, &opts)?,
             );
-            let mut oa = Vec::new();
-            let mut ob = Vec::new();
-            for seed in 0..4u64 {
-                let x = random_inputs(&ins, &sh, seed).map_err(|e| PassError::Invalid {
-                    pass: "verify",
-                    reason: e.to_string(),
-                })?;
-                oa.extend(sa.run(&x)?);
-                ob.extend(sb.run(&x)?);
+            let (mut oa, mut ob, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
+            for p in plans {
+                for seed in 0..4u64 {
+                    let x = p.random(seed).map_err(|e| PassError::NeedsInputs {
+                        pass: "verify",
+                        reason: e.to_string(),
+                    })?;
+                    oa.extend(sa.run(&x)?);
+                    ob.extend(sb.run(&x)?);
+                }
+                sizes.push(
+                    p.inputs
+                        .iter()
+                        .map(|i| {
+                            format!(
+                                "{}={}",
+                                i.name,
+                                i.shape
+                                    .iter()
+                                    .map(|d| d.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join("x")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                );
             }
-            (oa, ob, "random", 4)
+            (oa, ob, "random", 4 * plans.len(), sizes)
         }
     };
     let (d, m) = crate::calib::max_abs_diff(&ra, &rb);
     Ok(Verification {
         data: data.into(),
         samples,
+        sizes,
         max_abs_diff: d,
         max_abs_output: m,
         within_tolerance: d <= TOLERANCE * m.max(1.0),
-        exact_only_on_calibration_like_inputs: calib.is_some(),
+        exact_only_on_calibration_like_inputs: preserves != Preserves::Outputs,
     })
 }
