@@ -1057,7 +1057,7 @@ fn real_models_every_method() {
             ],
         ),
     ];
-    for (file, shapes, inputs) in cases {
+    for (file, _shapes, inputs) in cases {
         let path = dir.join(file);
         if !path.exists() {
             eprintln!("{file}: missing (run shared/tools/fetch-real-models.sh)");
@@ -1072,7 +1072,7 @@ fn real_models_every_method() {
             Method::Structured,
             Method::Entropy,
         ] {
-            let mut cfg = PruneConfig::new(method);
+            let cfg = PruneConfig::new(method);
             let mut m = orig.clone();
             let ctx = PassContext {
                 calib: calib.as_ref(),

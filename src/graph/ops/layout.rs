@@ -350,7 +350,7 @@ pub(super) fn infer(op: &Op, ins: &[Facts], cx: &mut InferCx, outs: usize) -> Ve
             Some(Facts::shaped(vec![Expr::int(i64::try_from(v.len()).ok()?)]).with_value(Some(v)))
         })()),
         Op::Size => one(x
-            .and_then(|x| product(x))
+            .and_then(product)
             .map(|p| Facts::shaped(vec![]).with_value(Some(vec![p])))),
         Op::ConstantOfShape(fill) => one(value_of(ins, 0).map(|v| {
             let n = product(v.iter()).and_then(|p| p.as_usize());

@@ -15,7 +15,7 @@ use thiserror::Error;
 
 pub use layout::{Resize, SliceSpec};
 pub use math::{Binary, Reduce, Unary};
-pub use window::{AutoPad, ConvTranspose, Pool, PoolKind, Window};
+pub use window::{AutoPad, AxisWindow, ConvTranspose, Pool, PoolKind, Window};
 
 use super::sym::Expr;
 

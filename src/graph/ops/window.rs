@@ -15,6 +15,23 @@ pub enum AutoPad {
     Valid,
 }
 
+/// One spatial axis of a window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AxisWindow {
+    pub kernel: Expr,
+    pub stride: i64,
+    pub dilation: i64,
+    pub pad_begin: i64,
+    pub pad_end: i64,
+}
+
+impl AxisWindow {
+    /// `dilation (kernel - 1) + 1`.
+    pub fn effective(&self) -> Option<Expr> {
+        self.kernel.add_int(-1)?.mul_int(self.dilation)?.add_int(1)
+    }
+}
+
 /// Window attributes shared by `Conv` and pooling.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Window {
@@ -96,12 +113,7 @@ impl Window {
     /// Kernel size, stride, dilation, begin and end pad of spatial axis `i` of `sp`; the kernel
     /// from `weight_kernel` when the attribute is absent. `None` when the attributes do not
     /// cover `sp` axes.
-    pub fn axis(
-        &self,
-        i: usize,
-        sp: usize,
-        weight_kernel: Option<&[Expr]>,
-    ) -> Option<(Expr, i64, i64, i64, i64)> {
+    pub fn axis(&self, i: usize, sp: usize, weight_kernel: Option<&[Expr]>) -> Option<AxisWindow> {
         let get = |v: &Option<Vec<i64>>, j: usize, d: i64| -> Option<i64> {
             match v {
                 Some(v) if v.len() == sp || v.len() == 2 * sp => v.get(j).copied(),
@@ -114,35 +126,25 @@ impl Window {
             Some(_) => return None,
             None => weight_kernel?.get(i)?.clone(),
         };
-        let pb = get(&self.pads, i, 0)?;
-        let pe = get(&self.pads, i.checked_add(sp)?, 0)?;
-        Some((
-            k,
-            get(&self.strides, i, 1)?,
-            get(&self.dilations, i, 1)?,
-            pb,
-            pe,
-        ))
+        Some(AxisWindow {
+            kernel: k,
+            stride: get(&self.strides, i, 1)?,
+            dilation: get(&self.dilations, i, 1)?,
+            pad_begin: get(&self.pads, i, 0)?,
+            pad_end: get(&self.pads, i.checked_add(sp)?, 0)?,
+        })
     }
 
     /// Output spatial size of one axis (ONNX's formulas; `ceil` for pooling's `ceil_mode`).
-    fn out_size(
-        &self,
-        input: &Expr,
-        k: &Expr,
-        s: i64,
-        d: i64,
-        pb: i64,
-        pe: i64,
-        ceil: bool,
-    ) -> Option<Expr> {
-        // effective kernel: d (k - 1) + 1
-        let eff = k.add_int(-1)?.mul_int(d)?.add_int(1)?;
+    fn out_size(&self, input: &Expr, w: &AxisWindow, ceil: bool) -> Option<Expr> {
+        let s = w.stride;
         match self.auto_pad {
             AutoPad::SameUpper | AutoPad::SameLower => input.ceil_div(s),
-            AutoPad::Valid => input.checked_sub(&eff)?.floor_div(s)?.add_int(1),
+            AutoPad::Valid => input.checked_sub(&w.effective()?)?.floor_div(s)?.add_int(1),
             AutoPad::NotSet => {
-                let span = input.add_int(pb.checked_add(pe)?)?.checked_sub(&eff)?;
+                let span = input
+                    .add_int(w.pad_begin.checked_add(w.pad_end)?)?
+                    .checked_sub(&w.effective()?)?;
                 let q = if ceil {
                     span.ceil_div(s)?
                 } else {
@@ -159,21 +161,16 @@ impl Window {
         &self,
         input: &Expr,
         output: &Expr,
-        k: &Expr,
-        s: i64,
-        d: i64,
-        pb: i64,
-        pe: i64,
+        w: &AxisWindow,
     ) -> Option<(Expr, Expr)> {
         match self.auto_pad {
-            AutoPad::NotSet => Some((Expr::int(pb), Expr::int(pe))),
+            AutoPad::NotSet => Some((Expr::int(w.pad_begin), Expr::int(w.pad_end))),
             AutoPad::Valid => Some((Expr::int(0), Expr::int(0))),
             AutoPad::SameUpper | AutoPad::SameLower => {
-                let eff = k.add_int(-1)?.mul_int(d)?.add_int(1)?;
                 let total = output
                     .add_int(-1)?
-                    .mul_int(s)?
-                    .checked_add(&eff)?
+                    .mul_int(w.stride)?
+                    .checked_add(&w.effective()?)?
                     .checked_sub(input)?;
                 let t = total.as_int()?.max(0);
                 let small = t.checked_div(2)?;
@@ -201,8 +198,8 @@ impl Window {
         }
         (0..sp)
             .map(|i| {
-                let (k, s, d, pb, pe) = self.axis(i, sp, weight_kernel)?;
-                let o = self.out_size(x.get(i.checked_add(2)?)?, &k, s, d, pb, pe, ceil)?;
+                let w = self.axis(i, sp, weight_kernel)?;
+                let o = self.out_size(x.get(i.checked_add(2)?)?, &w, ceil)?;
                 // A window that does not fit: the model is invalid at these sizes.
                 match o.as_int() {
                     Some(v) if v < 1 => {
@@ -328,7 +325,9 @@ impl ConvTranspose {
         }
         for i in 0..sp {
             let size = (|| {
-                let (k, s, d, pb, pe) = self.window.axis(i, sp, w.get(2..))?;
+                let aw = self.window.axis(i, sp, w.get(2..))?;
+                let (k, s, d, pb, pe) =
+                    (aw.kernel, aw.stride, aw.dilation, aw.pad_begin, aw.pad_end);
                 let input = x.get(i.checked_add(2)?)?;
                 if matches!(
                     self.window.auto_pad,

@@ -124,13 +124,12 @@ fn geometry(w: &Window, wdims: &[usize], xs: &[usize], ys: &[usize]) -> Option<G
     let mut strides = [1usize; 2];
     let mut dil = [1usize; 2];
     for i in 0..2 {
-        let (k, s, d, pb, pe) =
-            w.axis(i, 2, crate::graph::sym::known(wdims.get(2..)?).as_deref())?;
+        let aw = w.axis(i, 2, crate::graph::sym::known(wdims.get(2..)?).as_deref())?;
         let (input, output) = (e(*[h, wd].get(i)?), e(*[ho, wo].get(i)?));
-        let (b, _) = w.applied_pads(&input, &output, &k, s, d, pb, pe)?;
+        let (b, _) = w.applied_pads(&input, &output, &aw)?;
         *pads.get_mut(i)? = b.as_usize()?;
-        *strides.get_mut(i)? = usize::try_from(s).ok()?;
-        *dil.get_mut(i)? = usize::try_from(d).ok()?;
+        *strides.get_mut(i)? = usize::try_from(aw.stride).ok()?;
+        *dil.get_mut(i)? = usize::try_from(aw.dilation).ok()?;
     }
     Some(Geometry {
         in_hw: (h, wd),
