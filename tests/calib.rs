@@ -131,3 +131,91 @@ fn rectifier_states_count_every_observation() {
     assert_eq!(last.channels(), 64);
     assert_eq!(last.observations, 50);
 }
+
+/// A streaming model's layout (Silero VAD): audio `x: [batch, 4]`, a recurrent state with the
+/// batch on axis 1 `s: [2, batch, 3]`, and a scalar `sr`. Each sample is a whole (x, s, sr).
+fn streaming_model() -> Model {
+    use nnzip::onnx::proto::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
+    let mut g = GraphProto::new();
+    g.name = "streaming".into();
+    g.input = vec![value_info("x", &[-1, 4]), value_info("s", &[2, -1, 3])];
+    let mut sr = value_info("sr", &[]);
+    if let Some(nnzip::onnx::proto::type_proto::Value::TensorType(t)) = sr.type_.as_mut().unwrap().value.as_mut() {
+        t.elem_type = 7; // INT64
+    }
+    g.input.push(sr);
+    // Batch dims named alike: one symbol for the batch in both tensors.
+    for vi in g.input.iter_mut().take(2) {
+        let Some(nnzip::onnx::proto::type_proto::Value::TensorType(t)) = vi.type_.as_mut().unwrap().value.as_mut() else {
+            unreachable!()
+        };
+        for d in t.shape.as_mut().unwrap().dim.iter_mut() {
+            if matches!(d.value, Some(nnzip::onnx::proto::tensor_shape_proto::dimension::Value::DimValue(-1))) {
+                d.value = Some(nnzip::onnx::proto::tensor_shape_proto::dimension::Value::DimParam("batch".into()));
+            }
+        }
+    }
+    for (i, o) in [("x", "y"), ("s", "t"), ("sr", "r")] {
+        let mut n = NodeProto::new();
+        n.op_type = "Identity".into();
+        n.input = vec![i.into()];
+        n.output = vec![o.into()];
+        g.node.push(n);
+    }
+    g.output = vec![value_info("y", &[-1, 4]), value_info("t", &[2, -1, 3]), value_info("r", &[])];
+    if let Some(nnzip::onnx::proto::type_proto::Value::TensorType(t)) = g.output[2].type_.as_mut().unwrap().value.as_mut() {
+        t.elem_type = 7; // INT64
+    }
+    let mut m = ModelProto::new();
+    m.ir_version = 8;
+    let mut op = OperatorSetIdProto::new();
+    op.version = 17;
+    m.opset_import.push(op);
+    m.graph = Some(g).into();
+    Model::from_proto_in(m, None, std::path::Path::new("")).unwrap()
+}
+
+#[test]
+fn states_with_the_batch_on_another_axis_and_scalar_inputs_load_as_samples() {
+    use nnzip::tensor::Tensor;
+    let model = streaming_model();
+    let n = 5;
+    let x: Vec<f32> = (0..n * 4).map(|i| i as f32).collect();
+    let s: Vec<f32> = (0..n * 6).map(|i| 100.0 + i as f32).collect();
+    let sr: Vec<i64> = (0..n as i64).map(|i| 16000 + i).collect();
+    let arrays = vec![
+        ("x".to_string(), Tensor::from_f32(vec![n, 4], &x).unwrap()),
+        ("s".to_string(), Tensor::from_f32(vec![n, 2, 1, 3], &s).unwrap()),
+        ("sr".to_string(), Tensor::from_i64(vec![n], &sr).unwrap()),
+    ];
+    let c = Calibration::from_arrays(std::path::Path::new("streaming.npz"), arrays, &model).unwrap();
+    assert_eq!(c.samples, n);
+    assert!(!c.batchable, "a scalar input has no batch axis");
+    // Sample 3 is fed as the model's own shapes.
+    let one = c.slice(3, 4).unwrap();
+    assert_eq!(one[0].1.dims, vec![1, 4]);
+    assert_eq!(one[1].1.dims, vec![2, 1, 3]);
+    assert_eq!(one[1].1.to_f32().unwrap(), s[18..24].to_vec());
+    assert_eq!(one[2].1.dims, Vec::<usize>::new());
+    assert_eq!(one[2].1.to_i64().unwrap(), vec![16003]);
+    // ONNX Runtime runs every sample; the identities give the samples back in order.
+    let out = run_model(runtime(), &model, &c).unwrap();
+    assert_eq!(out[0].1.to_f32().unwrap(), x);
+    assert_eq!(out[1].1.to_f32().unwrap(), s);
+    // The same state given along its batch axis ([2, N, 3]) is the same samples.
+    let mut s_axis1 = vec![0.0f32; n * 6];
+    for i in 0..n {
+        for a in 0..2 {
+            for k in 0..3 {
+                s_axis1[(a * n + i) * 3 + k] = s[(i * 2 + a) * 3 + k];
+            }
+        }
+    }
+    let arrays = vec![
+        ("x".to_string(), Tensor::from_f32(vec![n, 4], &x).unwrap()),
+        ("s".to_string(), Tensor::from_f32(vec![2, n, 3], &s_axis1).unwrap()),
+        ("sr".to_string(), Tensor::from_i64(vec![n], &sr).unwrap()),
+    ];
+    let c2 = Calibration::from_arrays(std::path::Path::new("streaming.npz"), arrays, &model).unwrap();
+    assert_eq!(c2.slice(3, 4).unwrap(), one);
+}

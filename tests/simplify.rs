@@ -299,3 +299,71 @@ mod properties {
         }
     }
 }
+
+/// `model` with its input's spatial dims made symbolic (`h`, `w`): the residual CNN ends in a
+/// global average pool, so it runs at any size.
+fn with_symbolic_spatial(model: &Model) -> Model {
+    use nnzip::onnx::proto::tensor_shape_proto::dimension::Value;
+    let mut p = model.proto.clone();
+    let g = p.graph.as_mut().unwrap();
+    let shape = g.input[0].type_.as_mut().unwrap();
+    let Some(nnzip::onnx::proto::type_proto::Value::TensorType(t)) = shape.value.as_mut() else {
+        panic!("not a tensor input")
+    };
+    let dims = &mut t.shape.as_mut().unwrap().dim;
+    dims[2].value = Some(Value::DimParam("h".into()));
+    dims[3].value = Some(Value::DimParam("w".into()));
+    Model::from_proto_in(p, None, std::path::Path::new("")).unwrap()
+}
+
+/// MNIST digits placed on a larger canvas (`h` x `w`), so both sizes see real images.
+fn digits_at(h: usize, w: usize, n: usize) -> Vec<(String, Tensor)> {
+    let (x, _) = held_out_batch("mnist_test.npz", n);
+    let v = x.to_f32().unwrap();
+    let mut out = vec![0.0f32; n * h * w];
+    for s in 0..n {
+        for y in 0..28.min(h) {
+            for xx in 0..28.min(w) {
+                out[(s * h + y + (h - 28.min(h)) / 2) * w + xx + (w - 28.min(w)) / 2] = v[(s * 28 + y) * 28 + xx];
+            }
+        }
+    }
+    vec![("input".into(), Tensor::from_f32(vec![n, 1, h, w], &out).unwrap())]
+}
+
+#[test]
+fn a_symbolic_size_model_stays_exact_at_every_size() {
+    // Dead channels with nonzero constants (biases kept) feed padded 3x3 convolutions: their
+    // contribution shrinks at the borders by an amount that depends on the input size, which
+    // the model leaves open. The simplified model must match at sizes it was never run at.
+    let mut pruned = with_symbolic_spatial(&Model::load(fixture("resnet.onnx")).unwrap());
+    let g = groups(&pruned).into_iter().find(|g| g.prunable() && g.channels >= 8).unwrap();
+    zero_channels(&mut pruned, &g, &[0, 3, 5].into_iter().collect(), true);
+    let mut s = pruned.clone();
+    let r = simplify(&mut s, runtime(), None, &[]).unwrap();
+    assert!(r.verification.within_tolerance, "{:?}", r.verification);
+    // nnzip checked two sizes of its own choosing.
+    assert_eq!(r.verification.sizes.len(), 2, "{:?}", r.verification);
+    assert!(r.channels_removed >= 3, "{:?}", r.passes);
+    let borders: usize = r
+        .passes
+        .iter()
+        .map(|p| match &p.details {
+            nnzip::passes::PassDetails::DeadChannels(d) => d.removals.iter().map(|x| x.border_convolutions).sum(),
+            _ => 0,
+        })
+        .sum();
+    assert!(borders >= 1, "no border convolution: {:?}", r.passes);
+    // The graph still says h and w, and no bias map of a fixed size was written.
+    assert!(s.inputs()[0].dims.as_ref().unwrap()[2] == nnzip::onnx::Dim::Symbolic("h".into()));
+    assert!(!s.graph().node.iter().any(|n| n.name.ends_with(".bias_map_add")));
+    for (h, w) in [(28, 28), (37, 52), (64, 30)] {
+        let x = digits_at(h, w, 6);
+        let (a, b) = (run_model(&pruned, &x), run_model(&s, &x));
+        let (d, m) = nnzip::calib::max_abs_diff(&a, &b);
+        assert!(d <= 1e-4 * m.max(1.0), "{h}x{w}: {d} vs {m}");
+        // Removing the channels without their border correction would not match: the test
+        // can tell the difference.
+        assert!(m > 0.1, "{h}x{w}: outputs too small to compare ({m})");
+    }
+}

@@ -61,14 +61,43 @@ pub enum CalibError {
 /// Calibration samples for one model.
 #[derive(Debug, Clone)]
 pub struct Calibration {
-    /// Per model input: samples stacked along axis 0, each sample with the input's shape minus
-    /// the batch axis (`per_sample_batch` false) or with it (true, batch fixed to 1).
-    pub inputs: Vec<(String, Tensor)>,
+    /// Per model input: samples stacked on a leading axis, each of the input's full shape with
+    /// a batch of one (`[N, 1, 3, 224, 224]` for `x: [batch, 3, 224, 224]`, `[N]` for a scalar).
+    inputs: Vec<(String, Tensor)>,
+    /// Per input, the axis a batch of samples is concatenated along (`None`: the input has no
+    /// batch axis, so samples are fed one at a time).
+    batch_axis: Vec<Option<usize>>,
     pub labels: Option<Vec<i64>>,
     pub samples: usize,
-    /// The model's batch axis is symbolic: samples can be fed many at once.
+    /// Every input has a symbolic batch axis: samples can be fed many at once.
     pub batchable: bool,
     pub path: PathBuf,
+}
+
+/// The batch axis of each model input: where a symbol that is some input's first dimension
+/// sits (a recurrent state carries the batch on axis 1), else axis 0 when the input's first
+/// dimension is symbolic or 1, else none.
+fn batch_axes(model: &Model) -> Vec<(Option<usize>, bool)> {
+    let ins = model.inputs();
+    let batch_syms: Vec<String> = ins
+        .iter()
+        .filter_map(|vi| match vi.dims.as_ref()?.first()? {
+            Dim::Symbolic(s) if s != "?" => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    ins.iter()
+        .map(|vi| {
+            let dims = vi.dims.clone().unwrap_or_default();
+            let named = dims.iter().position(|d| matches!(d, Dim::Symbolic(s) if batch_syms.contains(s)));
+            match (named, dims.first()) {
+                (Some(a), _) => (Some(a), true),
+                (None, Some(Dim::Symbolic(_) | Dim::Unknown)) => (Some(0), true),
+                (None, Some(Dim::Fixed(1))) => (Some(0), false),
+                _ => (None, false),
+            }
+        })
+        .collect()
 }
 
 impl Calibration {
@@ -78,113 +107,82 @@ impl Calibration {
         Calibration::from_arrays(path, arrays, model)
     }
 
-    pub fn from_arrays(
-        path: &Path,
-        arrays: Vec<(String, Tensor)>,
-        model: &Model,
-    ) -> Result<Calibration, CalibError> {
+    /// Arrays of one more dimension than their input hold samples of the input's full shape
+    /// (`state: [N, 2, 1, 128]` for `[2, batch, 128]`, `sr: [N]` for a scalar); arrays of the
+    /// input's rank hold samples along its batch axis.
+    pub fn from_arrays(path: &Path, arrays: Vec<(String, Tensor)>, model: &Model) -> Result<Calibration, CalibError> {
         let mut inputs = Vec::new();
+        let mut axes = Vec::new();
         let mut samples: Option<usize> = None;
         let mut batchable = true;
-        for vi in model.inputs() {
-            let (_, t) = arrays.iter().find(|(n, _)| n == &vi.name).ok_or_else(|| {
-                CalibError::MissingInput {
-                    path: path.to_path_buf(),
-                    input: vi.name.clone(),
-                    arrays: arrays
-                        .iter()
-                        .map(|(n, _)| n.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                }
+        for (vi, (axis, symbolic)) in model.inputs().into_iter().zip(batch_axes(model)) {
+            let (_, t) = arrays.iter().find(|(n, _)| n == &vi.name).ok_or_else(|| CalibError::MissingInput {
+                path: path.to_path_buf(),
+                input: vi.name.clone(),
+                arrays: arrays.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
             })?;
             let dims = vi.dims.clone().unwrap_or_default();
             let fits = |d: &[usize]| {
-                d.len() == dims.len()
-                    && d.iter()
-                        .zip(&dims)
-                        .all(|(a, b)| !matches!(b, Dim::Fixed(n) if n != a))
+                d.len() == dims.len() && d.iter().zip(&dims).all(|(a, b)| !matches!(b, Dim::Fixed(n) if n != a))
             };
             let bad = || CalibError::BadShape {
                 path: path.to_path_buf(),
                 input: vi.name.clone(),
                 got: t.dims.clone(),
-                expected: format!(
-                    "[{}]",
-                    dims.iter()
-                        .map(|d| d.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                expected: format!("[{}]", dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
             };
-            if t.dims.is_empty() {
-                return Err(bad());
-            }
-            let n = t.dims[0];
-            // [N, input shape...] (one more axis) or [N, input shape without batch...]
-            let (tensor, fixed_batch) = if t.dims.len() == dims.len() + 1 && fits(&t.dims[1..]) {
-                let b = t.dims[1];
-                if b != 1 {
-                    // Samples of several batch rows each: flatten into rows.
-                    let mut d = t.dims[1..].to_vec();
-                    d[0] = n * b;
-                    (
-                        Tensor::from_bytes(t.dtype, d, t.bytes().to_vec())?,
-                        matches!(dims.first(), Some(Dim::Fixed(_))),
-                    )
-                } else {
-                    let mut d = t.dims[1..].to_vec();
-                    d[0] = n;
-                    (
-                        Tensor::from_bytes(t.dtype, d, t.bytes().to_vec())?,
-                        matches!(dims.first(), Some(Dim::Fixed(_))),
-                    )
+            let stacked = if t.dims.len() == dims.len() + 1 && fits(&t.dims[1..]) {
+                match axis {
+                    // Samples of several batch rows each: every row is a sample.
+                    Some(0) if t.dims.get(1).is_some_and(|&b| b != 1) => {
+                        let (n, b) = (t.dims[0], t.dims[1]);
+                        let mut d = t.dims.clone();
+                        d[0] = n * b;
+                        d[1] = 1;
+                        Tensor::from_bytes(t.dtype, d, t.bytes().to_vec())?
+                    }
+                    Some(a) if t.dims.get(a + 1) != Some(&1) => return Err(bad()),
+                    _ => t.clone(),
                 }
-            } else if t.dims.len() == dims.len()
-                && (dims.is_empty() || fits(&[&[1], &t.dims[1..]].concat()))
-            {
-                (t.clone(), matches!(dims.first(), Some(Dim::Fixed(_))))
+            } else if t.dims.len() == dims.len() && axis.is_some() {
+                let a = axis.unwrap_or(0);
+                let mut probe = t.dims.clone();
+                probe[a] = 1;
+                if !fits(&probe) {
+                    return Err(bad());
+                }
+                stack_along(t, a)?
             } else {
                 return Err(bad());
             };
-            if fixed_batch {
+            if !symbolic {
                 batchable = false;
             }
-            let rows = tensor.dims[0];
-            if let Some(s) = samples {
-                if s != rows {
-                    return Err(CalibError::SampleCount {
-                        path: path.to_path_buf(),
-                        a: s,
-                        b: rows,
-                    });
-                }
+            let rows = stacked.dims.first().copied().unwrap_or(0);
+            if let Some(s) = samples.filter(|&s| s != rows) {
+                return Err(CalibError::SampleCount { path: path.to_path_buf(), a: s, b: rows });
             }
             samples = Some(rows);
-            inputs.push((vi.name.clone(), tensor));
+            inputs.push((vi.name.clone(), stacked));
+            axes.push(axis);
         }
         let samples = samples.unwrap_or(0);
         if samples == 0 {
-            return Err(CalibError::Empty {
-                path: path.to_path_buf(),
-            });
+            return Err(CalibError::Empty { path: path.to_path_buf() });
         }
         let labels = match arrays.iter().find(|(n, _)| n == "labels") {
             None => None,
             Some((_, t)) => {
-                let v = t.to_i64_lossy().ok_or_else(|| CalibError::BadLabels {
-                    path: path.to_path_buf(),
-                })?;
+                let v = t.to_i64_lossy().ok_or_else(|| CalibError::BadLabels { path: path.to_path_buf() })?;
                 if v.len() != samples {
-                    return Err(CalibError::BadLabels {
-                        path: path.to_path_buf(),
-                    });
+                    return Err(CalibError::BadLabels { path: path.to_path_buf() });
                 }
                 Some(v)
             }
         };
         Ok(Calibration {
             inputs,
+            batch_axis: axes,
             labels,
             samples,
             batchable,
@@ -192,33 +190,94 @@ impl Calibration {
         })
     }
 
-    /// Rows `start..end` of every input.
+    /// Samples `start..end` as the model's inputs: concatenated along each input's batch axis
+    /// (callers ask for more than one only when `batchable`).
     pub fn slice(&self, start: usize, end: usize) -> Result<Vec<(String, Tensor)>, TensorError> {
         self.inputs
             .iter()
-            .map(|(n, t)| {
-                let per = t.bytes().len() / t.dims[0].max(1);
-                let mut d = t.dims.clone();
-                d[0] = end - start;
-                Ok((
-                    n.clone(),
-                    Tensor::from_bytes(t.dtype, d, t.bytes()[start * per..end * per].to_vec())?,
-                ))
-            })
+            .zip(&self.batch_axis)
+            .map(|((n, t), axis)| Ok((n.clone(), unstack(t, start, end, axis.unwrap_or(0))?)))
             .collect()
     }
 
     /// Keeps the first `n` samples (for faster searches).
     pub fn take(&self, n: usize) -> Result<Calibration, TensorError> {
-        let n = n.min(self.samples);
+        self.range(0, n)
+    }
+
+    /// Samples `start..end` as a calibration set of their own (held-out splits).
+    pub fn range(&self, start: usize, end: usize) -> Result<Calibration, TensorError> {
+        let end = end.min(self.samples);
+        let start = start.min(end);
         Ok(Calibration {
-            inputs: self.slice(0, n)?,
-            labels: self.labels.as_ref().map(|l| l[..n].to_vec()),
-            samples: n,
+            inputs: self
+                .inputs
+                .iter()
+                .map(|(k, t)| Ok((k.clone(), rows(t, start, end)?)))
+                .collect::<Result<_, TensorError>>()?,
+            batch_axis: self.batch_axis.clone(),
+            labels: self.labels.as_ref().map(|l| l[start..end].to_vec()),
+            samples: end - start,
             batchable: self.batchable,
             path: self.path.clone(),
         })
     }
+}
+
+/// Rows `start..end` along axis 0 of a stacked tensor.
+fn rows(t: &Tensor, start: usize, end: usize) -> Result<Tensor, TensorError> {
+    let per = t.bytes().len() / t.dims.first().copied().unwrap_or(1).max(1);
+    let mut d = t.dims.clone();
+    if let Some(first) = d.first_mut() {
+        *first = end - start;
+    }
+    Tensor::from_bytes(t.dtype, d, t.bytes()[start * per..end * per].to_vec())
+}
+
+/// `[.., N at axis a, ..]` as stacked samples `[N, .., 1 at axis a, ..]`.
+fn stack_along(t: &Tensor, a: usize) -> Result<Tensor, TensorError> {
+    let n = t.dims[a];
+    let outer: usize = t.dims[..a].iter().product();
+    let inner: usize = t.dims[a + 1..].iter().product::<usize>() * t.dtype.size().unwrap_or(1);
+    let b = t.bytes();
+    let mut out = Vec::with_capacity(b.len());
+    for i in 0..n {
+        for o in 0..outer {
+            let at = (o * n + i) * inner;
+            out.extend_from_slice(&b[at..at + inner]);
+        }
+    }
+    let mut d = vec![n];
+    d.extend(t.dims.iter().enumerate().map(|(k, &x)| if k == a { 1 } else { x }));
+    Tensor::from_bytes(t.dtype, d, out)
+}
+
+/// Stacked samples `start..end` concatenated along axis `a` of the sample shape.
+fn unstack(t: &Tensor, start: usize, end: usize, a: usize) -> Result<Tensor, TensorError> {
+    let r = rows(t, start, end)?;
+    let k = end - start;
+    let sample = &t.dims[1..];
+    if k == 1 || sample.is_empty() {
+        let mut d = sample.to_vec();
+        if let Some(x) = d.get_mut(a) {
+            *x = k;
+        }
+        return Tensor::from_bytes(t.dtype, if sample.is_empty() { vec![] } else { d }, r.into_bytes());
+    }
+    let outer: usize = sample[..a].iter().product();
+    let inner: usize = sample[a + 1..].iter().product::<usize>() * t.dtype.size().unwrap_or(1);
+    let b = r.bytes();
+    let mut out = vec![0u8; b.len()];
+    for i in 0..k {
+        for o in 0..outer {
+            let src = (i * outer + o) * inner;
+            let dst = (o * k + i) * inner;
+            out[dst..dst + inner].copy_from_slice(&b[src..src + inner]);
+        }
+    }
+    let mut d = sample.to_vec();
+    d[a] = k;
+    Tensor::from_bytes(t.dtype, d, out)
 }
 
 /// Concatenates tensors along axis 0.

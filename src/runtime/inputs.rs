@@ -311,22 +311,8 @@ fn candidates(dtype: DType, rank: usize) -> &'static [i64] {
 /// `Gather` into a constant table.
 fn integer_fill(model: &crate::onnx::Model, input: &str) -> Fill {
     let g = model.graph();
-    let consts: HashMap<&str, &onnx_protobuf::TensorProto> =
-        g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
-    let constant = |name: &str| -> Option<Tensor> {
-        if let Some(t) = consts.get(name) {
-            return model.decode_tensor(t).ok();
-        }
-        let n = g
-            .node
-            .iter()
-            .find(|n| n.output.first().map(String::as_str) == Some(name))?;
-        let id = crate::graph::index::GraphIndex::constant_slot(
-            model,
-            g.node.iter().position(|m| std::ptr::eq(m, n))?,
-        )?;
-        model.read(&id).ok()
-    };
+    let index = crate::graph::index::GraphIndex::new(model);
+    let constant = |name: &str| index.constant(model, name).ok().flatten();
     let mut frontier = vec![input.to_string()];
     for _ in 0..6 {
         let mut next = Vec::new();
