@@ -140,18 +140,29 @@ fn streaming_model() -> Model {
     g.name = "streaming".into();
     g.input = vec![value_info("x", &[-1, 4]), value_info("s", &[2, -1, 3])];
     let mut sr = value_info("sr", &[]);
-    if let Some(nnzip::onnx::proto::type_proto::Value::TensorType(t)) = sr.type_.as_mut().unwrap().value.as_mut() {
+    if let Some(nnzip::onnx::proto::type_proto::Value::TensorType(t)) =
+        sr.type_.as_mut().unwrap().value.as_mut()
+    {
         t.elem_type = 7; // INT64
     }
     g.input.push(sr);
     // Batch dims named alike: one symbol for the batch in both tensors.
     for vi in g.input.iter_mut().take(2) {
-        let Some(nnzip::onnx::proto::type_proto::Value::TensorType(t)) = vi.type_.as_mut().unwrap().value.as_mut() else {
+        let Some(nnzip::onnx::proto::type_proto::Value::TensorType(t)) =
+            vi.type_.as_mut().unwrap().value.as_mut()
+        else {
             unreachable!()
         };
         for d in t.shape.as_mut().unwrap().dim.iter_mut() {
-            if matches!(d.value, Some(nnzip::onnx::proto::tensor_shape_proto::dimension::Value::DimValue(-1))) {
-                d.value = Some(nnzip::onnx::proto::tensor_shape_proto::dimension::Value::DimParam("batch".into()));
+            if matches!(
+                d.value,
+                Some(nnzip::onnx::proto::tensor_shape_proto::dimension::Value::DimValue(-1))
+            ) {
+                d.value = Some(
+                    nnzip::onnx::proto::tensor_shape_proto::dimension::Value::DimParam(
+                        "batch".into(),
+                    ),
+                );
             }
         }
     }
@@ -162,8 +173,14 @@ fn streaming_model() -> Model {
         n.output = vec![o.into()];
         g.node.push(n);
     }
-    g.output = vec![value_info("y", &[-1, 4]), value_info("t", &[2, -1, 3]), value_info("r", &[])];
-    if let Some(nnzip::onnx::proto::type_proto::Value::TensorType(t)) = g.output[2].type_.as_mut().unwrap().value.as_mut() {
+    g.output = vec![
+        value_info("y", &[-1, 4]),
+        value_info("t", &[2, -1, 3]),
+        value_info("r", &[]),
+    ];
+    if let Some(nnzip::onnx::proto::type_proto::Value::TensorType(t)) =
+        g.output[2].type_.as_mut().unwrap().value.as_mut()
+    {
         t.elem_type = 7; // INT64
     }
     let mut m = ModelProto::new();
@@ -185,10 +202,14 @@ fn states_with_the_batch_on_another_axis_and_scalar_inputs_load_as_samples() {
     let sr: Vec<i64> = (0..n as i64).map(|i| 16000 + i).collect();
     let arrays = vec![
         ("x".to_string(), Tensor::from_f32(vec![n, 4], &x).unwrap()),
-        ("s".to_string(), Tensor::from_f32(vec![n, 2, 1, 3], &s).unwrap()),
+        (
+            "s".to_string(),
+            Tensor::from_f32(vec![n, 2, 1, 3], &s).unwrap(),
+        ),
         ("sr".to_string(), Tensor::from_i64(vec![n], &sr).unwrap()),
     ];
-    let c = Calibration::from_arrays(std::path::Path::new("streaming.npz"), arrays, &model).unwrap();
+    let c =
+        Calibration::from_arrays(std::path::Path::new("streaming.npz"), arrays, &model).unwrap();
     assert_eq!(c.samples, n);
     assert!(!c.batchable, "a scalar input has no batch axis");
     // Sample 3 is fed as the model's own shapes.
@@ -213,9 +234,13 @@ fn states_with_the_batch_on_another_axis_and_scalar_inputs_load_as_samples() {
     }
     let arrays = vec![
         ("x".to_string(), Tensor::from_f32(vec![n, 4], &x).unwrap()),
-        ("s".to_string(), Tensor::from_f32(vec![2, n, 3], &s_axis1).unwrap()),
+        (
+            "s".to_string(),
+            Tensor::from_f32(vec![2, n, 3], &s_axis1).unwrap(),
+        ),
         ("sr".to_string(), Tensor::from_i64(vec![n], &sr).unwrap()),
     ];
-    let c2 = Calibration::from_arrays(std::path::Path::new("streaming.npz"), arrays, &model).unwrap();
+    let c2 =
+        Calibration::from_arrays(std::path::Path::new("streaming.npz"), arrays, &model).unwrap();
     assert_eq!(c2.slice(3, 4).unwrap(), one);
 }

@@ -324,11 +324,15 @@ fn digits_at(h: usize, w: usize, n: usize) -> Vec<(String, Tensor)> {
     for s in 0..n {
         for y in 0..28.min(h) {
             for xx in 0..28.min(w) {
-                out[(s * h + y + (h - 28.min(h)) / 2) * w + xx + (w - 28.min(w)) / 2] = v[(s * 28 + y) * 28 + xx];
+                out[(s * h + y + (h - 28.min(h)) / 2) * w + xx + (w - 28.min(w)) / 2] =
+                    v[(s * 28 + y) * 28 + xx];
             }
         }
     }
-    vec![("input".into(), Tensor::from_f32(vec![n, 1, h, w], &out).unwrap())]
+    vec![(
+        "input".into(),
+        Tensor::from_f32(vec![n, 1, h, w], &out).unwrap(),
+    )]
 }
 
 #[test]
@@ -337,7 +341,10 @@ fn a_symbolic_size_model_stays_exact_at_every_size() {
     // contribution shrinks at the borders by an amount that depends on the input size, which
     // the model leaves open. The simplified model must match at sizes it was never run at.
     let mut pruned = with_symbolic_spatial(&Model::load(fixture("resnet.onnx")).unwrap());
-    let g = groups(&pruned).into_iter().find(|g| g.prunable() && g.channels >= 8).unwrap();
+    let g = groups(&pruned)
+        .into_iter()
+        .find(|g| g.prunable() && g.channels >= 8)
+        .unwrap();
     zero_channels(&mut pruned, &g, &[0, 3, 5].into_iter().collect(), true);
     let mut s = pruned.clone();
     let r = simplify(&mut s, runtime(), None, &[]).unwrap();
@@ -349,14 +356,20 @@ fn a_symbolic_size_model_stays_exact_at_every_size() {
         .passes
         .iter()
         .map(|p| match &p.details {
-            nnzip::passes::PassDetails::DeadChannels(d) => d.removals.iter().map(|x| x.border_convolutions).sum(),
+            nnzip::passes::PassDetails::DeadChannels(d) => {
+                d.removals.iter().map(|x| x.border_convolutions).sum()
+            }
             _ => 0,
         })
         .sum();
     assert!(borders >= 1, "no border convolution: {:?}", r.passes);
     // The graph still says h and w, and no bias map of a fixed size was written.
     assert!(s.inputs()[0].dims.as_ref().unwrap()[2] == nnzip::onnx::Dim::Symbolic("h".into()));
-    assert!(!s.graph().node.iter().any(|n| n.name.ends_with(".bias_map_add")));
+    assert!(!s
+        .graph()
+        .node
+        .iter()
+        .any(|n| n.name.ends_with(".bias_map_add")));
     for (h, w) in [(28, 28), (37, 52), (64, 30)] {
         let x = digits_at(h, w, 6);
         let (a, b) = (run_model(&pruned, &x), run_model(&s, &x));

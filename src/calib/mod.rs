@@ -89,7 +89,9 @@ fn batch_axes(model: &Model) -> Vec<(Option<usize>, bool)> {
     ins.iter()
         .map(|vi| {
             let dims = vi.dims.clone().unwrap_or_default();
-            let named = dims.iter().position(|d| matches!(d, Dim::Symbolic(s) if batch_syms.contains(s)));
+            let named = dims
+                .iter()
+                .position(|d| matches!(d, Dim::Symbolic(s) if batch_syms.contains(s)));
             match (named, dims.first()) {
                 (Some(a), _) => (Some(a), true),
                 (None, Some(Dim::Symbolic(_) | Dim::Unknown)) => (Some(0), true),
@@ -110,26 +112,45 @@ impl Calibration {
     /// Arrays of one more dimension than their input hold samples of the input's full shape
     /// (`state: [N, 2, 1, 128]` for `[2, batch, 128]`, `sr: [N]` for a scalar); arrays of the
     /// input's rank hold samples along its batch axis.
-    pub fn from_arrays(path: &Path, arrays: Vec<(String, Tensor)>, model: &Model) -> Result<Calibration, CalibError> {
+    pub fn from_arrays(
+        path: &Path,
+        arrays: Vec<(String, Tensor)>,
+        model: &Model,
+    ) -> Result<Calibration, CalibError> {
         let mut inputs = Vec::new();
         let mut axes = Vec::new();
         let mut samples: Option<usize> = None;
         let mut batchable = true;
         for (vi, (axis, symbolic)) in model.inputs().into_iter().zip(batch_axes(model)) {
-            let (_, t) = arrays.iter().find(|(n, _)| n == &vi.name).ok_or_else(|| CalibError::MissingInput {
-                path: path.to_path_buf(),
-                input: vi.name.clone(),
-                arrays: arrays.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+            let (_, t) = arrays.iter().find(|(n, _)| n == &vi.name).ok_or_else(|| {
+                CalibError::MissingInput {
+                    path: path.to_path_buf(),
+                    input: vi.name.clone(),
+                    arrays: arrays
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
             })?;
             let dims = vi.dims.clone().unwrap_or_default();
             let fits = |d: &[usize]| {
-                d.len() == dims.len() && d.iter().zip(&dims).all(|(a, b)| !matches!(b, Dim::Fixed(n) if n != a))
+                d.len() == dims.len()
+                    && d.iter()
+                        .zip(&dims)
+                        .all(|(a, b)| !matches!(b, Dim::Fixed(n) if n != a))
             };
             let bad = || CalibError::BadShape {
                 path: path.to_path_buf(),
                 input: vi.name.clone(),
                 got: t.dims.clone(),
-                expected: format!("[{}]", dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+                expected: format!(
+                    "[{}]",
+                    dims.iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             };
             let stacked = if t.dims.len() == dims.len() + 1 && fits(&t.dims[1..]) {
                 match axis {
@@ -160,7 +181,11 @@ impl Calibration {
             }
             let rows = stacked.dims.first().copied().unwrap_or(0);
             if let Some(s) = samples.filter(|&s| s != rows) {
-                return Err(CalibError::SampleCount { path: path.to_path_buf(), a: s, b: rows });
+                return Err(CalibError::SampleCount {
+                    path: path.to_path_buf(),
+                    a: s,
+                    b: rows,
+                });
             }
             samples = Some(rows);
             inputs.push((vi.name.clone(), stacked));
@@ -168,14 +193,20 @@ impl Calibration {
         }
         let samples = samples.unwrap_or(0);
         if samples == 0 {
-            return Err(CalibError::Empty { path: path.to_path_buf() });
+            return Err(CalibError::Empty {
+                path: path.to_path_buf(),
+            });
         }
         let labels = match arrays.iter().find(|(n, _)| n == "labels") {
             None => None,
             Some((_, t)) => {
-                let v = t.to_i64_lossy().ok_or_else(|| CalibError::BadLabels { path: path.to_path_buf() })?;
+                let v = t.to_i64_lossy().ok_or_else(|| CalibError::BadLabels {
+                    path: path.to_path_buf(),
+                })?;
                 if v.len() != samples {
-                    return Err(CalibError::BadLabels { path: path.to_path_buf() });
+                    return Err(CalibError::BadLabels {
+                        path: path.to_path_buf(),
+                    });
                 }
                 Some(v)
             }
@@ -248,7 +279,12 @@ fn stack_along(t: &Tensor, a: usize) -> Result<Tensor, TensorError> {
         }
     }
     let mut d = vec![n];
-    d.extend(t.dims.iter().enumerate().map(|(k, &x)| if k == a { 1 } else { x }));
+    d.extend(
+        t.dims
+            .iter()
+            .enumerate()
+            .map(|(k, &x)| if k == a { 1 } else { x }),
+    );
     Tensor::from_bytes(t.dtype, d, out)
 }
 
@@ -262,7 +298,11 @@ fn unstack(t: &Tensor, start: usize, end: usize, a: usize) -> Result<Tensor, Ten
         if let Some(x) = d.get_mut(a) {
             *x = k;
         }
-        return Tensor::from_bytes(t.dtype, if sample.is_empty() { vec![] } else { d }, r.into_bytes());
+        return Tensor::from_bytes(
+            t.dtype,
+            if sample.is_empty() { vec![] } else { d },
+            r.into_bytes(),
+        );
     }
     let outer: usize = sample[..a].iter().product();
     let inner: usize = sample[a + 1..].iter().product::<usize>() * t.dtype.size().unwrap_or(1);

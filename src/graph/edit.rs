@@ -1,13 +1,12 @@
-//! Small graph edits the passes share: renaming uses of a tensor, bypassing a node, adding
-//! constants under fresh names, and removing what nothing uses.
+//! The protobuf-level edits behind [`super::editor::Editor`]: renaming uses of a tensor (in
+//! subgraphs too), fresh names, removing what nothing uses, exposing inner tensors as outputs.
 
 use std::collections::HashSet;
 
 use onnx_protobuf::{GraphProto, NodeProto};
 
-use crate::onnx::weights::{visit_graphs, WeightId};
-use crate::onnx::{tensor_proto, Model, OnnxError};
-use crate::tensor::Tensor;
+use crate::onnx::weights::visit_graphs;
+use crate::onnx::Model;
 
 /// Every tensor name used as a node input anywhere (subgraphs included: they may capture outer
 /// names).
@@ -61,64 +60,25 @@ pub fn fresh_name(g: &GraphProto, base: &str) -> String {
         .unwrap_or_else(|| base.to_string())
 }
 
-/// Adds an initializer to the main graph under a fresh name derived from `base`; returns it.
-pub fn add_initializer(model: &mut Model, base: &str, t: &Tensor) -> String {
-    let name = fresh_name(model.graph(), base);
-    model.graph_mut().initializer.push(tensor_proto(&name, t));
-    name
-}
-
 /// How many node inputs (anywhere) use `name`.
 pub fn use_count(g: &GraphProto, name: &str) -> usize {
-    let mut n = 0;
+    let mut n = 0usize;
     visit_graphs(g, &mut |_, _, sg| {
-        n += sg
+        let here = sg
             .node
             .iter()
             .flat_map(|x| x.input.iter())
             .filter(|i| *i == name)
             .count();
+        n = n.saturating_add(here);
     });
     n
-}
-
-/// Writes `t` as input `k` of node `node`'s constant: in place when nothing else uses that
-/// constant, else as a new initializer the node alone uses. Adds the input when missing.
-pub fn set_node_constant(
-    model: &mut Model,
-    node: usize,
-    k: usize,
-    t: &Tensor,
-    base: &str,
-    id: Option<&WeightId>,
-) -> Result<(), OnnxError> {
-    let current = model
-        .graph()
-        .node
-        .get(node)
-        .and_then(|n| n.input.get(k))
-        .filter(|s| !s.is_empty())
-        .cloned();
-    if let (Some(name), Some(id)) = (&current, id) {
-        if use_count(model.graph(), name) == 1
-            && !model.graph().output.iter().any(|o| &o.name == name)
-        {
-            return model.write(id, t);
-        }
-    }
-    let name = add_initializer(model, base, t);
-    let n = &mut model.graph_mut().node[node];
-    while n.input.len() <= k {
-        n.input.push(String::new());
-    }
-    n.input[k] = name;
-    Ok(())
 }
 
 /// Removes nodes whose outputs nothing uses (and that are not graph outputs), repeatedly, then
 /// initializers nothing uses. Returns how many nodes and initializers went.
 pub fn remove_unused(model: &mut Model) -> (usize, usize) {
-    let mut removed_nodes = 0;
+    let mut removed_nodes = 0usize;
     loop {
         let g = model.graph();
         let used = used_names(g);
@@ -131,7 +91,7 @@ pub fn remove_unused(model: &mut Model) -> (usize, usize) {
         if dead == 0 {
             break;
         }
-        removed_nodes += dead;
+        removed_nodes = removed_nodes.saturating_add(dead);
         let nodes = std::mem::take(&mut model.graph_mut().node);
         model.graph_mut().node = nodes
             .into_iter()
@@ -147,7 +107,7 @@ pub fn remove_unused(model: &mut Model) -> (usize, usize) {
         .graph_mut()
         .initializer
         .retain(|t| used.contains(&t.name) || inputs.contains(&t.name));
-    let removed_inits = before - model.graph().initializer.len();
+    let removed_inits = before.saturating_sub(model.graph().initializer.len());
     // value_info entries for tensors that no longer exist
     let mut live: HashSet<String> = used_names(model.graph());
     for n in &model.graph().node {
@@ -158,23 +118,6 @@ pub fn remove_unused(model: &mut Model) -> (usize, usize) {
         .value_info
         .retain(|v| live.contains(&v.name));
     (removed_nodes, removed_inits)
-}
-
-/// Bypasses a single-input node (its consumers read its input instead). Refused (false) when its
-/// output is a graph output.
-pub fn bypass(model: &mut Model, node: usize) -> bool {
-    let g = model.graph();
-    let Some(n) = g.node.get(node) else {
-        return false;
-    };
-    let (Some(input), Some(output)) = (n.input.first().cloned(), n.output.first().cloned()) else {
-        return false;
-    };
-    if g.output.iter().any(|o| o.name == output) {
-        return false;
-    }
-    replace_uses(model.graph_mut(), &output, &input);
-    true
 }
 
 /// Drops value_info for these tensors (their shapes changed; ONNX Runtime re-infers them).

@@ -400,7 +400,7 @@ impl Editor {
     /// Removes what nothing uses (nodes not feeding a graph output, then initializers and stale
     /// value_info). Returns (nodes, initializers) removed.
     pub fn sweep(&mut self) -> (usize, usize) {
-        let mut removed = 0;
+        let mut removed = 0usize;
         loop {
             let used = super::edit::used_names(self.model.graph());
             let dead: Vec<NodeId> = self
@@ -417,7 +417,7 @@ impl Editor {
             }
             for id in dead {
                 if self.remove_node(id) {
-                    removed += 1;
+                    removed = removed.saturating_add(1);
                 }
             }
         }

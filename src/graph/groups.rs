@@ -319,7 +319,7 @@ impl Tracer<'_> {
             match self.a.rank(out) {
                 Some(r) if r > 0 => {
                     if let Some(first) = w.work.first_mut() {
-                        first.1.axis = r - 1;
+                        first.1.axis = r.saturating_sub(1);
                     }
                 }
                 _ => {
@@ -679,6 +679,12 @@ impl Tracer<'_> {
     ) -> Step {
         let (ins, outs) = (self.shape(tensor)?, self.shape(out0)?);
         let a = place.axis;
+        // Axes are bounded by ranks: these cannot overflow.
+        let (a1, a2, ins1) = (
+            a.saturating_add(1),
+            a.saturating_add(2),
+            ins.len().saturating_add(1),
+        );
         let get = |v: &[Expr], r: std::ops::Range<usize>| v.get(r).map(<[Expr]>::to_vec);
         let (Some(in_a), Some(before)) = (ins.get(a), ins.get(..a)) else {
             return Err("rank mismatch".into());
@@ -686,13 +692,13 @@ impl Tracer<'_> {
         if outs.len() > a && outs.get(..=a) == ins.get(..=a) {
             // Only dimensions after the channels change: their placement holds.
             w.forward(ci, out0, place);
-        } else if outs.len() == a + 1
+        } else if outs.len() == a1
             && outs.get(..a) == Some(before)
             && product(ins.get(a..).unwrap_or_default()).as_ref() == outs.get(a)
         {
             // Channels merged with every following dimension (Flatten before a dense layer).
             let inner = known(
-                &product(ins.get(a + 1..).unwrap_or_default()).ok_or("overflow")?,
+                &product(ins.get(a1..).unwrap_or_default()).ok_or("overflow")?,
                 "the features per channel",
             )?;
             let m = |x: usize| x.checked_mul(inner).ok_or("overflow");
@@ -705,26 +711,26 @@ impl Tracer<'_> {
                     ..place
                 },
             );
-        } else if outs.len() == ins.len() + 1
+        } else if outs.len() == ins1
             && outs.get(..a) == Some(before)
-            && get(&ins, a + 1..ins.len()) == get(&outs, a + 2..outs.len())
+            && get(&ins, a1..ins.len()) == get(&outs, a2..outs.len())
             && outs
                 .get(a)
-                .zip(outs.get(a + 1))
+                .zip(outs.get(a1))
                 .and_then(|(h, d)| h.checked_mul(d))
                 .as_ref()
                 == Some(in_a)
         {
             // The channel axis split in two, e.g. [.., H*D] -> [.., H, D] (heads).
             let heads = known(outs.get(a).ok_or("rank")?, "the head count")?;
-            let size = known(outs.get(a + 1).ok_or("rank")?, "the head size")?;
+            let size = known(outs.get(a1).ok_or("rank")?, "the head size")?;
             if size > 0 && place.block.is_multiple_of(size) && place.offset.is_multiple_of(size) {
                 w.forward(
                     ci,
                     out0,
                     Placement {
-                        offset: place.offset / size,
-                        block: place.block / size,
+                        offset: place.offset.checked_div(size).ok_or("head size 0")?,
+                        block: place.block.checked_div(size).ok_or("head size 0")?,
                         ..place
                     },
                 );
@@ -765,13 +771,14 @@ impl Tracer<'_> {
         }
         // The channel axis keeps its size; find it by the dims around it.
         let before = product(ins.get(..a).unwrap_or_default());
-        let after_in = product(ins.get(a + 1..).unwrap_or_default());
+        let after_in = product(ins.get(a.saturating_add(1)..).unwrap_or_default());
         let c = ins.get(a).ok_or("rank mismatch")?;
         let reduce = matches!(op, Op::Reduce(_));
         let found = (0..outs.len()).find(|&j| {
             outs.get(j) == Some(c)
                 && product(outs.get(..j).unwrap_or_default()) == before
-                && (reduce || product(outs.get(j + 1..).unwrap_or_default()) == after_in)
+                && (reduce
+                    || product(outs.get(j.saturating_add(1)..).unwrap_or_default()) == after_in)
         });
         let j = found.ok_or("cannot follow the channel axis")?;
         w.forward(ci, out0, Placement { axis: j, ..place });
@@ -809,7 +816,7 @@ impl Tracer<'_> {
                 "the channel count",
             )?
             .max(1);
-            let mult = rows / cin;
+            let mult = rows.checked_div(cin).ok_or("no channels")?;
             let dp = Placement {
                 axis: 0,
                 offset: place.offset.checked_mul(mult).ok_or("overflow")?,
@@ -849,7 +856,7 @@ impl Tracer<'_> {
         let weight = n.input.get(1).filter(|x| self.a.is_const(x)).cloned();
         match (k, weight) {
             (0, Some(wt)) => {
-                if self.a.rank(&wt) != Some(2) || place.axis + 1 != rank {
+                if self.a.rank(&wt) != Some(2) || place.axis.saturating_add(1) != rank {
                     return Err(
                         "channels meet a non-constant matrix product (e.g. attention)".into(),
                     );
@@ -865,16 +872,21 @@ impl Tracer<'_> {
             _ => {
                 // Activations times activations (attention): channels on a batch axis of both
                 // operands pass through; both must carry the same ones (a join).
-                let other = n.input.get(1 - k.min(1)).ok_or("missing operand")?;
-                if self.a.is_const(other) || place.axis + 2 >= rank {
+                let other = n.input.get(usize::from(k == 0)).ok_or("missing operand")?;
+                if self.a.is_const(other) || place.axis.saturating_add(2) >= rank {
                     return Err(
                         "channels meet a non-constant matrix product (e.g. attention)".into(),
                     );
                 }
                 let os = self.shape(other)?;
-                let from_right = rank - place.axis;
+                let from_right = rank.checked_sub(place.axis).ok_or("bad placement")?;
                 let here = self.shape(tensor)?.get(place.axis).cloned();
-                if os.len() < from_right || os.get(os.len() - from_right).cloned() != here {
+                let there = os
+                    .len()
+                    .checked_sub(from_right)
+                    .and_then(|i| os.get(i))
+                    .cloned();
+                if there.is_none() || there != here {
                     return Err("broadcasts the channel axis".into());
                 }
                 let out_rank = self.shape(out0)?.len();

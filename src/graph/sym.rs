@@ -52,11 +52,12 @@ impl Mono {
         let mut out = self.0.clone();
         for (a, e) in &d.0 {
             let i = out.iter().position(|(b, _)| b == a)?;
-            let f = out[i].1.checked_sub(*e)?;
+            let slot = out.get_mut(i)?;
+            let f = slot.1.checked_sub(*e)?;
             if f == 0 {
                 out.remove(i);
             } else {
-                out[i].1 = f;
+                slot.1 = f;
             }
         }
         Some(Mono(out))
@@ -136,7 +137,7 @@ impl Expr {
     }
 
     pub fn checked_mul(&self, o: &Expr) -> Option<Expr> {
-        let mut terms = Vec::with_capacity(self.terms.len() * o.terms.len());
+        let mut terms = Vec::with_capacity(self.terms.len().saturating_mul(o.terms.len()));
         for (ma, ca) in &self.terms {
             for (mb, cb) in &o.terms {
                 terms.push((ma.mul(mb)?, ca.checked_mul(*cb)?));
@@ -167,8 +168,8 @@ impl Expr {
         for (m, c) in &self.terms {
             if m.0.is_empty() {
                 constant = *c;
-            } else if c % k == 0 {
-                whole.push((m.clone(), c / k));
+            } else if c.checked_rem(k)? == 0 {
+                whole.push((m.clone(), c.checked_div(k)?));
             } else {
                 rest.push((m.clone(), *c));
             }
@@ -212,7 +213,9 @@ impl Expr {
         let terms = self
             .terms
             .iter()
-            .map(|(m, c)| (c % dc == 0).then(|| Some((m.div(dm)?, c / dc)))?)
+            .map(|(m, c)| {
+                (c.checked_rem(*dc)? == 0).then(|| Some((m.div(dm)?, c.checked_div(*dc)?)))?
+            })
             .collect::<Option<Vec<_>>>()?;
         Expr::normalize(terms)
     }

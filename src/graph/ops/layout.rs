@@ -448,7 +448,9 @@ fn reshape(ins: &[Facts], allowzero: bool, cx: &mut InferCx) -> Option<Vec<Expr>
         let known = product(out.iter())?;
         let total = product(x.iter())?;
         let v = match (total.as_int(), known.as_int()) {
-            (Some(t), Some(k)) if k > 0 && t % k == 0 => Expr::int(t / k),
+            (Some(t), Some(k)) if k > 0 && t.checked_rem(k) == Some(0) => {
+                Expr::int(t.checked_div(k).unwrap_or(0))
+            }
             (Some(_), Some(_)) => return None,
             _ => total.div_exact(&known).unwrap_or_else(|| cx.fresh()),
         };

@@ -552,12 +552,10 @@ pub fn broadcast(a: &[Expr], b: &[Expr], cx: &mut InferCx) -> Option<Vec<Expr>> 
     let n = a.len().max(b.len());
     let one = Expr::int(1);
     let at = |v: &[Expr], i: usize| -> Expr {
-        let off = n - v.len();
-        if i < off {
-            Expr::int(1)
-        } else {
-            v.get(i - off).cloned().unwrap_or_else(|| Expr::int(1))
-        }
+        // Right-aligned: axis i of the result is axis i - (n - len) of v, or 1 before it.
+        i.checked_sub(n.saturating_sub(v.len()))
+            .and_then(|j| v.get(j).cloned())
+            .unwrap_or_else(|| Expr::int(1))
     };
     (0..n)
         .map(|i| {

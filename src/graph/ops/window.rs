@@ -116,7 +116,7 @@ impl Window {
     pub fn axis(&self, i: usize, sp: usize, weight_kernel: Option<&[Expr]>) -> Option<AxisWindow> {
         let get = |v: &Option<Vec<i64>>, j: usize, d: i64| -> Option<i64> {
             match v {
-                Some(v) if v.len() == sp || v.len() == 2 * sp => v.get(j).copied(),
+                Some(v) if v.len() == sp || Some(v.len()) == sp.checked_mul(2) => v.get(j).copied(),
                 Some(_) => None,
                 None => Some(d),
             }
