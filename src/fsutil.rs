@@ -17,10 +17,16 @@ impl AtomicFile {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        let tmp = tempfile::Builder::new()
-            .prefix(".nnzip-")
-            .suffix(".tmp")
-            .tempfile_in(dir)?;
+        let mut b = tempfile::Builder::new();
+        b.prefix(".nnzip-").suffix(".tmp");
+        // Outputs get the permissions any new file gets (0666 less the umask), not the
+        // temp file's private 0600.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            b.permissions(std::fs::Permissions::from_mode(0o666));
+        }
+        let tmp = b.tempfile_in(dir)?;
         Ok(AtomicFile {
             target: target.to_path_buf(),
             tmp,
@@ -58,6 +64,18 @@ pub fn write_atomic(
     f.commit()
 }
 
+/// Checks, before any work, that `target` can be written: not a directory, in a folder that
+/// exists and takes new files (probed with a temp file that is removed again).
+pub fn check_writable(target: &Path) -> io::Result<()> {
+    if target.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "is a directory",
+        ));
+    }
+    AtomicFile::create(target).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +95,33 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         write_atomic(&target, |w| w.write_all(b"new")).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"new");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn outputs_get_the_usual_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("out.bin");
+        write_atomic(&target, |w| w.write_all(b"x")).unwrap();
+        // What a plain create gives under this process's umask.
+        let plain = dir.path().join("plain.bin");
+        std::fs::write(&plain, b"x").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&target), mode(&plain));
+        assert_ne!(mode(&target), 0o600, "umask would have to be 0177 for this");
+    }
+
+    #[test]
+    fn unwritable_targets_are_refused_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(check_writable(dir.path()).is_err());
+        assert!(check_writable(&dir.path().join("missing/out.nnc")).is_err());
+        check_writable(&dir.path().join("out.nnc")).unwrap();
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "the probe is removed"
+        );
     }
 }

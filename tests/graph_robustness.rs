@@ -32,47 +32,112 @@ const FIXTURES: &[&str] = &[
 const NASTY: &[i64] = &[-1, -7, 0, 1, 2, 3, 1 << 31, i64::MAX, i64::MIN, 1 << 62];
 
 const OPS: &[&str] = &[
-    "Conv", "Gemm", "MatMul", "Reshape", "Flatten", "Concat", "Split", "Slice", "Transpose",
-    "BatchNormalization", "MaxPool", "Resize", "Gather", "Squeeze", "Unsqueeze", "Add", "LSTM",
-    "Pad", "ReduceMean", "Softmax", "ConvTranspose", "Expand", "Tile", "Range", "If",
+    "Conv",
+    "Gemm",
+    "MatMul",
+    "Reshape",
+    "Flatten",
+    "Concat",
+    "Split",
+    "Slice",
+    "Transpose",
+    "BatchNormalization",
+    "MaxPool",
+    "Resize",
+    "Gather",
+    "Squeeze",
+    "Unsqueeze",
+    "Add",
+    "LSTM",
+    "Pad",
+    "ReduceMean",
+    "Softmax",
+    "ConvTranspose",
+    "Expand",
+    "Tile",
+    "Range",
+    "If",
 ];
 
 #[derive(Debug, Clone)]
 enum Mutation {
     /// Set (or add) an integer-list attribute on node `node % n`.
-    Ints { node: usize, name: usize, values: Vec<usize> },
+    Ints {
+        node: usize,
+        name: usize,
+        values: Vec<usize>,
+    },
     /// Set an integer attribute.
-    Int { node: usize, name: usize, value: usize },
+    Int {
+        node: usize,
+        name: usize,
+        value: usize,
+    },
     /// Change a node's op type.
     Op { node: usize, op: usize },
     /// Drop inputs after the first `keep`.
     Truncate { node: usize, keep: usize },
     /// Set an input or value_info dim to a nasty value, or a symbol.
-    Dim { which: usize, axis: usize, value: usize, symbolic: bool },
+    Dim {
+        which: usize,
+        axis: usize,
+        value: usize,
+        symbolic: bool,
+    },
     /// Drop or duplicate an axis of an input or value_info.
     Rank { which: usize, drop: bool },
 }
 
 const ATTRS: &[&str] = &[
-    "axis", "axes", "perm", "pads", "strides", "kernel_shape", "dilations", "group", "split",
-    "transA", "transB", "keepdims", "starts", "ends", "hidden_size", "output_padding", "allowzero",
+    "axis",
+    "axes",
+    "perm",
+    "pads",
+    "strides",
+    "kernel_shape",
+    "dilations",
+    "group",
+    "split",
+    "transA",
+    "transB",
+    "keepdims",
+    "starts",
+    "ends",
+    "hidden_size",
+    "output_padding",
+    "allowzero",
 ];
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     let idx = 0usize..1000;
     prop_oneof![
-        (idx.clone(), 0..ATTRS.len(), prop::collection::vec(0..NASTY.len(), 0..6))
+        (
+            idx.clone(),
+            0..ATTRS.len(),
+            prop::collection::vec(0..NASTY.len(), 0..6)
+        )
             .prop_map(|(node, name, values)| Mutation::Ints { node, name, values }),
-        (idx.clone(), 0..ATTRS.len(), 0..NASTY.len()).prop_map(|(node, name, value)| Mutation::Int { node, name, value }),
+        (idx.clone(), 0..ATTRS.len(), 0..NASTY.len())
+            .prop_map(|(node, name, value)| Mutation::Int { node, name, value }),
         (idx.clone(), 0..OPS.len()).prop_map(|(node, op)| Mutation::Op { node, op }),
         (idx.clone(), 0usize..3).prop_map(|(node, keep)| Mutation::Truncate { node, keep }),
-        (idx.clone(), 0usize..6, 0..NASTY.len(), any::<bool>())
-            .prop_map(|(which, axis, value, symbolic)| Mutation::Dim { which, axis, value, symbolic }),
+        (idx.clone(), 0usize..6, 0..NASTY.len(), any::<bool>()).prop_map(
+            |(which, axis, value, symbolic)| Mutation::Dim {
+                which,
+                axis,
+                value,
+                symbolic
+            }
+        ),
         (idx, any::<bool>()).prop_map(|(which, drop)| Mutation::Rank { which, drop }),
     ]
 }
 
-fn set_attr(n: &mut nnzip::onnx::proto::NodeProto, name: &str, f: impl FnOnce(&mut AttributeProto)) {
+fn set_attr(
+    n: &mut nnzip::onnx::proto::NodeProto,
+    name: &str,
+    f: impl FnOnce(&mut AttributeProto),
+) {
     match n.attribute.iter_mut().find(|a| a.name == name) {
         Some(a) => f(a),
         None => {
@@ -90,7 +155,9 @@ fn apply(p: &mut ModelProto, m: &Mutation) {
     match m {
         Mutation::Ints { node, name, values } => {
             if let Some(n) = g.node.get_mut(node % nodes) {
-                set_attr(n, ATTRS[*name], |a| a.ints = values.iter().map(|&v| NASTY[v]).collect());
+                set_attr(n, ATTRS[*name], |a| {
+                    a.ints = values.iter().map(|&v| NASTY[v]).collect()
+                });
             }
         }
         Mutation::Int { node, name, value } => {
@@ -108,7 +175,12 @@ fn apply(p: &mut ModelProto, m: &Mutation) {
                 n.input.truncate(*keep);
             }
         }
-        Mutation::Dim { which, axis, value, symbolic } => {
+        Mutation::Dim {
+            which,
+            axis,
+            value,
+            symbolic,
+        } => {
             if let Some(d) = shape_of(g, *which).and_then(|s| s.dim.get_mut(axis % 4)) {
                 d.value = Some(if *symbolic {
                     DimValue::DimParam(format!("s{axis}"))
@@ -130,7 +202,10 @@ fn apply(p: &mut ModelProto, m: &Mutation) {
 }
 
 /// The shape of the `which`-th graph input or value_info (modulo their count).
-fn shape_of(g: &mut nnzip::onnx::proto::GraphProto, which: usize) -> Option<&mut nnzip::onnx::proto::TensorShapeProto> {
+fn shape_of(
+    g: &mut nnzip::onnx::proto::GraphProto,
+    which: usize,
+) -> Option<&mut nnzip::onnx::proto::TensorShapeProto> {
     let infos: Vec<_> = g.input.iter_mut().chain(g.value_info.iter_mut()).collect();
     let count = infos.len().max(1);
     let vi = infos.into_iter().nth(which % count)?;

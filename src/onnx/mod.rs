@@ -36,6 +36,10 @@ pub enum OnnxError {
     },
     #[error("{path} is not a valid ONNX model (protobuf parse failed: {reason})")]
     Parse { path: PathBuf, reason: String },
+    #[error("{path} is a directory, not an ONNX model file")]
+    IsDirectory { path: PathBuf },
+    #[error("{path} is an NNC bitstream, not an ONNX model: `nnzip codec info` describes it, `nnzip decompress` rebuilds the model")]
+    IsBitstream { path: PathBuf },
     #[error("{path} is not an ONNX model: it has no graph")]
     NoGraph { path: PathBuf },
     #[error("tensor '{name}': {source}")]
@@ -155,13 +159,27 @@ impl Model {
             path: path.to_path_buf(),
             source,
         };
+        if path.is_dir() {
+            return Err(OnnxError::IsDirectory {
+                path: path.to_path_buf(),
+            });
+        }
         let file = File::open(path).map_err(io)?;
         // SAFETY: the mapping is read-only and dropped before this function returns; nnzip never
         // writes to its input files (outputs go to a temp file, then rename).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        let proto = ModelProto::parse_from_bytes(&map).map_err(|e| OnnxError::Parse {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
+        let proto = ModelProto::parse_from_bytes(&map).map_err(|e| {
+            // A bitstream nnzip wrote is a common mix-up: say what it is.
+            if nnc_codec::units(&map).is_ok_and(|u| !u.is_empty()) {
+                OnnxError::IsBitstream {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                OnnxError::Parse {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                }
+            }
         })?;
         drop(map);
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
