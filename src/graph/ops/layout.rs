@@ -218,205 +218,216 @@ fn value_of(ins: &[Facts], i: usize) -> Option<&Vec<Expr>> {
 
 /// Output facts of a layout op; unknown outputs are left default.
 pub(super) fn infer(op: &Op, ins: &[Facts], cx: &mut InferCx, outs: usize) -> Vec<Facts> {
-    let one = |f: Option<Facts>| vec![f.unwrap_or_default()];
-    let x = shape_of(ins, 0);
     let xv = value_of(ins, 0).cloned();
-    match op {
+    let f = match op {
         Op::Reshape { allowzero } => {
-            one(reshape(ins, *allowzero, cx).map(|s| Facts::shaped(s).with_value(xv)))
+            reshape(ins, *allowzero, cx).map(|s| Facts::shaped(s).with_value(xv))
         }
-        Op::Flatten { axis } => one((|| {
-            let x = x?;
-            let a = norm_axis(*axis, x.len().checked_add(1)?)?;
-            Some(Facts::shaped(vec![
-                product(x.get(..a)?)?,
-                product(x.get(a..)?)?,
-            ]))
-        })()),
-        Op::Transpose { perm } => one((|| {
-            let x = x?;
-            let perm: Vec<usize> = match perm {
-                Some(p) => p
-                    .iter()
-                    .map(|&v| usize::try_from(v).ok())
-                    .collect::<Option<_>>()?,
-                None => (0..x.len()).rev().collect(),
-            };
-            let mut sorted = perm.clone();
-            sorted.sort_unstable();
-            if sorted != (0..x.len()).collect::<Vec<_>>() {
-                return None;
-            }
-            Some(Facts::shaped(
-                perm.iter()
-                    .map(|&p| x.get(p).cloned())
-                    .collect::<Option<_>>()?,
-            ))
-        })()),
-        Op::Squeeze(axes) => one((|| {
-            let x = x?;
-            let out: Vec<Expr> = match axes.resolve(ins)? {
-                Some(a) => {
-                    let a = norm_axes(&a, x.len())?;
-                    x.iter()
-                        .enumerate()
-                        .filter(|(i, _)| !a.contains(i))
-                        .map(|(_, d)| d.clone())
-                        .collect()
-                }
-                None if x.iter().all(Expr::is_known) => x
-                    .iter()
-                    .filter(|d| d.as_int() != Some(1))
-                    .cloned()
-                    .collect(),
-                None => return None,
-            };
-            Some(Facts::shaped(out).with_value(xv))
-        })()),
-        Op::Unsqueeze(axes) => one((|| {
-            let x = x?;
-            let a = axes.resolve(ins)??;
-            let rank = x.len().checked_add(a.len())?;
-            let a = norm_axes(&a, rank)?;
-            let mut rest = x.iter();
-            let out = (0..rank)
-                .map(|i| {
-                    if a.contains(&i) {
-                        Some(Expr::int(1))
-                    } else {
-                        rest.next().cloned()
-                    }
-                })
-                .collect::<Option<Vec<_>>>()?;
-            Some(Facts::shaped(out).with_value(xv))
-        })()),
-        Op::Concat { axis } => one(concat(ins, *axis, cx)),
-        Op::Split { axis, sizes } => split(ins, *axis, sizes, outs).unwrap_or_default(),
-        Op::Slice(spec) => one((|| {
-            let x = x?;
-            let ranges = spec.ranges(ins, x.len())?;
-            let mut out = x.clone();
-            for (a, s, e, st) in &ranges {
-                let d = out.get_mut(*a)?;
-                *d = slice_len(d, s, e, *st)?;
-            }
-            // Values of a 1-D shape tensor, contiguous slices.
-            let value = match (&xv, ranges.as_slice()) {
-                (Some(v), [(0, s, e, 1)]) => (|| {
-                    let n = i64::try_from(v.len()).ok()?;
-                    let fix = |b: i64| {
-                        usize::try_from(if b < 0 { b.saturating_add(n) } else { b }.clamp(0, n))
-                            .ok()
-                    };
-                    let (b, e) = (fix(s.as_int()?)?, fix(e.as_int()?)?);
-                    v.get(b..e.max(b)).map(<[Expr]>::to_vec)
-                })(),
-                _ => None,
-            };
-            Some(Facts::shaped(out).with_value(value))
-        })()),
-        Op::Gather { axis } => one((|| {
-            let (x, idx) = (x?, shape_of(ins, 1)?);
-            let a = norm_axis(*axis, x.len())?;
-            let mut out = x.get(..a)?.to_vec();
-            out.extend(idx.iter().cloned());
-            out.extend(x.get(a.checked_add(1)?..)?.iter().cloned());
-            let value = match (&xv, ins.get(1).and_then(Facts::int_values)) {
-                (Some(data), Some(ind)) if x.len() == 1 => ind
-                    .iter()
-                    .map(|&i| {
-                        let n = i64::try_from(data.len()).ok()?;
-                        data.get(usize::try_from(if i < 0 { i.checked_add(n)? } else { i }).ok()?)
-                            .cloned()
-                    })
-                    .collect(),
-                _ => None,
-            };
-            Some(Facts::shaped(out).with_value(value))
-        })()),
-        Op::Shape { start, end } => one((|| {
-            let x = x?;
-            let r = i64::try_from(x.len()).ok()?;
-            let clamp = |v: i64| {
-                if v < 0 {
-                    v.saturating_add(r).max(0)
-                } else {
-                    v.min(r)
-                }
-            };
-            let b = usize::try_from(clamp(*start)).ok()?;
-            let e = usize::try_from(end.map_or(r, clamp)).ok()?.max(b);
-            let v = x.get(b..e)?.to_vec();
-            Some(Facts::shaped(vec![Expr::int(i64::try_from(v.len()).ok()?)]).with_value(Some(v)))
-        })()),
-        Op::Size => one(x
+        Op::Flatten { axis } => flatten(ins, *axis),
+        Op::Transpose { perm } => transpose(ins, perm.as_deref()),
+        Op::Squeeze(axes) => squeeze(ins, axes).map(|f| f.with_value(xv)),
+        Op::Unsqueeze(axes) => unsqueeze(ins, axes).map(|f| f.with_value(xv)),
+        Op::Concat { axis } => concat(ins, *axis, cx),
+        Op::Split { axis, sizes } => return split(ins, *axis, sizes, outs).unwrap_or_default(),
+        Op::Slice(spec) => slice(ins, spec),
+        Op::Gather { axis } => gather(ins, *axis),
+        Op::Shape { start, end } => shape(ins, *start, *end),
+        Op::Size => shape_of(ins, 0)
             .and_then(product)
-            .map(|p| Facts::shaped(vec![]).with_value(Some(vec![p])))),
-        Op::ConstantOfShape(fill) => one(value_of(ins, 0).map(|v| {
+            .map(|p| Facts::shaped(vec![]).with_value(Some(vec![p]))),
+        Op::ConstantOfShape(fill) => value_of(ins, 0).map(|v| {
             let n = product(v.iter()).and_then(|p| p.as_usize());
             let value = fill.zip(n).map(|(f, n)| vec![Expr::int(f); n]);
             Facts::shaped(v.clone()).with_value(value)
-        })),
-        Op::Expand => one((|| {
-            let target = value_of(ins, 1)?;
-            Some(Facts::shaped(broadcast(x?, target, cx)?))
-        })()),
-        Op::Tile => one((|| {
-            let (x, r) = (x?, value_of(ins, 1)?);
-            if r.len() != x.len() {
-                return None;
-            }
-            Some(Facts::shaped(
-                x.iter()
-                    .zip(r)
-                    .map(|(d, k)| d.checked_mul(k))
-                    .collect::<Option<_>>()?,
-            ))
-        })()),
-        Op::Range => one((|| {
-            let v = |i: usize| {
-                value_of(ins, i)
-                    .and_then(|v| v.first())
-                    .and_then(Expr::as_int)
-            };
-            let (s, l, d) = (v(0)?, v(1)?, v(2)?);
-            if d == 0 {
-                return None;
-            }
-            let n = l.checked_sub(s)?;
-            let len = (n.checked_add(d)?.checked_sub(d.signum())?)
-                .checked_div(d)?
-                .max(0);
-            Some(Facts::shaped(vec![Expr::int(len)]))
-        })())
-        .into_iter()
-        .map(|f| {
-            if f.shape.is_none() {
-                Facts::shaped(vec![cx.fresh()])
+        }),
+        Op::Expand => shape_of(ins, 0)
+            .zip(value_of(ins, 1))
+            .and_then(|(x, t)| broadcast(x, t, cx))
+            .map(Facts::shaped),
+        Op::Tile => tile(ins),
+        // An unknown length is still a 1-D tensor.
+        Op::Range => Some(range(ins).unwrap_or_else(|| Facts::shaped(vec![cx.fresh()]))),
+        Op::Pad { pads, .. } => pad(ins, pads),
+        Op::Resize(r) => r.infer(ins).map(Facts::shaped),
+        _ => return vec![],
+    };
+    vec![f.unwrap_or_default()]
+}
+
+fn flatten(ins: &[Facts], axis: i64) -> Option<Facts> {
+    let x = shape_of(ins, 0)?;
+    let a = norm_axis(axis, x.len().checked_add(1)?)?;
+    Some(Facts::shaped(vec![
+        product(x.get(..a)?)?,
+        product(x.get(a..)?)?,
+    ]))
+}
+
+fn transpose(ins: &[Facts], perm: Option<&[i64]>) -> Option<Facts> {
+    let x = shape_of(ins, 0)?;
+    let perm: Vec<usize> = match perm {
+        Some(p) => p
+            .iter()
+            .map(|&v| usize::try_from(v).ok())
+            .collect::<Option<_>>()?,
+        None => (0..x.len()).rev().collect(),
+    };
+    let mut sorted = perm.clone();
+    sorted.sort_unstable();
+    if sorted != (0..x.len()).collect::<Vec<_>>() {
+        return None;
+    }
+    Some(Facts::shaped(
+        perm.iter()
+            .map(|&p| x.get(p).cloned())
+            .collect::<Option<_>>()?,
+    ))
+}
+
+fn squeeze(ins: &[Facts], axes: &Source) -> Option<Facts> {
+    let x = shape_of(ins, 0)?;
+    let out: Vec<Expr> = match axes.resolve(ins)? {
+        Some(a) => {
+            let a = norm_axes(&a, x.len())?;
+            x.iter()
+                .enumerate()
+                .filter(|(i, _)| !a.contains(i))
+                .map(|(_, d)| d.clone())
+                .collect()
+        }
+        // Without axes every size-1 axis goes: only decidable with every size known.
+        None if x.iter().all(Expr::is_known) => x
+            .iter()
+            .filter(|d| d.as_int() != Some(1))
+            .cloned()
+            .collect(),
+        None => return None,
+    };
+    Some(Facts::shaped(out))
+}
+
+fn unsqueeze(ins: &[Facts], axes: &Source) -> Option<Facts> {
+    let x = shape_of(ins, 0)?;
+    let a = axes.resolve(ins)??;
+    let rank = x.len().checked_add(a.len())?;
+    let a = norm_axes(&a, rank)?;
+    let mut rest = x.iter();
+    let out = (0..rank)
+        .map(|i| {
+            if a.contains(&i) {
+                Some(Expr::int(1))
             } else {
-                f
+                rest.next().cloned()
             }
         })
-        .collect(),
-        Op::Pad { pads, .. } => one((|| {
-            let x = x?;
-            if ins.get(3).is_some_and(|f| f.present) {
-                return None; // `axes` (opset 18): rarely used, left unknown
-            }
-            let p = pads.resolve(ins)??;
-            if p.len() != x.len().checked_mul(2)? {
-                return None;
-            }
-            let out = x
-                .iter()
-                .enumerate()
-                .map(|(i, d)| d.add_int(p.get(i)?.checked_add(*p.get(i.checked_add(x.len())?)?)?))
-                .collect::<Option<Vec<_>>>()?;
-            Some(Facts::shaped(out))
-        })()),
-        Op::Resize(r) => one(r.infer(ins).map(Facts::shaped)),
-        _ => vec![],
+        .collect::<Option<Vec<_>>>()?;
+    Some(Facts::shaped(out))
+}
+
+fn slice(ins: &[Facts], spec: &SliceSpec) -> Option<Facts> {
+    let x = shape_of(ins, 0)?;
+    let ranges = spec.ranges(ins, x.len())?;
+    let mut out = x.clone();
+    for (a, s, e, st) in &ranges {
+        let d = out.get_mut(*a)?;
+        *d = slice_len(d, s, e, *st)?;
     }
+    // Values of a 1-D shape tensor, contiguous slices.
+    let value = match (value_of(ins, 0), ranges.as_slice()) {
+        (Some(v), [(0, s, e, 1)]) => (|| {
+            let n = i64::try_from(v.len()).ok()?;
+            let fix = |b: i64| {
+                usize::try_from(if b < 0 { b.saturating_add(n) } else { b }.clamp(0, n)).ok()
+            };
+            let (b, e) = (fix(s.as_int()?)?, fix(e.as_int()?)?);
+            v.get(b..e.max(b)).map(<[Expr]>::to_vec)
+        })(),
+        _ => None,
+    };
+    Some(Facts::shaped(out).with_value(value))
+}
+
+fn gather(ins: &[Facts], axis: i64) -> Option<Facts> {
+    let (x, idx) = (shape_of(ins, 0)?, shape_of(ins, 1)?);
+    let a = norm_axis(axis, x.len())?;
+    let mut out = x.get(..a)?.to_vec();
+    out.extend(idx.iter().cloned());
+    out.extend(x.get(a.checked_add(1)?..)?.iter().cloned());
+    let value = match (value_of(ins, 0), ins.get(1).and_then(Facts::int_values)) {
+        (Some(data), Some(ind)) if x.len() == 1 => ind
+            .iter()
+            .map(|&i| {
+                let n = i64::try_from(data.len()).ok()?;
+                data.get(usize::try_from(if i < 0 { i.checked_add(n)? } else { i }).ok()?)
+                    .cloned()
+            })
+            .collect(),
+        _ => None,
+    };
+    Some(Facts::shaped(out).with_value(value))
+}
+
+fn shape(ins: &[Facts], start: i64, end: Option<i64>) -> Option<Facts> {
+    let x = shape_of(ins, 0)?;
+    let r = i64::try_from(x.len()).ok()?;
+    let clamp = |v: i64| {
+        if v < 0 {
+            v.saturating_add(r).max(0)
+        } else {
+            v.min(r)
+        }
+    };
+    let b = usize::try_from(clamp(start)).ok()?;
+    let e = usize::try_from(end.map_or(r, clamp)).ok()?.max(b);
+    let v = x.get(b..e)?.to_vec();
+    Some(Facts::shaped(vec![Expr::int(i64::try_from(v.len()).ok()?)]).with_value(Some(v)))
+}
+
+fn tile(ins: &[Facts]) -> Option<Facts> {
+    let (x, r) = (shape_of(ins, 0)?, value_of(ins, 1)?);
+    if r.len() != x.len() {
+        return None;
+    }
+    Some(Facts::shaped(
+        x.iter()
+            .zip(r)
+            .map(|(d, k)| d.checked_mul(k))
+            .collect::<Option<_>>()?,
+    ))
+}
+
+fn range(ins: &[Facts]) -> Option<Facts> {
+    let v = |i: usize| {
+        value_of(ins, i)
+            .and_then(|v| v.first())
+            .and_then(Expr::as_int)
+    };
+    let (s, l, d) = (v(0)?, v(1)?, v(2)?);
+    if d == 0 {
+        return None;
+    }
+    // max(ceil((limit - start) / delta), 0)
+    let len = (l.checked_sub(s)?.checked_add(d)?.checked_sub(d.signum())?)
+        .checked_div(d)?
+        .max(0);
+    Some(Facts::shaped(vec![Expr::int(len)]))
+}
+
+fn pad(ins: &[Facts], pads: &Source) -> Option<Facts> {
+    let x = shape_of(ins, 0)?;
+    if ins.get(3).is_some_and(|f| f.present) {
+        return None; // `axes` (opset 18): rarely used, left unknown
+    }
+    let p = pads.resolve(ins)??;
+    if p.len() != x.len().checked_mul(2)? {
+        return None;
+    }
+    let out = x
+        .iter()
+        .enumerate()
+        .map(|(i, d)| d.add_int(p.get(i)?.checked_add(*p.get(i.checked_add(x.len())?)?)?))
+        .collect::<Option<Vec<_>>>()?;
+    Some(Facts::shaped(out))
 }
 
 fn reshape(ins: &[Facts], allowzero: bool, cx: &mut InferCx) -> Option<Vec<Expr>> {
