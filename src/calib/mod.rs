@@ -294,15 +294,8 @@ fn unstack(t: &Tensor, start: usize, end: usize, a: usize) -> Result<Tensor, Ten
     let k = end - start;
     let sample = &t.dims[1..];
     if k == 1 || sample.is_empty() {
-        let mut d = sample.to_vec();
-        if let Some(x) = d.get_mut(a) {
-            *x = k;
-        }
-        return Tensor::from_bytes(
-            t.dtype,
-            if sample.is_empty() { vec![] } else { d },
-            r.into_bytes(),
-        );
+        // One sample is the input as it is (its batch axis, if any, is already 1).
+        return Tensor::from_bytes(t.dtype, sample.to_vec(), r.into_bytes());
     }
     let outer: usize = sample[..a].iter().product();
     let inner: usize = sample[a + 1..].iter().product::<usize>() * t.dtype.size().unwrap_or(1);
