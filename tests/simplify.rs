@@ -380,3 +380,80 @@ fn a_symbolic_size_model_stays_exact_at_every_size() {
         assert!(m > 0.1, "{h}x{w}: outputs too small to compare ({m})");
     }
 }
+
+/// Sequence inputs for the attention fixture: `n` tokens, the last `masked` masked out.
+fn tokens(n: usize, masked: usize, seed: u64) -> Vec<(String, Tensor)> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let x: Vec<f32> = (0..2 * n * 32)
+        .map(|_| rand::Rng::gen_range(&mut rng, -1.0..1.0))
+        .collect();
+    let mask: Vec<f32> = (0..2 * n)
+        .map(|i| if i % n >= n - masked { -1e4 } else { 0.0 })
+        .collect();
+    vec![
+        (
+            "input".into(),
+            Tensor::from_f32(vec![2, n, 32], &x).unwrap(),
+        ),
+        (
+            "mask".into(),
+            Tensor::from_f32(vec![2, 1, 1, n], &mask).unwrap(),
+        ),
+    ]
+}
+
+#[test]
+fn attention_heads_split_by_a_computed_target_are_pruned_and_removed() {
+    use nnzip::passes::prune::{Filter, Norm, StructuredPrune};
+    let orig = Model::load(fixture("dynamic_attention.onnx")).unwrap();
+    let gs = groups(&orig);
+    let heads = gs
+        .iter()
+        .find(|g| g.channels == 4 && g.sources.len() == 3)
+        .expect("a head group");
+    assert!(heads.prunable(), "{:?}", heads.blocked);
+    assert!(
+        gs.iter().any(|g| g.channels == 64 && g.prunable()),
+        "the feed-forward group"
+    );
+    let mut pruned = orig.clone();
+    let (out, reports) = StructuredPrune {
+        fraction: 0.5,
+        global: false,
+        norm: Norm::L2,
+        round_to: 1,
+        filter: Filter::default(),
+    }
+    .prune(&mut ed(&mut pruned))
+    .unwrap();
+    assert!(out.changed);
+    assert!(
+        reports
+            .iter()
+            .any(|r| r.channels == 4 && r.removed.len() == 2),
+        "{reports:?}"
+    );
+    let mut s = pruned.clone();
+    let r = simplify(&mut s, runtime(), None, &[]).unwrap();
+    assert!(r.verification.within_tolerance, "{:?}", r.verification);
+    assert!(r.after.parameters < r.before.parameters);
+    // The target's head count now says 2, and the model still takes any sequence length.
+    let e = nnzip::graph::editor::Editor::new(s.clone(), Default::default());
+    let (Some(n), _) = (
+        e.analysis()
+            .order()
+            .iter()
+            .find_map(|&id| e.node(id).filter(|n| n.name == "heads.shape")),
+        (),
+    ) else {
+        panic!("the target's Concat is gone")
+    };
+    let count = e.constant(&n.input[1]).unwrap().unwrap().to_i64().unwrap();
+    assert_eq!(count, vec![2]);
+    for (len, masked) in [(6, 2), (11, 0), (3, 1)] {
+        let x = tokens(len, masked, len as u64);
+        let (a, b) = (run_model(&pruned, &x), run_model(&s, &x));
+        let (d, m) = nnzip::calib::max_abs_diff(&a, &b);
+        assert!(d <= 1e-4 * m.max(1.0), "length {len}: {d} vs {m}");
+    }
+}

@@ -430,8 +430,16 @@ impl Tracer<'_> {
                 if k != 0 {
                     return Err("channels used as a shape".into());
                 }
+                if matches!(op, Op::Reshape { .. }) {
+                    // The count the target gives the channel axis must follow the channels.
+                    reshape_target_element(self.ed, ci, place.axis)?;
+                }
                 self.step_reshape(w, ci, tensor, place, &out0)?
             }
+            // Reading the sizes is not using the channels: what is built from them follows the
+            // pruned sizes at run time. Constants that spell a channel count out are checked
+            // where they are used (reshape targets).
+            Op::Shape { .. } | Op::Size => {}
             Op::Squeeze(_) | Op::Unsqueeze(_) | Op::Reduce(_) => {
                 if k != 0 {
                     return Err("channels used as axes".into());
@@ -905,6 +913,89 @@ impl Tracer<'_> {
     }
 }
 
+/// Where element `axis` of a `Reshape`'s target shape comes from, when that element is the
+/// channel count the target gives the channels' axis.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetElement {
+    /// Copied (0), inferred (-1) or computed at run time: it follows the channels by itself.
+    Follows,
+    /// Element `index` of constant `tensor`, which node `reader` reads at input `slot`.
+    Constant {
+        tensor: String,
+        index: usize,
+        reader: NodeId,
+        slot: usize,
+    },
+}
+
+/// Finds where a reshape's target spells out the count at `axis`: the target itself, or a
+/// constant piece of the `Concat` that builds it (through `Unsqueeze`, `Cast`, `Identity`), as
+/// exporters write `Concat(Shape(x)[:-1], [heads], [size])`. `Err` when it is a constant nnzip
+/// cannot reach.
+pub fn reshape_target_element(
+    ed: &Editor,
+    reshape: NodeId,
+    axis: usize,
+) -> Result<TargetElement, String> {
+    let a = ed.analysis();
+    let target = ed
+        .node(reshape)
+        .and_then(|n| n.input.get(1))
+        .cloned()
+        .ok_or("no target")?;
+    let facts = a.shapes().facts(&target);
+    let count = facts
+        .value
+        .as_ref()
+        .and_then(|v| v.get(axis))
+        .and_then(Expr::as_int);
+    if !count.is_some_and(|c| c > 0) {
+        return Ok(TargetElement::Follows);
+    }
+    let (mut tensor, mut index, mut reader, mut slot) = (target, axis, reshape, 1usize);
+    for _ in 0..6 {
+        if a.is_const(&tensor) {
+            return Ok(TargetElement::Constant {
+                tensor,
+                index,
+                reader,
+                slot,
+            });
+        }
+        let p = a
+            .producer(&tensor)
+            .ok_or("the target shape has no producer")?;
+        let n = ed.node(p).ok_or("node gone")?;
+        match a.valid_op(p) {
+            Some(Op::Concat { .. }) => {
+                let mut offset = 0usize;
+                let mut found = None;
+                for (i, x) in n.input.iter().enumerate() {
+                    let len = a.shapes().facts(x).value.map(|v| v.len()).ok_or("a piece of the target shape is unknown")?;
+                    if index < offset.saturating_add(len) {
+                        found = Some((i, x.clone(), index.saturating_sub(offset)));
+                        break;
+                    }
+                    offset = offset.saturating_add(len);
+                }
+                let (i, x, j) = found.ok_or("the target shape is shorter than the channels' rank")?;
+                (tensor, index, reader, slot) = (x, j, p, i);
+            }
+            Some(Op::Unsqueeze(_) | Op::Squeeze(_) | Op::Reshape { .. } | Op::Unary(_)) if n.op_type != "Relu" => {
+                let x = n.input.first().cloned().ok_or("no input")?;
+                (tensor, reader, slot) = (x, p, 0);
+            }
+            _ => {
+                return Err(format!(
+                    "the channel count in the target shape of this reshape is computed by {}, which nnzip cannot update",
+                    n.op_type
+                ))
+            }
+        }
+    }
+    Err("the channel count in the target shape is out of nnzip's reach".into())
+}
+
 /// Offset, block, first channel and count of a placement (the axis may differ per input).
 type PlaceKey = (usize, usize, usize, usize);
 
@@ -1000,11 +1091,25 @@ pub fn channel_groups(ed: &Editor) -> Vec<ChannelGroup> {
         let (Some(arr), Some(n)) = (tracer.arrivals.get(&ni), ed.node(ni)) else {
             continue;
         };
+        // Inputs that carry channels: not constants, and not broadcast along the channel
+        // axis (an attention mask of one row for all heads).
+        let out_axis = arr.first().map(|x| x.2.axis);
+        let out_rank = n.output.first().and_then(|o| a.rank(o));
+        let broadcast = |x: &str| -> bool {
+            let (Some(axis), Some(rank), Some(s)) = (out_axis, out_rank, a.shape(x)) else {
+                return false;
+            };
+            let from_right = rank.saturating_sub(axis);
+            match s.len().checked_sub(from_right) {
+                None => true,
+                Some(i) => s.get(i).and_then(Expr::as_int) == Some(1),
+            }
+        };
         let live: Vec<usize> = n
             .input
             .iter()
             .enumerate()
-            .filter(|(_, x)| !x.is_empty() && stored_const(ed, x).is_none())
+            .filter(|(_, x)| !x.is_empty() && stored_const(ed, x).is_none() && !broadcast(x))
             .map(|(j, _)| j)
             .collect();
         // placement -> per input, the sources arriving with it

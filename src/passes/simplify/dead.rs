@@ -19,7 +19,10 @@ use serde::Serialize;
 use crate::calib::capture::{capture, Source};
 use crate::graph::edit::node as mk_node;
 use crate::graph::editor::{Editor, NodeId};
-use crate::graph::groups::{channel_groups, label, ChannelGroup, ParamRole, Placement};
+use crate::graph::groups::{
+    channel_groups, label, reshape_target_element, ChannelGroup, ParamRole, Placement,
+    TargetElement,
+};
 use crate::graph::ops::{Op, Window};
 use crate::passes::{Pass, PassContext, PassDetails, PassError, PassReport, Preserves};
 use crate::tensor::Tensor;
@@ -725,6 +728,7 @@ fn fix_shape_constants(ed: &mut Editor, g: &ChannelGroup, dead: &[usize]) -> Res
             .max()
             .unwrap_or(0)
     };
+    let mut fixed = HashSet::new();
     for &ni in &g.path {
         let Some(n) = ed.node(ni).cloned() else {
             continue;
@@ -732,25 +736,41 @@ fn fix_shape_constants(ed: &mut Editor, g: &ChannelGroup, dead: &[usize]) -> Res
         let op = ed.analysis().valid_op(ni).cloned();
         match op {
             Some(Op::Reshape { .. }) => {
-                let (Some(x), Some(y), Some(sname)) =
-                    (n.input.first(), n.output.first(), n.input.get(1))
-                else {
+                let (Some(x), Some(y)) = (n.input.first(), n.output.first()) else {
                     continue;
                 };
                 let removed_out = removed_in(y);
-                if removed_out == 0 || removed_in(x) == 0 {
-                    continue;
-                }
-                let Some(mut shape) = ed.constant(sname)?.and_then(|t| t.to_i64_lossy()) else {
-                    continue;
-                };
                 let Some((_, pl)) = g.activations.iter().find(|(t, _)| t == y) else {
                     continue;
                 };
-                if let Some(v) = shape.get_mut(pl.axis).filter(|v| **v > 0) {
-                    *v -= removed_out as i64;
-                    let nt = Tensor::from_i64(vec![shape.len()], &shape)?;
-                    ed.set_input_constant(ni, 1, &nt, &format!("{y}.shape"))?;
+                if removed_out == 0 || removed_in(x) == 0 {
+                    continue;
+                }
+                // The analysis checked that the count is reachable; where it follows the
+                // channels by itself there is nothing to write.
+                let Ok(TargetElement::Constant {
+                    tensor,
+                    index,
+                    reader,
+                    slot,
+                }) = reshape_target_element(ed, ni, pl.axis)
+                else {
+                    continue;
+                };
+                // Several reshapes may share one target (Q, K and V split by the same shape).
+                if !fixed.insert((reader, slot, index)) {
+                    continue;
+                }
+                let Some(t) = ed.constant(&tensor)? else {
+                    continue;
+                };
+                let Some(mut v) = t.to_i64_lossy() else {
+                    continue;
+                };
+                if let Some(e) = v.get_mut(index).filter(|e| **e > 0) {
+                    *e -= removed_out as i64;
+                    let nt = Tensor::from_i64(t.dims.clone(), &v)?;
+                    ed.set_input_constant(reader, slot, &nt, &format!("{y}.shape"))?;
                 }
             }
             Some(Op::Split { sizes, .. }) => {
