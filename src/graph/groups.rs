@@ -949,7 +949,7 @@ pub fn reshape_target_element(
         .as_ref()
         .and_then(|v| v.get(axis))
         .and_then(Expr::as_int);
-    if !count.is_some_and(|c| c > 0) {
+    if count.is_none_or(|c| c <= 0) {
         return Ok(TargetElement::Follows);
     }
     let (mut tensor, mut index, mut reader, mut slot) = (target, axis, reshape, 1usize);
