@@ -244,3 +244,48 @@ fn states_with_the_batch_on_another_axis_and_scalar_inputs_load_as_samples() {
         Calibration::from_arrays(std::path::Path::new("streaming.npz"), arrays, &model).unwrap();
     assert_eq!(c2.slice(3, 4).unwrap(), one);
 }
+
+#[test]
+fn calibration_arrays_of_the_wrong_type_or_length_name_the_file_and_the_array() {
+    use nnzip::tensor::{DType, Tensor};
+    let dir = tempfile::tempdir().unwrap();
+    let model = Model::load(fixture("cnn.onnx")).unwrap();
+    let p = dir.path().join("doubles.npz");
+    let x = Tensor::from_bytes(DType::F64, vec![2, 1, 28, 28], vec![0u8; 2 * 784 * 8]).unwrap();
+    nnzip::npz::write_npz(&p, &[("input".into(), x)]).unwrap();
+    let e = Calibration::load(&p, &model).unwrap_err().to_string();
+    assert!(
+        e.contains("doubles.npz")
+            && e.contains("'input'")
+            && e.contains("float64")
+            && e.contains("float32"),
+        "{e}"
+    );
+    // Two inputs disagreeing on the sample count: both arrays named.
+    let model = streaming_model();
+    let p = dir.path().join("lengths.npz");
+    let arrays = [
+        (
+            "x".to_string(),
+            Tensor::from_f32(vec![3, 4], &[0.0; 12]).unwrap(),
+        ),
+        (
+            "s".to_string(),
+            Tensor::from_f32(vec![2, 2, 1, 3], &[0.0; 12]).unwrap(),
+        ),
+        (
+            "sr".to_string(),
+            Tensor::from_i64(vec![3], &[16000; 3]).unwrap(),
+        ),
+    ];
+    nnzip::npz::write_npz(&p, &arrays).unwrap();
+    let e = Calibration::load(&p, &model).unwrap_err().to_string();
+    assert!(
+        e.contains("lengths.npz")
+            && e.contains("'x'")
+            && e.contains("'s'")
+            && e.contains('3')
+            && e.contains('2'),
+        "{e}"
+    );
+}

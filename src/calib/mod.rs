@@ -40,8 +40,21 @@ pub enum CalibError {
         got: Vec<usize>,
         expected: String,
     },
-    #[error("{path}: arrays disagree on the number of samples ({a} vs {b})")]
-    SampleCount { path: PathBuf, a: usize, b: usize },
+    #[error("{path}: array '{first}' holds {a} samples but '{second}' holds {b}")]
+    SampleCount {
+        path: PathBuf,
+        first: String,
+        second: String,
+        a: usize,
+        b: usize,
+    },
+    #[error("{path}: array '{input}' is {got}, but the model input of that name takes {expected}")]
+    BadType {
+        path: PathBuf,
+        input: String,
+        got: DType,
+        expected: DType,
+    },
     #[error("{path}: 'labels' must be integers, one per sample")]
     BadLabels { path: PathBuf },
     #[error("{path}: no samples")]
@@ -119,7 +132,7 @@ impl Calibration {
     ) -> Result<Calibration, CalibError> {
         let mut inputs = Vec::new();
         let mut axes = Vec::new();
-        let mut samples: Option<usize> = None;
+        let mut samples: Option<(usize, String)> = None;
         let mut batchable = true;
         for (vi, (axis, symbolic)) in model.inputs().into_iter().zip(batch_axes(model)) {
             let (_, t) = arrays.iter().find(|(n, _)| n == &vi.name).ok_or_else(|| {
@@ -133,6 +146,14 @@ impl Calibration {
                         .join(", "),
                 }
             })?;
+            if t.dtype != vi.dtype && vi.dtype != DType::Other(0) {
+                return Err(CalibError::BadType {
+                    path: path.to_path_buf(),
+                    input: vi.name.clone(),
+                    got: t.dtype,
+                    expected: vi.dtype,
+                });
+            }
             let dims = vi.dims.clone().unwrap_or_default();
             let fits = |d: &[usize]| {
                 d.len() == dims.len()
@@ -180,18 +201,20 @@ impl Calibration {
                 batchable = false;
             }
             let rows = stacked.dims.first().copied().unwrap_or(0);
-            if let Some(s) = samples.filter(|&s| s != rows) {
+            if let Some((s, first)) = samples.as_ref().filter(|(s, _)| *s != rows) {
                 return Err(CalibError::SampleCount {
                     path: path.to_path_buf(),
-                    a: s,
+                    first: first.clone(),
+                    second: vi.name.clone(),
+                    a: *s,
                     b: rows,
                 });
             }
-            samples = Some(rows);
+            samples.get_or_insert((rows, vi.name.clone()));
             inputs.push((vi.name.clone(), stacked));
             axes.push(axis);
         }
-        let samples = samples.unwrap_or(0);
+        let samples = samples.map_or(0, |s| s.0);
         if samples == 0 {
             return Err(CalibError::Empty {
                 path: path.to_path_buf(),
