@@ -141,6 +141,51 @@ pub fn numel(dims: &[usize]) -> Result<usize, TensorError> {
         })
 }
 
+/// A Rust type that is an ONNX element type: how it is laid out little-endian. The one place
+/// nnzip converts between typed values and tensor bytes (ONNX typed fields, `.npy` payloads,
+/// ONNX Runtime values all go through it).
+pub trait Element: Copy {
+    const DTYPE: DType;
+    const SIZE: usize;
+    fn put(self, out: &mut Vec<u8>);
+    /// From exactly `SIZE` bytes.
+    fn get(b: &[u8]) -> Self;
+}
+
+macro_rules! element {
+    ($($t:ty => $d:expr),* $(,)?) => {$(
+        impl Element for $t {
+            const DTYPE: DType = $d;
+            const SIZE: usize = std::mem::size_of::<$t>();
+            fn put(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+            fn get(b: &[u8]) -> Self {
+                let mut a = [0u8; std::mem::size_of::<$t>()];
+                a.copy_from_slice(b);
+                <$t>::from_le_bytes(a)
+            }
+        }
+    )*};
+}
+
+element!(f32 => DType::F32, f64 => DType::F64, i64 => DType::I64, i32 => DType::I32, i16 => DType::I16,
+         i8 => DType::I8, u8 => DType::U8, u16 => DType::U16, u32 => DType::U32, u64 => DType::U64);
+
+/// Values as little-endian bytes.
+pub fn le_bytes<T: Element>(values: &[T]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len().saturating_mul(T::SIZE));
+    for &v in values {
+        v.put(&mut out);
+    }
+    out
+}
+
+/// Little-endian bytes as values (a trailing partial element is ignored).
+pub fn from_le<T: Element>(bytes: &[u8]) -> Vec<T> {
+    bytes.chunks_exact(T::SIZE).map(T::get).collect()
+}
+
 /// A dense tensor: element type, shape and little-endian element bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
@@ -172,28 +217,27 @@ impl Tensor {
         Ok(Tensor { dtype, dims, bytes })
     }
 
+    /// A tensor of typed values.
+    pub fn from_values<T: Element>(dims: Vec<usize>, values: &[T]) -> Result<Tensor, TensorError> {
+        Tensor::from_bytes(T::DTYPE, dims, le_bytes(values))
+    }
+
     pub fn from_f32(dims: Vec<usize>, values: &[f32]) -> Result<Tensor, TensorError> {
-        Tensor::from_bytes(
-            DType::F32,
-            dims,
-            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        )
+        Tensor::from_values(dims, values)
     }
 
     pub fn from_i64(dims: Vec<usize>, values: &[i64]) -> Result<Tensor, TensorError> {
-        Tensor::from_bytes(
-            DType::I64,
-            dims,
-            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        )
+        Tensor::from_values(dims, values)
     }
 
     pub fn from_i32(dims: Vec<usize>, values: &[i32]) -> Result<Tensor, TensorError> {
-        Tensor::from_bytes(
-            DType::I32,
-            dims,
-            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        )
+        Tensor::from_values(dims, values)
+    }
+
+    /// The values, when the element type is `T`'s.
+    pub fn values<T: Element>(&self) -> Result<Vec<T>, TensorError> {
+        self.expect(T::DTYPE)?;
+        Ok(from_le(&self.bytes))
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -223,55 +267,31 @@ impl Tensor {
     }
 
     pub fn to_f32(&self) -> Result<Vec<f32>, TensorError> {
-        self.expect(DType::F32)?;
-        Ok(self
-            .bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+        self.values()
     }
 
     pub fn to_i64(&self) -> Result<Vec<i64>, TensorError> {
-        self.expect(DType::I64)?;
-        Ok(self
-            .bytes
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-            .collect())
+        self.values()
     }
 
     pub fn to_i32(&self) -> Result<Vec<i32>, TensorError> {
-        self.expect(DType::I32)?;
-        Ok(self
-            .bytes
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect())
+        self.values()
     }
 
     /// Integer values of an integer tensor of any width, widened to i64 (for shapes, axes, ...).
     pub fn to_i64_lossy(&self) -> Option<Vec<i64>> {
         let b = &self.bytes;
+        fn wide<T: Element + Into<i64>>(b: &[u8]) -> Vec<i64> {
+            from_le::<T>(b).into_iter().map(Into::into).collect()
+        }
         Some(match self.dtype {
-            DType::I64 => self.to_i64().ok()?,
-            DType::I32 => b
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-                .collect(),
-            DType::I16 => b
-                .chunks_exact(2)
-                .map(|c| i16::from_le_bytes([c[0], c[1]]) as i64)
-                .collect(),
-            DType::I8 => b.iter().map(|&v| v as i8 as i64).collect(),
-            DType::U8 | DType::Bool => b.iter().map(|&v| v as i64).collect(),
-            DType::U16 => b
-                .chunks_exact(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]) as i64)
-                .collect(),
-            DType::U32 => b
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-                .collect(),
+            DType::I64 => from_le::<i64>(b),
+            DType::I32 => wide::<i32>(b),
+            DType::I16 => wide::<i16>(b),
+            DType::I8 => wide::<i8>(b),
+            DType::U8 | DType::Bool => wide::<u8>(b),
+            DType::U16 => wide::<u16>(b),
+            DType::U32 => wide::<u32>(b),
             _ => return None,
         })
     }
@@ -404,5 +424,19 @@ mod tests {
         assert_eq!(t.to_i64().unwrap(), vec![-1, 0, 7]);
         assert!(t.to_f32().is_err());
         assert_eq!(t.to_i64_lossy().unwrap(), vec![-1, 0, 7]);
+    }
+
+    proptest::proptest! {
+        /// Every element type's writer against its reader, and the widening reader.
+        #[test]
+        fn element_bytes_round_trip(f in proptest::collection::vec(proptest::num::f32::ANY, 0..40),
+                                    i in proptest::collection::vec(proptest::prelude::any::<i16>(), 0..40)) {
+            let back: Vec<f32> = from_le(&le_bytes(&f));
+            proptest::prop_assert_eq!(back.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), f.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+            let t = Tensor::from_values(vec![i.len()], &i).unwrap();
+            proptest::prop_assert_eq!(t.dtype, DType::I16);
+            proptest::prop_assert_eq!(t.to_i64_lossy().unwrap(), i.iter().map(|&x| i64::from(x)).collect::<Vec<_>>());
+            proptest::prop_assert_eq!(t.values::<i16>().unwrap(), i);
+        }
     }
 }

@@ -350,58 +350,46 @@ pub fn decode_tensor_with(
             })
         }
     };
+    // Which typed field holds which element type is protobuf's; the bytes are tensor's.
+    use crate::tensor::le_bytes;
     let bytes: Vec<u8> = match dtype {
         DType::F32 => {
             count(tp.float_data.len())?;
-            tp.float_data.iter().flat_map(|v| v.to_le_bytes()).collect()
+            le_bytes(&tp.float_data)
         }
         DType::Other(14) => {
             // complex64: two floats an element
             count(tp.float_data.len() / 2)?;
-            tp.float_data.iter().flat_map(|v| v.to_le_bytes()).collect()
+            le_bytes(&tp.float_data)
         }
         DType::F64 => {
             count(tp.double_data.len())?;
-            tp.double_data
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect()
+            le_bytes(&tp.double_data)
         }
         DType::Other(15) => {
             count(tp.double_data.len() / 2)?;
-            tp.double_data
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect()
+            le_bytes(&tp.double_data)
         }
         DType::I64 => {
             count(tp.int64_data.len())?;
-            tp.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect()
+            le_bytes(&tp.int64_data)
         }
         DType::U32 => {
             count(tp.uint64_data.len())?;
-            tp.uint64_data
-                .iter()
-                .flat_map(|&v| (v as u32).to_le_bytes())
-                .collect()
+            le_bytes(&tp.uint64_data.iter().map(|&v| v as u32).collect::<Vec<_>>())
         }
         DType::U64 => {
             count(tp.uint64_data.len())?;
-            tp.uint64_data
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect()
+            le_bytes(&tp.uint64_data)
         }
         DType::I32 => {
             count(tp.int32_data.len())?;
-            tp.int32_data.iter().flat_map(|v| v.to_le_bytes()).collect()
+            le_bytes(&tp.int32_data)
         }
+        // 16- and 8-bit types travel in int32_data, one element per value (the low bits).
         DType::I16 | DType::U16 | DType::F16 | DType::Bf16 => {
             count(tp.int32_data.len())?;
-            tp.int32_data
-                .iter()
-                .flat_map(|&v| (v as u16).to_le_bytes())
-                .collect()
+            le_bytes(&tp.int32_data.iter().map(|&v| v as u16).collect::<Vec<_>>())
         }
         DType::I8 | DType::U8 | DType::Bool | DType::Other(17..=20) => {
             count(tp.int32_data.len())?;
