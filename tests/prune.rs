@@ -7,7 +7,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::Command;
 
 use common::*;
 use nnzip::calib::{evaluate, run_model, Calibration, Metric};
@@ -883,96 +882,6 @@ fn entropy_pruning_brings_a_cnn_layer_to_zero_entropy_and_simplify_merges_it() {
     let hs = accuracy(&s, &held_out);
     assert!(hb - hs <= 1.0, "simplified held-out {hb} -> {hs}");
     runs_in_ort("cnn.onnx", &s);
-}
-
-fn nnzip(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_nnzip"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-#[test]
-fn cli_prune_json_and_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("p.onnx");
-    let o = nnzip(&[
-        "prune",
-        fixture("resnet.onnx").to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--method",
-        "structured",
-        "--sparsity",
-        "0.25",
-        "--round-to",
-        "4",
-        "--calib",
-        fixture("mnist_test.npz").to_str().unwrap(),
-        "--calib-samples",
-        "100",
-        "--json",
-        "-q",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let m = Model::load(&out).unwrap();
-    let (z, total) = count(&m);
-    assert!((j["sparsity"].as_f64().unwrap() - z as f64 / total as f64).abs() < 1e-12);
-    assert!(j["layers"].as_array().unwrap().len() == prunable_names(&m).len());
-    assert_eq!(j["groups"].as_array().unwrap().len(), 6);
-    assert_eq!(j["metric"]["samples"], 100);
-    assert!(j["skipped"][0]["reason"]
-        .as_str()
-        .unwrap()
-        .contains("model output"));
-    // Search with the text report.
-    let o = nnzip(&[
-        "prune",
-        fixture("mlp.onnx").to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--global",
-        "--calib",
-        fixture("mnist_test_flat.npz").to_str().unwrap(),
-        "--calib-samples",
-        "300",
-        "--max-drop",
-        "1",
-        "--steps",
-        "3",
-        "--json",
-        "-q",
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(j["search"]["steps"].as_array().unwrap().len(), 4);
-    let (z, total) = count(&Model::load(&out).unwrap());
-    assert!((j["sparsity"].as_f64().unwrap() - z as f64 / total as f64).abs() < 1e-12);
-    assert!(
-        j["metric"]["before"].as_f64().unwrap() - j["metric"]["after"].as_f64().unwrap() <= 1.0
-    );
-    // Usage errors exit 2, bad input 3.
-    let m = fixture("cnn.onnx");
-    let base = ["prune", m.to_str().unwrap(), "-o", out.to_str().unwrap()];
-    for extra in [
-        vec!["--max-drop", "1"],
-        vec!["--method", "entropy"],
-        vec!["--sparsity", "1.5"],
-        vec!["--method", "bogus"],
-        vec!["--n-m", "5:4", "--method", "nm"],
-    ] {
-        let o = nnzip(&[&base[..], &extra[..]].concat());
-        assert_eq!(o.status.code(), Some(2), "{extra:?}");
-    }
-    let o = nnzip(
-        &[
-            &base[..],
-            &["--calib", fixture("mnist_test_flat.npz").to_str().unwrap()],
-        ]
-        .concat(),
-    );
-    assert_eq!(o.status.code(), Some(3));
 }
 
 /// The real models of `shared/tools/fetch-real-models.sh` (not in CI: `cargo test --test prune

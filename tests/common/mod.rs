@@ -12,10 +12,17 @@ use nnzip::onnx::Model;
 use nnzip::runtime::{Runtime, Session, SessionOptions};
 use nnzip::tensor::Tensor;
 
-pub fn fixture(name: &str) -> PathBuf {
+/// The repository (tests of the CLI package run from crates/nnzip-cli).
+pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join(name)
+        .ancestors()
+        .find(|p| p.join("fixtures").is_dir())
+        .unwrap_or(Path::new(env!("CARGO_MANIFEST_DIR")))
+        .to_path_buf()
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("fixtures").join(name)
 }
 
 /// The trained fixture models (name, held-out data file).

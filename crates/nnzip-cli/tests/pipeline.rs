@@ -1,6 +1,7 @@
 //! `nnzip compress` / `decompress`: the whole job through the binary.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use std::process::Command;

@@ -1,6 +1,7 @@
 //! The `nnzip` binary end to end: JSON contracts, exit codes, error messages.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use std::process::{Command, Output};
