@@ -295,7 +295,7 @@ fn resolve_ort(
         }
         // A pushed nnzip has no ONNX Runtime of its own beside it: push the matching one.
         Locate::Auto if pushed_nnzip => match builds.for_arch(&facts.arch) {
-            Some((_, lib)) => Ok(conn.push(&[&lib])?.into_iter().next()),
+            Some((_, lib)) => Ok(Some(conn.push_named(&lib)?)),
             None => Ok(None),
         },
         Locate::Auto => Ok(None),

@@ -283,6 +283,37 @@ impl Connection {
         Ok(out)
     }
 
+    /// [`Connection::push`] of one file, returned under its own file name (a link in
+    /// `~/.cache/nnzip/by-name/<sha256>/`): a library's name carries its version.
+    pub fn push_named(&mut self, file: &Path) -> Result<String, DeviceError> {
+        let cached = self.push(&[file])?.into_iter().next().unwrap_or_default();
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if self.spec.is_local() || name.is_empty() {
+            return Ok(cached);
+        }
+        let sha = cached.rsplit('/').next().unwrap_or_default().to_string();
+        let dir = format!("{}/by-name/{sha}", self.cache_dir());
+        let link = format!("{dir}/{name}");
+        let script = format!(
+            "mkdir -p {d} && ln -sfn {c} {l}",
+            d = sh_quote(&dir),
+            c = sh_quote(&cached),
+            l = sh_quote(&link)
+        );
+        let out = self.run(&script, None, self.spec.connect_timeout, "name the library")?;
+        if !out.success() {
+            return Err(DeviceError::Upload {
+                device: self.spec.name.clone(),
+                path: file.to_path_buf(),
+                reason: out.stderr.trim().to_string(),
+            });
+        }
+        Ok(link)
+    }
+
     fn upload(&mut self, path: &Path, sha: &str, len: u64, dir: &str) -> Result<(), DeviceError> {
         let d = sh_quote(dir);
         // Checked before the rename: a cut connection ends `cat` with a short file.
