@@ -169,6 +169,38 @@ fn children_of(pid: u32) -> Vec<u32> {
     v
 }
 
+/// Processes whose command line mentions `needle` (the device's cache folder, say).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmd.contains(needle) {
+            v.push(cmd);
+        }
+    }
+    v
+}
+
+/// Waits up to two seconds for the device's processes to end.
+fn assert_device_idle(sshd: &Sshd) {
+    let needle = format!("{}/.cache/nnzip", sshd.path("home").display());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = processes_mentioning(&needle);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still running on the device: {left:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn ort_lib() -> PathBuf {
     let (p, _) = nnzip::runtime::locate_library(None).expect("scripts/setup-ort.sh");
     p
@@ -525,6 +557,53 @@ fn a_dropped_connection_keeps_the_rounds_so_far() {
     assert_eq!(d["complete"], false);
     assert_eq!(d["rounds"].as_array().unwrap().len(), 1);
     assert!(d["ratio_median"].as_f64().is_some(), "round 1 is kept: {d}");
+    assert_device_idle(&sshd);
+}
+
+#[test]
+fn ctrl_c_ends_the_remote_bench_and_prints_what_was_measured() {
+    let sshd = Sshd::start();
+    let file = sshd.devices_file("");
+    let cnn = fixture("cnn.onnx");
+    // `auto` runs nnzip from the device's cache, so its processes name the cache folder.
+    let mut child = Command::new(NNZIP)
+        .args([
+            "bench", s(&cnn), "--device", "auto", "--devices", s(&file), "--json",
+            "--runs", "100000", "--rounds", "2",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        log.push_str(&line);
+        if line.contains("round 1/2") {
+            std::thread::sleep(Duration::from_millis(500));
+            let needle = format!("{}/.cache/nnzip", sshd.path("home").display());
+            assert!(
+                processes_mentioning(&needle).iter().any(|c| c.contains(" bench ")),
+                "the bench runs on the device"
+            );
+            let ok = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{log}");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("results so far");
+    assert_eq!(v["complete"], false);
+    assert!(v["devices"][0]["error"].as_str().unwrap().contains("interrupted"));
+    assert_device_idle(&sshd);
 }
 
 /// The OpenVINO build of ONNX Runtime from the PyPI wheel, put in `.venv-openvino/` by
