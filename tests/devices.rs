@@ -196,7 +196,10 @@ fn assert_device_idle(sshd: &Sshd) {
         if left.is_empty() {
             return;
         }
-        assert!(Instant::now() < deadline, "still running on the device: {left:?}");
+        assert!(
+            Instant::now() < deadline,
+            "still running on the device: {left:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -568,8 +571,17 @@ fn ctrl_c_ends_the_remote_bench_and_prints_what_was_measured() {
     // `auto` runs nnzip from the device's cache, so its processes name the cache folder.
     let mut child = Command::new(NNZIP)
         .args([
-            "bench", s(&cnn), "--device", "auto", "--devices", s(&file), "--json",
-            "--runs", "100000", "--rounds", "2",
+            "bench",
+            s(&cnn),
+            "--device",
+            "auto",
+            "--devices",
+            s(&file),
+            "--json",
+            "--runs",
+            "100000",
+            "--rounds",
+            "2",
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -588,7 +600,9 @@ fn ctrl_c_ends_the_remote_bench_and_prints_what_was_measured() {
             std::thread::sleep(Duration::from_millis(500));
             let needle = format!("{}/.cache/nnzip", sshd.path("home").display());
             assert!(
-                processes_mentioning(&needle).iter().any(|c| c.contains(" bench ")),
+                processes_mentioning(&needle)
+                    .iter()
+                    .any(|c| c.contains(" bench ")),
                 "the bench runs on the device"
             );
             let ok = Command::new("kill")
@@ -602,7 +616,10 @@ fn ctrl_c_ends_the_remote_bench_and_prints_what_was_measured() {
     assert_eq!(out.status.code(), Some(130), "{log}");
     let v: Value = serde_json::from_slice(&out.stdout).expect("results so far");
     assert_eq!(v["complete"], false);
-    assert!(v["devices"][0]["error"].as_str().unwrap().contains("interrupted"));
+    assert!(v["devices"][0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("interrupted"));
     assert_device_idle(&sshd);
 }
 

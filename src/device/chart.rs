@@ -86,6 +86,9 @@ mod tests {
         ]);
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("pi4") && svg.contains("local"));
-        assert_eq!(svg.matches("<rect").count() - devices_svg(&[]).matches("<rect").count(), 4);
+        assert_eq!(
+            svg.matches("<rect").count() - devices_svg(&[]).matches("<rect").count(),
+            4
+        );
     }
 }
