@@ -491,6 +491,22 @@ fn device_errors_are_clear_and_quick() {
     let (code, err, _) = bench("nowhere", &cnn);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no device 'nowhere'"), "{err}");
+    // A provider the device's ONNX Runtime lacks is refused before anything runs.
+    let (code, err, _) = fails(&[
+        "bench",
+        s(&cnn),
+        "--device",
+        "pi",
+        "--devices",
+        s(&file),
+        "--ep",
+        "openvino",
+    ]);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("execution provider 'openvino' is not in its ONNX Runtime"),
+        "{err}"
+    );
     // A model newer than the device's ONNX Runtime: refused there, said so here.
     let dir = tempfile::tempdir().unwrap();
     let future = dir.path().join("future.onnx");
