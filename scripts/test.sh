@@ -1,7 +1,22 @@
 #!/usr/bin/env bash
-# Runs the whole test suite on a fresh machine: installs the ONNX Runtime library the tests load
-# (scripts/setup-ort.sh, from the onnxruntime PyPI wheel), then cargo test over the workspace.
+# Runs the whole test suite on a fresh machine: installs what the tests load or start, then cargo
+# test over the workspace:
+# - the ONNX Runtime library (scripts/setup-ort.sh, from the onnxruntime PyPI wheel);
+# - OpenSSH's server and client (Debian packages; crates/nnzip-cli/tests/devices.rs starts its own sshd on
+#   loopback with throwaway keys, the system's sshd service is not used);
+# - the OpenVINO build of ONNX Runtime (scripts/setup-openvino.sh, PyPI) for the placement test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup-ort.sh >/dev/null
+if ! [ -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing openssh-server and openssh-client (Debian) ..." >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      openssh-server openssh-client >&2
+  else
+    echo "test.sh: crates/nnzip-cli/tests/devices.rs needs /usr/sbin/sshd and ssh (Debian: openssh-server)" >&2
+  fi
+fi
+bash scripts/setup-openvino.sh >/dev/null
 cargo test --workspace --locked "$@"

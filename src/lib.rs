@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod calib;
 pub mod container;
+pub mod device;
 pub mod fsutil;
 pub mod graph;
 pub mod inspect;

@@ -6,6 +6,7 @@
 //! installed Python `onnxruntime` package.
 
 pub mod inputs;
+pub mod placement;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;

@@ -42,6 +42,17 @@ pub struct Args {
     /// Print JSON: {"model": {...}, "vs": {...}, "ratio_median": ...}.
     #[arg(long)]
     pub json: bool,
+    /// Also report which execution provider ran which nodes, from ONNX Runtime's profile.
+    #[arg(long)]
+    pub placement: bool,
+    /// Refuse (exit 4) when any node falls back from --ep to the CPU.
+    #[arg(long)]
+    pub strict_ep: bool,
+    /// With --placement: keep ONNX Runtime's profile JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
+    #[command(flatten)]
+    pub devices: super::device::DeviceArgs,
 }
 
 fn parse_level(s: &str) -> Result<OptLevel, String> {
@@ -49,6 +60,9 @@ fn parse_level(s: &str) -> Result<OptLevel, String> {
 }
 
 pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
+    if a.devices.any() {
+        return super::device::bench(device_spec(&a), &a.devices, ort_lib, quiet, a.json);
+    }
     let rt = Runtime::get(ort_lib).context("cannot start ONNX Runtime")?;
     let opts = BenchOptions {
         warmup: a.warmup,
@@ -64,6 +78,11 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         seed: a.seed,
         ..BenchOptions::default()
     };
+    let placement = (a.placement || a.strict_ep)
+        .then(|| {
+            super::device::local_placement(rt, &a.model, a.strict_ep, a.profile.as_deref(), &opts)
+        })
+        .transpose()?;
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
     } else {
@@ -81,10 +100,23 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
     })
     .with_context(|| format!("benchmark of {} failed", a.model.display()))?;
     bar.finish_and_clear();
-    if a.json {
-        super::print_json(&report)
-    } else {
-        print!("{}", report.to_text());
-        Ok(())
+    super::device::print_bench(&report, placement.as_ref(), a.json)
+}
+
+/// The same bench, run by nnzip on each `--device`.
+fn device_spec(a: &Args) -> nnzip::device::BenchSpec {
+    nnzip::device::BenchSpec {
+        warmup: a.warmup,
+        runs: a.runs,
+        time: a.time,
+        threads: a.threads,
+        opt_level: format!("{:?}", a.opt_level).to_lowercase(),
+        ep: Some(a.ep.clone()).filter(|e| !e.eq_ignore_ascii_case("cpu")),
+        shapes: a.shapes.clone(),
+        inputs: a.inputs.clone(),
+        seed: a.seed,
+        placement: a.placement,
+        strict_ep: a.strict_ep,
+        ..nnzip::device::BenchSpec::new(&a.model, a.vs.as_deref())
     }
 }

@@ -48,6 +48,8 @@ pub struct Args {
     /// Also write the report as HTML with plots.
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
+    #[command(flatten)]
+    pub devices: super::device::DeviceArgs,
 }
 
 /// The graph file written beside a reference-compatible bitstream.
@@ -97,10 +99,13 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         let html = out.report.to_html();
         write_bytes(h, html.as_bytes()).with_context(|| format!("cannot write {}", h.display()))?;
     }
-    if a.json {
-        super::print_json(&out.report)
-    } else {
-        print!("{}", out.report.to_text());
-        Ok(())
-    }
+    let written = super::device::Written {
+        model: &a.model,
+        nnc: &a.output,
+        graph: a.reference_compatible.then(|| graph_path(&a.output)),
+        shapes: &a.shapes,
+        runs: a.runs,
+    };
+    let cols = super::device::compress_columns(&a.devices, ort_lib, quiet, written)?;
+    super::device::print_compress(&out.report, &out.report.to_text(), cols, a.json)
 }

@@ -5,6 +5,7 @@ mod bench;
 mod codec;
 mod compress;
 mod decompress;
+mod device;
 mod inspect;
 mod prune;
 mod prune_args;
@@ -27,6 +28,12 @@ pub mod code {
     pub const RUNTIME: u8 = 4;
     /// An output could not be written.
     pub const WRITE: u8 = 5;
+    /// A device could not be reached, its connection was lost or a step timed out.
+    pub const DEVICE_TRANSIENT: u8 = 75;
+    /// A device refused the ssh login (key or host key).
+    pub const DEVICE_REFUSED: u8 = 7;
+    /// Ctrl-C during a device measurement (results so far were printed).
+    pub const INTERRUPTED: u8 = 130;
 }
 
 #[derive(Debug, Parser)]
@@ -62,6 +69,8 @@ pub enum Command {
     Compress(compress::Args),
     /// Rebuild a runnable ONNX model from an NNC bitstream.
     Decompress(decompress::Args),
+    /// Target devices of the devices file: probe them.
+    Device(device::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -73,6 +82,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Codec(a) => codec::run(a),
         Command::Compress(a) => compress::run(a, cli.ort_lib.as_deref(), cli.quiet),
         Command::Decompress(a) => decompress::run(a),
+        Command::Device(a) => device::run(a, cli.ort_lib.as_deref()),
     }
 }
 
@@ -89,6 +99,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     use nnzip::runtime::inputs::InputError;
     use nnzip::runtime::RuntimeError;
     for cause in e.chain() {
+        if let Some(c) = device::exit_code(cause) {
+            return c;
+        }
         if cause.downcast_ref::<codec::WriteFailed>().is_some() {
             return code::WRITE;
         }
