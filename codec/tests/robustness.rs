@@ -6,8 +6,8 @@
 mod common;
 
 use nnc_codec::{
-    decode_stream, encode, encode_with_topology, units, EncoderConfig, Error, Limits, Tensor,
-    TensorData, Topology,
+    decode_stream, encode, encode_with_topology, units, CodebookMode, EncoderConfig, Error, Limits,
+    ScanOrder, Tensor, TensorData, Topology,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -51,9 +51,9 @@ fn corpus() -> Vec<Vec<u8>> {
     ];
     for (so, rs, cb) in [(1u8, true, 0u8), (2, false, 1), (4, true, 2), (3, true, 0)] {
         let cfg = EncoderConfig {
-            scan_order: so,
+            scan_order: ScanOrder::try_from(so).expect("scan order"),
             row_skipping: rs,
-            codebook_mode: cb,
+            codebook_mode: CodebookMode::try_from(cb).expect("codebook mode"),
             ..Default::default()
         };
         let topo = Topology {

@@ -4,8 +4,8 @@
 
 use nnc_codec::{
     decode, decode_stream, encode, encode_with_topology, reconstruct, topology_compression_format,
-    topology_storage_format, units, EncoderConfig, Limits, NnrUnitType, Tensor, TensorData,
-    TensorKind, TensorOverride, Topology,
+    topology_storage_format, units, CodebookMode, EncoderConfig, Limits, NnrUnitType, ScanOrder,
+    Tensor, TensorData, TensorKind, TensorOverride, Topology,
 };
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -72,12 +72,12 @@ fn config() -> impl Strategy<Value = EncoderConfig> {
             qp: qp * i32::from(d) / 2,
             qp_density: d,
             use_dq: dq,
-            codebook_mode: cb,
+            codebook_mode: CodebookMode::try_from(cb).expect("0..=2"),
             int_quant_bw: bw,
             row_skipping: rs,
             param_opt: po,
             nonweight_qp: nw,
-            scan_order: so,
+            scan_order: ScanOrder::try_from(so).expect("0..=4"),
             parallel: par,
             ..Default::default()
         })
@@ -269,8 +269,12 @@ fn empty_and_scalar_tensors() {
             data: TensorData::F32(vec![0.25; 7]),
         },
     ];
-    for cb in 0..=2 {
-        for so in [0u8, 3] {
+    for cb in [
+        CodebookMode::Uniform,
+        CodebookMode::Codebook,
+        CodebookMode::Smaller,
+    ] {
+        for so in [ScanOrder::Raster, ScanOrder::Blocks32] {
             let cfg = EncoderConfig {
                 codebook_mode: cb,
                 scan_order: so,

@@ -5,7 +5,9 @@
 mod optimizer;
 mod tables;
 
-pub use optimizer::{ContextOptimizer, ParamOptimizer};
+#[cfg(feature = "unstable")]
+pub use optimizer::ContextOptimizer;
+pub use optimizer::ParamOptimizer;
 
 pub(crate) use tables::{INIT_SETS, RANGE_TAB_LPS, UPDATE_STEP};
 
@@ -138,12 +140,6 @@ impl ContextModel {
         self.q = ((st >> 7) & 63) as u8;
     }
 
-    /// The probability state `s0 * 16 + s1` (the reference's `S0plusS1`, 16-bit).
-    #[inline(always)]
-    fn state(&self) -> i32 {
-        i32::from((16 * i32::from(self.s0) + i32::from(self.s1)) as i16)
-    }
-
     /// Probability update after coding `bin`.
     #[inline(always)]
     pub fn update(&mut self, bin: u32) {
@@ -159,13 +155,14 @@ impl ContextModel {
         self.set_state((16 * i32::from(s0) + s1) as i16);
     }
 
+    #[cfg(test)]
     /// Sub-range of the least probable symbol for the current `range` (256..=510).
     #[inline(always)]
     pub fn rlps(&self, range: u32) -> u32 {
         self.rlps_shift(range).0
     }
 
-    /// [`ContextModel::rlps`] and the renormalisation shift after coding an LPS with it.
+    /// The LPS sub-range and the renormalisation shift after coding an LPS with it.
     #[inline(always)]
     pub fn rlps_shift(&self, range: u32) -> (u32, u32) {
         let (r, n) = RLPS_ROWS[usize::from(self.q & 63)][((range >> 5) & 7) as usize];
@@ -176,13 +173,6 @@ impl ContextModel {
     #[inline(always)]
     pub fn mps(&self) -> u32 {
         u32::from(self.q < 32)
-    }
-
-    /// Estimated cost of coding `bin` in 1/32768 bit (encoder only).
-    #[inline(always)]
-    pub fn est_bits(&self, bin: u32) -> u32 {
-        let i = ((512 + (i32::from(self.state() as i16) >> 3)) & 1023) as usize;
-        est_bits_table()[i][bin as usize & 1]
     }
 }
 
@@ -212,21 +202,12 @@ fn est_bits_table() -> &'static [[u32; 2]; 1024] {
 pub trait ByteSink {
     /// Appends one byte.
     fn push(&mut self, b: u8);
-    /// Bytes appended so far.
-    fn len(&self) -> usize;
-    /// True when nothing was appended.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl ByteSink for Vec<u8> {
     #[inline]
     fn push(&mut self, b: u8) {
         Vec::push(self, b);
-    }
-    fn len(&self) -> usize {
-        Vec::len(self)
     }
 }
 
@@ -238,9 +219,6 @@ impl ByteSink for ByteCounter {
     #[inline]
     fn push(&mut self, _b: u8) {
         self.0 += 1;
-    }
-    fn len(&self) -> usize {
-        self.0
     }
 }
 
@@ -266,11 +244,6 @@ impl<S: ByteSink> BinEncoder<S> {
             num_buffered: 0,
             bits_left: 23,
         }
-    }
-
-    /// The sink (for reading its size).
-    pub fn sink(&self) -> &S {
-        &self.sink
     }
 
     /// Sets the range to 256 at the start of a block row (entry point).
@@ -429,11 +402,13 @@ impl<'a> BinDecoder<'a> {
         u32::from(b)
     }
 
+    #[cfg(test)]
     /// Bytes consumed (may exceed the data length after an overrun).
     pub fn bytes_read(&self) -> usize {
         self.pos
     }
 
+    #[cfg(test)]
     /// True if decoding read beyond the end of the data.
     pub fn overrun(&self) -> bool {
         self.pos > self.data.len()
@@ -535,6 +510,7 @@ impl<'a> BinDecoder<'a> {
         self.value = ((ep.value & 255) << 7) + bs;
     }
 
+    #[cfg(test)]
     /// Decodes the terminating bin (`decode_terminate`).
     pub fn decode_bin_trm(&mut self) -> u32 {
         self.range -= 2;

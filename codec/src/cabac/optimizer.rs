@@ -54,6 +54,7 @@ impl Default for ContextOptimizer {
 impl ContextOptimizer {
     /// Accumulates the estimated cost of `bin` under every candidate, then adapts them (the
     /// scalar definition the vector kernel is tested against).
+    #[cfg(any(test, feature = "unstable"))]
     #[inline]
     pub fn code(&mut self, bin: u32) {
         self.code_with(bin, est_bits_table());

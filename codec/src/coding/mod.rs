@@ -8,6 +8,7 @@ pub mod scan;
 
 use crate::cabac::{BinDecoder, BinEncoder, ByteSink, ContextModel, EntryPoint, ParamOptimizer};
 use crate::error::{Error, Result};
+use crate::ScanOrder;
 use scan::ScanGeometry;
 
 /// Dependent quantization state transition table: `next = DQ_TRANS[state][level & 1]`.
@@ -89,8 +90,8 @@ pub(crate) struct LayerParams {
     pub num: usize,
     /// `dq_flag`.
     pub dq: bool,
-    /// `scan_order` (0 raster, 1..=4 blocks of 8..64).
-    pub scan_order: u8,
+    /// `scan_order`.
+    pub scan_order: ScanOrder,
     /// `general_profile_idc`.
     pub profile: u8,
     /// `parent_node_id_present_flag` (signals `hist_dep_sig_prob_enabled_flag`).
@@ -109,9 +110,9 @@ impl LayerParams {
     }
 
     /// The scan actually used: raster whenever the tensor is a single row or column.
-    pub(crate) fn geometry(&self) -> Result<ScanGeometry> {
+    pub(crate) fn geometry(&self) -> ScanGeometry {
         let so = if self.width <= 1 || self.num == self.width {
-            0
+            ScanOrder::Raster
         } else {
             self.scan_order
         };
@@ -330,7 +331,7 @@ fn dq_replay(
     row_skip_enabled: bool,
     mut f: impl FnMut(i32, u32) -> (i32, i32),
 ) -> Result<Vec<i32>> {
-    let geo = p.geometry()?;
+    let geo = p.geometry();
     let skip = (p.row_skip_possible() && row_skip_enabled).then(|| zero_rows(values, p.width));
     let mut out = values.to_vec();
     let mut state = 0u32;
@@ -529,7 +530,7 @@ pub(crate) fn encode_layer<S: ByteSink>(
             skip = Some(rows);
         }
     }
-    let geo = p.geometry()?;
+    let geo = p.geometry();
     let mut opt = ParamOptimizer::new(c.count());
     if let Some(bins) = param_opt.filter(|_| p.cb_size != 1 || p.profile == 0) {
         // The first pass ignores codebook limits (the reference codes it without them).
@@ -875,7 +876,7 @@ pub(crate) fn decode_layer(
         ));
     }
     let prefix = decode_prefix(dec, p)?;
-    let geo = p.geometry()?;
+    let geo = p.geometry();
     let nbr = geo.num_block_rows();
     let mut ctx = prefix.ctx;
     let skip = prefix.skip.as_deref();
@@ -933,7 +934,7 @@ pub(crate) fn create_entry_points(
     skip_bins: impl FnOnce(&mut BinDecoder<'_>) -> Result<()>,
     p: &LayerParams,
 ) -> Result<Vec<EntryPoint>> {
-    let geo = p.geometry()?;
+    let geo = p.geometry();
     let nbr = geo.num_block_rows();
     if nbr <= 1 {
         return Ok(Vec::new());
@@ -998,7 +999,7 @@ mod tests {
                     width: w,
                     num: h * w,
                     dq: dq && cb_size == 0,
-                    scan_order: so,
+                    scan_order: ScanOrder::try_from(so).unwrap(),
                     profile: 1,
                     parent_node_id_present: false,
                     cb_size,
@@ -1050,7 +1051,7 @@ mod tests {
             encode_layer(&mut enc, &stored, &p, row_skip, param_opt.then_some(u32::MAX)).unwrap();
             let bytes = enc.finish();
             let eps = create_entry_points(&bytes, |_| Ok(()), &p).unwrap();
-            prop_assert_eq!(eps.len() + 1, p.geometry().unwrap().num_block_rows().max(1));
+            prop_assert_eq!(eps.len() + 1, p.geometry().num_block_rows().max(1));
             for parallel in [false, true] {
                 let mut dec = BinDecoder::new(&bytes);
                 let mut out = vec![0i32; p.num];

@@ -1,424 +1,17 @@
-//! Bitstream level: tensors ↔ NNR units. The public encoder (reference decisions), decoder
-//! (bounded by [`Limits`]) and unit listing.
+//! The encoder: tensors → NNR units with the reference encoder's decisions (NNCodec 2.1.3
+//! `nnc.compress`), and the reconstruction it implies.
 
-use crate::cabac::{BinDecoder, BinEncoder, ByteCounter};
+use crate::cabac::{BinEncoder, ByteCounter};
 use crate::coding::{self, LayerParams};
 use crate::error::{Error, Result};
 use crate::hls::{
-    self, topology_compression_format, topology_storage_format, CodebookSyntax, LayerParameterSet,
-    ModelParameterSet, NduContext, NduHeader, NnrUnitType, NodeId, OpaqueUnit, PayloadType,
-    StartUnit, TopologyElemRef, UnitHeader,
+    self, topology_compression_format, topology_storage_format, CodebookSyntax, ModelParameterSet,
+    NduContext, NduHeader, NnrUnitType, NodeId, OpaqueUnit, PayloadType, StartUnit,
+    TopologyElemRef, UnitHeader,
 };
 use crate::quant::{self, codebook};
-use crate::{EncoderConfig, Tensor, TensorData, TensorKind};
+use crate::{CodebookMode, EncoderConfig, ScanOrder, Tensor, TensorData, TensorKind, Topology};
 use rayon::prelude::*;
-
-/// Bounds on what a decoder accepts; checked before any allocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest number of elements of one tensor.
-    pub max_tensor_elements: u64,
-    /// Largest number of elements of all tensors together.
-    pub max_total_elements: u64,
-    /// Most dimensions of one tensor.
-    pub max_dimensions: usize,
-    /// Most NNR units in a bitstream.
-    pub max_units: usize,
-    /// Largest (inflated) topology or quantization payload.
-    pub max_topology_bytes: usize,
-    /// Largest ratio of declared elements to payload bytes of an NDU (`None`: unlimited).
-    /// CABAC codes zero runs at about 0.01 bit per element and row skipping a whole zero row
-    /// in one bin, so a pruned layer legitimately reaches ~10^5..10^6 elements per byte; the
-    /// default (2^20) only stops absurd declarations.
-    pub max_elements_per_payload_byte: Option<u64>,
-    /// Decode independent tensors (and block rows with entry points) on several threads.
-    pub parallel: bool,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_tensor_elements: 1 << 30,
-            max_total_elements: 1 << 32,
-            max_dimensions: 16,
-            max_units: 1 << 20,
-            max_topology_bytes: 1 << 30,
-            max_elements_per_payload_byte: Some(1 << 20),
-            parallel: true,
-        }
-    }
-}
-
-/// Topology carried in an NNR_TPL unit (opaque to this crate, e.g. an ONNX graph).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topology {
-    /// `topology_storage_format` (e.g. [`topology_storage_format::NNR_TPL_ONNX`]).
-    pub storage_format: u8,
-    /// `topology_compression_format` ([`topology_compression_format::NNR_DFL`] deflates).
-    pub compression_format: u8,
-    /// Uncompressed topology bytes.
-    pub data: Vec<u8>,
-}
-
-/// Everything a bitstream decodes to.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DecodedStream {
-    /// Tensors in NDU order.
-    pub tensors: Vec<crate::Tensor>,
-    /// Topology of the last NNR_TPL unit, if any.
-    pub topology: Option<Topology>,
-}
-
-/// Tensor-level facts of one NNR_NDU.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NduInfo {
-    /// `topology_elem_id` (or `#index` for indexed references).
-    pub name: String,
-    /// `tensor_dimensions`.
-    pub shape: Vec<u64>,
-    /// Payload type.
-    pub payload_type: PayloadType,
-    /// Quantization parameter (NNR_PT_FLOAT).
-    pub qp: Option<i32>,
-    /// `dq_flag`.
-    pub dq: bool,
-    /// Codebook size when a codebook is present.
-    pub codebook_size: Option<usize>,
-    /// `scan_order`.
-    pub scan_order: u8,
-    /// Number of entry points.
-    pub entry_points: usize,
-}
-
-/// One unit of a bitstream, for listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnitInfo {
-    /// `nnr_unit_type`.
-    pub unit_type: NnrUnitType,
-    /// Byte offset in the bitstream.
-    pub offset: usize,
-    /// `nnr_unit_size`.
-    pub size: usize,
-    /// For NDUs: the tensor.
-    pub ndu: Option<NduInfo>,
-    /// For NNR_TPL / NNR_QNT: storage and compression format.
-    pub formats: Option<(u8, u8)>,
-}
-
-/// Stream-wide state while walking units.
-#[derive(Default)]
-struct StreamState {
-    profile: u8,
-    mps: Option<ModelParameterSet>,
-    lps: Option<LayerParameterSet>,
-}
-
-impl StreamState {
-    fn ndu_context(&self) -> NduContext {
-        NduContext {
-            profile: self.profile,
-            topology_indexed: self
-                .mps
-                .as_ref()
-                .is_some_and(|m| m.topology_indexed_reference_flag),
-            parent_signalling: self
-                .mps
-                .as_ref()
-                .is_some_and(|m| m.parent_signalling_enabled_flag),
-        }
-    }
-
-    /// (qp_density, base QP) from the LPS if present, else the MPS.
-    fn qp_base(&self) -> Option<(u8, i32)> {
-        if let Some(l) = self.lps.as_ref().filter(|l| l.has_qp()) {
-            return Some((l.qp_density, l.quantization_parameter));
-        }
-        self.mps
-            .as_ref()
-            .filter(|m| m.has_qp())
-            .map(|m| (m.qp_density, m.quantization_parameter))
-    }
-}
-
-fn elem_name(t: &TopologyElemRef) -> String {
-    match t {
-        TopologyElemRef::Id(s) => s.clone(),
-        TopologyElemRef::Index(i) => format!("#{i}"),
-    }
-}
-
-/// Reads `iae_v(n)`: n bypass bins, two's complement.
-fn read_iae(dec: &mut BinDecoder<'_>, n: u32) -> i32 {
-    let p = dec.decode_bins_ep(n);
-    ((p << (32 - n)) as i32) >> (32 - n)
-}
-
-struct NduJob<'a> {
-    header: NduHeader,
-    payload: &'a [u8],
-    num: usize,
-    dims: Vec<usize>,
-    qp_base: Option<(u8, i32)>,
-    profile: u8,
-}
-
-/// Walks all units. `on_ndu` receives each NDU header with its payload bytes.
-fn walk<'a>(
-    data: &'a [u8],
-    limits: &Limits,
-    mut on_unit: impl FnMut(
-        &hls::RawUnit<'a>,
-        &StreamState,
-        Option<&NduHeader>,
-        &'a [u8],
-        Option<Topology>,
-    ) -> Result<()>,
-) -> Result<()> {
-    let mut st = StreamState::default();
-    let mut off = 0usize;
-    let mut count = 0usize;
-    while off < data.len() {
-        count += 1;
-        if count > limits.max_units {
-            return Err(Error::Limit("number of NNR units".into()));
-        }
-        let (unit, mut r) = hls::split_unit(&data[off..], off)?;
-        if count == 1 && unit.header.unit_type != NnrUnitType::Str {
-            return Err(Error::invalid("nnr_unit_type", "first unit is not NNR_STR"));
-        }
-        let mut hdr = None;
-        let mut payload: &[u8] = &[];
-        let mut topo = None;
-        match unit.header.unit_type {
-            NnrUnitType::Str => {
-                st.profile = StartUnit::parse(&mut r)?.general_profile_idc;
-                if st.profile > 1 {
-                    return Err(Error::Unsupported(format!(
-                        "general_profile_idc {}",
-                        st.profile
-                    )));
-                }
-            }
-            NnrUnitType::Mps => st.mps = Some(ModelParameterSet::parse(&mut r, st.profile)?),
-            NnrUnitType::Lps => st.lps = Some(LayerParameterSet::parse(&mut r)?),
-            NnrUnitType::Tpl | NnrUnitType::Qnt => {
-                let o = OpaqueUnit::parse(&mut r, limits.max_topology_bytes)?;
-                if unit.header.unit_type == NnrUnitType::Tpl {
-                    topo = Some(Topology {
-                        storage_format: o.storage_format,
-                        compression_format: o.compression_format,
-                        data: o.data,
-                    });
-                }
-            }
-            NnrUnitType::Ndu => {
-                if st.mps.is_none() {
-                    return Err(Error::invalid("nnr_unit_type", "NNR_NDU before NNR_MPS"));
-                }
-                let h = NduHeader::parse(&mut r, &st.ndu_context(), limits.max_dimensions)?;
-                payload = r.rest();
-                hdr = Some(h);
-            }
-            NnrUnitType::Agg => {
-                return Err(Error::Unsupported("NNR_AGG units".into()));
-            }
-        }
-        on_unit(&unit, &st, hdr.as_ref(), payload, topo)?;
-        off += unit.bytes.len();
-    }
-    if count == 0 {
-        return Err(Error::Truncated("NNR_STR"));
-    }
-    Ok(())
-}
-
-/// Lists the units of a bitstream (types, sizes, tensor names, shapes, QPs).
-pub fn units(data: &[u8]) -> Result<Vec<UnitInfo>> {
-    let mut out = Vec::new();
-    walk(data, &Limits::default(), |u, st, h, payload, topo| {
-        let mut info = UnitInfo {
-            unit_type: u.header.unit_type,
-            offset: u.offset,
-            size: u.bytes.len(),
-            ndu: None,
-            formats: topo.map(|t| (t.storage_format, t.compression_format)),
-        };
-        if let Some(h) = h {
-            let mut qp = None;
-            if h.payload_type == PayloadType::Float {
-                if let Some((d, base)) = st.qp_base() {
-                    let mut dec = BinDecoder::new(payload);
-                    qp = Some(read_iae(&mut dec, 6 + u32::from(d)).saturating_add(base));
-                }
-            }
-            info.ndu = Some(NduInfo {
-                name: elem_name(&h.topology_elem),
-                shape: h.tensor_dimensions.clone().unwrap_or_default(),
-                payload_type: h.payload_type,
-                qp,
-                dq: h.dq_flag,
-                codebook_size: h.codebook.as_ref().map(|c| c.values.len()),
-                scan_order: h.scan_order,
-                entry_points: h.entry_points.len(),
-            });
-        }
-        out.push(info);
-        Ok(())
-    })?;
-    Ok(out)
-}
-
-/// Decodes all tensors of a bitstream.
-pub fn decode(data: &[u8], limits: &Limits) -> Result<Vec<Tensor>> {
-    Ok(decode_stream(data, limits)?.tensors)
-}
-
-/// Decodes tensors and topology of a bitstream.
-pub fn decode_stream(data: &[u8], limits: &Limits) -> Result<DecodedStream> {
-    let mut jobs: Vec<NduJob<'_>> = Vec::new();
-    let mut topology = None;
-    let mut total: u64 = 0;
-    walk(data, limits, |_, st, h, payload, topo| {
-        if let Some(t) = topo {
-            topology = Some(t);
-        }
-        let Some(h) = h else { return Ok(()) };
-        let dims = h
-            .tensor_dimensions
-            .as_ref()
-            .ok_or_else(|| Error::Unsupported("tensor dimensions signalled out of band".into()))?;
-        let mut num: u64 = 1;
-        for &d in dims {
-            num = num
-                .checked_mul(d)
-                .ok_or_else(|| Error::Limit("tensor size overflows".into()))?;
-        }
-        if num > limits.max_tensor_elements {
-            return Err(Error::Limit(format!("tensor of {num} elements")));
-        }
-        total = total.saturating_add(num);
-        if total > limits.max_total_elements {
-            return Err(Error::Limit(format!("{total} elements in total")));
-        }
-        if let Some(r) = limits.max_elements_per_payload_byte {
-            if num > r.saturating_mul(payload.len() as u64 + 1) {
-                return Err(Error::Limit(format!(
-                    "{num} elements declared for {} payload bytes",
-                    payload.len()
-                )));
-            }
-        }
-        let dims = dims
-            .iter()
-            .map(|&d| usize::try_from(d).map_err(|_| Error::Limit("dimension".into())))
-            .collect::<Result<Vec<usize>>>()?;
-        jobs.push(NduJob {
-            header: h.clone(),
-            payload,
-            num: num as usize,
-            dims,
-            qp_base: st.qp_base(),
-            profile: st.profile,
-        });
-        Ok(())
-    })?;
-    let parallel = limits.parallel;
-    let tensors: Result<Vec<Tensor>> = if parallel {
-        jobs.par_iter().map(|j| decode_ndu(j, parallel)).collect()
-    } else {
-        jobs.iter().map(|j| decode_ndu(j, false)).collect()
-    };
-    Ok(DecodedStream {
-        tensors: tensors?,
-        topology,
-    })
-}
-
-fn layer_params(h: &NduHeader, dims: &[usize], num: usize, profile: u8, dq: bool) -> LayerParams {
-    // Saturating: with a zero dimension elsewhere the declared size can be 0 while the
-    // product of the other dimensions overflows.
-    let width: usize = if dims.len() > 1 {
-        dims[1..].iter().fold(1usize, |a, &d| a.saturating_mul(d))
-    } else {
-        1
-    };
-    let (cb_size, cb_zero) = match (&h.codebook, profile) {
-        (Some(c), 1) => (c.values.len() as u32, c.zero_offset),
-        _ => (0, 0),
-    };
-    LayerParams {
-        width,
-        num,
-        dq,
-        scan_order: if dims.len() > 1 { h.scan_order } else { 0 },
-        profile,
-        parent_node_id_present: h.parent_node_id_present_flag,
-        cb_size,
-        cb_zero,
-        g: u32::from(h.cabac_unary_length_minus1.unwrap_or(9)) + 1,
-    }
-}
-
-fn decode_ndu(j: &NduJob<'_>, parallel: bool) -> Result<Tensor> {
-    let h = &j.header;
-    let name = elem_name(&h.topology_elem);
-    let shape = j.dims.clone();
-    if h.payload_type == PayloadType::RawFloat {
-        let n = j
-            .num
-            .checked_mul(4)
-            .ok_or_else(|| Error::Limit("raw tensor size".into()))?;
-        let b = j
-            .payload
-            .get(..n)
-            .ok_or(Error::Truncated("raw_float32_parameter"))?;
-        let v = b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        return Ok(Tensor {
-            name,
-            shape,
-            data: TensorData::F32(v),
-        });
-    }
-    let mut dec = BinDecoder::new(j.payload);
-    let float = h.payload_type == PayloadType::Float;
-    let mut qp = 0;
-    let mut density = 0;
-    if float {
-        let (d, base) = j.qp_base.ok_or_else(|| {
-            Error::invalid("mps_quantization_method_flags", "no QP for NNR_PT_FLOAT")
-        })?;
-        density = d;
-        qp = read_iae(&mut dec, 6 + u32::from(d)).saturating_add(base);
-    }
-    let dq = float && h.dq_flag;
-    let p = layer_params(h, &j.dims, j.num, j.profile, dq);
-    let mut levels = vec![0i32; j.num];
-    coding::decode_layer(
-        j.payload,
-        &mut dec,
-        &p,
-        &h.entry_points,
-        parallel,
-        &mut levels,
-    )?;
-    let data = if float {
-        TensorData::F32(reconstruct_levels(
-            &levels,
-            qp,
-            density,
-            h.codebook.as_ref(),
-        )?)
-    } else {
-        TensorData::I32(levels)
-    };
-    Ok(Tensor { name, shape, data })
-}
-
-// ---------------------------------------------------------------------------------------------
-// Encoder
 
 /// What the encoder decided for one tensor.
 struct Coded {
@@ -433,7 +26,7 @@ fn cabac_params(
     width: usize,
     num: usize,
     dq: bool,
-    scan_order: u8,
+    scan_order: ScanOrder,
     cb: Option<&CodebookSyntax>,
     g: u32,
 ) -> LayerParams {
@@ -502,7 +95,7 @@ fn quantize_tensor(t: &Tensor, w: &[f32], cfg: &EncoderConfig) -> Result<Coded> 
         }
     });
     let g_trial = u32::from(cfg.cabac_unary_length_minus1);
-    if cfg.codebook_mode == 0 || w.is_empty() {
+    if cfg.codebook_mode == CodebookMode::Uniform || w.is_empty() {
         let (mut levels, qp) = quant::quantize(w, width, qp, d, dq, so);
         if let Some(b) = clip_bw {
             quant::clip_levels(&mut levels, w, b);
@@ -525,7 +118,7 @@ fn quantize_tensor(t: &Tensor, w: &[f32], cfg: &EncoderConfig) -> Result<Coded> 
     // Offset choice: cheapest stream of `index - offset` (profile 0, no codebook limits).
     let probe = LayerParams {
         profile: 0,
-        ..cabac_params(width, idx.len(), false, 0, None, g_trial)
+        ..cabac_params(width, idx.len(), false, ScanOrder::Raster, None, g_trial)
     };
     let mut best: Option<(usize, usize)> = None;
     let mut shifted = vec![0i32; idx.len()];
@@ -546,7 +139,7 @@ fn quantize_tensor(t: &Tensor, w: &[f32], cfg: &EncoderConfig) -> Result<Coded> 
         zero_offset: off as u32,
         values,
     };
-    if cfg.codebook_mode == 2 {
+    if cfg.codebook_mode == CodebookMode::Smaller {
         // Keep the codebook only if it beats uniform levels (with DQ if enabled), counting
         // the codebook syntax in bits against stream bytes, as the reference does.
         let (mut uni, uqp) = if dq {
@@ -608,11 +201,11 @@ fn row_width(shape: &[usize]) -> usize {
 }
 
 /// Block scans only where there are several rows and columns (else entry points are moot).
-fn effective_scan_order(shape: &[usize], so: u8) -> u8 {
+fn effective_scan_order(shape: &[usize], so: ScanOrder) -> ScanOrder {
     if shape.len() > 1 && shape[0] > 1 && row_width(shape) > 1 {
         so
     } else {
-        0
+        ScanOrder::Raster
     }
 }
 
@@ -672,7 +265,16 @@ fn prepare_ndu(t: &Tensor, index: usize, cfg: &EncoderConfig) -> Result<Prepared
             codebook: None,
         },
         TensorData::F32(w) if ov.raw => {
-            let header = base_header(t, index, &dims, PayloadType::RawFloat, false, None, cfg, 0);
+            let header = base_header(
+                t,
+                index,
+                &dims,
+                PayloadType::RawFloat,
+                false,
+                None,
+                cfg,
+                ScanOrder::Raster,
+            );
             let mut wr = hls::begin_unit(&ndu_unit_header());
             header.write(&mut wr, &ndu_ctx());
             let raw: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -731,7 +333,7 @@ fn write_ndu(
         cfg,
         so,
     );
-    if so > 0 {
+    if so != ScanOrder::Raster {
         let float = coded.payload_type == PayloadType::Float;
         header.entry_points = coding::create_entry_points(
             &payload,
@@ -774,7 +376,7 @@ fn base_header(
     dq: bool,
     codebook: Option<CodebookSyntax>,
     cfg: &EncoderConfig,
-    scan_order: u8,
+    scan_order: ScanOrder,
 ) -> NduHeader {
     NduHeader {
         payload_type,
@@ -793,12 +395,16 @@ fn base_header(
         tensor_dimensions: Some(dims.iter().map(|&d| d as u64).collect()),
         cabac_unary_length_minus1: Some(cfg.cabac_unary_length_minus1),
         first_tensor_dimension_shift: 0,
-        scan_order: if dims.len() > 1 { scan_order } else { 0 },
+        scan_order: if dims.len() > 1 {
+            scan_order
+        } else {
+            ScanOrder::Raster
+        },
         entry_points: Vec::new(),
     }
 }
 
-/// The reconstruction [`decode`] will produce for `encode(tensors, cfg)`, computed without
+/// The reconstruction [`crate::decode`] will produce for `encode(tensors, cfg)`, computed without
 /// entropy coding (the reference's `quantize_only`). Useful for rate control and tests.
 pub fn reconstruct(tensors: &[Tensor], cfg: &EncoderConfig) -> Result<Vec<Tensor>> {
     tensors
@@ -820,7 +426,7 @@ pub fn reconstruct(tensors: &[Tensor], cfg: &EncoderConfig) -> Result<Vec<Tensor
                     let g = u32::from(cfg.cabac_unary_length_minus1) + 1;
                     let p = cabac_params(row_width(&shape), w.len(), c.dq, so, None, g);
                     let levels = coding::decoded_levels(&c.levels, &p, cfg.row_skipping)?;
-                    TensorData::F32(reconstruct_levels(
+                    TensorData::F32(quant::reconstruct(
                         &levels,
                         c.qp,
                         cfg.qp_density,
@@ -835,33 +441,6 @@ pub fn reconstruct(tensors: &[Tensor], cfg: &EncoderConfig) -> Result<Vec<Tensor
             })
         })
         .collect()
-}
-
-/// Float reconstruction of levels (uniform: `step * level` in float32; codebook:
-/// `codebook[level + CbZeroOffset] * step` in double, then float32).
-fn reconstruct_levels(
-    levels: &[i32],
-    qp: i32,
-    density: u8,
-    cb: Option<&CodebookSyntax>,
-) -> Result<Vec<f32>> {
-    match cb {
-        Some(cb) => {
-            let step = quant::step_size_f64(qp, density);
-            levels
-                .iter()
-                .map(|&l| {
-                    let i = i64::from(l) + i64::from(cb.zero_offset);
-                    usize::try_from(i)
-                        .ok()
-                        .and_then(|i| cb.values.get(i))
-                        .map(|&c| (f64::from(c) * step) as f32)
-                        .ok_or_else(|| Error::invalid("codebook index", format!("{i}")))
-                })
-                .collect()
-        }
-        None => Ok(quant::dequantize(levels, quant::step_size(qp, density))),
-    }
 }
 
 /// `mps_quantization_parameter`: 0 as the reference writes it, unless some tensor's QP does
@@ -905,16 +484,10 @@ pub fn encode_with_topology(
     topology: Option<&Topology>,
 ) -> Result<Vec<u8>> {
     if cfg.qp_density > 7 {
-        return Err(Error::InvalidInput("qp_density above 7".into()));
+        return Err(Error::setting("qp_density", cfg.qp_density));
     }
-    if cfg.codebook_mode > 2 {
-        return Err(Error::InvalidInput("codebook_mode above 2".into()));
-    }
-    if cfg.int_quant_bw.is_some_and(|b| b > 32) {
-        return Err(Error::InvalidInput("int_quant_bw above 32".into()));
-    }
-    if cfg.scan_order > 4 {
-        return Err(Error::InvalidInput("scan_order above 4".into()));
+    if let Some(b) = cfg.int_quant_bw.filter(|&b| b > 32) {
+        return Err(Error::setting("int_quant_bw", b));
     }
     let prepared: Result<Vec<Prepared>> = if cfg.parallel {
         tensors
