@@ -370,14 +370,27 @@ pub struct EntryPoint {
 
 /// Arithmetic decoder (clause 9.3.4.3). Reading past the end yields zero bytes; callers bound
 /// the number of decoded bins by the declared tensor size, so this always terminates.
+///
+/// The clause's decoder keeps a 16-bit `ivlOffset` window (the 9-bit range scale times 2^7)
+/// and reads one byte whenever 8 bits have been shifted out. Here the window sits in bits
+/// 55..40 of a 64-bit register with up to 39 further stream bits below it, refilled four bytes
+/// at a time: the window's bits, and so every decision, are the clause's (its not yet read
+/// low bits never reach a comparison), with a refill test per bin instead of a byte read per
+/// eight shifts. [`BinDecoder::entry_point`] converts back to the clause's bit count.
 #[derive(Debug, Clone)]
 pub struct BinDecoder<'a> {
     data: &'a [u8],
+    /// Bytes loaded into `value` (may exceed the data length: the rest reads as zeros).
     pos: usize,
     range: u32,
-    value: u32,
-    bits_needed: i32,
+    /// The window (`ivlOffset`) in bits 55..40, then `avail` stream bits.
+    value: u64,
+    /// Stream bits loaded below the window; at least 8 before every bin.
+    avail: u32,
 }
+
+/// Position of the window's least significant bit in [`BinDecoder::value`].
+const WIN: u32 = 40;
 
 impl<'a> BinDecoder<'a> {
     /// Starts decoding at the first byte of `data`.
@@ -387,31 +400,67 @@ impl<'a> BinDecoder<'a> {
             pos: 0,
             range: 510,
             value: 0,
-            bits_needed: -8,
+            avail: 0,
         };
-        let b0 = d.next_byte();
-        let b1 = d.next_byte();
-        d.value = (b0 << 8) | b1;
+        d.load(0, WIN + 15);
         d
     }
 
+    /// Puts stream bits from bit `from` on at `value` bit `at` and downwards, up to a byte
+    /// boundary of the stream below the window, then refills.
+    fn load(&mut self, from: u64, at: u32) {
+        let mut bit = from;
+        let mut p = i64::from(at);
+        while !(bit.is_multiple_of(8) && p < i64::from(WIN)) {
+            let byte = usize::try_from(bit >> 3).unwrap_or(usize::MAX);
+            let b = (self.byte(byte) >> (7 - (bit & 7))) & 1;
+            self.value |= u64::from(b) << p;
+            bit += 1;
+            p -= 1;
+        }
+        self.pos = usize::try_from(bit >> 3).unwrap_or(usize::MAX);
+        self.avail = (i64::from(WIN) - 1 - p) as u32;
+        if self.avail < 8 {
+            self.refill();
+        }
+    }
+
     #[inline(always)]
-    fn next_byte(&mut self) -> u32 {
-        let b = self.data.get(self.pos).copied().unwrap_or(0);
-        self.pos = self.pos.saturating_add(1);
-        u32::from(b)
+    fn byte(&self, i: usize) -> u8 {
+        self.data.get(i).copied().unwrap_or(0)
     }
 
-    #[cfg(test)]
-    /// Bytes consumed (may exceed the data length after an overrun).
-    pub fn bytes_read(&self) -> usize {
-        self.pos
+    /// Loads four more bytes below the remaining stream bits.
+    #[inline(always)]
+    fn refill(&mut self) {
+        let w = match self.data.get(self.pos..self.pos.saturating_add(4)) {
+            Some(b) => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+            None => u32::from_be_bytes(std::array::from_fn(|k| self.byte(self.pos + k))),
+        };
+        self.value |= u64::from(w) << (WIN - self.avail - 32);
+        self.pos = self.pos.saturating_add(4);
+        self.avail += 32;
     }
 
+    /// Shifts `n` (<= 8) decoded bits out of the window.
+    #[inline(always)]
+    fn shift(&mut self, n: u32) {
+        self.value <<= n;
+        self.avail -= n;
+        if self.avail < 8 {
+            self.refill();
+        }
+    }
+
+    /// Stream bits up to the end of the window (shifted out ones included).
+    fn window_end(&self) -> u64 {
+        (self.pos as u64 * 8).saturating_sub(u64::from(self.avail))
+    }
+
+    /// True if the clause's decoder would have read beyond the end of the data.
     #[cfg(test)]
-    /// True if decoding read beyond the end of the data.
     pub fn overrun(&self) -> bool {
-        self.pos > self.data.len()
+        self.window_end() / 8 > self.data.len() as u64
     }
 
     /// Sets the range to 256 at the start of a block row.
@@ -427,20 +476,15 @@ impl<'a> BinDecoder<'a> {
         // Both outcomes' next range and shift are ready before the comparison, which then only
         // selects (branch-free: the outcome is unpredictable for many contexts).
         let n_mps = u32::from(rmps < 256);
-        let lps = u32::from((self.value >> 7) >= rmps);
+        let scaled = u64::from(rmps) << (WIN + 7);
+        let lps = u32::from(self.value >= scaled);
         let mask = lps.wrapping_neg();
         let bin = ctx.mps() ^ lps;
-        self.value = self.value.wrapping_sub((rmps << 7) & mask);
+        self.value -= scaled & u64::from(lps).wrapping_neg();
         let range = rmps ^ ((rmps ^ rlps) & mask);
         let n = n_mps ^ ((n_mps ^ n_lps) & mask);
         self.range = range << n;
-        self.value = self.value.wrapping_shl(n);
-        self.bits_needed += n as i32;
-        if self.bits_needed >= 0 {
-            let b = self.next_byte();
-            self.value = self.value.wrapping_add(b << self.bits_needed);
-            self.bits_needed -= 8;
-        }
+        self.shift(n);
         ctx.update(bin);
         bin
     }
@@ -448,14 +492,8 @@ impl<'a> BinDecoder<'a> {
     /// Decodes one bypass bin.
     #[inline]
     pub fn decode_bin_ep(&mut self) -> u32 {
-        self.value = self.value.wrapping_add(self.value);
-        self.bits_needed += 1;
-        if self.bits_needed >= 0 {
-            let b = self.next_byte();
-            self.value = self.value.wrapping_add(b);
-            self.bits_needed = -8;
-        }
-        let sr = self.range << 7;
+        self.shift(1);
+        let sr = u64::from(self.range) << (WIN + 7);
         if self.value >= sr {
             self.value -= sr;
             1
@@ -474,59 +512,35 @@ impl<'a> BinDecoder<'a> {
         v
     }
 
-    /// The current position as an entry point (decoder bit counting).
+    /// The current position as an entry point: the clause's bit offset is the number of bits
+    /// shifted out of the window.
     pub fn entry_point(&self, dq_state: u32) -> EntryPoint {
-        let off = (self.pos as i64)
-            .saturating_mul(8)
-            .saturating_sub(8)
-            .saturating_add(i64::from(self.bits_needed));
         EntryPoint {
-            bit_offset: off.max(0) as u64,
-            value: (self.value >> 7) & 255,
+            bit_offset: self.window_end().saturating_sub(16),
+            value: ((self.value >> (WIN + 7)) & 255) as u32,
             dq_state,
         }
     }
 
-    /// Restarts decoding at `ep` with range 256.
+    /// Restarts decoding at `ep` with range 256: the window's bits 14..7 are the entry point's
+    /// value, its low 7 bits and the rest the stream's from bit `bit_offset + 9` on.
     pub fn seek(&mut self, ep: &EntryPoint) {
         self.range = 256;
-        let t = ep.bit_offset.saturating_add(9);
-        let byte_off = t >> 3;
-        let bit_off = (t & 7) as i32;
-        let (pos, bits_needed) = if bit_off != 0 {
-            (byte_off + 1, bit_off - 9)
-        } else {
-            (byte_off, bit_off - 1)
-        };
-        self.pos = usize::try_from(pos).unwrap_or(usize::MAX);
-        self.bits_needed = bits_needed;
-        let prev = self
-            .pos
-            .checked_sub(1)
-            .and_then(|p| self.data.get(p))
-            .copied()
-            .unwrap_or(0);
-        let bs = (u32::from(prev) << (8 + self.bits_needed)) & 127;
-        self.value = ((ep.value & 255) << 7) + bs;
+        self.value = u64::from(ep.value & 255) << (WIN + 7);
+        self.load(ep.bit_offset.saturating_add(9), WIN + 6);
     }
 
-    #[cfg(test)]
     /// Decodes the terminating bin (`decode_terminate`).
+    #[cfg(test)]
     pub fn decode_bin_trm(&mut self) -> u32 {
         self.range -= 2;
-        let sr = self.range << 7;
+        let sr = u64::from(self.range) << (WIN + 7);
         if self.value >= sr {
             1
         } else {
             if self.range < 256 {
                 self.range += self.range;
-                self.value = self.value.wrapping_add(self.value);
-                self.bits_needed += 1;
-                if self.bits_needed == 0 {
-                    let b = self.next_byte();
-                    self.value = self.value.wrapping_add(b);
-                    self.bits_needed = -8;
-                }
+                self.shift(1);
             }
             0
         }
@@ -579,6 +593,133 @@ mod tests {
             }
             assert_eq!(dec.decode_bin_trm(), 1);
             assert!(!dec.overrun());
+        }
+    }
+
+    /// The clause's decoder as written there: a 16-bit window refilled one byte at a time.
+    struct ClauseDecoder<'a> {
+        data: &'a [u8],
+        pos: usize,
+        range: u32,
+        value: u32,
+        bits_needed: i32,
+    }
+
+    impl<'a> ClauseDecoder<'a> {
+        fn new(data: &'a [u8]) -> Self {
+            let mut d = ClauseDecoder {
+                data,
+                pos: 0,
+                range: 510,
+                value: 0,
+                bits_needed: -8,
+            };
+            d.value = (d.next() << 8) | d.next();
+            d
+        }
+        fn next(&mut self) -> u32 {
+            let b = self.data.get(self.pos).copied().unwrap_or(0);
+            self.pos += 1;
+            u32::from(b)
+        }
+        fn bin(&mut self, ctx: &mut ContextModel) -> u32 {
+            let (rlps, _) = ctx.rlps_shift(self.range);
+            let mut bin = ctx.mps();
+            self.range -= rlps;
+            let scaled = self.range << 7;
+            if self.value < scaled {
+                if scaled < (256 << 7) {
+                    self.range = scaled >> 6;
+                    self.value <<= 1;
+                    self.bits_needed += 1;
+                    if self.bits_needed == 0 {
+                        self.bits_needed = -8;
+                        self.value += self.next();
+                    }
+                }
+            } else {
+                bin ^= 1;
+                let n = (rlps.leading_zeros() - 23) as i32;
+                self.value = (self.value - scaled) << n;
+                self.range = rlps << n;
+                self.bits_needed += n;
+                if self.bits_needed >= 0 {
+                    self.value += self.next() << self.bits_needed;
+                    self.bits_needed -= 8;
+                }
+            }
+            ctx.update(bin);
+            bin
+        }
+        fn ep(&mut self) -> u32 {
+            self.value <<= 1;
+            self.bits_needed += 1;
+            if self.bits_needed >= 0 {
+                self.bits_needed = -8;
+                self.value += self.next();
+            }
+            let sr = self.range << 7;
+            if self.value >= sr {
+                self.value -= sr;
+                1
+            } else {
+                0
+            }
+        }
+        fn entry_point(&self) -> (u64, u32) {
+            let off = self.pos as i64 * 8 - 8 + i64::from(self.bits_needed);
+            (off as u64, (self.value >> 7) & 255)
+        }
+        fn seek(&mut self, ep: &EntryPoint) {
+            self.range = 256;
+            let t = ep.bit_offset + 9;
+            let (byte_off, bit_off) = ((t >> 3) as usize, (t & 7) as i32);
+            if bit_off != 0 {
+                self.pos = byte_off + 1;
+                self.bits_needed = bit_off - 9;
+            } else {
+                self.pos = byte_off;
+                self.bits_needed = -1;
+            }
+            let prev = u32::from(self.data.get(self.pos - 1).copied().unwrap_or(0));
+            self.value = ((ep.value & 255) << 7) + ((prev << (8 + self.bits_needed)) & 127);
+        }
+    }
+
+    /// The 64-bit window decides every bin as the clause's decoder does, reports the same
+    /// entry points and restarts from them identically, past the end of the data too.
+    #[test]
+    fn decoder_matches_the_clause_decoder() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for trial in 0..200 {
+            let len = rng.gen_range(0..300);
+            let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            let mut ctx_a = [ContextModel::new((trial % 9) as u8); 3];
+            let mut ctx_b = ctx_a;
+            let mut a = BinDecoder::new(&data);
+            let mut b = ClauseDecoder::new(&data);
+            let mut marks = Vec::new();
+            for step in 0..rng.gen_range(0..3000) {
+                match rng.gen_range(0..20) {
+                    0..=2 => assert_eq!(a.decode_bin_ep(), b.ep(), "trial {trial} step {step}"),
+                    3 => {
+                        let ep = a.entry_point(0);
+                        assert_eq!((ep.bit_offset, ep.value), b.entry_point());
+                        marks.push(ep);
+                    }
+                    4 if !marks.is_empty() => {
+                        let ep = marks[rng.gen_range(0..marks.len())];
+                        a.seek(&ep);
+                        b.seek(&ep);
+                    }
+                    k => {
+                        let c = (k % 3) as usize;
+                        let x = a.decode_bin(&mut ctx_a[c]);
+                        assert_eq!(x, b.bin(&mut ctx_b[c]), "trial {trial} step {step}");
+                    }
+                }
+            }
+            assert_eq!(a.overrun(), b.pos > data.len());
         }
     }
 

@@ -803,7 +803,7 @@ fn decode_block_rows(
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn decode_rows_impl<const DQ: bool, const PLAIN: bool>(
-    dec: &mut BinDecoder<'_>,
+    dec_state: &mut BinDecoder<'_>,
     ctx: &mut [ContextModel],
     p: &LayerParams,
     geo: &ScanGeometry,
@@ -813,6 +813,9 @@ fn decode_rows_impl<const DQ: bool, const PLAIN: bool>(
     out: &mut [i32],
     mut on_block_row_start: impl FnMut(&BinDecoder<'_>, u32),
 ) -> Result<u32> {
+    // A local copy stays in registers (the caller's would be written back after every bin).
+    let mut local = dec_state.clone();
+    let dec = &mut local;
     let c = Ctx::new(p.g);
     let mut nb: i32 = 0;
     let row0 = rows.start * geo.block_height();
@@ -857,6 +860,7 @@ fn decode_rows_impl<const DQ: bool, const PLAIN: bool>(
             }
         }
     }
+    *dec_state = local;
     Ok(state)
 }
 
