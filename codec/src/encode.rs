@@ -47,7 +47,7 @@ fn cabac_params(
 /// candidates in codebook decisions.
 fn trial_bytes(levels: &[i32], p: &LayerParams, param_opt: Option<u32>) -> Result<usize> {
     let mut enc = BinEncoder::new(ByteCounter::default());
-    coding::encode_layer(&mut enc, levels, p, false, param_opt)?;
+    coding::encode_layer(&mut enc, levels, p, false, param_opt, false)?;
     Ok(enc.finish().0)
 }
 
@@ -288,19 +288,19 @@ fn prepare_ndu(t: &Tensor, index: usize, cfg: &EncoderConfig) -> Result<Prepared
 fn write_ndu(
     t: &Tensor,
     index: usize,
-    prepared: Prepared,
+    prepared: &Prepared,
     cfg: &EncoderConfig,
     base_qp: i32,
 ) -> Result<Vec<u8>> {
     let (dims, coded) = match prepared {
-        Prepared::Raw(u) => return Ok(u),
+        Prepared::Raw(u) => return Ok(u.clone()),
         Prepared::Coded(d, c) => (d, c),
     };
     let density = cfg.qp_density;
     let num = coded.levels.len();
-    let so = effective_scan_order(&dims, cfg.scan_order);
+    let so = effective_scan_order(dims, cfg.scan_order);
     let g = u32::from(cfg.cabac_unary_length_minus1) + 1;
-    let width = row_width(&dims);
+    let width = row_width(dims);
     let p = cabac_params(width, num, coded.dq, so, coded.codebook.as_ref(), g);
     let qbits = 6 + u32::from(density);
     let mut enc = BinEncoder::new(Vec::new());
@@ -321,12 +321,13 @@ fn write_ndu(
         &p,
         cfg.row_skipping,
         param_opt_bins(cfg),
+        cfg.parallel,
     )?;
     let payload = enc.finish();
     let mut header = base_header(
         t,
         index,
-        &dims,
+        dims,
         coded.payload_type,
         coded.dq,
         coded.codebook.clone(),
@@ -489,20 +490,21 @@ pub fn encode_with_topology(
     if let Some(b) = cfg.int_quant_bw.filter(|&b| b > 32) {
         return Err(Error::setting("int_quant_bw", b));
     }
-    let prepared: Result<Vec<Prepared>> = if cfg.parallel {
-        tensors
-            .par_iter()
-            .enumerate()
-            .map(|(i, t)| prepare_ndu(t, i, cfg))
-            .collect()
-    } else {
-        tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| prepare_ndu(t, i, cfg))
-            .collect()
+    // Each tensor is quantized and coded in one job, against the base QP 0 the reference
+    // writes unless some QP does not fit next to it; only then are the NDUs coded again.
+    // (One job per tensor lets a big tensor's coding start without waiting for the others'
+    // quantization.)
+    let job = |(i, t): (usize, &Tensor)| -> Result<(Prepared, Result<Vec<u8>>)> {
+        let p = prepare_ndu(t, i, cfg)?;
+        let ndu = write_ndu(t, i, &p, cfg, 0);
+        Ok((p, ndu))
     };
-    let prepared = prepared?;
+    let jobs: Result<Vec<(Prepared, Result<Vec<u8>>)>> = if cfg.parallel {
+        tensors.par_iter().enumerate().map(job).collect()
+    } else {
+        tensors.iter().enumerate().map(job).collect()
+    };
+    let (prepared, ndus): (Vec<Prepared>, Vec<Result<Vec<u8>>>) = jobs?.into_iter().unzip();
     let base_qp = base_qp(&prepared, cfg.qp_density)?;
     let mut out = StartUnit {
         general_profile_idc: 1,
@@ -529,15 +531,15 @@ pub fn encode_with_topology(
         },
     };
     out.extend(tpl.write(NnrUnitType::Tpl)?);
-    let jobs: Vec<(usize, Prepared)> = prepared.into_iter().enumerate().collect();
-    let ndus: Result<Vec<Vec<u8>>> = if cfg.parallel {
-        jobs.into_par_iter()
-            .map(|(i, p)| write_ndu(&tensors[i], i, p, cfg, base_qp))
-            .collect()
+    let ndus: Result<Vec<Vec<u8>>> = if base_qp == 0 {
+        ndus.into_iter().collect()
     } else {
-        jobs.into_iter()
-            .map(|(i, p)| write_ndu(&tensors[i], i, p, cfg, base_qp))
-            .collect()
+        let rewrite = |(i, p): (usize, &Prepared)| write_ndu(&tensors[i], i, p, cfg, base_qp);
+        if cfg.parallel {
+            prepared.par_iter().enumerate().map(rewrite).collect()
+        } else {
+            prepared.iter().enumerate().map(rewrite).collect()
+        }
     };
     for n in ndus? {
         out.extend(n);

@@ -8,6 +8,7 @@ mod tables;
 #[cfg(feature = "unstable")]
 pub use optimizer::ContextOptimizer;
 pub use optimizer::ParamOptimizer;
+pub(crate) use optimizer::RecordBins;
 
 pub(crate) use tables::{INIT_SETS, RANGE_TAB_LPS, UPDATE_STEP};
 
@@ -199,7 +200,7 @@ fn est_bits_table() -> &'static [[u32; 2]; 1024] {
 }
 
 /// Where a [`BinEncoder`] puts its bytes.
-pub trait ByteSink {
+pub trait ByteSink: Default {
     /// Appends one byte.
     fn push(&mut self, b: u8);
 }
