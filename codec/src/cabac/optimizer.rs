@@ -241,11 +241,29 @@ enum Batch {
     Reset,
 }
 
+/// The contexts the [`Recorder`]'s own thread runs the candidates of (the candidate thread
+/// takes the others): about a third of the bins, since the recording costs about half as much
+/// as the candidates of all contexts.
+fn recorder_runs(ctx: usize) -> bool {
+    ctx % 3 == 1
+}
+
+/// Each context's run if `mine(ctx)`, else an empty one.
+fn select<'a>(runs: &[&'a [u8]], mine: impl Fn(usize) -> bool) -> Vec<&'a [u8]> {
+    runs.iter()
+        .enumerate()
+        .map(|(i, &r)| if mine(i) { r } else { &[] })
+        .collect()
+}
+
 /// Records bins on the calling thread while [`ParamOptimizer::record_concurrently`]'s second
-/// thread runs the candidates over the previous buffer: the candidates see every context's
-/// bins in the same order as on one thread, so the choice is the same.
+/// thread runs the candidates of most contexts over the previous buffer; the recorder runs
+/// the rest itself before handing a buffer on. Every context's candidates see its bins in the
+/// same order as on one thread, so the choice is the same.
 pub(crate) struct Recorder {
     pending: Pending,
+    /// Candidates of the contexts [`recorder_runs`] selects.
+    own: Vec<ContextOptimizer>,
     full: std::sync::mpsc::SyncSender<Batch>,
     empty: std::sync::mpsc::Receiver<Pending>,
 }
@@ -255,6 +273,7 @@ impl Recorder {
         if self.pending.is_empty() {
             return;
         }
+        run_candidates(&mut self.own, &select(&self.pending.runs(), recorder_runs));
         // A buffer the candidate thread has finished with, else a new one (at most the
         // channel's capacity plus two buffers exist).
         let next = self
@@ -276,6 +295,7 @@ impl RecordBins for Recorder {
     }
     fn reset(&mut self) {
         self.send();
+        self.own.iter_mut().for_each(ContextOptimizer::reset);
         let _ = self.full.send(Batch::Reset);
     }
 }
@@ -288,13 +308,14 @@ impl ParamOptimizer {
         use std::sync::mpsc;
         let (full_tx, full_rx) = mpsc::sync_channel::<Batch>(2);
         let (empty_tx, empty_rx) = mpsc::channel::<Pending>();
-        let ctx = std::thread::scope(|s| {
+        let (theirs, own) = std::thread::scope(|s| {
             let worker = s.spawn(move || {
                 let mut ctx = vec![ContextOptimizer::default(); contexts];
                 for batch in full_rx {
                     match batch {
                         Batch::Bins(mut bins) => {
-                            run_candidates(&mut ctx, &bins.runs());
+                            let runs = select(&bins.runs(), |i| !recorder_runs(i));
+                            run_candidates(&mut ctx, &runs);
                             bins.clear();
                             let _ = empty_tx.send(bins);
                         }
@@ -305,16 +326,24 @@ impl ParamOptimizer {
             });
             let mut rec = Recorder {
                 pending: Pending::new(contexts, RUN_BINS),
+                own: vec![ContextOptimizer::default(); contexts],
                 full: full_tx,
                 empty: empty_rx,
             };
             record(&mut rec);
             rec.send();
+            let own = std::mem::take(&mut rec.own);
             drop(rec);
-            worker.join()
+            (worker.join(), own)
         });
         // The candidate loop has no panicking operation; should it ever panic, re-raise it.
-        let ctx = ctx.unwrap_or_else(|e| std::panic::resume_unwind(e));
+        let theirs = theirs.unwrap_or_else(|e| std::panic::resume_unwind(e));
+        let ctx = theirs
+            .into_iter()
+            .zip(own)
+            .enumerate()
+            .map(|(i, (t, o))| if recorder_runs(i) { o } else { t })
+            .collect::<Vec<_>>();
         ParamOptimizer {
             pending: Pending::new(ctx.len(), 1),
             ctx,
