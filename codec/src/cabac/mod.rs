@@ -23,16 +23,16 @@ use std::sync::OnceLock;
 pub struct ContextModel {
     /// Slow estimator.
     s1: i16,
-    /// Offset of this context's rows in [`NEXT_S0`]: `(shift0 - 4) * 512`.
+    /// Offset of this context's rows in [`NEXT_S0`], `(shift0 - 4) * 512`, and the
+    /// initialisation set (for [`ContextModel::reset`]) in bits 12..16.
     r0: u16,
+    /// The state's row of [`RLPS_FULL`] (`|column| * 256` of the LPS range table, from
+    /// `(st >> 7) & 63`), the MPS in bit 15.
+    row: u16,
     /// Fast estimator (8 bits in the reference).
     s0: i8,
-    /// `(st >> 7) & 63` of the state `st = s0 * 16 + s1`: the row of [`RLPS_ROWS`] (signed
-    /// column of the LPS range table); below 32 exactly when the MPS is 1.
-    q: u8,
     /// Offset of this context's rows in [`DELTA_S1`]: `(shift1 - 4) * 64`.
     r1: u8,
-    init_idx: u8,
 }
 
 /// The fast estimator's update (clause 9.3.2.2, with the reference's 8-bit wrap) as a table:
@@ -89,21 +89,39 @@ const RLPS: [u8; 264] = {
     t
 };
 
-/// The LPS range table rearranged by `(st >> 7) & 63` (states keep `st >> 7` within −32..=31)
-/// and `(range >> 5) & 7`, each entry with the renormalisation shift after an LPS: entry
-/// `[q][b]` is the flat `RLPS[b * 32 + |st >> 7|]`, so the lookup needs neither `abs` nor a
-/// clamp and the shift is known before the MPS/LPS decision.
-const RLPS_ROWS: [[(u8, u8); 8]; 64] = {
-    let mut t = [[(0u8, 0u8); 8]; 64];
+/// Columns of the LPS range table (`|st >> 7|`, states keep `st >> 7` within −32..=31).
+const COLUMNS: usize = 33;
+
+/// The LPS range table by column and every range value, each entry with the renormalisation
+/// shift after an LPS: `[col * 256 + (range & 255)]` for ranges 256..=511 is the flat
+/// `RLPS[((range >> 5) & 7) * 32 + col]`. Indexing by the whole range takes the shift and mask
+/// of `range >> 5` off the bin-to-bin dependency chain.
+static RLPS_FULL: [(u8, u8); COLUMNS * 256] = {
+    let mut t = [(0u8, 0u8); COLUMNS * 256];
+    let mut col = 0;
+    while col < COLUMNS {
+        let mut r = 0;
+        while r < 256 {
+            let l = RLPS[(((256 + r) >> 5) & 7) * 32 + col];
+            t[col * 256 + r] = (l, (l as u32).leading_zeros() as u8 - 23);
+            r += 1;
+        }
+        col += 1;
+    }
+    t
+};
+
+/// [`ContextModel::row`] of `q = (st >> 7) & 63`: the column `|st >> 7|` times 256, and the
+/// MPS (1 exactly when `q` < 32) in bit 15.
+const Q_ROW: [u16; 64] = {
+    let mut t = [0u16; 64];
     let mut q = 0;
     while q < 64 {
-        let col = if q < 32 { q } else { 64 - q };
-        let mut b = 0;
-        while b < 8 {
-            let r = RLPS[b * 32 + col];
-            t[q][b] = (r, (r as u32).leading_zeros() as u8 - 23);
-            b += 1;
-        }
+        t[q] = if q < 32 {
+            ((q as u16) << 8) | (1 << 15)
+        } else {
+            ((64 - q) as u16) << 8
+        };
         q += 1;
     }
     t
@@ -120,9 +138,9 @@ impl ContextModel {
     /// (Re)initialises with set `idx` and remembers it for [`ContextModel::reset`].
     #[inline]
     pub fn init(&mut self, idx: u8) {
-        let set = INIT_SETS[usize::from(idx.min(8))];
-        self.init_idx = idx.min(8);
-        self.r0 = set[0] as u16 * 512;
+        let idx = idx.min(8);
+        let set = INIT_SETS[usize::from(idx)];
+        self.r0 = (set[0] as u16 * 512) | (u16::from(idx) << 12);
         self.r1 = (set[1] as u8 - 4) * 64;
         self.reset();
     }
@@ -130,7 +148,7 @@ impl ContextModel {
     /// Back to the initial state of the remembered set (entry points, clause 9.3.2.3).
     #[inline]
     pub fn reset(&mut self) {
-        let set = INIT_SETS[usize::from(self.init_idx)];
+        let set = INIT_SETS[usize::from(self.r0 >> 12).min(8)];
         self.s0 = set[3] as i8;
         self.s1 = set[2] - 16 * set[3];
         self.set_state(set[2]);
@@ -138,7 +156,7 @@ impl ContextModel {
 
     #[inline(always)]
     fn set_state(&mut self, st: i16) {
-        self.q = ((st >> 7) & 63) as u8;
+        self.row = Q_ROW[((st >> 7) & 63) as usize];
     }
 
     /// Probability update after coding `bin`.
@@ -166,14 +184,15 @@ impl ContextModel {
     /// The LPS sub-range and the renormalisation shift after coding an LPS with it.
     #[inline(always)]
     pub fn rlps_shift(&self, range: u32) -> (u32, u32) {
-        let (r, n) = RLPS_ROWS[usize::from(self.q & 63)][((range >> 5) & 7) as usize];
+        let i = usize::from(self.row & 0x7fff) + (range & 255) as usize;
+        let (r, n) = RLPS_FULL.get(i).copied().unwrap_or((2, 7));
         (u32::from(r), u32::from(n))
     }
 
     /// The most probable symbol.
     #[inline(always)]
     pub fn mps(&self) -> u32 {
-        u32::from(self.q < 32)
+        u32::from(self.row >> 15)
     }
 }
 
