@@ -370,8 +370,9 @@ fn run_scalar(ctx: &mut [ContextOptimizer], bins: &[&[u8]]) {
     }
 }
 
-/// The AVX-512BW kernel: three contexts' nine candidates in 27 of 32 16-bit lanes, three such
-/// vectors interleaved (nine contexts in flight) because each bin's update depends on the last.
+/// The AVX-512BW kernel: three contexts' nine candidates in 27 of 32 16-bit lanes, two such
+/// vectors interleaved (six contexts in flight) because each bin's update depends on the last
+/// (three measured slower: more registers than the CPU has).
 /// The cost lookups stay scalar: a 1024-entry table has no cheaper vector lookup here than the
 /// gather, which measured slower.
 #[cfg(target_arch = "x86_64")]
@@ -381,7 +382,7 @@ mod simd {
     use std::arch::x86_64::*;
 
     /// Vectors interleaved.
-    const G: usize = 3;
+    const G: usize = 2;
     /// Context slots (three per vector).
     const SLOTS: usize = 3 * G;
     /// Iterations between moving the 32-bit lane costs into the 64-bit totals: a bin costs at
