@@ -483,6 +483,18 @@ impl<'a> BinDecoder<'a> {
         self.window_end() / 8 > self.data.len() as u64
     }
 
+    /// True once the window has moved more than `slack` bytes past the end of the data. A
+    /// valid stream never does (the encoder's flush leaves the window's last bits inside it),
+    /// while garbage decodes on zeros: checked per row, it bounds the bypass and remainder bins
+    /// a short hostile payload can make the decoder run through.
+    #[inline]
+    pub fn past_end(&self, slack: u64) -> bool {
+        self.window_end()
+            > (self.data.len() as u64)
+                .saturating_add(slack)
+                .saturating_mul(8)
+    }
+
     /// Sets the range to 256 at the start of a block row.
     pub fn entry_point_start(&mut self) {
         self.range = 256;
