@@ -348,7 +348,7 @@ pub fn compress_file(
         best_single_qp,
         best_single_qp_reference: single_reference,
         codec: serde_json::json!({
-            "qp": c.qp, "qp_density": c.qp_density, "use_dq": c.use_dq, "codebook_mode": c.codebook_mode,
+            "qp": c.qp, "qp_density": c.qp_density, "use_dq": c.use_dq, "codebook_mode": c.codebook_mode.code(),
             "int_quant_bw": c.int_quant_bw, "row_skipping": c.row_skipping, "param_opt": c.param_opt,
             "nonweight_qp": c.nonweight_qp, "per_tensor_overrides": c.overrides.len(),
         }),

@@ -54,7 +54,7 @@ fn bench(c: &mut Criterion) {
         (
             "scan2_entry_points",
             EncoderConfig {
-                scan_order: 2,
+                scan_order: nnc_codec::ScanOrder::Blocks16,
                 param_opt_bins: Some(2000),
                 ..Default::default()
             },
@@ -93,7 +93,7 @@ fn bench(c: &mut Criterion) {
 /// The arithmetic decoder alone: one million context coded bins over eight contexts of
 /// different skew (the cost per bin that bounds level decoding).
 fn engine(c: &mut Criterion) {
-    use nnc_codec::cabac::{BinDecoder, BinEncoder, ContextModel};
+    use nnc_codec::unstable::{BinDecoder, BinEncoder, ContextModel};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
     let n = 1_000_000usize;
     let bins: Vec<u32> = (0..n)
@@ -135,7 +135,7 @@ fn engine(c: &mut Criterion) {
 /// candidates updated per bin, as the reference does) against the recorded runs with the
 /// vector kernel (where the CPU has AVX-512BW; otherwise the same scalar code).
 fn param_opt(c: &mut Criterion) {
-    use nnc_codec::cabac::{ContextOptimizer, ParamOptimizer};
+    use nnc_codec::unstable::{ContextOptimizer, ParamOptimizer};
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     let n = 1_000_000usize;
     let ops: Vec<(usize, u32)> = (0..n)

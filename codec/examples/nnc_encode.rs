@@ -37,7 +37,7 @@ fn main() {
             }
             "--no-dq" => cfg.use_dq = false,
             "--codebook" => {
-                cfg.codebook_mode = num(&args[i + 1]) as u8;
+                cfg.codebook_mode = args[i + 1].parse().expect("codebook mode 0..=2");
                 i += 1;
             }
             "--bitdepth" => {
@@ -52,7 +52,7 @@ fn main() {
                 i += 1;
             }
             "--scan-order" => {
-                cfg.scan_order = num(&args[i + 1]) as u8;
+                cfg.scan_order = args[i + 1].parse().expect("scan order 0..=4");
                 i += 1;
             }
             "--raw" => {

@@ -5,7 +5,7 @@
 //! An argument ending in `.npz` also writes the model there (and its bitstream beside it as
 //! `.nnc`), so the reference can be timed on the same tensors (`scripts/reference-speed.py`).
 
-use nnc_codec::{decode, encode, EncoderConfig, Limits, Tensor, TensorData};
+use nnc_codec::{decode, encode, EncoderConfig, Limits, ScanOrder, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 
@@ -58,7 +58,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let npz = args.iter().find(|a| a.ends_with(".npz")).cloned();
     let mut nums = args.iter().filter(|a| !a.ends_with(".npz"));
-    let so: u8 = nums.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let so: ScanOrder = nums.next().and_then(|s| s.parse().ok()).unwrap_or_default();
     let bins: Option<u32> = nums.next().and_then(|s| s.parse().ok());
     let tensors = resnet18_like(1);
     let n: usize = tensors.iter().map(|t| t.data.len()).sum();

@@ -18,16 +18,6 @@ impl<'a> BitReader<'a> {
         BitReader { data, pos: 0 }
     }
 
-    /// Bits consumed so far.
-    pub fn bit_pos(&self) -> usize {
-        self.pos
-    }
-
-    /// Bytes touched so far (a partly read byte counts).
-    pub fn bytes_touched(&self) -> usize {
-        self.pos.div_ceil(8)
-    }
-
     /// True when the position is on a byte boundary.
     pub fn is_aligned(&self) -> bool {
         self.pos.is_multiple_of(8)
@@ -139,18 +129,6 @@ impl<'a> BitReader<'a> {
         Ok(())
     }
 
-    /// Takes `n` whole bytes; the position must be byte aligned.
-    pub fn bytes(&mut self, n: usize, what: &'static str) -> Result<&'a [u8]> {
-        if !self.is_aligned() {
-            return Err(Error::invalid(what, "not byte aligned"));
-        }
-        let start = self.pos / 8;
-        let end = start.checked_add(n).ok_or(Error::Truncated(what))?;
-        let s = self.data.get(start..end).ok_or(Error::Truncated(what))?;
-        self.pos = end * 8;
-        Ok(s)
-    }
-
     /// The bytes after the current (aligned) position.
     pub fn rest(&self) -> &'a [u8] {
         self.data.get(self.pos.div_ceil(8)..).unwrap_or(&[])
@@ -174,11 +152,6 @@ impl BitWriter {
     /// Bits written so far.
     pub fn bit_len(&self) -> usize {
         self.pos
-    }
-
-    /// True when the position is on a byte boundary.
-    pub fn is_aligned(&self) -> bool {
-        self.pos.is_multiple_of(8)
     }
 
     fn bit(&mut self, b: bool) {
@@ -254,18 +227,6 @@ impl BitWriter {
     pub fn byte_alignment(&mut self) {
         self.bit(true);
         self.pos = self.pos.div_ceil(8) * 8;
-    }
-
-    /// Appends whole bytes at a byte aligned position.
-    pub fn bytes(&mut self, b: &[u8]) {
-        if self.is_aligned() {
-            self.buf.extend_from_slice(b);
-            self.pos += b.len() * 8;
-        } else {
-            for &x in b {
-                self.u(8, u64::from(x));
-            }
-        }
     }
 
     /// The written bytes (the last one zero padded).

@@ -23,6 +23,14 @@ pub enum Error {
     /// The caller's tensors or configuration are unusable.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// An encoder setting outside its range (e.g. `codebook_mode` 3).
+    #[error("invalid setting {name}: {value}")]
+    Setting {
+        /// The setting, as NNCodec names it.
+        name: &'static str,
+        /// The value given.
+        value: String,
+    },
     /// Topology payload could not be (de)compressed.
     #[error("deflate: {0}")]
     Deflate(String),
@@ -33,6 +41,13 @@ impl Error {
         Error::Invalid {
             element,
             detail: detail.into(),
+        }
+    }
+
+    pub(crate) fn setting(name: &'static str, value: impl std::fmt::Display) -> Self {
+        Error::Setting {
+            name,
+            value: value.to_string(),
         }
     }
 }

@@ -48,3 +48,22 @@ fn decoder_matches_reference_on_all_vectors() {
         failures.join("\n")
     );
 }
+
+/// The helpers' npz writer (used by the examples) against their reader: the decoded tensors
+/// of a vector round-trip bit for bit.
+#[test]
+fn npz_helpers_round_trip() {
+    let v = &manifest()[0];
+    let bs = std::fs::read(conformance_dir().join(format!("{}.nnc", v.name))).expect("nnc");
+    let tensors = decode(&bs, &Limits::default()).expect("decode");
+    let dir = std::env::temp_dir().join(format!("nnc-npz-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("t.npz");
+    write_npz(&path, &tensors);
+    let back = load_npz(&path);
+    std::fs::remove_dir_all(&dir).expect("clean up");
+    assert_eq!(back.len(), tensors.len());
+    for (t, (b, _)) in tensors.iter().zip(&back) {
+        same_tensor(t, b).expect("same tensor");
+    }
+}

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use nnc_codec::{decode, encode, EncoderConfig, Limits};
+use nnc_codec::{decode, encode, CodebookMode, EncoderConfig, Limits};
 
 pub fn config_for(settings: &serde_json::Value) -> EncoderConfig {
     let mut c = EncoderConfig::default();
@@ -19,7 +19,7 @@ pub fn config_for(settings: &serde_json::Value) -> EncoderConfig {
         c.use_dq = b;
     }
     if let Some(m) = settings.get("codebook_mode").and_then(|v| v.as_u64()) {
-        c.codebook_mode = m as u8;
+        c.codebook_mode = CodebookMode::try_from(m as u8).expect("codebook_mode");
     }
     if let Some(b) = settings.get("int_quant_bw").and_then(|v| v.as_u64()) {
         c.int_quant_bw = Some(b as u32);

@@ -6,8 +6,8 @@
 mod common;
 
 use nnc_codec::{
-    decode_stream, encode, encode_with_topology, units, EncoderConfig, Error, Limits, Tensor,
-    TensorData, Topology,
+    decode_stream, encode, encode_with_topology, units, CodebookMode, EncoderConfig, Error, Limits,
+    ScanOrder, Tensor, TensorData, Topology,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -51,9 +51,9 @@ fn corpus() -> Vec<Vec<u8>> {
     ];
     for (so, rs, cb) in [(1u8, true, 0u8), (2, false, 1), (4, true, 2), (3, true, 0)] {
         let cfg = EncoderConfig {
-            scan_order: so,
+            scan_order: ScanOrder::try_from(so).expect("scan order"),
             row_skipping: rs,
-            codebook_mode: cb,
+            codebook_mode: CodebookMode::try_from(cb).expect("codebook mode"),
             ..Default::default()
         };
         let topo = Topology {
@@ -278,4 +278,21 @@ fn fuzz_for_a_while() {
         "fuzzed {n} inputs in {:.0} s without a panic",
         t0.elapsed().as_secs_f64()
     );
+}
+
+/// Found by cargo-fuzz (a timeout): a 2.6 kB stream declaring 892,913 levels whose bins, read
+/// past the end of the payload, run into long remainders. Before the payload check it decoded
+/// (to garbage) after some 60 M bins; now the levels are refused once the decoder has left the
+/// payload.
+#[test]
+fn levels_past_the_payload_are_truncated() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    let b = std::fs::read(dir.join("fuzz-timeout-garbage-remainders.nnc")).expect("read");
+    for parallel in [false, true] {
+        assert!(matches!(
+            decode_stream(&b, &limits(parallel)),
+            Err(Error::Truncated(_))
+        ));
+    }
+    assert_eq!(units(&b).expect("headers parse").len(), 5);
 }

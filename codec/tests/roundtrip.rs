@@ -4,8 +4,8 @@
 
 use nnc_codec::{
     decode, decode_stream, encode, encode_with_topology, reconstruct, topology_compression_format,
-    topology_storage_format, units, EncoderConfig, Limits, NnrUnitType, Tensor, TensorData,
-    TensorKind, TensorOverride, Topology,
+    topology_storage_format, units, CodebookMode, EncoderConfig, Limits, NnrUnitType, ScanOrder,
+    Tensor, TensorData, TensorKind, TensorOverride, Topology,
 };
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
@@ -72,12 +72,12 @@ fn config() -> impl Strategy<Value = EncoderConfig> {
             qp: qp * i32::from(d) / 2,
             qp_density: d,
             use_dq: dq,
-            codebook_mode: cb,
+            codebook_mode: CodebookMode::try_from(cb).expect("0..=2"),
             int_quant_bw: bw,
             row_skipping: rs,
             param_opt: po,
             nonweight_qp: nw,
-            scan_order: so,
+            scan_order: ScanOrder::try_from(so).expect("0..=4"),
             parallel: par,
             ..Default::default()
         })
@@ -241,8 +241,36 @@ fn bad_inputs_are_errors() {
     );
     assert!(encode(&[a.clone(), b], &cfg).is_err());
     // A single far QP moves the base QP instead.
-    let d = decode(&encode(&[a], &cfg).unwrap(), &Limits::default()).unwrap();
+    let d = decode(
+        &encode(std::slice::from_ref(&a), &cfg).unwrap(),
+        &Limits::default(),
+    )
+    .unwrap();
     assert_eq!(d[0].data, TensorData::F32(vec![0.0, 0.0]));
+    // Several tensors around a moved base QP (coded again after the first attempt at 0).
+    let c = Tensor {
+        name: "c".into(),
+        data: TensorData::F32(vec![1e22, -3e22]),
+        ..a.clone()
+    };
+    cfg.overrides.insert(
+        "c".into(),
+        TensorOverride {
+            qp: Some(280),
+            ..Default::default()
+        },
+    );
+    let tensors = [a, c];
+    let bs = encode(&tensors, &cfg).unwrap();
+    let qps: Vec<Option<i32>> = units(&bs)
+        .unwrap()
+        .iter()
+        .filter_map(|u| u.ndu.as_ref().map(|n| n.qp))
+        .collect();
+    assert_eq!(qps, [Some(300), Some(280)]);
+    let d = decode(&bs, &Limits::default()).unwrap();
+    assert_eq!(d, reconstruct(&tensors, &cfg).unwrap());
+    assert_ne!(d[1].data, TensorData::F32(vec![0.0, 0.0]));
 }
 
 #[test]
@@ -269,8 +297,12 @@ fn empty_and_scalar_tensors() {
             data: TensorData::F32(vec![0.25; 7]),
         },
     ];
-    for cb in 0..=2 {
-        for so in [0u8, 3] {
+    for cb in [
+        CodebookMode::Uniform,
+        CodebookMode::Codebook,
+        CodebookMode::Smaller,
+    ] {
+        for so in [ScanOrder::Raster, ScanOrder::Blocks32] {
             let cfg = EncoderConfig {
                 codebook_mode: cb,
                 scan_order: so,
@@ -284,5 +316,39 @@ fn empty_and_scalar_tensors() {
             assert_eq!(d[3].shape, vec![7, 1]);
             assert_eq!(d, reconstruct(&tensors, &cfg).unwrap());
         }
+    }
+}
+
+/// A tensor big enough for the concurrent first pass of parameter optimisation (a second
+/// thread runs the candidates) codes exactly as on one thread, also with block-row resets.
+#[test]
+fn big_tensor_codes_the_same_on_one_thread() {
+    let mut rng = ChaCha8Rng::seed_from_u64(23);
+    let w: Vec<f32> = (0..1200 * 1000)
+        .map(|_| {
+            let a: f32 = rng.gen_range(1e-7f32..1.0);
+            let b: f32 = rng.gen_range(1e-7f32..1.0);
+            0.02 * (a.ln() - b.ln())
+        })
+        .collect();
+    let tensors = [Tensor {
+        name: "big".into(),
+        shape: vec![1200, 1000],
+        data: TensorData::F32(w),
+    }];
+    for scan_order in [ScanOrder::Raster, ScanOrder::Blocks64] {
+        let threads = EncoderConfig {
+            scan_order,
+            ..Default::default()
+        };
+        let one = EncoderConfig {
+            parallel: false,
+            ..threads.clone()
+        };
+        assert_eq!(
+            encode(&tensors, &threads).unwrap(),
+            encode(&tensors, &one).unwrap(),
+            "{scan_order:?}"
+        );
     }
 }

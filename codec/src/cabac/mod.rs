@@ -5,7 +5,10 @@
 mod optimizer;
 mod tables;
 
-pub use optimizer::{ContextOptimizer, ParamOptimizer};
+#[cfg(feature = "unstable")]
+pub use optimizer::ContextOptimizer;
+pub use optimizer::ParamOptimizer;
+pub(crate) use optimizer::RecordBins;
 
 pub(crate) use tables::{INIT_SETS, RANGE_TAB_LPS, UPDATE_STEP};
 
@@ -20,16 +23,16 @@ use std::sync::OnceLock;
 pub struct ContextModel {
     /// Slow estimator.
     s1: i16,
-    /// Offset of this context's rows in [`NEXT_S0`]: `(shift0 - 4) * 512`.
+    /// Offset of this context's rows in [`NEXT_S0`], `(shift0 - 4) * 512`, and the
+    /// initialisation set (for [`ContextModel::reset`]) in bits 12..16.
     r0: u16,
+    /// The state's row of [`RLPS_FULL`] (`|column| * 256` of the LPS range table, from
+    /// `(st >> 7) & 63`), the MPS in bit 15.
+    row: u16,
     /// Fast estimator (8 bits in the reference).
     s0: i8,
-    /// `(st >> 7) & 63` of the state `st = s0 * 16 + s1`: the row of [`RLPS_ROWS`] (signed
-    /// column of the LPS range table); below 32 exactly when the MPS is 1.
-    q: u8,
     /// Offset of this context's rows in [`DELTA_S1`]: `(shift1 - 4) * 64`.
     r1: u8,
-    init_idx: u8,
 }
 
 /// The fast estimator's update (clause 9.3.2.2, with the reference's 8-bit wrap) as a table:
@@ -86,21 +89,39 @@ const RLPS: [u8; 264] = {
     t
 };
 
-/// The LPS range table rearranged by `(st >> 7) & 63` (states keep `st >> 7` within −32..=31)
-/// and `(range >> 5) & 7`, each entry with the renormalisation shift after an LPS: entry
-/// `[q][b]` is the flat `RLPS[b * 32 + |st >> 7|]`, so the lookup needs neither `abs` nor a
-/// clamp and the shift is known before the MPS/LPS decision.
-const RLPS_ROWS: [[(u8, u8); 8]; 64] = {
-    let mut t = [[(0u8, 0u8); 8]; 64];
+/// Columns of the LPS range table (`|st >> 7|`, states keep `st >> 7` within −32..=31).
+const COLUMNS: usize = 33;
+
+/// The LPS range table by column and every range value, each entry with the renormalisation
+/// shift after an LPS: `[col * 256 + (range & 255)]` for ranges 256..=511 is the flat
+/// `RLPS[((range >> 5) & 7) * 32 + col]`. Indexing by the whole range takes the shift and mask
+/// of `range >> 5` off the bin-to-bin dependency chain.
+static RLPS_FULL: [(u8, u8); COLUMNS * 256] = {
+    let mut t = [(0u8, 0u8); COLUMNS * 256];
+    let mut col = 0;
+    while col < COLUMNS {
+        let mut r = 0;
+        while r < 256 {
+            let l = RLPS[(((256 + r) >> 5) & 7) * 32 + col];
+            t[col * 256 + r] = (l, (l as u32).leading_zeros() as u8 - 23);
+            r += 1;
+        }
+        col += 1;
+    }
+    t
+};
+
+/// [`ContextModel::row`] of `q = (st >> 7) & 63`: the column `|st >> 7|` times 256, and the
+/// MPS (1 exactly when `q` < 32) in bit 15.
+const Q_ROW: [u16; 64] = {
+    let mut t = [0u16; 64];
     let mut q = 0;
     while q < 64 {
-        let col = if q < 32 { q } else { 64 - q };
-        let mut b = 0;
-        while b < 8 {
-            let r = RLPS[b * 32 + col];
-            t[q][b] = (r, (r as u32).leading_zeros() as u8 - 23);
-            b += 1;
-        }
+        t[q] = if q < 32 {
+            ((q as u16) << 8) | (1 << 15)
+        } else {
+            ((64 - q) as u16) << 8
+        };
         q += 1;
     }
     t
@@ -117,9 +138,9 @@ impl ContextModel {
     /// (Re)initialises with set `idx` and remembers it for [`ContextModel::reset`].
     #[inline]
     pub fn init(&mut self, idx: u8) {
-        let set = INIT_SETS[usize::from(idx.min(8))];
-        self.init_idx = idx.min(8);
-        self.r0 = set[0] as u16 * 512;
+        let idx = idx.min(8);
+        let set = INIT_SETS[usize::from(idx)];
+        self.r0 = (set[0] as u16 * 512) | (u16::from(idx) << 12);
         self.r1 = (set[1] as u8 - 4) * 64;
         self.reset();
     }
@@ -127,7 +148,7 @@ impl ContextModel {
     /// Back to the initial state of the remembered set (entry points, clause 9.3.2.3).
     #[inline]
     pub fn reset(&mut self) {
-        let set = INIT_SETS[usize::from(self.init_idx)];
+        let set = INIT_SETS[usize::from(self.r0 >> 12).min(8)];
         self.s0 = set[3] as i8;
         self.s1 = set[2] - 16 * set[3];
         self.set_state(set[2]);
@@ -135,13 +156,7 @@ impl ContextModel {
 
     #[inline(always)]
     fn set_state(&mut self, st: i16) {
-        self.q = ((st >> 7) & 63) as u8;
-    }
-
-    /// The probability state `s0 * 16 + s1` (the reference's `S0plusS1`, 16-bit).
-    #[inline(always)]
-    fn state(&self) -> i32 {
-        i32::from((16 * i32::from(self.s0) + i32::from(self.s1)) as i16)
+        self.row = Q_ROW[((st >> 7) & 63) as usize];
     }
 
     /// Probability update after coding `bin`.
@@ -159,30 +174,25 @@ impl ContextModel {
         self.set_state((16 * i32::from(s0) + s1) as i16);
     }
 
+    #[cfg(test)]
     /// Sub-range of the least probable symbol for the current `range` (256..=510).
     #[inline(always)]
     pub fn rlps(&self, range: u32) -> u32 {
         self.rlps_shift(range).0
     }
 
-    /// [`ContextModel::rlps`] and the renormalisation shift after coding an LPS with it.
+    /// The LPS sub-range and the renormalisation shift after coding an LPS with it.
     #[inline(always)]
     pub fn rlps_shift(&self, range: u32) -> (u32, u32) {
-        let (r, n) = RLPS_ROWS[usize::from(self.q & 63)][((range >> 5) & 7) as usize];
+        let i = usize::from(self.row & 0x7fff) + (range & 255) as usize;
+        let (r, n) = RLPS_FULL.get(i).copied().unwrap_or((2, 7));
         (u32::from(r), u32::from(n))
     }
 
     /// The most probable symbol.
     #[inline(always)]
     pub fn mps(&self) -> u32 {
-        u32::from(self.q < 32)
-    }
-
-    /// Estimated cost of coding `bin` in 1/32768 bit (encoder only).
-    #[inline(always)]
-    pub fn est_bits(&self, bin: u32) -> u32 {
-        let i = ((512 + (i32::from(self.state() as i16) >> 3)) & 1023) as usize;
-        est_bits_table()[i][bin as usize & 1]
+        u32::from(self.row >> 15)
     }
 }
 
@@ -209,24 +219,15 @@ fn est_bits_table() -> &'static [[u32; 2]; 1024] {
 }
 
 /// Where a [`BinEncoder`] puts its bytes.
-pub trait ByteSink {
+pub trait ByteSink: Default {
     /// Appends one byte.
     fn push(&mut self, b: u8);
-    /// Bytes appended so far.
-    fn len(&self) -> usize;
-    /// True when nothing was appended.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl ByteSink for Vec<u8> {
     #[inline]
     fn push(&mut self, b: u8) {
         Vec::push(self, b);
-    }
-    fn len(&self) -> usize {
-        Vec::len(self)
     }
 }
 
@@ -238,9 +239,6 @@ impl ByteSink for ByteCounter {
     #[inline]
     fn push(&mut self, _b: u8) {
         self.0 += 1;
-    }
-    fn len(&self) -> usize {
-        self.0
     }
 }
 
@@ -266,11 +264,6 @@ impl<S: ByteSink> BinEncoder<S> {
             num_buffered: 0,
             bits_left: 23,
         }
-    }
-
-    /// The sink (for reading its size).
-    pub fn sink(&self) -> &S {
-        &self.sink
     }
 
     /// Sets the range to 256 at the start of a block row (entry point).
@@ -397,14 +390,27 @@ pub struct EntryPoint {
 
 /// Arithmetic decoder (clause 9.3.4.3). Reading past the end yields zero bytes; callers bound
 /// the number of decoded bins by the declared tensor size, so this always terminates.
+///
+/// The clause's decoder keeps a 16-bit `ivlOffset` window (the 9-bit range scale times 2^7)
+/// and reads one byte whenever 8 bits have been shifted out. Here the window sits in bits
+/// 55..40 of a 64-bit register with up to 39 further stream bits below it, refilled four bytes
+/// at a time: the window's bits, and so every decision, are the clause's (its not yet read
+/// low bits never reach a comparison), with a refill test per bin instead of a byte read per
+/// eight shifts. [`BinDecoder::entry_point`] converts back to the clause's bit count.
 #[derive(Debug, Clone)]
 pub struct BinDecoder<'a> {
     data: &'a [u8],
+    /// Bytes loaded into `value` (may exceed the data length: the rest reads as zeros).
     pos: usize,
     range: u32,
-    value: u32,
-    bits_needed: i32,
+    /// The window (`ivlOffset`) in bits 55..40, then `avail` stream bits.
+    value: u64,
+    /// Stream bits loaded below the window; at least 8 before every bin.
+    avail: u32,
 }
+
+/// Position of the window's least significant bit in [`BinDecoder::value`].
+const WIN: u32 = 40;
 
 impl<'a> BinDecoder<'a> {
     /// Starts decoding at the first byte of `data`.
@@ -414,29 +420,79 @@ impl<'a> BinDecoder<'a> {
             pos: 0,
             range: 510,
             value: 0,
-            bits_needed: -8,
+            avail: 0,
         };
-        let b0 = d.next_byte();
-        let b1 = d.next_byte();
-        d.value = (b0 << 8) | b1;
+        d.load(0, WIN + 15);
         d
     }
 
+    /// Puts stream bits from bit `from` on at `value` bit `at` and downwards, up to a byte
+    /// boundary of the stream below the window, then refills.
+    fn load(&mut self, from: u64, at: u32) {
+        let mut bit = from;
+        let mut p = i64::from(at);
+        while !(bit.is_multiple_of(8) && p < i64::from(WIN)) {
+            let byte = usize::try_from(bit >> 3).unwrap_or(usize::MAX);
+            let b = (self.byte(byte) >> (7 - (bit & 7))) & 1;
+            self.value |= u64::from(b) << p;
+            bit += 1;
+            p -= 1;
+        }
+        self.pos = usize::try_from(bit >> 3).unwrap_or(usize::MAX);
+        self.avail = (i64::from(WIN) - 1 - p) as u32;
+        if self.avail < 8 {
+            self.refill();
+        }
+    }
+
     #[inline(always)]
-    fn next_byte(&mut self) -> u32 {
-        let b = self.data.get(self.pos).copied().unwrap_or(0);
-        self.pos = self.pos.saturating_add(1);
-        u32::from(b)
+    fn byte(&self, i: usize) -> u8 {
+        self.data.get(i).copied().unwrap_or(0)
     }
 
-    /// Bytes consumed (may exceed the data length after an overrun).
-    pub fn bytes_read(&self) -> usize {
-        self.pos
+    /// Loads four more bytes below the remaining stream bits.
+    #[inline(always)]
+    fn refill(&mut self) {
+        let w = match self.data.get(self.pos..self.pos.saturating_add(4)) {
+            Some(b) => u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+            None => u32::from_be_bytes(std::array::from_fn(|k| self.byte(self.pos + k))),
+        };
+        self.value |= u64::from(w) << (WIN - self.avail - 32);
+        self.pos = self.pos.saturating_add(4);
+        self.avail += 32;
     }
 
-    /// True if decoding read beyond the end of the data.
+    /// Shifts `n` (<= 8) decoded bits out of the window.
+    #[inline(always)]
+    fn shift(&mut self, n: u32) {
+        self.value <<= n;
+        self.avail -= n;
+        if self.avail < 8 {
+            self.refill();
+        }
+    }
+
+    /// Stream bits up to the end of the window (shifted out ones included).
+    fn window_end(&self) -> u64 {
+        (self.pos as u64 * 8).saturating_sub(u64::from(self.avail))
+    }
+
+    /// True if the clause's decoder would have read beyond the end of the data.
+    #[cfg(test)]
     pub fn overrun(&self) -> bool {
-        self.pos > self.data.len()
+        self.window_end() / 8 > self.data.len() as u64
+    }
+
+    /// True once the window has moved more than `slack` bytes past the end of the data. A
+    /// valid stream never does (the encoder's flush leaves the window's last bits inside it),
+    /// while garbage decodes on zeros: checked per row, it bounds the bypass and remainder bins
+    /// a short hostile payload can make the decoder run through.
+    #[inline]
+    pub fn past_end(&self, slack: u64) -> bool {
+        self.window_end()
+            > (self.data.len() as u64)
+                .saturating_add(slack)
+                .saturating_mul(8)
     }
 
     /// Sets the range to 256 at the start of a block row.
@@ -452,20 +508,15 @@ impl<'a> BinDecoder<'a> {
         // Both outcomes' next range and shift are ready before the comparison, which then only
         // selects (branch-free: the outcome is unpredictable for many contexts).
         let n_mps = u32::from(rmps < 256);
-        let lps = u32::from((self.value >> 7) >= rmps);
+        let scaled = u64::from(rmps) << (WIN + 7);
+        let lps = u32::from(self.value >= scaled);
         let mask = lps.wrapping_neg();
         let bin = ctx.mps() ^ lps;
-        self.value = self.value.wrapping_sub((rmps << 7) & mask);
+        self.value -= scaled & u64::from(lps).wrapping_neg();
         let range = rmps ^ ((rmps ^ rlps) & mask);
         let n = n_mps ^ ((n_mps ^ n_lps) & mask);
         self.range = range << n;
-        self.value = self.value.wrapping_shl(n);
-        self.bits_needed += n as i32;
-        if self.bits_needed >= 0 {
-            let b = self.next_byte();
-            self.value = self.value.wrapping_add(b << self.bits_needed);
-            self.bits_needed -= 8;
-        }
+        self.shift(n);
         ctx.update(bin);
         bin
     }
@@ -473,14 +524,8 @@ impl<'a> BinDecoder<'a> {
     /// Decodes one bypass bin.
     #[inline]
     pub fn decode_bin_ep(&mut self) -> u32 {
-        self.value = self.value.wrapping_add(self.value);
-        self.bits_needed += 1;
-        if self.bits_needed >= 0 {
-            let b = self.next_byte();
-            self.value = self.value.wrapping_add(b);
-            self.bits_needed = -8;
-        }
-        let sr = self.range << 7;
+        self.shift(1);
+        let sr = u64::from(self.range) << (WIN + 7);
         if self.value >= sr {
             self.value -= sr;
             1
@@ -499,58 +544,35 @@ impl<'a> BinDecoder<'a> {
         v
     }
 
-    /// The current position as an entry point (decoder bit counting).
+    /// The current position as an entry point: the clause's bit offset is the number of bits
+    /// shifted out of the window.
     pub fn entry_point(&self, dq_state: u32) -> EntryPoint {
-        let off = (self.pos as i64)
-            .saturating_mul(8)
-            .saturating_sub(8)
-            .saturating_add(i64::from(self.bits_needed));
         EntryPoint {
-            bit_offset: off.max(0) as u64,
-            value: (self.value >> 7) & 255,
+            bit_offset: self.window_end().saturating_sub(16),
+            value: ((self.value >> (WIN + 7)) & 255) as u32,
             dq_state,
         }
     }
 
-    /// Restarts decoding at `ep` with range 256.
+    /// Restarts decoding at `ep` with range 256: the window's bits 14..7 are the entry point's
+    /// value, its low 7 bits and the rest the stream's from bit `bit_offset + 9` on.
     pub fn seek(&mut self, ep: &EntryPoint) {
         self.range = 256;
-        let t = ep.bit_offset.saturating_add(9);
-        let byte_off = t >> 3;
-        let bit_off = (t & 7) as i32;
-        let (pos, bits_needed) = if bit_off != 0 {
-            (byte_off + 1, bit_off - 9)
-        } else {
-            (byte_off, bit_off - 1)
-        };
-        self.pos = usize::try_from(pos).unwrap_or(usize::MAX);
-        self.bits_needed = bits_needed;
-        let prev = self
-            .pos
-            .checked_sub(1)
-            .and_then(|p| self.data.get(p))
-            .copied()
-            .unwrap_or(0);
-        let bs = (u32::from(prev) << (8 + self.bits_needed)) & 127;
-        self.value = ((ep.value & 255) << 7) + bs;
+        self.value = u64::from(ep.value & 255) << (WIN + 7);
+        self.load(ep.bit_offset.saturating_add(9), WIN + 6);
     }
 
     /// Decodes the terminating bin (`decode_terminate`).
+    #[cfg(test)]
     pub fn decode_bin_trm(&mut self) -> u32 {
         self.range -= 2;
-        let sr = self.range << 7;
+        let sr = u64::from(self.range) << (WIN + 7);
         if self.value >= sr {
             1
         } else {
             if self.range < 256 {
                 self.range += self.range;
-                self.value = self.value.wrapping_add(self.value);
-                self.bits_needed += 1;
-                if self.bits_needed == 0 {
-                    let b = self.next_byte();
-                    self.value = self.value.wrapping_add(b);
-                    self.bits_needed = -8;
-                }
+                self.shift(1);
             }
             0
         }
@@ -603,6 +625,133 @@ mod tests {
             }
             assert_eq!(dec.decode_bin_trm(), 1);
             assert!(!dec.overrun());
+        }
+    }
+
+    /// The clause's decoder as written there: a 16-bit window refilled one byte at a time.
+    struct ClauseDecoder<'a> {
+        data: &'a [u8],
+        pos: usize,
+        range: u32,
+        value: u32,
+        bits_needed: i32,
+    }
+
+    impl<'a> ClauseDecoder<'a> {
+        fn new(data: &'a [u8]) -> Self {
+            let mut d = ClauseDecoder {
+                data,
+                pos: 0,
+                range: 510,
+                value: 0,
+                bits_needed: -8,
+            };
+            d.value = (d.next() << 8) | d.next();
+            d
+        }
+        fn next(&mut self) -> u32 {
+            let b = self.data.get(self.pos).copied().unwrap_or(0);
+            self.pos += 1;
+            u32::from(b)
+        }
+        fn bin(&mut self, ctx: &mut ContextModel) -> u32 {
+            let (rlps, _) = ctx.rlps_shift(self.range);
+            let mut bin = ctx.mps();
+            self.range -= rlps;
+            let scaled = self.range << 7;
+            if self.value < scaled {
+                if scaled < (256 << 7) {
+                    self.range = scaled >> 6;
+                    self.value <<= 1;
+                    self.bits_needed += 1;
+                    if self.bits_needed == 0 {
+                        self.bits_needed = -8;
+                        self.value += self.next();
+                    }
+                }
+            } else {
+                bin ^= 1;
+                let n = (rlps.leading_zeros() - 23) as i32;
+                self.value = (self.value - scaled) << n;
+                self.range = rlps << n;
+                self.bits_needed += n;
+                if self.bits_needed >= 0 {
+                    self.value += self.next() << self.bits_needed;
+                    self.bits_needed -= 8;
+                }
+            }
+            ctx.update(bin);
+            bin
+        }
+        fn ep(&mut self) -> u32 {
+            self.value <<= 1;
+            self.bits_needed += 1;
+            if self.bits_needed >= 0 {
+                self.bits_needed = -8;
+                self.value += self.next();
+            }
+            let sr = self.range << 7;
+            if self.value >= sr {
+                self.value -= sr;
+                1
+            } else {
+                0
+            }
+        }
+        fn entry_point(&self) -> (u64, u32) {
+            let off = self.pos as i64 * 8 - 8 + i64::from(self.bits_needed);
+            (off as u64, (self.value >> 7) & 255)
+        }
+        fn seek(&mut self, ep: &EntryPoint) {
+            self.range = 256;
+            let t = ep.bit_offset + 9;
+            let (byte_off, bit_off) = ((t >> 3) as usize, (t & 7) as i32);
+            if bit_off != 0 {
+                self.pos = byte_off + 1;
+                self.bits_needed = bit_off - 9;
+            } else {
+                self.pos = byte_off;
+                self.bits_needed = -1;
+            }
+            let prev = u32::from(self.data.get(self.pos - 1).copied().unwrap_or(0));
+            self.value = ((ep.value & 255) << 7) + ((prev << (8 + self.bits_needed)) & 127);
+        }
+    }
+
+    /// The 64-bit window decides every bin as the clause's decoder does, reports the same
+    /// entry points and restarts from them identically, past the end of the data too.
+    #[test]
+    fn decoder_matches_the_clause_decoder() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for trial in 0..200 {
+            let len = rng.gen_range(0..300);
+            let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            let mut ctx_a = [ContextModel::new((trial % 9) as u8); 3];
+            let mut ctx_b = ctx_a;
+            let mut a = BinDecoder::new(&data);
+            let mut b = ClauseDecoder::new(&data);
+            let mut marks = Vec::new();
+            for step in 0..rng.gen_range(0..3000) {
+                match rng.gen_range(0..20) {
+                    0..=2 => assert_eq!(a.decode_bin_ep(), b.ep(), "trial {trial} step {step}"),
+                    3 => {
+                        let ep = a.entry_point(0);
+                        assert_eq!((ep.bit_offset, ep.value), b.entry_point());
+                        marks.push(ep);
+                    }
+                    4 if !marks.is_empty() => {
+                        let ep = marks[rng.gen_range(0..marks.len())];
+                        a.seek(&ep);
+                        b.seek(&ep);
+                    }
+                    k => {
+                        let c = (k % 3) as usize;
+                        let x = a.decode_bin(&mut ctx_a[c]);
+                        assert_eq!(x, b.bin(&mut ctx_b[c]), "trial {trial} step {step}");
+                    }
+                }
+            }
+            assert_eq!(a.overrun(), b.pos > data.len());
         }
     }
 

@@ -7,13 +7,11 @@
 //! candidates over the recorded runs. The result is the same (a context's candidates see only
 //! that context's bins, in order), but the candidate updates become a loop without data
 //! dependent branches, which on x86-64 with AVX-512BW runs 27 candidate lanes (three contexts)
-//! per vector instruction. Memory stays bounded: the recording is flushed every
-//! [`FLUSH_BINS`] bins, with the candidates' states carried over.
+//! per vector instruction. Memory stays bounded: the candidates run whenever one context has
+//! recorded [`RUN_BINS`] bins, with their states carried over. On big tensors the recording
+//! and the candidates run on two threads ([`ParamOptimizer::record_concurrently`]).
 
 use super::{est_bits_table, INIT_SETS, NEXT_S0, UPDATE_STEP};
-
-/// Recorded bins after which [`ParamOptimizer::push`] runs the candidates (bounds memory).
-pub const FLUSH_BINS: usize = 1 << 20;
 
 /// `shift0 - 4` and `shift1 - 4` of the nine candidate initialisations.
 const OPT_SH: [(usize, usize); 9] = {
@@ -54,6 +52,7 @@ impl Default for ContextOptimizer {
 impl ContextOptimizer {
     /// Accumulates the estimated cost of `bin` under every candidate, then adapts them (the
     /// scalar definition the vector kernel is tested against).
+    #[cfg(any(test, feature = "unstable"))]
     #[inline]
     pub fn code(&mut self, bin: u32) {
         self.code_with(bin, est_bits_table());
@@ -100,46 +99,96 @@ impl ContextOptimizer {
     }
 }
 
+/// Most bins recorded per context before the candidates run over them (bounds memory: the
+/// recording of a tensor's contexts is one allocation of `contexts × RUN_BINS` bytes).
+pub const RUN_BINS: usize = 1 << 14;
+
+/// Each context's bins recorded since the candidates last ran, in one allocation with a fixed
+/// run per context (a push is one store, no capacity check).
+#[derive(Debug, Clone)]
+struct Pending {
+    bins: Vec<u8>,
+    lens: Vec<u32>,
+    run: usize,
+}
+
+impl Pending {
+    fn new(contexts: usize, run: usize) -> Self {
+        let run = run.clamp(1, RUN_BINS);
+        Pending {
+            bins: vec![0; contexts * run],
+            lens: vec![0; contexts],
+            run,
+        }
+    }
+
+    /// Records `bin` for `ctx`; true when that context's run is full.
+    #[inline(always)]
+    fn push(&mut self, ctx: usize, bin: u32) -> bool {
+        let Some(len) = self.lens.get_mut(ctx) else {
+            return false;
+        };
+        if let Some(b) = self.bins.get_mut(ctx * self.run + *len as usize) {
+            *b = (bin & 1) as u8;
+        }
+        *len += 1;
+        *len as usize >= self.run
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lens.iter().all(|&l| l == 0)
+    }
+
+    fn runs(&self) -> Vec<&[u8]> {
+        self.bins
+            .chunks(self.run)
+            .zip(&self.lens)
+            .map(|(b, &l)| &b[..l as usize])
+            .collect()
+    }
+
+    fn clear(&mut self) {
+        self.lens.fill(0);
+    }
+}
+
 /// The optimisers of all contexts of a tensor, fed bin by bin.
 #[derive(Debug, Clone)]
 pub struct ParamOptimizer {
     ctx: Vec<ContextOptimizer>,
-    pending: Vec<Vec<u8>>,
-    pending_total: usize,
+    pending: Pending,
 }
 
 impl ParamOptimizer {
     /// Optimisers for `contexts` contexts, all candidates at their initial states.
     pub fn new(contexts: usize) -> Self {
+        Self::for_levels(contexts, RUN_BINS)
+    }
+
+    /// [`ParamOptimizer::new`] for a tensor of `levels` levels: no context sees more than one
+    /// bin per level, so small tensors record into small runs.
+    pub(crate) fn for_levels(contexts: usize, levels: usize) -> Self {
         ParamOptimizer {
             ctx: vec![ContextOptimizer::default(); contexts],
-            pending: vec![Vec::new(); contexts],
-            pending_total: 0,
+            pending: Pending::new(contexts, levels),
         }
     }
 
     /// Records `bin` for context `ctx` (`ctx` < the count given to [`ParamOptimizer::new`]).
     #[inline(always)]
     pub fn push(&mut self, ctx: usize, bin: u32) {
-        if let Some(p) = self.pending.get_mut(ctx) {
-            p.push((bin & 1) as u8);
-            self.pending_total += 1;
-            if self.pending_total >= FLUSH_BINS {
-                self.flush();
-            }
+        if self.pending.push(ctx, bin) {
+            self.flush();
         }
     }
 
     /// Runs the candidates over everything recorded so far.
     pub fn flush(&mut self) {
-        if self.pending_total == 0 {
+        if self.pending.is_empty() {
             return;
         }
-        run_candidates(&mut self.ctx, &self.pending);
-        for p in &mut self.pending {
-            p.clear();
-        }
-        self.pending_total = 0;
+        run_candidates(&mut self.ctx, &self.pending.runs());
+        self.pending.clear();
     }
 
     /// Back to the initial states after the recorded bins (entry points).
@@ -157,8 +206,153 @@ impl ParamOptimizer {
     }
 }
 
+/// Where the first pass of parameter optimisation puts its bins: [`ParamOptimizer`] runs the
+/// candidates itself on every flush; [`Recorder`] hands full buffers to a second thread.
+pub(crate) trait RecordBins {
+    /// Records `bin` for context `ctx`.
+    fn push(&mut self, ctx: usize, bin: u32);
+    /// Back to the initial states after the bins recorded so far (entry points).
+    fn reset(&mut self);
+}
+
+impl<R: RecordBins + ?Sized> RecordBins for &mut R {
+    #[inline(always)]
+    fn push(&mut self, ctx: usize, bin: u32) {
+        (**self).push(ctx, bin);
+    }
+    fn reset(&mut self) {
+        (**self).reset();
+    }
+}
+
+impl RecordBins for ParamOptimizer {
+    #[inline(always)]
+    fn push(&mut self, ctx: usize, bin: u32) {
+        ParamOptimizer::push(self, ctx, bin);
+    }
+    fn reset(&mut self) {
+        ParamOptimizer::reset(self);
+    }
+}
+
+/// Buffers handed from the [`Recorder`] to the candidate thread.
+enum Batch {
+    Bins(Pending),
+    Reset,
+}
+
+/// The contexts the [`Recorder`]'s own thread runs the candidates of (the candidate thread
+/// takes the others): about a third of the bins, since the recording costs about half as much
+/// as the candidates of all contexts.
+fn recorder_runs(ctx: usize) -> bool {
+    ctx % 3 == 1
+}
+
+/// Each context's run if `mine(ctx)`, else an empty one.
+fn select<'a>(runs: &[&'a [u8]], mine: impl Fn(usize) -> bool) -> Vec<&'a [u8]> {
+    runs.iter()
+        .enumerate()
+        .map(|(i, &r)| if mine(i) { r } else { &[] })
+        .collect()
+}
+
+/// Records bins on the calling thread while [`ParamOptimizer::record_concurrently`]'s second
+/// thread runs the candidates of most contexts over the previous buffer; the recorder runs
+/// the rest itself before handing a buffer on. Every context's candidates see its bins in the
+/// same order as on one thread, so the choice is the same.
+pub(crate) struct Recorder {
+    pending: Pending,
+    /// Candidates of the contexts [`recorder_runs`] selects.
+    own: Vec<ContextOptimizer>,
+    full: std::sync::mpsc::SyncSender<Batch>,
+    empty: std::sync::mpsc::Receiver<Pending>,
+}
+
+impl Recorder {
+    fn send(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        run_candidates(&mut self.own, &select(&self.pending.runs(), recorder_runs));
+        // A buffer the candidate thread has finished with, else a new one (at most the
+        // channel's capacity plus two buffers exist).
+        let next = self
+            .empty
+            .try_recv()
+            .unwrap_or_else(|_| Pending::new(self.pending.lens.len(), self.pending.run));
+        let full = std::mem::replace(&mut self.pending, next);
+        // The candidate thread ends only after the recorder is dropped.
+        let _ = self.full.send(Batch::Bins(full));
+    }
+}
+
+impl RecordBins for Recorder {
+    #[inline(always)]
+    fn push(&mut self, ctx: usize, bin: u32) {
+        if self.pending.push(ctx, bin) {
+            self.send();
+        }
+    }
+    fn reset(&mut self) {
+        self.send();
+        self.own.iter_mut().for_each(ContextOptimizer::reset);
+        let _ = self.full.send(Batch::Reset);
+    }
+}
+
+impl ParamOptimizer {
+    /// Runs `record` (the first pass) with a [`Recorder`] while a second thread runs the
+    /// candidates over each full buffer, and returns the optimisers as if every bin had been
+    /// pushed here.
+    pub(crate) fn record_concurrently(contexts: usize, record: impl FnOnce(&mut Recorder)) -> Self {
+        use std::sync::mpsc;
+        let (full_tx, full_rx) = mpsc::sync_channel::<Batch>(2);
+        let (empty_tx, empty_rx) = mpsc::channel::<Pending>();
+        let (theirs, own) = std::thread::scope(|s| {
+            let worker = s.spawn(move || {
+                let mut ctx = vec![ContextOptimizer::default(); contexts];
+                for batch in full_rx {
+                    match batch {
+                        Batch::Bins(mut bins) => {
+                            let runs = select(&bins.runs(), |i| !recorder_runs(i));
+                            run_candidates(&mut ctx, &runs);
+                            bins.clear();
+                            let _ = empty_tx.send(bins);
+                        }
+                        Batch::Reset => ctx.iter_mut().for_each(ContextOptimizer::reset),
+                    }
+                }
+                ctx
+            });
+            let mut rec = Recorder {
+                pending: Pending::new(contexts, RUN_BINS),
+                own: vec![ContextOptimizer::default(); contexts],
+                full: full_tx,
+                empty: empty_rx,
+            };
+            record(&mut rec);
+            rec.send();
+            let own = std::mem::take(&mut rec.own);
+            drop(rec);
+            (worker.join(), own)
+        });
+        // The candidate loop has no panicking operation; should it ever panic, re-raise it.
+        let theirs = theirs.unwrap_or_else(|e| std::panic::resume_unwind(e));
+        let ctx = theirs
+            .into_iter()
+            .zip(own)
+            .enumerate()
+            .map(|(i, (t, o))| if recorder_runs(i) { o } else { t })
+            .collect::<Vec<_>>();
+        ParamOptimizer {
+            pending: Pending::new(ctx.len(), 1),
+            ctx,
+        }
+    }
+}
+
 /// Runs each context's candidates over its recorded bins.
-fn run_candidates(ctx: &mut [ContextOptimizer], bins: &[Vec<u8>]) {
+fn run_candidates(ctx: &mut [ContextOptimizer], bins: &[&[u8]]) {
     #[cfg(target_arch = "x86_64")]
     if simd::available() {
         simd::run(ctx, bins);
@@ -167,17 +361,18 @@ fn run_candidates(ctx: &mut [ContextOptimizer], bins: &[Vec<u8>]) {
     run_scalar(ctx, bins);
 }
 
-fn run_scalar(ctx: &mut [ContextOptimizer], bins: &[Vec<u8>]) {
+fn run_scalar(ctx: &mut [ContextOptimizer], bins: &[&[u8]]) {
     let est = est_bits_table();
     for (c, b) in ctx.iter_mut().zip(bins) {
-        for &bin in b {
+        for &bin in b.iter() {
             c.code_with(u32::from(bin), est);
         }
     }
 }
 
-/// The AVX-512BW kernel: three contexts' nine candidates in 27 of 32 16-bit lanes, three such
-/// vectors interleaved (nine contexts in flight) because each bin's update depends on the last.
+/// The AVX-512BW kernel: three contexts' nine candidates in 27 of 32 16-bit lanes, two such
+/// vectors interleaved (six contexts in flight) because each bin's update depends on the last
+/// (three measured slower: more registers than the CPU has).
 /// The cost lookups stay scalar: a 1024-entry table has no cheaper vector lookup here than the
 /// gather, which measured slower.
 #[cfg(target_arch = "x86_64")]
@@ -187,7 +382,7 @@ mod simd {
     use std::arch::x86_64::*;
 
     /// Vectors interleaved.
-    const G: usize = 3;
+    const G: usize = 2;
     /// Context slots (three per vector).
     const SLOTS: usize = 3 * G;
     /// Iterations between moving the 32-bit lane costs into the 64-bit totals: a bin costs at
@@ -206,7 +401,7 @@ mod simd {
         pos: usize,
     }
 
-    pub(super) fn run(ctx: &mut [ContextOptimizer], bins: &[Vec<u8>]) {
+    pub(super) fn run(ctx: &mut [ContextOptimizer], bins: &[&[u8]]) {
         debug_assert!(available());
         // Longest runs first, so that slots finish at similar times.
         let mut work: Vec<usize> = (0..ctx.len().min(bins.len()))
@@ -226,7 +421,7 @@ mod simd {
                     if let Some(i) = work.next() {
                         *slot = Slot {
                             ctx: Some(i),
-                            bins: &bins[i],
+                            bins: bins[i],
                             pos: 0,
                         };
                         lanes.load(s, &ctx[i]);
@@ -461,6 +656,43 @@ mod tests {
         }
         let (s, b) = both(13, &ops);
         assert_same(&s, &b);
+    }
+
+    /// The candidate thread sees the bins as pushes on one thread do (several buffers, resets
+    /// between them), so costs and states agree exactly.
+    #[test]
+    fn concurrent_recording_matches_pushing() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
+        let n = 30;
+        let ops: Vec<(usize, u32)> = (0..(3 * RUN_BINS * 10 + 12345))
+            .map(|i| {
+                if i % 100_003 == 99_999 {
+                    return (usize::MAX, 0);
+                }
+                let c = (rng.gen::<f64>().powi(2) * n as f64) as usize;
+                (c, u32::from(rng.gen_bool(0.05 + 0.03 * c as f64)))
+            })
+            .collect();
+        let mut direct = ParamOptimizer::new(n);
+        for &(c, b) in &ops {
+            if c == usize::MAX {
+                direct.reset();
+            } else {
+                direct.push(c, b);
+            }
+        }
+        direct.flush();
+        let concurrent = ParamOptimizer::record_concurrently(n, |rec| {
+            for &(c, b) in &ops {
+                if c == usize::MAX {
+                    rec.reset();
+                } else {
+                    rec.push(c, b);
+                }
+            }
+        });
+        assert_same(&direct.ctx, &concurrent);
     }
 
     proptest! {

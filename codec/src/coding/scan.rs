@@ -2,7 +2,7 @@
 //! row by block row, blocks left to right, rows of a block top to bottom. A block row is the unit
 //! of entry points. Row skipping works on "segments": the part of one tensor row inside a block.
 
-use crate::error::{Error, Result};
+use crate::ScanOrder;
 
 /// Geometry of a tensor seen as a `height × width` matrix under a scan order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,24 +27,20 @@ pub struct Segment {
 }
 
 impl ScanGeometry {
-    /// Geometry of `num` elements in rows of `width` under `scan_order` (0..=4).
-    pub fn new(num: usize, width: usize, scan_order: u8) -> Result<Self> {
+    /// Geometry of `num` elements in rows of `width` under `scan_order`.
+    pub fn new(num: usize, width: usize, scan_order: ScanOrder) -> Self {
         let width = width.max(1);
         let height = num / width;
-        let (block_w, block_h) = match scan_order {
-            0 => (width, height.max(1)),
-            1..=4 => {
-                let b = 4usize << scan_order;
-                (b, b)
-            }
-            _ => return Err(Error::invalid("scan_order", format!("{scan_order}"))),
+        let (block_w, block_h) = match scan_order.block_size() {
+            None => (width, height.max(1)),
+            Some(b) => (b, b),
         };
-        Ok(ScanGeometry {
+        ScanGeometry {
             height,
             width,
             block_w,
             block_h,
-        })
+        }
     }
 
     /// Rows per block row.
@@ -90,13 +86,13 @@ mod tests {
     #[test]
     fn block_scan_visits_every_position_once() {
         for &(h, w, so) in &[
-            (20usize, 19usize, 1u8),
-            (8, 8, 1),
-            (3, 70, 2),
-            (65, 1, 4),
-            (0, 5, 1),
+            (20usize, 19usize, ScanOrder::Blocks8),
+            (8, 8, ScanOrder::Blocks8),
+            (3, 70, ScanOrder::Blocks16),
+            (65, 1, ScanOrder::Blocks64),
+            (0, 5, ScanOrder::Blocks8),
         ] {
-            let g = ScanGeometry::new(h * w, w, so).unwrap();
+            let g = ScanGeometry::new(h * w, w, so);
             let mut seen = vec![false; h * w];
             for p in g.positions() {
                 assert!(!seen[p]);
@@ -104,7 +100,7 @@ mod tests {
             }
             assert!(seen.iter().all(|&s| s));
         }
-        let g = ScanGeometry::new(16 * 10, 10, 1).unwrap();
+        let g = ScanGeometry::new(16 * 10, 10, ScanOrder::Blocks8);
         let first: Vec<usize> = g.positions().take(10).collect();
         // The first block is 8 wide: row 0 columns 0..8, then row 1.
         assert_eq!(first, vec![0, 1, 2, 3, 4, 5, 6, 7, 10, 11]);

@@ -7,6 +7,7 @@ pub mod perf;
 use crate::bits::{BitReader, BitWriter};
 use crate::cabac::EntryPoint;
 use crate::error::{Error, Result};
+use crate::ScanOrder;
 use perf::PerformanceMaps;
 
 /// `nnr_unit_type`.
@@ -407,6 +408,7 @@ impl LayerParameterSet {
         Ok(l)
     }
 
+    #[cfg(test)]
     /// Serialises the whole unit.
     pub fn write(&self) -> Result<Vec<u8>> {
         let mut w = begin_unit(&UnitHeader {
@@ -579,7 +581,7 @@ pub struct NduHeader {
     /// `first_tensor_dimension_shift` (profile 1, more than one dimension).
     pub first_tensor_dimension_shift: u64,
     /// `scan_order`.
-    pub scan_order: u8,
+    pub scan_order: ScanOrder,
     /// `cabac_entry_point_list`, with `bit_offset` as the delta to the previous entry point.
     pub entry_points: Vec<EntryPoint>,
 }
@@ -596,12 +598,11 @@ pub struct NduContext {
 }
 
 /// `numBlockRowsMinus1` for a first dimension and scan order.
-pub fn num_block_rows_minus1(dim0: u64, scan_order: u8) -> u64 {
-    if scan_order == 0 {
-        return 0;
+pub fn num_block_rows_minus1(dim0: u64, scan_order: ScanOrder) -> u64 {
+    match scan_order.block_size() {
+        None => 0,
+        Some(b) => (dim0.saturating_add(b as u64 - 1) / b as u64).saturating_sub(1),
     }
-    let bd = 4u64 << scan_order;
-    (dim0.saturating_add(bd - 1) >> (2 + scan_order)).saturating_sub(1)
 }
 
 impl NduHeader {
@@ -705,18 +706,17 @@ impl NduHeader {
             }
         }
         let mut first_tensor_dimension_shift = 0;
-        let mut scan_order = 0;
+        let mut scan_order = ScanOrder::Raster;
         let mut entry_points = Vec::new();
         let dims = tensor_dimensions.as_deref().unwrap_or(&[]);
         if dims.len() > 1 {
             if c.profile == 1 {
                 first_tensor_dimension_shift = r.ue(1, "first_tensor_dimension_shift")?;
             }
-            scan_order = r.u(4, "scan_order")? as u8;
-            if scan_order > 4 {
-                return Err(Error::invalid("scan_order", format!("{scan_order}")));
-            }
-            if scan_order > 0 {
+            let so = r.u(4, "scan_order")? as u8;
+            scan_order = ScanOrder::try_from(so)
+                .map_err(|_| Error::invalid("scan_order", format!("{so}")))?;
+            if scan_order != ScanOrder::Raster {
                 let n = num_block_rows_minus1(dims[0], scan_order);
                 // Each entry takes at least 9 bits: bound the list by the unit size.
                 if n > (r.rest().len() as u64 + 16) * 8 {
@@ -820,8 +820,8 @@ impl NduHeader {
             if c.profile == 1 {
                 w.ue(1, self.first_tensor_dimension_shift);
             }
-            w.u(4, u64::from(self.scan_order));
-            if self.scan_order > 0 {
+            w.u(4, u64::from(self.scan_order.code()));
+            if self.scan_order != ScanOrder::Raster {
                 let mut prev = 0u64;
                 for (j, ep) in self.entry_points.iter().enumerate() {
                     w.u(8, u64::from(ep.value & 255));
@@ -919,7 +919,7 @@ mod tests {
             tensor_dimensions: Some(vec![40, 3, 3, 3]),
             cabac_unary_length_minus1: Some(10),
             first_tensor_dimension_shift: 0,
-            scan_order: 1,
+            scan_order: ScanOrder::Blocks8,
             entry_points: (0..4)
                 .map(|i| EntryPoint {
                     bit_offset: 1000 + 37 * i,

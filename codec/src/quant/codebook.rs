@@ -4,17 +4,6 @@
 
 use crate::bits::BitWriter;
 
-/// A tensor's codebook.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Codebook {
-    /// Sorted distinct integer values (multiples of the step size).
-    pub values: Vec<i32>,
-    /// Index whose entry codes as 0 (`CbZeroOffset`).
-    pub zero_offset: u32,
-    /// Exp-Golomb order of the gaps (`codebook_egk`, 0..16).
-    pub egk: u32,
-}
-
 /// Sorted distinct values of `levels` and each level's index into them.
 pub fn derive(levels: &[i32]) -> (Vec<i32>, Vec<i32>) {
     let mut values: Vec<i32> = levels.to_vec();

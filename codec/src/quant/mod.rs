@@ -2,11 +2,17 @@
 //! `quantization_parameter` and `qp_density`, uniform (URQ) and dependent (trellis coded, 8 state)
 //! quantization as the reference encoder performs them, codebook derivation, and the integer
 //! aligned step sizes of the reference's `int_quant_bw` mode.
+//!
+//! Public: [`step_size`] / [`step_size_f64`] (the decoder's step size) and [`levels_fit`]; the
+//! quantizers themselves are internal to the encoder.
 
-pub mod codebook;
-pub mod trellis;
+pub(crate) mod codebook;
+pub(crate) mod trellis;
 
 use crate::coding::scan::ScanGeometry;
+use crate::error::{Error, Result};
+use crate::hls::CodebookSyntax;
+use crate::ScanOrder;
 
 /// Quantization step size as the decoder derives it (float32, exact power-of-two multiple):
 /// `(2^d + (qp & (2^d - 1))) * 2^((qp >> d) - d)`.
@@ -24,7 +30,7 @@ pub fn step_size_f64(qp: i32, qp_density: u8) -> f64 {
 }
 
 /// Reconstruction of uniform levels: `step * level` in float32 (the reference's `dequantLayer`).
-pub fn dequantize(levels: &[i32], step: f32) -> Vec<f32> {
+pub(crate) fn dequantize(levels: &[i32], step: f32) -> Vec<f32> {
     levels.iter().map(|&l| step * l as f32).collect()
 }
 
@@ -62,13 +68,13 @@ fn overflow_free_qp(weights: &[f32], qp_density: u8) -> i32 {
 /// Quantizes `weights` (row-major, rows of `width`) with QP `qp`. Returns the levels in the
 /// reference's stored form (for DQ: reconstruction indices, i.e. multiples of the step) and the
 /// QP actually used (raised when levels would overflow 32 bits).
-pub fn quantize(
+pub(crate) fn quantize(
     weights: &[f32],
     width: usize,
     qp: i32,
     qp_density: u8,
     dq: bool,
-    scan_order: u8,
+    scan_order: ScanOrder,
 ) -> (Vec<i32>, i32) {
     let mut qp = qp;
     let mut step = step_size(qp, qp_density);
@@ -77,15 +83,12 @@ pub fn quantize(
         step = step_size(qp, qp_density);
     }
     let so = if width <= 1 || weights.len() == width {
-        0
+        ScanOrder::Raster
     } else {
         scan_order
     };
     let levels = if dq {
-        match ScanGeometry::new(weights.len(), width, so) {
-            Ok(geo) => trellis::quantize_dq(weights, &geo, step),
-            Err(_) => vec![0; weights.len()],
-        }
+        trellis::quantize_dq(weights, &ScanGeometry::new(weights.len(), width, so), step)
     } else {
         let scale = 1.0f32 / step;
         weights
@@ -96,10 +99,37 @@ pub fn quantize(
     (levels, qp)
 }
 
+/// Float reconstruction of decoded levels, as the decoder performs it (uniform: `step * level`
+/// in float32; codebook: `codebook[level + CbZeroOffset] * step` in double, then float32).
+pub(crate) fn reconstruct(
+    levels: &[i32],
+    qp: i32,
+    density: u8,
+    cb: Option<&CodebookSyntax>,
+) -> Result<Vec<f32>> {
+    match cb {
+        Some(cb) => {
+            let step = step_size_f64(qp, density);
+            levels
+                .iter()
+                .map(|&l| {
+                    let i = i64::from(l) + i64::from(cb.zero_offset);
+                    usize::try_from(i)
+                        .ok()
+                        .and_then(|i| cb.values.get(i))
+                        .map(|&c| (f64::from(c) * step) as f32)
+                        .ok_or_else(|| Error::invalid("codebook index", format!("{i}")))
+                })
+                .collect()
+        }
+        None => Ok(dequantize(levels, step_size(qp, density))),
+    }
+}
+
 /// Step size the reference derives for integer aligned quantization to `bw` bits: the 99.95th
 /// percentile of magnitudes maps to the largest level. Returns the QP (`get_qp_from_stepsize`,
 /// rounded half to even, clipped to the signalled range).
-pub fn int_aligned_qp(weights: &[f32], qp_density: u8, bw: u32) -> i32 {
+pub(crate) fn int_aligned_qp(weights: &[f32], qp_density: u8, bw: u32) -> i32 {
     let unsigned = !weights.iter().any(|&w| w < 0.0);
     let denom = if unsigned {
         (2f64).powi(bw as i32) - 1.0
@@ -146,7 +176,7 @@ fn percentile_linear(sorted: &[f32], q: f64) -> f64 {
 }
 
 /// Clips levels to the signed or unsigned `bw` bit range (integer aligned mode).
-pub fn clip_levels(levels: &mut [i32], weights: &[f32], bw: u32) {
+pub(crate) fn clip_levels(levels: &mut [i32], weights: &[f32], bw: u32) {
     let unsigned = !weights.iter().any(|&w| w < 0.0);
     let (lo, hi) = if unsigned {
         (0i64, (1i64 << bw) - 1)

@@ -247,7 +247,7 @@ mod tests {
         let w: Vec<f32> = (0..500)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013)
             .collect();
-        let geo = ScanGeometry::new(w.len(), 25, 0).unwrap();
+        let geo = ScanGeometry::new(w.len(), 25, crate::ScanOrder::Raster);
         let step = 0.01f32;
         let q = quantize_dq(&w, &geo, step);
         let mut state = 0u32;

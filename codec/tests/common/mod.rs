@@ -110,7 +110,7 @@ pub fn same_tensor(a: &Tensor, b: &Tensor) -> Result<(), String> {
     }
 }
 
-/// Writes tensors (float32 / int32) to an npz, names and shapes kept.
+/// Writes tensors (float32 / int32) to an npz of stored entries, names and shapes kept.
 pub fn write_npz(path: &std::path::Path, tensors: &[Tensor]) {
     let mut npz = npyz::npz::NpzWriter::create(path).expect("create npz");
     for t in tensors {
@@ -129,8 +129,11 @@ fn write_array<T: npyz::AutoSerialize + Copy, W: std::io::Write + std::io::Seek>
     v: &[T],
 ) {
     use npyz::WriterBuilder;
+    // Stored, as numpy.savez writes (deflating dominated the examples' run time).
+    let stored = npyz::zip::write::FileOptions::default()
+        .compression_method(npyz::zip::CompressionMethod::Stored);
     let mut w = npz
-        .array::<T>(name, Default::default())
+        .array::<T>(name, stored)
         .expect("array")
         .default_dtype()
         .shape(shape)

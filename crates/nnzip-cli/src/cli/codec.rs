@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use nnc_codec::{EncoderConfig, Limits, TensorData};
+use nnc_codec::{CodebookMode, EncoderConfig, Limits, TensorData};
 use nnzip::tensor::{DType, Tensor};
 
 #[derive(Debug, clap::Args)]
@@ -34,8 +34,8 @@ pub struct CodecSettings {
     #[arg(long)]
     pub no_dq: bool,
     /// Codebook mode: 0 uniform, 1 codebook, 2 whichever is smaller per tensor.
-    #[arg(long, default_value_t = 0)]
-    pub codebook: u8,
+    #[arg(long, default_value_t = CodebookMode::Uniform)]
+    pub codebook: CodebookMode,
     /// Integer (aligned) quantization to this many bits.
     #[arg(long, value_name = "B")]
     pub bitdepth: Option<u32>,
