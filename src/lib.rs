@@ -10,6 +10,7 @@ pub mod container;
 pub mod fsutil;
 pub mod graph;
 pub mod inspect;
+pub mod modelfile;
 pub mod npz;
 pub mod onnx;
 pub mod passes;

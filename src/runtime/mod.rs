@@ -282,7 +282,13 @@ pub struct Session {
     inner: ort::session::Session,
     pub inputs: Vec<ValueInfo>,
     pub outputs: Vec<ValueInfo>,
+    /// The mapped file of a session made from a large model in memory.
+    _file: Option<tempfile::TempDir>,
 }
+
+/// Models with more tensor data than this reach ONNX Runtime through a mapped temp file
+/// ([`crate::modelfile`]) rather than as bytes.
+pub const MAPPED_ABOVE: u64 = 8 << 20;
 
 impl Session {
     fn builder(
@@ -327,26 +333,50 @@ impl Session {
         model: &Model,
         opts: &SessionOptions,
     ) -> Result<Session, RuntimeError> {
+        Session::from_file_io(rt, path, model.inputs(), model.outputs(), opts)
+    }
+
+    /// A session on a model file whose inputs and outputs are known.
+    pub fn from_file_io(
+        rt: &Runtime,
+        path: &Path,
+        inputs: Vec<ValueInfo>,
+        outputs: Vec<ValueInfo>,
+        opts: &SessionOptions,
+    ) -> Result<Session, RuntimeError> {
         let inner = Session::builder(rt, opts)?.commit_from_file(path)?;
         Ok(Session {
             inner,
-            inputs: model.inputs(),
-            outputs: model.outputs(),
+            inputs,
+            outputs,
+            _file: None,
         })
     }
 
-    /// A session on a model held in memory (every tensor inlined).
+    /// A session on a model held in memory: small models as bytes (every tensor inlined),
+    /// large ones through a mapped temp file.
     pub fn from_model(
         rt: &Runtime,
         model: &Model,
         opts: &SessionOptions,
     ) -> Result<Session, RuntimeError> {
+        if crate::modelfile::data_bytes(model) > MAPPED_ABOVE {
+            let dir = tempfile::tempdir().map_err(|source| OnnxError::Write {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+            let path = crate::modelfile::write_mapped(model, dir.path())?;
+            let mut s = Session::from_file(rt, &path, model, opts)?;
+            s._file = Some(dir);
+            return Ok(s);
+        }
         let bytes = model.to_bytes()?;
         let inner = Session::builder(rt, opts)?.commit_from_memory(&bytes)?;
         Ok(Session {
             inner,
             inputs: model.inputs(),
             outputs: model.outputs(),
+            _file: None,
         })
     }
 

@@ -31,6 +31,15 @@ impl Pass for FoldBatchNorm {
         let mut folded = Vec::new();
         let n_nodes = model.graph().node.len();
         for bi in 0..n_nodes {
+            // Before the clone below (the whole graph with its weights): most nodes are not BNs.
+            if model
+                .graph()
+                .node
+                .get(bi)
+                .is_none_or(|n| n.op_type != "BatchNormalization")
+            {
+                continue;
+            }
             let ix = GraphIndex::new(model);
             let g = model.graph().clone();
             let bn = &g.node[bi];

@@ -75,7 +75,8 @@ impl ModelStats {
         Ok(ModelStats {
             parameters,
             nodes: model.graph().node.len(),
-            onnx_bytes: model.to_bytes()?.len() as u64,
+            // The serialized size, without serializing (a copy of the whole model).
+            onnx_bytes: crate::modelfile::inline_size(model),
             macs,
         })
     }
