@@ -53,6 +53,19 @@ pub enum RateError {
     Infeasible { qp: i32, drop: f64, max: f64 },
 }
 
+impl RateError {
+    /// What kind of failure this is (for exit codes).
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        use crate::errors::ErrorClass as C;
+        match self {
+            RateError::Calib(CalibError::Runtime(_)) => C::Runtime,
+            RateError::Calib(_) | RateError::Container(_) | RateError::Codec(_) => C::BadInput,
+            RateError::Onnx(_) | RateError::Tensor(_) => C::BadInput,
+            RateError::Infeasible { .. } => C::Other,
+        }
+    }
+}
+
 /// One evaluated configuration of the search.
 #[derive(Debug, Clone, Serialize)]
 pub struct SearchStep {

@@ -78,6 +78,10 @@ pub struct Args {
     /// ONNX Runtime.
     #[arg(long)]
     pub simplify: bool,
+    /// Write the result even if its outputs collapse against the input's (cosine under 0.9,
+    /// constant, non-finite).
+    #[arg(long)]
+    pub force: bool,
 }
 
 fn parse_method(s: &str) -> Result<Method, String> {
@@ -272,21 +276,42 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         let rt = Runtime::get(ort_lib).context("cannot start ONNX Runtime")?;
         let r = nnzip::passes::simplify::simplify(&mut pruned, rt, calib.as_ref(), &a.shapes)
             .context("simplification failed")?;
-        if !r.verification.within_tolerance {
-            bail!(
-                "simplification changed the outputs by {:.3e}; nothing was written",
-                r.verification.max_abs_diff
-            );
+        if !r.verification.within_tolerance && !a.force {
+            bail!(nnzip::pipeline::PipelineError::SimplifyMismatch {
+                diff: r.verification.max_abs_diff,
+                scale: r.verification.max_abs_output,
+            });
         }
         Some(r)
     } else {
         None
     };
+    let outcome: PruneOutcome =
+        serde_json::from_value(details.clone()).context("internal: pruning report")?;
+    let rt = Runtime::get(ort_lib).context("cannot start ONNX Runtime (to verify the result)")?;
+    let mut by_sparsity: Vec<&nnzip::passes::prune::LayerReport> = outcome.layers.iter().collect();
+    by_sparsity.sort_by(|x, y| y.sparsity_after.total_cmp(&x.sparsity_after));
+    super::guard(
+        rt,
+        &model,
+        &pruned,
+        calib.as_ref(),
+        &a.shapes,
+        a.force,
+        &|| {
+            by_sparsity
+                .iter()
+                .take(5)
+                .map(|l| nnzip::fidelity::Suspect {
+                    tensor: l.name.clone(),
+                    detail: format!("{:.0}% zeros", 100.0 * l.sparsity_after),
+                })
+                .collect()
+        },
+    )?;
     pruned
         .save(&a.output, &SaveOptions::default())
         .with_context(|| format!("cannot write {}", a.output.display()))?;
-    let outcome: PruneOutcome =
-        serde_json::from_value(details.clone()).context("internal: pruning report")?;
     let report = Report {
         input: a.model.clone(),
         output: a.output.clone(),
