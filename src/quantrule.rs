@@ -49,7 +49,7 @@ impl Default for Rule {
     fn default() -> Self {
         Rule {
             size_exponent: 0.5,
-            size_margin: 1.0,
+            size_margin: 0.0,
             max_rel_step: 0.25,
             nonweight_rel_step: 1.0 / 4096.0,
         }
@@ -486,7 +486,12 @@ mod tests {
         let p = Planner::new(Rule::default(), &ts, &cfg);
         let step = |i: usize, l: f64| nnc_codec::quant::step_size_f64(p.qp(i, l), 2);
         // Never coarser than the reference's step at level 0; the small tensor finer.
-        assert!(p.qp(0, 0.0) <= cfg.qp && p.qp(1, 0.0) < cfg.qp, "{} {}", p.qp(0, 0.0), p.qp(1, 0.0));
+        assert!(
+            p.qp(0, 0.0) <= cfg.qp && p.qp(1, 0.0) < cfg.qp,
+            "{} {}",
+            p.qp(0, 0.0),
+            p.qp(1, 0.0)
+        );
         // The bias at the reference's non-weight step, whatever the level.
         assert_eq!(p.qp(2, 5.0), -75);
         // Coarse levels stop at a quarter of the RMS.

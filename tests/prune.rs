@@ -182,13 +182,7 @@ fn accuracy(model: &Model, c: &Calibration) -> f64 {
 
 /// Samples `start..end` of a calibration set, as its own set.
 fn part(c: &Calibration, start: usize, end: usize) -> Calibration {
-    Calibration {
-        inputs: c.slice(start, end).unwrap(),
-        labels: c.labels.as_ref().map(|l| l[start..end].to_vec()),
-        samples: end - start,
-        batchable: c.batchable,
-        path: c.path.clone(),
-    }
+    c.part(start, end).unwrap()
 }
 
 #[test]

@@ -42,8 +42,7 @@ fn conv_bn(gamma: f32) -> ModelProto {
     g.output.push(value_info("y", &[1, 4, 8, 8]));
     g.initializer
         .push(f32_tensor("w1", &[16, 3, 3, 3], &normal(16 * 27, 0.5)));
-    g.initializer
-        .push(f32_tensor("gamma", &[16], &vec![gamma; 16]));
+    g.initializer.push(f32_tensor("gamma", &[16], &[gamma; 16]));
     g.initializer.push(f32_tensor("beta", &[16], &[0.0; 16]));
     g.initializer
         .push(f32_tensor("mean", &[16], &normal(16, gamma * 0.1)));
@@ -54,7 +53,11 @@ fn conv_bn(gamma: f32) -> ModelProto {
     c1.attribute.push(ints("pads", &[1, 1, 1, 1]));
     g.node = vec![
         c1,
-        node("BatchNormalization", &["c1", "gamma", "beta", "mean", "var"], "b1"),
+        node(
+            "BatchNormalization",
+            &["c1", "gamma", "beta", "mean", "var"],
+            "b1",
+        ),
         node("Relu", &["b1"], "r1"),
         node("Conv", &["r1", "w2"], "y"),
     ];
@@ -96,7 +99,10 @@ fn the_rule_never_zeroes_a_tensor_of_tiny_scale() {
             unreachable!()
         };
         let e = TensorError::of("w", None, &v, r);
-        assert!(e.rel_error < 0.15 && e.zeroed < 0.15, "level {level}: {e:?}");
+        assert!(
+            e.rel_error < 0.15 && e.zeroed < 0.15,
+            "level {level}: {e:?}"
+        );
     }
     // The reference's step zeroes it.
     let rec = nnc_codec::reconstruct(std::slice::from_ref(&tiny), &cfg).unwrap();
@@ -127,7 +133,11 @@ fn default_keeps_a_folded_tiny_layer_and_the_guard_refuses_a_collapse() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(r["fidelity"]["cosine"].as_f64().unwrap() > 0.999, "{}", r["fidelity"]);
+    assert!(
+        r["fidelity"]["cosine"].as_f64().unwrap() > 0.999,
+        "{}",
+        r["fidelity"]
+    );
     for t in r["worst_tensors"].as_array().unwrap() {
         assert!(t["rel_error"].as_f64().unwrap() < 0.1, "{t}");
     }

@@ -61,6 +61,10 @@ pub struct Calibration {
     /// Per model input: samples stacked along axis 0, each sample with the input's shape minus
     /// the batch axis (`per_sample_batch` false) or with it (true, batch fixed to 1).
     pub inputs: Vec<(String, Tensor)>,
+    /// Per input: samples are whole input values (an array of one more dimension whose
+    /// second axis is not a batch of one, e.g. a recurrent state [N, 2, 1, 128] for an input
+    /// [2, batch, 128], or a scalar per sample): fed one at a time, without the sample axis.
+    pub whole: Vec<bool>,
     pub labels: Option<Vec<i64>>,
     pub samples: usize,
     /// The model's batch axis is symbolic: samples can be fed many at once.
@@ -81,6 +85,7 @@ impl Calibration {
         model: &Model,
     ) -> Result<Calibration, CalibError> {
         let mut inputs = Vec::new();
+        let mut whole = Vec::new();
         let mut samples: Option<usize> = None;
         let mut batchable = true;
         for vi in model.inputs() {
@@ -118,8 +123,19 @@ impl Calibration {
                 return Err(bad());
             }
             let n = t.dims[0];
+            let one_more = t.dims.len() == dims.len() + 1 && fits(&t.dims[1..]);
+            // Whole values per sample: a scalar input, or an input whose first axis is not a
+            // batch of one in the array.
+            let is_whole = one_more && t.dims.get(1).is_none_or(|&b| b != 1) && {
+                // A symbolic first dimension is the batch: several rows per sample are rows.
+                !matches!(dims.first(), Some(Dim::Symbolic(_)) | Some(Dim::Unknown))
+                    || t.dims.len() == 1
+            };
+            whole.push(is_whole);
             // [N, input shape...] (one more axis) or [N, input shape without batch...]
-            let (tensor, fixed_batch) = if t.dims.len() == dims.len() + 1 && fits(&t.dims[1..]) {
+            let (tensor, fixed_batch) = if is_whole {
+                (t.clone(), true)
+            } else if one_more {
                 let b = t.dims[1];
                 if b != 1 {
                     // Samples of several batch rows each: flatten into rows.
@@ -182,6 +198,7 @@ impl Calibration {
         };
         Ok(Calibration {
             inputs,
+            whole,
             labels,
             samples,
             batchable,
@@ -189,14 +206,21 @@ impl Calibration {
         })
     }
 
-    /// Rows `start..end` of every input.
+    /// Rows `start..end` of every input (one sample of whole-value inputs: `start`).
     pub fn slice(&self, start: usize, end: usize) -> Result<Vec<(String, Tensor)>, TensorError> {
         self.inputs
             .iter()
-            .map(|(n, t)| {
-                let per = t.bytes().len() / t.dims[0].max(1);
-                let mut d = t.dims.clone();
-                d[0] = end - start;
+            .enumerate()
+            .map(|(i, (n, t))| {
+                let per = t.bytes().len() / t.dims.first().copied().unwrap_or(1).max(1);
+                let whole = self.whole.get(i).copied().unwrap_or(false);
+                let (d, end) = if whole {
+                    (t.dims[1..].to_vec(), start + 1)
+                } else {
+                    let mut d = t.dims.clone();
+                    d[0] = end - start;
+                    (d, end)
+                };
                 Ok((
                     n.clone(),
                     Tensor::from_bytes(t.dtype, d, t.bytes()[start * per..end * per].to_vec())?,
@@ -207,11 +231,33 @@ impl Calibration {
 
     /// Keeps the first `n` samples (for faster searches).
     pub fn take(&self, n: usize) -> Result<Calibration, TensorError> {
-        let n = n.min(self.samples);
+        self.part(0, n.min(self.samples))
+    }
+
+    /// Samples `start..end` as a set of their own (`end` is capped at the sample count).
+    pub fn part(&self, start: usize, end: usize) -> Result<Calibration, TensorError> {
+        let end = end.min(self.samples);
+        let start = start.min(end);
+        let inputs = self
+            .inputs
+            .iter()
+            .map(|(name, t)| {
+                let per = t.bytes().len() / t.dims.first().copied().unwrap_or(1).max(1);
+                let mut d = t.dims.clone();
+                if let Some(x) = d.first_mut() {
+                    *x = end - start;
+                }
+                Ok((
+                    name.clone(),
+                    Tensor::from_bytes(t.dtype, d, t.bytes()[start * per..end * per].to_vec())?,
+                ))
+            })
+            .collect::<Result<_, TensorError>>()?;
         Ok(Calibration {
-            inputs: self.slice(0, n)?,
-            labels: self.labels.as_ref().map(|l| l[..n].to_vec()),
-            samples: n,
+            inputs,
+            whole: self.whole.clone(),
+            labels: self.labels.as_ref().map(|l| l[start..end].to_vec()),
+            samples: end - start,
             batchable: self.batchable,
             path: self.path.clone(),
         })
@@ -420,4 +466,65 @@ pub fn max_abs_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (f64, f64
         }
     }
     (d, m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onnx_protobuf::{tensor_shape_proto, type_proto, ModelProto, TypeProto, ValueInfoProto};
+
+    fn input(name: &str, elem: i32, dims: &[Option<i64>]) -> ValueInfoProto {
+        let mut shape = onnx_protobuf::TensorShapeProto::new();
+        for d in dims {
+            let mut dim = tensor_shape_proto::Dimension::new();
+            dim.value = Some(match d {
+                Some(n) => tensor_shape_proto::dimension::Value::DimValue(*n),
+                None => tensor_shape_proto::dimension::Value::DimParam("batch".into()),
+            });
+            shape.dim.push(dim);
+        }
+        let mut tt = type_proto::Tensor::new();
+        tt.elem_type = elem;
+        tt.shape = Some(shape).into();
+        let mut tp = TypeProto::new();
+        tp.value = Some(type_proto::Value::TensorType(tt));
+        let mut v = ValueInfoProto::new();
+        v.name = name.into();
+        v.type_ = Some(tp).into();
+        v
+    }
+
+    /// Silero's layout: a state [2, batch, 128] given per sample as [N, 2, 1, 128], and a scalar
+    /// sample rate as [N]: each sample is fed whole.
+    #[test]
+    fn whole_values_per_sample_are_fed_one_at_a_time() {
+        let mut proto = ModelProto::new();
+        let g = proto.graph.mut_or_insert_default();
+        g.input.push(input("state", 1, &[Some(2), None, Some(4)]));
+        g.input.push(input("sr", 7, &[]));
+        let model = Model::from_proto_in(proto, None, Path::new("")).unwrap();
+        let state: Vec<f32> = (0..3 * 8).map(|i| i as f32).collect();
+        let arrays = vec![
+            (
+                "state".to_string(),
+                Tensor::from_f32(vec![3, 2, 1, 4], &state).unwrap(),
+            ),
+            (
+                "sr".to_string(),
+                Tensor::from_i64(vec![3], &[16000, 16000, 8000]).unwrap(),
+            ),
+        ];
+        let c = Calibration::from_arrays(Path::new("x.npz"), arrays, &model).unwrap();
+        assert_eq!((c.samples, c.batchable), (3, false));
+        let s = c.slice(2, 3).unwrap();
+        assert_eq!(s[0].1.dims, vec![2, 1, 4]);
+        assert_eq!(s[0].1.to_f32().unwrap()[0], 16.0);
+        assert_eq!(
+            (s[1].1.dims.clone(), s[1].1.to_i64().unwrap()),
+            (vec![], vec![8000])
+        );
+        let p = c.part(1, 3).unwrap();
+        assert_eq!(p.samples, 2);
+        assert_eq!(p.slice(0, 1).unwrap()[1].1.to_i64().unwrap(), vec![16000]);
+    }
 }
