@@ -29,7 +29,10 @@ use crate::passes::simplify::{simplify, ModelStats, SimplifyReport};
 use crate::passes::{Pass, PassContext, PassError, PassReport};
 use crate::progress::Progress;
 use crate::quantrule::{ndu_sizes, Anchor, KnownRate, Planner, Rule, TensorError, ValuePrint};
-use crate::ratecontrol::{allocate, best_single_qp, RateError, RatePlan};
+use crate::ratecontrol::ort::OrtEvaluator;
+use crate::ratecontrol::{
+    best_single_qp, trial_sizes, RateControl, RateError, RateOptions, RatePlan,
+};
 use crate::report::{CompressReport, LatencyReport, SingleQp, Stage, StageTime};
 use crate::rowscale::RowPrints;
 use crate::runtime::{peak_rss_bytes, Runtime, RuntimeError, Session, SessionOptions};
@@ -149,6 +152,8 @@ pub struct CompressOptions {
     /// Keep a result that failed verification (the report says so).
     pub force: bool,
     pub guard: Guard,
+    /// Rate control's search (time budget, hold-out share); `max_drop` comes from above.
+    pub rate: RateOptions,
 }
 
 impl Default for CompressOptions {
@@ -167,6 +172,7 @@ impl Default for CompressOptions {
             zstd_baseline: false,
             force: false,
             guard: Guard::default(),
+            rate: RateOptions::new(1.0),
         }
     }
 }
@@ -481,6 +487,36 @@ fn rule_encode(
     Ok((bytes, stats, q))
 }
 
+/// Rate control on `model` (simplified) within `max_drop` points.
+fn rate_control(
+    rt: &Runtime,
+    model: &Model,
+    calib: &Calibration,
+    container: &ContainerOptions,
+    max_drop: f64,
+    opts: &RateOptions,
+    progress: &mut dyn Progress,
+) -> Result<RatePlan, PipelineError> {
+    let p = into_prepared(model.clone(), container)?;
+    let weights = p
+        .tensors
+        .iter()
+        .filter(|t| t.shape.len() > 1)
+        .count()
+        .max(1);
+    let probes = weights.min(opts.max_probes) as f64;
+    // A third of the time for the probes.
+    let per_probe = opts.time_budget.as_secs_f64() / 3.0 / probes;
+    let eval = OrtEvaluator::new(rt, model, &p.tensors, calib, opts.holdout, per_probe)?;
+    let o = RateOptions {
+        max_drop,
+        ..opts.clone()
+    };
+    let rc = RateControl::new(&p.tensors, &p.config, o, eval);
+    let tensors = &p.tensors;
+    Ok(rc.run(&mut |c| trial_sizes(tensors, c), progress)?)
+}
+
 /// Relative reconstruction errors of every quantized tensor, worst first.
 fn tensor_errors(
     p: &Prepared,
@@ -635,9 +671,10 @@ pub fn compress_file(
     if rule {
         clock.stage("reference size", progress)?;
         reference = Some(reference_sizes(&model, &container)?);
-        if opts.simplify {
-            container.row_prints = Some(Arc::new(RowPrints::of(&model)));
-        }
+    }
+    // Folded rows are coded with their scales apart wherever QPs are chosen per tensor.
+    if opts.simplify && !opts.reference_compatible && (rule || opts.max_drop.is_some()) {
+        container.row_prints = Some(Arc::new(RowPrints::of(&model)));
     }
     let simplify_report: Option<SimplifyReport> = if opts.simplify {
         clock.stage("simplifying", progress)?;
@@ -666,9 +703,7 @@ pub fn compress_file(
             evaluate(metric, c, orig.probe.reference(), &t)?
         };
         let left = (max_drop - (v0 - v_pruned)).max(0.0);
-        let plan = allocate(rt, &model, c, &container, left, &mut |m| {
-            progress.step(0, 0, m)
-        })?;
+        let plan = rate_control(rt, &model, c, &container, left, &opts.rate, progress)?;
         container.codec = plan.config.clone();
         if opts.compare_single_qp {
             clock.stage("best single QP", progress)?;
@@ -704,7 +739,12 @@ pub fn compress_file(
     let prepared = if opts.reference_compatible {
         into_prepared(model, &reference_options(&container))?
     } else {
-        into_prepared(model, &container)?
+        let mut p = into_prepared(model, &container)?;
+        if rate.is_some() {
+            // The plan's QPs over the container's own overrides.
+            p.config = container.codec.clone();
+        }
+        p
     };
     let (bitstream, graph, stats, quantization) = if opts.reference_compatible {
         let (b, g, s) = encode_reference_compatible(&prepared, &prepared.config)?;

@@ -294,7 +294,7 @@ impl Planner {
 /// Bytes of one tensor at any QP: a trial's bytes at one QP, and about 2^-d bit more per
 /// value that stays significant for each QP step finer (one bit per doubling of precision).
 #[derive(Debug, Clone)]
-struct TensorRate {
+pub(crate) struct TensorRate {
     qp: i32,
     bytes: f64,
     /// Histogram of log2|w| in QP units: `counts[j]` values with QP index `lo + j`.
@@ -304,7 +304,7 @@ struct TensorRate {
 }
 
 impl TensorRate {
-    fn new(v: &[f32], qp: i32, bytes: u64, density: u8) -> TensorRate {
+    pub(crate) fn new(v: &[f32], qp: i32, bytes: u64, density: u8) -> TensorRate {
         let k = per_doubling(density);
         // A value is significant at a QP when it is at least half the step.
         let idx = |x: f32| (k * (2.0 * f64::from(x.abs())).log2()).floor() as i64;
@@ -339,7 +339,7 @@ impl TensorRate {
         self.counts.iter().skip(from).sum()
     }
 
-    fn bytes_at(&self, qp: i32) -> f64 {
+    pub(crate) fn bytes_at(&self, qp: i32) -> f64 {
         let per_step = 1.0 / (8.0 * per_doubling(self.density));
         let mut b = self.bytes;
         if qp < self.qp {

@@ -218,13 +218,39 @@ impl CompressReport {
             Quantization::RateControl(r) => {
                 let _ = writeln!(
                     o,
-                    "rate control: {} tensors, QP {}..{}, {} without dependent quantization, {} search steps",
+                    "rate control: {} tensors at QP {}..{} ({} probed), {} evaluations; {} on {} search samples: drop {:.2}{}, SNR {:.1} dB",
                     r.qps.len(),
                     r.qps.values().min().copied().unwrap_or(0),
                     r.qps.values().max().copied().unwrap_or(0),
-                    r.uniform.len(),
-                    r.steps.len()
+                    r.sensitivities.probed,
+                    r.steps.len(),
+                    r.metric.name(),
+                    r.search_samples,
+                    r.search.drop,
+                    r.search
+                        .expected_drop
+                        .map_or(String::new(), |e| format!(" (expected {e:.2})")),
+                    r.search.snr_db()
                 );
+                if let Some(h) = &r.held_out {
+                    let _ = writeln!(
+                        o,
+                        "  held out ({} samples): drop {:.2}{}, SNR {:.1} dB{}",
+                        r.check_samples,
+                        h.drop,
+                        h.expected_drop
+                            .map_or(String::new(), |e| format!(" (expected {e:.2})")),
+                        h.snr_db(),
+                        if r.check.tightened > 0 {
+                            format!("; tightened {} time(s) to hold there", r.check.tightened)
+                        } else {
+                            String::new()
+                        }
+                    );
+                }
+                for w in &r.warnings {
+                    let _ = writeln!(o, "  note: {w}");
+                }
             }
         }
         if let Some(w) = self.worst_tensors.first() {

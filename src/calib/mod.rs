@@ -229,6 +229,21 @@ impl Calibration {
             .collect()
     }
 
+    /// Samples per run: up to [`BATCH`] where the batch axis is symbolic, fewer for large
+    /// samples (16 MB of input per run: activations grow with it, 16 images of 640×640 at once
+    /// held 3.5 GB), one where the batch is fixed.
+    pub fn batch(&self) -> usize {
+        if !self.batchable {
+            return 1;
+        }
+        let per: usize = self
+            .inputs
+            .iter()
+            .map(|(_, t)| t.bytes().len() / t.dims.first().copied().unwrap_or(1).max(1))
+            .sum();
+        ((16usize << 20) / per.max(1)).clamp(1, BATCH)
+    }
+
     /// Keeps the first `n` samples (for faster searches).
     pub fn take(&self, n: usize) -> Result<Calibration, TensorError> {
         self.part(0, n.min(self.samples))
@@ -293,7 +308,7 @@ pub fn run_all(
     session: &mut Session,
     calib: &Calibration,
 ) -> Result<Vec<(String, Tensor)>, CalibError> {
-    let step = if calib.batchable { BATCH } else { 1 };
+    let step = calib.batch();
     let mut parts: Vec<(String, Vec<Tensor>)> = Vec::new();
     let mut start = 0;
     while start < calib.samples {

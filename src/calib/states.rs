@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::{CalibError, Calibration, BATCH};
+use super::{CalibError, Calibration};
 use crate::graph::index::{node_label, GraphIndex};
 use crate::graph::shapes::attr_f;
 use crate::onnx::Model;
@@ -147,7 +147,7 @@ pub fn rectifier_states(
     let pre: Vec<String> = rects.iter().map(|r| r.1.clone()).collect();
     crate::graph::edit::expose_float_outputs(&mut probe, &pre);
     let mut session = Session::from_model(rt, &probe, &SessionOptions::default())?;
-    let step = if calib.batchable { BATCH } else { 1 };
+    let step = calib.batch();
     let g = model.graph();
     let mut states: Vec<Option<NeuronStates>> = vec![None; rects.len()];
     let mut start = 0;

@@ -31,6 +31,14 @@ pub struct Args {
     /// with labels, else top-1 agreement, else output cosine, in percent) drops by at most X points.
     #[arg(long, value_name = "X")]
     pub max_drop: Option<f64>,
+    /// Rate control: wall-time budget of the search in seconds (probes and bisection stop when
+    /// it is spent).
+    #[arg(long, default_value_t = 240.0, value_name = "SECONDS")]
+    pub search_time: f64,
+    /// Rate control: share of the calibration samples held out to check the choice (none
+    /// under 8 samples).
+    #[arg(long, default_value_t = 0.25, value_name = "F")]
+    pub holdout: f64,
     /// Also report the best single QP within the same budget (the reference's knob).
     #[arg(long)]
     pub compare_single_qp: bool,
@@ -98,6 +106,11 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         compare_single_qp: a.compare_single_qp,
         zstd_baseline: a.zstd,
         force: a.force,
+        rate: nnzip::ratecontrol::RateOptions {
+            time_budget: Duration::from_secs_f64(a.search_time.max(1.0)),
+            holdout: a.holdout.clamp(0.0, 0.5),
+            ..nnzip::ratecontrol::RateOptions::new(a.max_drop.unwrap_or(1.0))
+        },
         ..CompressOptions::default()
     };
     let mut progress = super::progress::CliProgress::new(quiet);

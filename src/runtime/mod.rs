@@ -412,6 +412,19 @@ impl Session {
         Ok(res)
     }
 
+    /// Runs on a feed built by hand (inputs and overridden initializers, by name).
+    pub fn run_feed(
+        &mut self,
+        feed: &[(&str, &DynValue)],
+    ) -> Result<Vec<(String, Tensor)>, RuntimeError> {
+        let out = self.inner.run(feed.to_vec())?;
+        let mut res = Vec::with_capacity(out.len());
+        for (name, v) in out.iter() {
+            res.push((name.to_string(), from_ort(&v)?));
+        }
+        Ok(res)
+    }
+
     /// Runs once, discarding the outputs (for timing).
     pub fn run_discard(&mut self, values: &[(String, DynValue)]) -> Result<(), RuntimeError> {
         let feed: Vec<(&str, &DynValue)> = values.iter().map(|(n, v)| (n.as_str(), v)).collect();
@@ -427,6 +440,17 @@ impl Session {
         let values = self.prepare(inputs)?;
         self.run_prepared(&values)
     }
+}
+
+/// A tensor as an ONNX Runtime value (for feeds built by hand, e.g. overridden initializers).
+pub fn value_of(t: &Tensor) -> Result<DynValue, RuntimeError> {
+    to_ort(t)
+}
+
+/// A float32 ONNX Runtime value from a slice, without an intermediate byte copy.
+pub fn f32_value(dims: &[usize], v: &[f32]) -> Result<DynValue, RuntimeError> {
+    let shape: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
+    Ok(ort::value::Tensor::from_array((shape, v.to_vec()))?.into_dyn())
 }
 
 fn shape_of(t: &Tensor) -> Vec<i64> {
