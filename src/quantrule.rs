@@ -11,15 +11,16 @@
 //! Δ_u is the reference's step (QP −38 unless `--qp`). The second term is where the analysis of
 //! relative output noise leads: for `y = W x`, noise of variance δ² on W gives output noise of
 //! relative power δ²/σ_W² whatever the layer's size, and minimizing Σ δ_t²/σ_t² for a total of
-//! Σ N_t·log2(σ_t/Δ_t) bits gives Δ_t ∝ σ_t·√N_t. Used alone it loses to the reference's single
-//! step on some real models (PP-LCNet: 21 dB of output SNR against 27 at the same bytes), whose
-//! layers differ in how much of their noise reaches the output; used where it is finer than the
-//! reference (small tensors and tensors of small scale) it wins everywhere measured, most where
-//! small early layers are sensitive (PP-OCR's classifier: 39 dB against 28). M puts the two
-//! terms level for a typical tensor (M is where the size rule's element-weighted mean log-step
-//! equals log2 Δ_u, plus one doubling) so the size term only ever refines. The σ_t/4 cap keeps
-//! every tensor's relative error bounded, so nothing is quantized away (a BatchNormalization
-//! folded into a layer can leave weights of max |w| 2.4e-4, all zero at Δ_u = 0.0014).
+//! Σ N_t·log2(σ_t/Δ_t) bits gives Δ_t ∝ σ_t·√N_t. The reference's single step coincides with
+//! that only where σ_t ∝ 1/√N_t. Used alone the size term lost to the single step on PP-LCNet
+//! (its layers differ in how much of their noise reaches the output); M puts the two terms level
+//! at the element-weighted mean of log2(Δ_u / σ_t√N_t), so the size term only refines: small
+//! tensors and tensors of small scale, cheap to code finely and, on the real models measured,
+//! those whose errors reach the output most (a 144-weight depthwise layer of PP-LCNet cost 12 dB
+//! of output SNR on its own at the reference's step). The σ_t/4 cap keeps every tensor's
+//! relative error bounded (under 15% with dependent quantization), so nothing is quantized away
+//! (a BatchNormalization folded into a layer can leave weights of max |w| 2.4e-4, all zero at
+//! Δ_u = 0.0015).
 //!
 //! L is the finest level at which the parameter bytes stay within the budget (the bytes the
 //! reference spends on the model at its settings): a rate model per tensor (one trial encode, and

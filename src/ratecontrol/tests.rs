@@ -46,6 +46,11 @@ impl Evaluator for Fake {
             expected_drop: None,
             drop_se: None,
             noise,
+            samples: if set == Set::Check {
+                self.samples.1
+            } else {
+                self.samples.0
+            },
         })
     }
 }
