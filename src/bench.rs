@@ -41,6 +41,8 @@ pub struct BenchOptions {
     /// When set, timed runs continue until this much time has passed (at least `min_runs`).
     pub time_budget: Option<Duration>,
     pub min_runs: usize,
+    /// With a time budget: stop after this many runs even if time is left.
+    pub max_runs: Option<usize>,
     pub session: SessionOptions,
     pub shapes: Vec<(String, Vec<usize>)>,
     pub inputs: Option<PathBuf>,
@@ -54,6 +56,7 @@ impl Default for BenchOptions {
             runs: 100,
             time_budget: None,
             min_runs: 5,
+            max_runs: None,
             session: SessionOptions::default(),
             shapes: Vec::new(),
             inputs: None,
@@ -180,14 +183,20 @@ struct Contender {
 impl Contender {
     fn new(
         rt: &Runtime,
-        path: &Path,
-        model: &Model,
+        subject: &Subject<'_>,
         inputs: &[(String, Tensor)],
         opts: &SessionOptions,
     ) -> Result<Contender, BenchError> {
+        let path = subject.path;
         let rss_before = rss_bytes();
         let t0 = Instant::now();
-        let session = Session::from_file(rt, path, model, opts)?;
+        let session = Session::from_file_io(
+            rt,
+            path,
+            subject.inputs.clone(),
+            subject.outputs.clone(),
+            opts,
+        )?;
         let session_ms = t0.elapsed().as_secs_f64() * 1e3;
         let values = session.prepare(inputs)?;
         Ok(Contender {
@@ -215,6 +224,23 @@ impl Contender {
     }
 }
 
+/// A model file to time, with its interface (so the file need not be loaded here).
+pub struct Subject<'a> {
+    pub path: &'a Path,
+    pub inputs: Vec<crate::onnx::ValueInfo>,
+    pub outputs: Vec<crate::onnx::ValueInfo>,
+}
+
+impl<'a> Subject<'a> {
+    pub fn of(path: &'a Path, model: &Model) -> Subject<'a> {
+        Subject {
+            path,
+            inputs: model.inputs(),
+            outputs: model.outputs(),
+        }
+    }
+}
+
 /// Benchmarks `path`, and `vs` interleaved with it when given. `progress` is told (done, total).
 pub fn bench(
     rt: &Runtime,
@@ -228,12 +254,8 @@ pub fn bench(
     }
     let model = Model::load(path)?;
     let inputs = bench_inputs(&model, opts)?;
-    let mut a = Contender::new(rt, path, &model, &inputs, &opts.session)?;
-    for _ in 0..opts.warmup {
-        a.run_once()?;
-    }
-    let rss_a = rss_bytes();
-    let mut b = match vs {
+    let a = Subject::of(path, &model);
+    let b = match vs {
         Some(p) => {
             let other = Model::load(p)?;
             let names = |m: &Model| {
@@ -249,7 +271,34 @@ pub fn bench(
                     theirs: names(&other).join(", "),
                 });
             }
-            let mut c = Contender::new(rt, p, &other, &inputs, &opts.session)?;
+            Some(Subject::of(p, &other))
+        }
+        None => None,
+    };
+    drop(model);
+    bench_subjects(rt, &a, b.as_ref(), &inputs, opts, progress)
+}
+
+/// Benchmarks model files on `inputs`, interleaved when there are two.
+pub fn bench_subjects(
+    rt: &Runtime,
+    subject: &Subject<'_>,
+    vs: Option<&Subject<'_>>,
+    inputs: &[(String, Tensor)],
+    opts: &BenchOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<BenchReport, BenchError> {
+    if opts.runs == 0 && opts.time_budget.is_none() {
+        return Err(BenchError::NoRuns);
+    }
+    let mut a = Contender::new(rt, subject, inputs, &opts.session)?;
+    for _ in 0..opts.warmup {
+        a.run_once()?;
+    }
+    let rss_a = rss_bytes();
+    let mut b = match vs {
+        Some(v) => {
+            let mut c = Contender::new(rt, v, inputs, &opts.session)?;
             for _ in 0..opts.warmup {
                 c.run_once()?;
             }
@@ -263,7 +312,10 @@ pub fn bench(
     let mut i = 0usize;
     loop {
         let more = match opts.time_budget {
-            Some(t) => start.elapsed() < t || i < opts.min_runs,
+            Some(t) => {
+                (start.elapsed() < t || i < opts.min_runs)
+                    && opts.max_runs.is_none_or(|m| i < m.max(opts.min_runs))
+            }
             None => i < opts.runs,
         };
         if !more {

@@ -1,22 +1,40 @@
-//! The whole job: import → optional prune → simplify → NNC encode, then decode and measure.
-//! The bitstream is verified by decoding it back into the model whose metric and latency the
-//! report gives.
+//! The whole job: import → optional prune → simplify → quantization plan → NNC encode, then
+//! decode what was written and check it against the original on ONNX Runtime.
+//!
+//! Each stage is a function returning a typed result; [`compress_file`] runs them in order and
+//! assembles the report. Memory stays near the model's size: the model is taken apart for coding
+//! without a copy of its graph, the decoded model reaches ONNX Runtime through a mapped file, and
+//! at most two sessions exist at once (only while timing, interleaved).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use nnc_codec::EncoderConfig;
 use thiserror::Error;
 
-use crate::bench::{bench, BenchError, BenchOptions};
-use crate::calib::{evaluate, run_model, CalibError, Calibration, Metric};
+use crate::bench::{bench_subjects, BenchError, BenchOptions, Subject};
+use crate::calib::{evaluate, CalibError, Calibration, Metric};
 use crate::container::{
-    compress, compress_reference_compatible, decompress, ContainerError, ContainerOptions,
+    assemble, encode_prepared, encode_reference_compatible, into_prepared, reference_options,
+    ContainerError, ContainerOptions, ContainerStats, Prepared,
 };
-use crate::onnx::{Model, OnnxError, SaveOptions};
-use crate::passes::simplify::{simplify, ModelStats};
-use crate::passes::{Pass, PassContext, PassError};
-use crate::ratecontrol::{allocate, best_single_qp, RateError};
-use crate::report::{CompressReport, SingleQp, Stage};
-use crate::runtime::Runtime;
+use crate::errors::ErrorClass;
+use crate::fidelity::{Fidelity, FidelityError, Guard, Probe, Suspect};
+use crate::onnx::{Model, OnnxError, ValueInfo};
+use crate::passes::simplify::{simplify, ModelStats, SimplifyReport};
+use crate::passes::{Pass, PassContext, PassDetails, PassError};
+use crate::progress::Progress;
+use crate::quantrule::{ndu_sizes, Anchor, KnownRate, Planner, Rule, TensorError, ValuePrint};
+use crate::ratecontrol::ort::OrtEvaluator;
+use crate::ratecontrol::{
+    best_single_qp, trial_sizes, RateControl, RateError, RateOptions, RatePlan,
+};
+use crate::report::{CompressReport, LatencyReport, SingleQp, Stage, StageTime};
+pub use crate::report::{PruneResult, Quantization};
+use crate::rowscale::RowPrints;
+use crate::runtime::{peak_rss_bytes, Runtime, RuntimeError, Session, SessionOptions};
 
 #[derive(Debug, Error)]
 pub enum PipelineError {
@@ -29,19 +47,49 @@ pub enum PipelineError {
     #[error(transparent)]
     Container(#[from] ContainerError),
     #[error(transparent)]
+    Codec(#[from] nnc_codec::Error),
+    #[error(transparent)]
     Rate(#[from] RateError),
     #[error(transparent)]
     Bench(#[from] BenchError),
-    #[error("--max-drop needs calibration data (--calib FILE.npz)")]
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Fidelity(#[from] FidelityError),
+    #[error("a metric-drop budget needs calibration data")]
     MaxDropNeedsCalib,
-    #[error("simplification changed the outputs by {diff:.3e} (largest output {scale:.3e}); refusing to continue")]
+    #[error("simplification changed the outputs by {diff:.3e} (largest output {scale:.3e}); nothing was written")]
     SimplifyMismatch { diff: f64, scale: f64 },
+    #[error("interrupted")]
+    Cancelled,
     #[error("I/O on {path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+impl PipelineError {
+    /// What kind of failure this is (for exit codes).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            PipelineError::MaxDropNeedsCalib => ErrorClass::Usage,
+            PipelineError::Onnx(OnnxError::Write { .. }) | PipelineError::Io { .. } => {
+                ErrorClass::Write
+            }
+            PipelineError::Onnx(_) | PipelineError::Container(_) | PipelineError::Codec(_) => {
+                ErrorClass::BadInput
+            }
+            PipelineError::Calib(CalibError::Runtime(_)) => ErrorClass::Runtime,
+            PipelineError::Calib(_) => ErrorClass::BadInput,
+            PipelineError::Runtime(_) | PipelineError::Bench(_) => ErrorClass::Runtime,
+            PipelineError::Fidelity(f) => f.class(),
+            PipelineError::SimplifyMismatch { .. } => ErrorClass::Verification,
+            PipelineError::Rate(r) => r.class(),
+            PipelineError::Pass(_) | PipelineError::Cancelled => ErrorClass::Other,
+        }
+    }
 }
 
 /// How to prune inside the pipeline: a pass per amount, and the amount (searched when `None`).
@@ -56,6 +104,36 @@ pub struct PruneSpec {
 /// Share of `--max-drop` that a searched pruning amount may spend; quantization gets the rest.
 pub const PRUNE_BUDGET_SHARE: f64 = 0.5;
 
+/// How weights are quantized when there is no metric budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantizer {
+    /// Per-tensor steps from each tensor's statistics, anchored to the reference's bytes.
+    Rule,
+    /// The reference's rule: every weight at the weight QP, every other tensor at the
+    /// non-weight QP.
+    Uniform,
+}
+
+/// Latency columns: interleaved timing of original and result, bounded in time.
+#[derive(Debug, Clone)]
+pub struct LatencyOptions {
+    /// At most this many timed runs per model (0: no latency columns).
+    pub max_runs: usize,
+    /// Time budget for the timed runs (at least 5 runs each).
+    pub time: Duration,
+    pub warmup: usize,
+}
+
+impl Default for LatencyOptions {
+    fn default() -> Self {
+        LatencyOptions {
+            max_runs: 50,
+            time: Duration::from_secs(3),
+            warmup: 3,
+        }
+    }
+}
+
 pub struct CompressOptions {
     pub container: ContainerOptions,
     pub prune: Option<PruneSpec>,
@@ -63,11 +141,18 @@ pub struct CompressOptions {
     pub calib: Option<PathBuf>,
     pub max_drop: Option<f64>,
     pub reference_compatible: bool,
+    pub quantizer: Quantizer,
     pub shapes: Vec<(String, Vec<usize>)>,
-    /// Timed runs per model for the latency columns (0: no latency).
-    pub bench_runs: usize,
+    pub latency: LatencyOptions,
     /// Also find the best single QP within `max_drop` (the reference's one knob) for comparison.
     pub compare_single_qp: bool,
+    /// Also report `zstd -19` of the ONNX file (slow on large models: a minute for 66 MB).
+    pub zstd_baseline: bool,
+    /// Keep a result that failed verification (the report says so).
+    pub force: bool,
+    pub guard: Guard,
+    /// Rate control's search (time budget, hold-out share); `max_drop` comes from above.
+    pub rate: RateOptions,
 }
 
 impl Default for CompressOptions {
@@ -79,9 +164,14 @@ impl Default for CompressOptions {
             calib: None,
             max_drop: None,
             reference_compatible: false,
+            quantizer: Quantizer::Rule,
             shapes: Vec::new(),
-            bench_runs: 50,
+            latency: LatencyOptions::default(),
             compare_single_qp: false,
+            zstd_baseline: false,
+            force: false,
+            guard: Guard::default(),
+            rate: RateOptions::new(1.0),
         }
     }
 }
@@ -107,33 +197,425 @@ pub fn zstd_size(p: &Path) -> Result<u64, PipelineError> {
     Ok(zstd::bulk::compress(&bytes, 19).map_err(io)?.len() as u64)
 }
 
-/// Metric of `model` on the calibration data, against labels or the reference outputs.
-fn metric_of(
+/// Stage timings, as the report lists them.
+struct Clock {
+    start: Instant,
+    stage: Option<(String, Instant)>,
+    done: Vec<StageTime>,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            start: Instant::now(),
+            stage: None,
+            done: Vec::new(),
+        }
+    }
+
+    fn stage(&mut self, name: &str, progress: &mut dyn Progress) -> Result<(), PipelineError> {
+        self.finish();
+        if progress.cancelled() {
+            return Err(PipelineError::Cancelled);
+        }
+        progress.stage(name);
+        self.stage = Some((name.to_string(), Instant::now()));
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        if let Some((name, t)) = self.stage.take() {
+            self.done.push(StageTime {
+                stage: name,
+                seconds: t.elapsed().as_secs_f64(),
+                peak_rss_bytes: peak_rss_bytes(),
+            });
+        }
+    }
+}
+
+/// What the original model gives on the data the result is checked on.
+struct Original {
+    probe: Probe,
+    /// With calibration data: the metric, and its value for the original.
+    metric: Option<(Metric, f64)>,
+    inputs: Vec<ValueInfo>,
+    outputs: Vec<ValueInfo>,
+}
+
+fn run_original(
+    rt: &Runtime,
+    model: &Model,
+    calib: Option<&Calibration>,
+    shapes: &[(String, Vec<usize>)],
+) -> Result<Original, PipelineError> {
+    let probe = Probe::new(rt, model, calib, shapes)?;
+    let metric = match calib {
+        Some(c) => {
+            let r = probe.reference();
+            let m = Metric::for_data(c, r);
+            Some((m, evaluate(m, c, r, r)?))
+        }
+        None => None,
+    };
+    Ok(Original {
+        probe,
+        metric,
+        inputs: model.inputs(),
+        outputs: model.outputs(),
+    })
+}
+
+fn prune_stage(
+    model: Model,
+    spec: &PruneSpec,
+    rt: &'static Runtime,
+    calib: Option<&Calibration>,
+    max_drop: Option<f64>,
+) -> Result<(Model, PruneResult), PipelineError> {
+    match (spec.amount, max_drop, calib) {
+        (None, Some(x), Some(c)) => {
+            let so = crate::passes::prune::search::SearchOptions {
+                max_drop: x * PRUNE_BUDGET_SHARE,
+                max_amount: 0.95,
+                steps: 6,
+                z: 1.0,
+            };
+            let (m, pass, search) = crate::passes::prune::search::search_amount(
+                &model,
+                rt,
+                c,
+                &so,
+                &*spec.make,
+                &mut |_| {},
+            )?;
+            Ok((
+                m,
+                PruneResult {
+                    pass,
+                    search: Some(search),
+                },
+            ))
+        }
+        (amount, _, _) => {
+            let ctx = PassContext {
+                calib,
+                runtime: Some(rt),
+                inputs: None,
+            };
+            let mut ed = crate::graph::editor::Editor::new(model, Default::default());
+            let pass = (spec.make)(amount.unwrap_or(spec.default_amount)).run(&mut ed, &ctx)?;
+            Ok((ed.into_model(), PruneResult { pass, search: None }))
+        }
+    }
+}
+
+/// What the reference encoder does with the model before simplification: its parameter bytes
+/// (NDUs, the budget of the default rule) and each tensor's bytes at its QP (which calibrate the
+/// rate model wherever simplification left a tensor's values as they were).
+struct ReferenceSizes {
+    bytes: u64,
+    tensors: HashMap<String, KnownRate>,
+}
+
+/// The reference encoder on `model` at `opts`' settings, with the sampled parameter
+/// optimisation (a few bytes per megabyte over the exact one; the budget keeps a margin of
+/// that order).
+fn reference_sizes(
+    model: &Model,
+    opts: &ContainerOptions,
+) -> Result<ReferenceSizes, PipelineError> {
+    use rayon::prelude::*;
+    let mut o = reference_options(opts);
+    o.row_prints = None;
+    o.codec.overrides.clear();
+    o.codec.param_opt_bins = o
+        .codec
+        .param_opt_bins
+        .or(EncoderConfig::fast().param_opt_bins);
+    o.codec.parallel = false;
+    // Tensor by tensor (both cores, one tensor each): the model plus two tensors in memory
+    // rather than every tensor's float copy at once.
+    let weights = model.weights();
+    let names = crate::container::weight_names(model);
+    let per: Result<Vec<Vec<(String, KnownRate)>>, PipelineError> = weights
+        .par_iter()
+        .zip(names.into_par_iter())
+        .map(|(w, name)| {
+            let (tensors, cfg) = crate::container::weight_tensors(model, w, name, &o)?;
+            let sizes = ndu_sizes(&nnc_codec::encode(&tensors, &cfg)?)?;
+            Ok(tensors
+                .iter()
+                .filter_map(|t| {
+                    let bytes = *sizes.get(&t.name)?;
+                    let print = match &t.data {
+                        nnc_codec::TensorData::F32(v) => ValuePrint::of(v),
+                        nnc_codec::TensorData::I32(_) => ValuePrint::of(&[]),
+                    };
+                    let qp = cfg.tensor_qp(&t.name, &t.shape).0;
+                    Some((t.name.clone(), KnownRate { qp, bytes, print }))
+                })
+                .collect())
+        })
+        .collect();
+    let tensors: HashMap<String, KnownRate> = per?.into_iter().flatten().collect();
+    let parameter_bytes: u64 = tensors.values().map(|k| k.bytes).sum();
+    Ok(ReferenceSizes {
+        bytes: parameter_bytes - parameter_bytes / 2000,
+        tensors,
+    })
+}
+
+/// The default rule's encoder settings for `p`, the finest within the reference's bytes: the
+/// rate model is calibrated from the reference encode where values are unchanged and from one
+/// trial encode of the other tensors; each encode then corrects it (at most four).
+fn rule_encode(
+    p: &Prepared,
+    reference: &ReferenceSizes,
+    progress: &mut dyn Progress,
+) -> Result<(Vec<u8>, ContainerStats, Quantization), PipelineError> {
+    let budget = reference.bytes;
+    let mut planner = Planner::new(Rule::default(), &p.tensors, &p.config);
+    let known = planner.calibrate_known(&p.tensors, &reference.tensors);
+    let fast = |mut c: EncoderConfig| {
+        // Sampled parameter optimisation: half the time, sizes within 0.02% of the exact one.
+        c.param_opt_bins = c.param_opt_bins.or(EncoderConfig::fast().param_opt_bins);
+        c
+    };
+    // The rest (tensors simplification changed, and the ones the rule does not plan: raw,
+    // integer, row scales) in one trial encode.
+    let rest: Vec<nnc_codec::Tensor> = p
+        .tensors
+        .iter()
+        .filter(|t| !known.contains(&t.name))
+        .cloned()
+        .collect();
+    progress.step(0, 4, "trial encode");
+    let sizes = if rest.is_empty() {
+        HashMap::new()
+    } else {
+        ndu_sizes(&nnc_codec::encode(&rest, &fast(planner.config(0.0)))?)?
+    };
+    drop(rest);
+    planner.calibrate(&p.tensors, 0.0, &sizes);
+    let planned: std::collections::HashSet<&str> =
+        planner.stats.iter().map(|s| s.name.as_str()).collect();
+    let fixed: u64 = sizes
+        .iter()
+        .filter(|(k, _)| !planned.contains(k.as_str()))
+        .map(|(_, v)| v)
+        .sum();
+    // The rate model's error on the last encode corrects the next target; a level seen over
+    // budget bounds the next from below.
+    let mut ratio = 1.0f64;
+    let mut over = f64::NEG_INFINITY;
+    let mut trials = Vec::new();
+    let mut best: Option<(Vec<u8>, ContainerStats, f64)> = None;
+    for attempt in 0..4u64 {
+        if progress.cancelled() {
+            return Err(PipelineError::Cancelled);
+        }
+        let level = planner
+            .level_for(budget as f64 / ratio, fixed as f64)
+            .max(over + 1.0 / 64.0);
+        progress.step(attempt + 1, 4, "encoding");
+        let (bytes, stats) = encode_prepared(p, &fast(planner.config(level)))?;
+        let predicted = planner.predict(level) + fixed as f64;
+        let actual = stats.parameter_bytes;
+        trials.push((level, predicted as u64, actual));
+        ratio = actual as f64 / predicted.max(1.0);
+        let fits = actual <= budget;
+        if !fits {
+            over = over.max(level);
+        }
+        let better = match &best {
+            None => true,
+            Some((_, s, _)) if s.parameter_bytes <= budget => fits && actual > s.parameter_bytes,
+            Some((_, s, _)) => fits || actual < s.parameter_bytes,
+        };
+        if better {
+            best = Some((bytes, stats, level));
+        }
+        if fits && actual as f64 >= 0.995 * budget as f64 {
+            break;
+        }
+    }
+    let Some((bytes, stats, level)) = best else {
+        return Err(PipelineError::Cancelled);
+    };
+    let qps: Vec<i32> = (0..planner.stats.len())
+        .filter(|&i| planner.stats[i].weight)
+        .map(|i| planner.qp(i, level))
+        .collect();
+    let q = Quantization::Rule {
+        anchor: Anchor {
+            reference_bytes: budget,
+            level,
+            bytes: stats.parameter_bytes,
+            trials,
+        },
+        qp_min: qps.iter().copied().min().unwrap_or(0),
+        qp_max: qps.iter().copied().max().unwrap_or(0),
+        row_scaled: stats.row_scaled,
+    };
+    Ok((bytes, stats, q))
+}
+
+/// Rate control on `model` (simplified) within `max_drop` points.
+fn rate_control(
     rt: &Runtime,
     model: &Model,
     calib: &Calibration,
-    reference: &crate::tensor::Tensor,
-    metric: Metric,
-) -> Result<f64, PipelineError> {
-    let out = run_model(rt, model, calib)?;
-    let t = crate::calib::metric_output(&out).ok_or(CalibError::Empty {
-        path: calib.path.clone(),
-    })?;
-    Ok(evaluate(metric, calib, reference, t)?)
+    container: &ContainerOptions,
+    max_drop: f64,
+    opts: &RateOptions,
+    progress: &mut dyn Progress,
+) -> Result<RatePlan, PipelineError> {
+    let p = into_prepared(model.clone(), container)?;
+    let weights = p
+        .tensors
+        .iter()
+        .filter(|t| t.shape.len() > 1)
+        .count()
+        .max(1);
+    let probes = weights.min(opts.max_probes) as f64;
+    // A third of the time for the probes.
+    let per_probe = opts.time_budget.as_secs_f64() / 3.0 / probes;
+    let eval = OrtEvaluator::new(rt, model, &p.tensors, calib, opts.holdout, per_probe)?;
+    let o = RateOptions {
+        max_drop,
+        ..opts.clone()
+    };
+    let rc = RateControl::new(&p.tensors, &p.config, o, eval);
+    let tensors = &p.tensors;
+    Ok(rc.run(&mut |c| trial_sizes(tensors, c), progress)?)
 }
 
+/// Relative reconstruction errors of every quantized tensor, worst first.
+fn tensor_errors(
+    p: &Prepared,
+    cfg_of: &dyn Fn(&nnc_codec::Tensor) -> Option<i32>,
+    decoded: &[nnc_codec::Tensor],
+) -> Vec<TensorError> {
+    let by_name: std::collections::HashMap<&str, &nnc_codec::Tensor> =
+        decoded.iter().map(|t| (t.name.as_str(), t)).collect();
+    let mut v: Vec<TensorError> = p
+        .tensors
+        .iter()
+        .filter(|t| !p.config.overrides.get(&t.name).is_some_and(|o| o.raw))
+        .filter_map(|t| {
+            let d = by_name.get(t.name.as_str())?;
+            match (&t.data, &d.data) {
+                (nnc_codec::TensorData::F32(a), nnc_codec::TensorData::F32(b)) => {
+                    Some(TensorError::of(&t.name, cfg_of(t), a, b))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    v.sort_by(|a, b| b.rel_error.total_cmp(&a.rel_error));
+    v
+}
+
+/// Suspects for a collapse: tensors quantized away, then the largest relative errors.
+fn suspects(errors: &[TensorError]) -> Vec<Suspect> {
+    errors
+        .iter()
+        .take(5)
+        .map(|e| Suspect {
+            tensor: e.name.clone(),
+            detail: if e.zeroed > 0.999 {
+                format!("quantized to all zeros at QP {}", e.qp.unwrap_or(0))
+            } else {
+                format!(
+                    "relative error {:.3}, {:.0}% of values zeroed",
+                    e.rel_error,
+                    100.0 * e.zeroed
+                )
+            },
+        })
+        .collect()
+}
+
+/// The decoded model on the probe data (through a mapped temp file), and the temp file for
+/// timing.
+fn check_decoded(
+    rt: &Runtime,
+    model: Model,
+    original: &Original,
+    dir: &Path,
+) -> Result<(Fidelity, PathBuf), PipelineError> {
+    let path = crate::modelfile::write_mapped(&model, dir)?;
+    drop(model);
+    let mut s = Session::from_file_io(
+        rt,
+        &path,
+        original.inputs.clone(),
+        original.outputs.clone(),
+        &SessionOptions::default(),
+    )?;
+    let f = original.probe.compare_session(&mut s)?;
+    Ok((f, path))
+}
+
+fn latency_stage(
+    rt: &Runtime,
+    input: &Path,
+    decoded: &Path,
+    original: &Original,
+    shapes: &[(String, Vec<usize>)],
+    opts: &LatencyOptions,
+) -> Result<LatencyReport, PipelineError> {
+    let bo = BenchOptions {
+        runs: opts.max_runs,
+        max_runs: Some(opts.max_runs),
+        time_budget: Some(opts.time),
+        warmup: opts.warmup,
+        shapes: shapes.to_vec(),
+        ..Default::default()
+    };
+    let ins = &original.inputs;
+    let sh = crate::runtime::inputs::resolve_shapes(ins, shapes).map_err(BenchError::from)?;
+    let inputs = crate::runtime::inputs::random_inputs(ins, &sh, 0).map_err(BenchError::from)?;
+    let a = Subject {
+        path: input,
+        inputs: original.inputs.clone(),
+        outputs: original.outputs.clone(),
+    };
+    let b = Subject {
+        path: decoded,
+        inputs: original.inputs.clone(),
+        outputs: original.outputs.clone(),
+    };
+    let r = bench_subjects(rt, &a, Some(&b), &inputs, &bo, &mut |_, _| {})?;
+    Ok(LatencyReport {
+        original_ms: r.model.median_ms,
+        compressed_ms: r.vs.as_ref().map_or(f64::NAN, |v| v.median_ms),
+        ratio: r.ratio_median.unwrap_or(f64::NAN),
+        ratio_p10: r.ratio_p10.unwrap_or(f64::NAN),
+        ratio_p90: r.ratio_p90.unwrap_or(f64::NAN),
+        runs: r.model.runs,
+        warmup: opts.warmup,
+        time_budget_s: opts.time.as_secs_f64(),
+        protocol: "both models in one process, interleaved A B / B A with alternating order, \
+                   seeded random inputs, ONNX Runtime defaults; indicative: a few seconds on a \
+                   shared machine (use nnzip bench --vs for a controlled measurement)"
+            .into(),
+    })
+}
+
+/// Runs the whole job on `input`.
 pub fn compress_file(
     rt: &'static Runtime,
     input: &Path,
     output_label: &str,
     opts: &CompressOptions,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn Progress,
 ) -> Result<CompressOutput, PipelineError> {
-    progress("loading");
+    let mut clock = Clock::new();
+    clock.stage("loading", progress)?;
     let original = Model::load(input)?;
-    let mut model = original.clone();
     let onnx_bytes = file_len(input) + crate::onnx::external_files(&original).values().sum::<u64>();
-    let onnx_zstd_bytes = zstd_size(input)?;
     let before = ModelStats::of(&original, &opts.shapes)?;
     let calib = match &opts.calib {
         Some(p) => Some(Calibration::load(p, &original)?),
@@ -142,57 +624,34 @@ pub fn compress_file(
     if opts.max_drop.is_some() && calib.is_none() {
         return Err(PipelineError::MaxDropNeedsCalib);
     }
-    // Reference outputs and metric of the original.
-    let mut metric_info = None;
-    if let Some(c) = &calib {
-        progress("measuring the original");
-        let out = run_model(rt, &original, c)?;
-        let reference = crate::calib::into_metric_output(out).ok_or(CalibError::Empty {
-            path: c.path.clone(),
-        })?;
-        let metric = Metric::for_data(c, &reference);
-        let v = evaluate(metric, c, &reference, &reference)?;
-        metric_info = Some((metric, reference, v));
-    }
-    let ctx = PassContext {
-        calib: calib.as_ref(),
-        runtime: Some(rt),
-        inputs: None,
-    };
+    clock.stage("running the original", progress)?;
+    let orig = run_original(rt, &original, calib.as_ref(), &opts.shapes)?;
+    // The reference tool's best single QP needs the untouched model; otherwise it moves on.
+    let kept_original = opts.compare_single_qp.then(|| original.clone());
+    let mut model = original;
     let prune = match &opts.prune {
-        Some(p) => match (p.amount, opts.max_drop, &calib) {
-            (None, Some(x), Some(c)) => {
-                progress("searching the pruning amount");
-                let so = crate::passes::prune::search::SearchOptions {
-                    max_drop: x * PRUNE_BUDGET_SHARE,
-                    max_amount: 0.95,
-                    steps: 6,
-                    z: 1.0,
-                };
-                let (m, r, sr) = crate::passes::prune::search::search_amount(
-                    &model,
-                    rt,
-                    c,
-                    &so,
-                    &*p.make,
-                    &mut |_| {},
-                )?;
-                model = m;
-                Some(serde_json::json!({ "pass": r, "search": sr }))
-            }
-            (amount, _, _) => {
-                progress("pruning");
-                let pass = (p.make)(amount.unwrap_or(p.default_amount));
-                let mut ed = crate::graph::editor::Editor::new(model, Default::default());
-                let r = pass.run(&mut ed, &ctx)?;
-                model = ed.into_model();
-                Some(serde_json::to_value(r).unwrap_or_default())
-            }
-        },
+        Some(spec) => {
+            clock.stage("pruning", progress)?;
+            let (m, r) = prune_stage(model, spec, rt, calib.as_ref(), opts.max_drop)?;
+            model = m;
+            Some(r)
+        }
         None => None,
     };
-    let simplify_report = if opts.simplify {
-        progress("simplifying");
+    let rule =
+        opts.max_drop.is_none() && opts.quantizer == Quantizer::Rule && !opts.reference_compatible;
+    let mut container = opts.container.clone();
+    let mut reference = None;
+    if rule {
+        clock.stage("reference size", progress)?;
+        reference = Some(reference_sizes(&model, &container)?);
+    }
+    // Folded rows are coded with their scales apart wherever QPs are chosen per tensor.
+    if opts.simplify && !opts.reference_compatible && (rule || opts.max_drop.is_some()) {
+        container.row_prints = Some(Arc::new(RowPrints::of(&model)));
+    }
+    let simplify_report: Option<SimplifyReport> = if opts.simplify {
+        clock.stage("simplifying", progress)?;
         let r = simplify(&mut model, rt, calib.as_ref(), &opts.shapes)?;
         if !r.verification.within_tolerance {
             return Err(PipelineError::SimplifyMismatch {
@@ -205,54 +664,42 @@ pub fn compress_file(
         None
     };
     let after = ModelStats::of(&model, &opts.shapes)?;
-    let mut container = opts.container.clone();
     let mut rate = None;
-    let mut single = None;
-    let mut single_reference = None;
-    if let (Some(max_drop), Some(c), Some((metric, reference, v0))) =
-        (opts.max_drop, &calib, &metric_info)
-    {
+    let (mut single, mut single_reference) = (None, None);
+    if let (Some(max_drop), Some(c), Some((metric, v0))) = (opts.max_drop, &calib, orig.metric) {
+        clock.stage("rate control", progress)?;
         // Pruning already spent part of the budget; quantization gets the rest.
-        let v_pruned = metric_of(rt, &model, c, reference, *metric)?;
-        let budget = (max_drop - (v0 - v_pruned)).max(0.0);
-        progress("rate control");
-        let plan = allocate(rt, &model, c, &container, budget, progress)?;
+        let v_pruned = {
+            let out = crate::calib::run_model(rt, &model, c)?;
+            let t = crate::calib::into_metric_output(out).ok_or(CalibError::Empty {
+                path: c.path.clone(),
+            })?;
+            evaluate(metric, c, orig.probe.reference(), &t)?
+        };
+        let left = (max_drop - (v0 - v_pruned)).max(0.0);
+        let plan = rate_control(rt, &model, c, &container, left, &opts.rate, progress)?;
         container.codec = plan.config.clone();
-        rate = Some(plan);
         if opts.compare_single_qp {
-            progress("best single QP");
-            single =
-                best_single_qp(rt, &model, c, &opts.container, budget)?.map(|(qp, _, m)| (qp, m));
-            // The reference tool itself: the original model (it cannot prune or simplify), the
-            // parameters-only stream of `--reference-compatible`, whole budget.
-            progress("best single QP of the reference");
-            let ro = ContainerOptions {
-                raw_allowed: false,
-                ..opts.container.clone()
-            };
-            single_reference =
-                best_single_qp(rt, &original, c, &ro, max_drop)?.map(|(qp, bytes, metric)| {
-                    SingleQp {
+            clock.stage("best single QP", progress)?;
+            single = best_single_qp(rt, &model, c, &opts.container, left)?;
+            if let Some(o) = &kept_original {
+                clock.stage("best single QP of the reference", progress)?;
+                let ro = reference_options(&opts.container);
+                single_reference =
+                    best_single_qp(rt, o, c, &ro, max_drop)?.map(|(qp, bytes, metric)| SingleQp {
                         qp,
                         bitstream_bytes: bytes,
                         metric,
-                    }
-                });
+                    });
+            }
         }
+        rate = Some(plan);
     }
-    progress("encoding");
-    let (bitstream, graph, stats) = if opts.reference_compatible {
-        let (b, g, s) = compress_reference_compatible(&model, &container)?;
-        (b, Some(g), s)
-    } else {
-        let (b, s) = compress(&model, &container)?;
-        (b, None, s)
-    };
     let best_single_qp = match single {
-        Some((qp, m)) => {
+        Some((qp, _, m)) => {
             let mut o = opts.container.clone();
             o.codec.qp = qp;
-            let bytes = compress(&model, &o)?.0.len() as u64;
+            let bytes = crate::container::compress(&model, &o)?.0.len() as u64;
             Some(SingleQp {
                 qp,
                 bitstream_bytes: bytes,
@@ -261,63 +708,108 @@ pub fn compress_file(
         }
         None => None,
     };
-    progress("verifying the bitstream");
-    let decoded = decompress(&bitstream, graph.as_deref(), &Default::default())?;
-    let (metric, metric_before, metric_after) = match (&calib, &metric_info) {
-        (Some(c), Some((metric, reference, v0))) => (
-            Some(metric.name().to_string()),
-            Some(*v0),
-            Some(metric_of(rt, &decoded, c, reference, *metric)?),
-        ),
-        _ => (None, None, None),
+    drop(kept_original);
+    clock.stage("encoding", progress)?;
+    let prepared = if opts.reference_compatible {
+        into_prepared(model, &reference_options(&container))?
+    } else {
+        let mut p = into_prepared(model, &container)?;
+        if rate.is_some() {
+            // The plan's QPs over the container's own overrides.
+            p.config = container.codec.clone();
+        }
+        p
     };
-    let (mut lat_o, mut lat_c, mut ratio) = (None, None, None);
-    if opts.bench_runs > 0 {
-        progress("timing on ONNX Runtime");
-        let dir = tempfile::tempdir().map_err(|source| PipelineError::Io {
-            path: std::env::temp_dir(),
-            source,
-        })?;
-        let tmp = dir.path().join("decompressed.onnx");
-        decoded.save(&tmp, &SaveOptions::default())?;
-        let bo = BenchOptions {
-            runs: opts.bench_runs,
-            warmup: 5,
-            shapes: opts.shapes.clone(),
-            ..Default::default()
+    let (bitstream, graph, stats, quantization) = if opts.reference_compatible {
+        let (b, g, s) = encode_reference_compatible(&prepared, &prepared.config)?;
+        let q = match rate {
+            Some(r) => Quantization::RateControl(Box::new(r)),
+            None => Quantization::Uniform {
+                qp: container.codec.qp,
+                nonweight_qp: container.codec.effective_nonweight_qp(),
+            },
         };
-        let r = bench(rt, input, Some(&tmp), &bo, &mut |_, _| {})?;
-        lat_o = Some(r.model.median_ms);
-        lat_c = r.vs.as_ref().map(|v| v.median_ms);
-        ratio = r.ratio_median;
-    }
-    let simplified_onnx_bytes = model.to_bytes()?.len() as u64;
-    let stages = vec![
-        Stage {
-            name: "ONNX".into(),
-            bytes: onnx_bytes,
-            parameters: Some(before.parameters),
-        },
-        Stage {
-            name: "zstd -19".into(),
-            bytes: onnx_zstd_bytes,
-            parameters: None,
-        },
-        Stage {
-            name: "pruned+simplified ONNX".into(),
-            bytes: simplified_onnx_bytes,
-            parameters: Some(after.parameters),
-        },
-        Stage {
-            name: "NNC bitstream".into(),
-            bytes: stats.bitstream_bytes,
-            parameters: Some(after.parameters),
-        },
-    ];
+        (b, Some(g), s, q)
+    } else if let Some(r) = &reference {
+        let (b, s, q) = rule_encode(&prepared, r, progress)?;
+        (b, None, s, q)
+    } else {
+        let (b, s) = encode_prepared(&prepared, &prepared.config)?;
+        let q = match rate {
+            Some(r) => Quantization::RateControl(Box::new(r)),
+            None => Quantization::Uniform {
+                qp: container.codec.qp,
+                nonweight_qp: container.codec.effective_nonweight_qp(),
+            },
+        };
+        (b, None, s, q)
+    };
+    clock.stage("verifying the bitstream", progress)?;
+    let decoded = nnc_codec::decode_stream(&bitstream, &Default::default())?;
+    let qps: std::collections::HashMap<String, i32> = nnc_codec::units(&bitstream)?
+        .into_iter()
+        .filter_map(|u| u.ndu)
+        .filter_map(|n| Some((n.name, n.qp?)))
+        .collect();
+    let qp_of = |t: &nnc_codec::Tensor| qps.get(&t.name).copied();
+    let errors = tensor_errors(&prepared, &qp_of, &decoded.tensors);
+    let topology = prepared.topology;
+    drop(prepared.tensors);
+    let model = assemble(decoded, graph.as_deref())?;
+    drop(topology);
+    let dir = tempfile::tempdir().map_err(|source| PipelineError::Io {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let metric_after = match (&calib, orig.metric) {
+        (Some(c), Some((metric, _))) => {
+            let out = crate::calib::run_model(rt, &model, c)?;
+            let t = crate::calib::into_metric_output(out).ok_or(CalibError::Empty {
+                path: c.path.clone(),
+            })?;
+            Some(evaluate(metric, c, orig.probe.reference(), &t)?)
+        }
+        _ => None,
+    };
+    let (fidelity, decoded_path) = check_decoded(rt, model, &orig, dir.path())?;
+    let verdict = opts.guard.check(fidelity.clone(), suspects(&errors));
+    let failed = match verdict {
+        Ok(_) => None,
+        Err(e) if opts.force => Some(e.to_string()),
+        Err(e) => return Err(e.into()),
+    };
+    let latency = if opts.latency.max_runs > 0 {
+        clock.stage("timing on ONNX Runtime", progress)?;
+        Some(latency_stage(
+            rt,
+            input,
+            &decoded_path,
+            &orig,
+            &opts.shapes,
+            &opts.latency,
+        )?)
+    } else {
+        None
+    };
+    drop(dir);
+    let onnx_zstd_bytes = if opts.zstd_baseline {
+        clock.stage("zstd -19 baseline", progress)?;
+        Some(zstd_size(input)?)
+    } else {
+        None
+    };
+    clock.finish();
+    let stages = stage_sizes(onnx_bytes, onnx_zstd_bytes, &before, &after, &stats);
     let pruned_fraction = if opts.simplify {
         1.0 - after.parameters as f64 / before.parameters.max(1) as f64
     } else {
-        zero_fraction(&model)
+        prune
+            .as_ref()
+            .and_then(|p| match &p.pass.details {
+                PassDetails::Prune(o) => Some(o.sparsity),
+                _ => None,
+            })
+            .unwrap_or(0.0)
     };
     let c = &container.codec;
     let report = CompressReport {
@@ -328,31 +820,40 @@ pub fn compress_file(
         pruned_fraction,
         onnx_bytes,
         onnx_zstd_bytes,
-        simplified_onnx_bytes,
+        simplified_onnx_bytes: after.onnx_bytes,
         bitstream_bytes: stats.bitstream_bytes,
+        parameter_bytes: stats.parameter_bytes,
         topology_bytes: stats.topology_bytes,
         compression_ratio_vs_onnx: onnx_bytes as f64 / stats.bitstream_bytes.max(1) as f64,
-        compression_ratio_vs_zstd: onnx_zstd_bytes as f64 / stats.bitstream_bytes.max(1) as f64,
+        compression_ratio_vs_zstd: onnx_zstd_bytes
+            .map(|z| z as f64 / stats.bitstream_bytes.max(1) as f64),
         macs: before.macs,
         macs_after: after.macs,
-        metric,
-        metric_before,
+        metric: orig.metric.map(|(m, _)| m.name().to_string()),
+        metric_before: orig.metric.map(|(_, v)| v),
         metric_after,
-        latency_ms_original: lat_o,
-        latency_ms_compressed: lat_c,
-        latency_ratio: ratio,
+        latency_ms_original: latency.as_ref().map(|l| l.original_ms),
+        latency_ms_compressed: latency.as_ref().map(|l| l.compressed_ms),
+        latency_ratio: latency.as_ref().map(|l| l.ratio),
+        latency,
+        fidelity,
+        verification_failed: failed,
+        worst_tensors: errors.into_iter().take(8).collect(),
+        quantization,
         stages,
         prune,
         simplify: simplify_report,
-        rate_control: rate,
         best_single_qp,
         best_single_qp_reference: single_reference,
         codec: serde_json::json!({
             "qp": c.qp, "qp_density": c.qp_density, "use_dq": c.use_dq, "codebook_mode": c.codebook_mode.code(),
             "int_quant_bw": c.int_quant_bw, "row_skipping": c.row_skipping, "param_opt": c.param_opt,
-            "nonweight_qp": c.nonweight_qp, "per_tensor_overrides": c.overrides.len(),
+            "nonweight_qp": c.nonweight_qp,
         }),
         reference_compatible: opts.reference_compatible,
+        timings: clock.done,
+        seconds: clock.start.elapsed().as_secs_f64(),
+        peak_rss_bytes: peak_rss_bytes(),
     };
     Ok(CompressOutput {
         bitstream,
@@ -361,22 +862,36 @@ pub fn compress_file(
     })
 }
 
-/// Fraction of zeros among prunable weights (Conv/Gemm/MatMul weights of rank ≥ 2).
-fn zero_fraction(model: &Model) -> f64 {
-    let (mut z, mut n) = (0usize, 0usize);
-    for w in model.weights() {
-        if w.dims.len() >= 2 && w.dtype == crate::tensor::DType::F32 {
-            if let Ok(t) = model.read(&w.id) {
-                z += t.count_zeros();
-                n += t.numel();
-            }
-        }
+fn stage_sizes(
+    onnx_bytes: u64,
+    zstd: Option<u64>,
+    before: &ModelStats,
+    after: &ModelStats,
+    stats: &ContainerStats,
+) -> Vec<Stage> {
+    let mut v = vec![Stage {
+        name: "ONNX".into(),
+        bytes: onnx_bytes,
+        parameters: Some(before.parameters),
+    }];
+    if let Some(z) = zstd {
+        v.push(Stage {
+            name: "zstd -19".into(),
+            bytes: z,
+            parameters: None,
+        });
     }
-    if n == 0 {
-        0.0
-    } else {
-        z as f64 / n as f64
-    }
+    v.push(Stage {
+        name: "pruned+simplified ONNX".into(),
+        bytes: after.onnx_bytes,
+        parameters: Some(after.parameters),
+    });
+    v.push(Stage {
+        name: "NNC bitstream".into(),
+        bytes: stats.bitstream_bytes,
+        parameters: Some(after.parameters),
+    });
+    v
 }
 
 /// Writes bytes atomically.

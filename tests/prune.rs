@@ -170,7 +170,7 @@ fn accuracy(model: &Model, c: &Calibration) -> f64 {
 
 /// Samples `start..end` of a calibration set, as its own set.
 fn part(c: &Calibration, start: usize, end: usize) -> Calibration {
-    c.range(start, end).unwrap()
+    c.part(start, end).unwrap()
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! batch handed to a visitor and then dropped, so memory stays one batch of activations.
 //! Dead-channel removal, rectifier statistics and entropy pruning all observe through it.
 
-use super::{CalibError, Calibration, BATCH};
+use super::{CalibError, Calibration};
 use crate::onnx::Model;
 use crate::runtime::inputs::InputPlan;
 use crate::runtime::{Runtime, Session, SessionOptions};
@@ -74,7 +74,7 @@ pub fn capture(
     match source {
         Source::Calibration { data, limit } => {
             let total = limit.map_or(data.samples, |l| l.min(data.samples));
-            let step = if data.batchable { BATCH } else { 1 };
+            let step = data.batch();
             let mut start = 0;
             while start < total {
                 let end = start.saturating_add(step).min(total);

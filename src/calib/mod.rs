@@ -254,13 +254,28 @@ impl Calibration {
             .collect()
     }
 
+    /// Samples per run: up to [`BATCH`] where the batch axis is symbolic, fewer for large
+    /// samples (16 MB of input per run: activations grow with it, 16 images of 640×640 at once
+    /// held 3.5 GB), one where the batch is fixed.
+    pub fn batch(&self) -> usize {
+        if !self.batchable {
+            return 1;
+        }
+        let per: usize = self
+            .inputs
+            .iter()
+            .map(|(_, t)| t.bytes().len() / t.dims.first().copied().unwrap_or(1).max(1))
+            .sum();
+        ((16usize << 20) / per.max(1)).clamp(1, BATCH)
+    }
+
     /// Keeps the first `n` samples (for faster searches).
     pub fn take(&self, n: usize) -> Result<Calibration, TensorError> {
-        self.range(0, n)
+        self.part(0, n)
     }
 
     /// Samples `start..end` as a calibration set of their own (held-out splits).
-    pub fn range(&self, start: usize, end: usize) -> Result<Calibration, TensorError> {
+    pub fn part(&self, start: usize, end: usize) -> Result<Calibration, TensorError> {
         let end = end.min(self.samples);
         let start = start.min(end);
         Ok(Calibration {
@@ -365,7 +380,7 @@ pub fn run_all(
     session: &mut Session,
     calib: &Calibration,
 ) -> Result<Vec<(String, Tensor)>, CalibError> {
-    let step = if calib.batchable { BATCH } else { 1 };
+    let step = calib.batch();
     let mut parts: Vec<(String, Vec<Tensor>)> = Vec::new();
     let mut start = 0;
     while start < calib.samples {
@@ -538,4 +553,65 @@ pub fn max_abs_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (f64, f64
         }
     }
     (d, m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use onnx_protobuf::{tensor_shape_proto, type_proto, ModelProto, TypeProto, ValueInfoProto};
+
+    fn input(name: &str, elem: i32, dims: &[Option<i64>]) -> ValueInfoProto {
+        let mut shape = onnx_protobuf::TensorShapeProto::new();
+        for d in dims {
+            let mut dim = tensor_shape_proto::Dimension::new();
+            dim.value = Some(match d {
+                Some(n) => tensor_shape_proto::dimension::Value::DimValue(*n),
+                None => tensor_shape_proto::dimension::Value::DimParam("batch".into()),
+            });
+            shape.dim.push(dim);
+        }
+        let mut tt = type_proto::Tensor::new();
+        tt.elem_type = elem;
+        tt.shape = Some(shape).into();
+        let mut tp = TypeProto::new();
+        tp.value = Some(type_proto::Value::TensorType(tt));
+        let mut v = ValueInfoProto::new();
+        v.name = name.into();
+        v.type_ = Some(tp).into();
+        v
+    }
+
+    /// Silero's layout: a state [2, batch, 128] given per sample as [N, 2, 1, 128], and a scalar
+    /// sample rate as [N]: each sample is fed whole.
+    #[test]
+    fn whole_values_per_sample_are_fed_one_at_a_time() {
+        let mut proto = ModelProto::new();
+        let g = proto.graph.mut_or_insert_default();
+        g.input.push(input("state", 1, &[Some(2), None, Some(4)]));
+        g.input.push(input("sr", 7, &[]));
+        let model = Model::from_proto_in(proto, None, Path::new("")).unwrap();
+        let state: Vec<f32> = (0..3 * 8).map(|i| i as f32).collect();
+        let arrays = vec![
+            (
+                "state".to_string(),
+                Tensor::from_f32(vec![3, 2, 1, 4], &state).unwrap(),
+            ),
+            (
+                "sr".to_string(),
+                Tensor::from_i64(vec![3], &[16000, 16000, 8000]).unwrap(),
+            ),
+        ];
+        let c = Calibration::from_arrays(Path::new("x.npz"), arrays, &model).unwrap();
+        assert_eq!((c.samples, c.batchable), (3, false));
+        let s = c.slice(2, 3).unwrap();
+        assert_eq!(s[0].1.dims, vec![2, 1, 4]);
+        assert_eq!(s[0].1.to_f32().unwrap()[0], 16.0);
+        assert_eq!(
+            (s[1].1.dims.clone(), s[1].1.to_i64().unwrap()),
+            (vec![], vec![8000])
+        );
+        let p = c.part(1, 3).unwrap();
+        assert_eq!(p.samples, 2);
+        assert_eq!(p.slice(0, 1).unwrap()[1].1.to_i64().unwrap(), vec![16000]);
+    }
 }

@@ -283,7 +283,13 @@ pub struct Session {
     inner: ort::session::Session,
     pub inputs: Vec<ValueInfo>,
     pub outputs: Vec<ValueInfo>,
+    /// The mapped file of a session made from a large model in memory.
+    _file: Option<tempfile::TempDir>,
 }
+
+/// Models with more tensor data than this reach ONNX Runtime through a mapped temp file
+/// ([`crate::modelfile`]) rather than as bytes.
+pub const MAPPED_ABOVE: u64 = 8 << 20;
 
 impl Session {
     fn builder(
@@ -328,26 +334,50 @@ impl Session {
         model: &Model,
         opts: &SessionOptions,
     ) -> Result<Session, RuntimeError> {
+        Session::from_file_io(rt, path, model.inputs(), model.outputs(), opts)
+    }
+
+    /// A session on a model file whose inputs and outputs are known.
+    pub fn from_file_io(
+        rt: &Runtime,
+        path: &Path,
+        inputs: Vec<ValueInfo>,
+        outputs: Vec<ValueInfo>,
+        opts: &SessionOptions,
+    ) -> Result<Session, RuntimeError> {
         let inner = Session::builder(rt, opts)?.commit_from_file(path)?;
         Ok(Session {
             inner,
-            inputs: model.inputs(),
-            outputs: model.outputs(),
+            inputs,
+            outputs,
+            _file: None,
         })
     }
 
-    /// A session on a model held in memory (every tensor inlined).
+    /// A session on a model held in memory: small models as bytes (every tensor inlined),
+    /// large ones through a mapped temp file.
     pub fn from_model(
         rt: &Runtime,
         model: &Model,
         opts: &SessionOptions,
     ) -> Result<Session, RuntimeError> {
+        if crate::modelfile::data_bytes(model) > MAPPED_ABOVE {
+            let dir = tempfile::tempdir().map_err(|source| OnnxError::Write {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+            let path = crate::modelfile::write_mapped(model, dir.path())?;
+            let mut s = Session::from_file(rt, &path, model, opts)?;
+            s._file = Some(dir);
+            return Ok(s);
+        }
         let bytes = model.to_bytes()?;
         let inner = Session::builder(rt, opts)?.commit_from_memory(&bytes)?;
         Ok(Session {
             inner,
             inputs: model.inputs(),
             outputs: model.outputs(),
+            _file: None,
         })
     }
 
@@ -383,6 +413,19 @@ impl Session {
         Ok(res)
     }
 
+    /// Runs on a feed built by hand (inputs and overridden initializers, by name).
+    pub fn run_feed(
+        &mut self,
+        feed: &[(&str, &DynValue)],
+    ) -> Result<Vec<(String, Tensor)>, RuntimeError> {
+        let out = self.inner.run(feed.to_vec())?;
+        let mut res = Vec::with_capacity(out.len());
+        for (name, v) in out.iter() {
+            res.push((name.to_string(), from_ort(&v)?));
+        }
+        Ok(res)
+    }
+
     /// Runs once, discarding the outputs (for timing).
     pub fn run_discard(&mut self, values: &[(String, DynValue)]) -> Result<(), RuntimeError> {
         let feed: Vec<(&str, &DynValue)> = values.iter().map(|(n, v)| (n.as_str(), v)).collect();
@@ -398,6 +441,17 @@ impl Session {
         let values = self.prepare(inputs)?;
         self.run_prepared(&values)
     }
+}
+
+/// A tensor as an ONNX Runtime value (for feeds built by hand, e.g. overridden initializers).
+pub fn value_of(t: &Tensor) -> Result<DynValue, RuntimeError> {
+    to_ort(t)
+}
+
+/// A float32 ONNX Runtime value from a slice, without an intermediate byte copy.
+pub fn f32_value(dims: &[usize], v: &[f32]) -> Result<DynValue, RuntimeError> {
+    let shape: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
+    Ok(ort::value::Tensor::from_array((shape, v.to_vec()))?.into_dyn())
 }
 
 fn shape_of(t: &Tensor) -> Vec<i64> {

@@ -269,6 +269,7 @@ pub fn placement(
         inner,
         inputs: model.inputs(),
         outputs: model.outputs(),
+        _file: None,
     };
     let values = s.prepare(inputs)?;
     for _ in 0..runs.max(1) {

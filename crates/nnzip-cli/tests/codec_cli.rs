@@ -6,7 +6,7 @@ use std::process::Command;
 
 fn conformance(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/conformance/nnc")
+        .join("../../fixtures/conformance/nnc")
         .join(name)
 }
 

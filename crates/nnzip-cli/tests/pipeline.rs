@@ -71,8 +71,10 @@ fn compress_with_an_accuracy_budget_on_every_fixture() {
             r["bitstream_bytes"].as_u64().unwrap(),
             std::fs::metadata(&nnc).unwrap().len()
         );
+        // A sixth of the ONNX file or less (the budget is held on a quarter of the samples
+        // set aside, which costs a little against a search that sees them all).
         assert!(
-            r["bitstream_bytes"].as_u64().unwrap() * 8 < r["onnx_bytes"].as_u64().unwrap(),
+            r["bitstream_bytes"].as_u64().unwrap() * 6 < r["onnx_bytes"].as_u64().unwrap(),
             "{name}: {r}"
         );
         // Decompress and measure independently on the held-out labels.

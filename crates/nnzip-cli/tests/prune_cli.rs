@@ -57,6 +57,12 @@ fn cli_prune_json_and_errors() {
     assert!(j["layers"].as_array().unwrap().len() == prunable_names(&m).len());
     assert_eq!(j["groups"].as_array().unwrap().len(), 6);
     assert_eq!(j["metric"]["samples"], 100);
+    // A quarter of the channels without re-fitting moves the outputs far: written, with a warning
+    // and the measured fidelity.
+    let cos = j["fidelity"]["cosine"].as_f64().unwrap();
+    assert!(cos < 0.9, "cosine {cos}");
+    assert_eq!(j["fidelity"]["samples"], 100);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("warning: the pruned model's outputs"));
     assert!(j["skipped"][0]["reason"]
         .as_str()
         .unwrap()

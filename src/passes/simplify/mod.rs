@@ -66,7 +66,8 @@ impl ModelStats {
         Ok(ModelStats {
             parameters,
             nodes: model.graph().node.len(),
-            onnx_bytes: model.to_bytes()?.len() as u64,
+            // The serialized size, without serializing (a copy of the whole model).
+            onnx_bytes: crate::modelfile::inline_size(model),
             macs: count.unknown.is_empty().then(|| count.value()).flatten(),
             macs_formula: count.total.as_ref().map(ToString::to_string),
         })

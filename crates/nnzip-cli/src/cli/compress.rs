@@ -1,8 +1,10 @@
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
 use nnzip::container::ContainerOptions;
-use nnzip::pipeline::{compress_file, write_bytes, CompressOptions};
+use nnzip::pipeline::{compress_file, write_bytes, CompressOptions, LatencyOptions, Quantizer};
 use nnzip::runtime::Runtime;
 
 use super::codec::CodecSettings;
@@ -29,6 +31,14 @@ pub struct Args {
     /// with labels, else top-1 agreement, else output cosine, in percent) drops by at most X points.
     #[arg(long, value_name = "X")]
     pub max_drop: Option<f64>,
+    /// Rate control: wall-time budget of the search in seconds (probes and bisection stop when
+    /// it is spent).
+    #[arg(long, default_value_t = 240.0, value_name = "SECONDS")]
+    pub search_time: f64,
+    /// Rate control: share of the calibration samples held out to check the choice (none
+    /// under 8 samples).
+    #[arg(long, default_value_t = 0.25, value_name = "F")]
+    pub holdout: f64,
     /// Also report the best single QP within the same budget (the reference's knob).
     #[arg(long)]
     pub compare_single_qp: bool,
@@ -39,9 +49,22 @@ pub struct Args {
     /// Concrete shape for an input with symbolic dims (repeatable). Default: symbolic batch = 1.
     #[arg(long = "shape", value_name = "NAME=DIMS", value_parser = super::shape_arg)]
     pub shapes: Vec<(String, Vec<usize>)>,
-    /// Timed runs per model for the latency columns (0 skips timing).
+    /// One QP for every weight (--qp) and every other tensor (--nonweight-qp), as the
+    /// reference encoder, instead of per-tensor steps from each tensor's statistics.
+    #[arg(long)]
+    pub uniform: bool,
+    /// Write the result even if it fails verification (the report says so).
+    #[arg(long)]
+    pub force: bool,
+    /// Also compress the ONNX file with zstd -19 for the report (about a minute per 66 MB).
+    #[arg(long)]
+    pub zstd: bool,
+    /// At most this many timed runs per model for the latency columns (0 skips timing).
     #[arg(long, default_value_t = 50)]
     pub runs: usize,
+    /// Time budget of the latency columns in seconds (interleaved runs of both models).
+    #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
+    pub latency_time: f64,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -71,24 +94,47 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         calib: a.calib.clone(),
         max_drop: a.max_drop,
         reference_compatible: a.reference_compatible,
+        quantizer: if a.uniform {
+            Quantizer::Uniform
+        } else {
+            Quantizer::Rule
+        },
         shapes: a.shapes.clone(),
-        bench_runs: a.runs,
+        latency: LatencyOptions {
+            max_runs: a.runs,
+            time: Duration::from_secs_f64(a.latency_time.max(0.0)),
+            ..LatencyOptions::default()
+        },
         compare_single_qp: a.compare_single_qp,
+        zstd_baseline: a.zstd,
+        force: a.force,
+        rate: nnzip::ratecontrol::RateOptions {
+            time_budget: Duration::from_secs_f64(a.search_time.max(1.0)),
+            holdout: a.holdout.clamp(0.0, 0.5),
+            ..nnzip::ratecontrol::RateOptions::new(a.max_drop.unwrap_or(1.0))
+        },
+        ..CompressOptions::default()
     };
-    let bar = if quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new_spinner()
-    };
+    let mut progress = super::progress::CliProgress::new(quiet);
     let out = compress_file(
         rt,
         &a.model,
         &a.output.display().to_string(),
         &opts,
-        &mut |m| bar.set_message(m.to_string()),
-    )
-    .with_context(|| format!("cannot compress {}", a.model.display()))?;
-    bar.finish_and_clear();
+        &mut progress,
+    );
+    progress.finish();
+    let out = out.map_err(|e| {
+        let what = format!("cannot compress {}", a.model.display());
+        let hint = super::hint(&e);
+        anyhow::Error::new(e).context(match hint {
+            Some(h) => format!("{what}: {h}"),
+            None => what,
+        })
+    })?;
+    if let Some(e) = &out.report.verification_failed {
+        eprintln!("warning: writing anyway (--force): {e}");
+    }
     if let Some(g) = &out.graph {
         let gp = graph_path(&a.output);
         write_bytes(&gp, g).with_context(|| format!("cannot write {}", gp.display()))?;

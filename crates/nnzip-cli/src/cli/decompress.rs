@@ -34,13 +34,18 @@ pub fn run(a: Args) -> Result<()> {
     };
     let model = nnzip::container::decompress(&bytes, graph.as_deref(), &Default::default())
         .with_context(|| format!("cannot decompress {}", a.input.display()))?;
-    let opts = SaveOptions {
-        external_threshold: a.external_data,
-        ..Default::default()
+    drop(bytes);
+    let saved = match a.external_data {
+        Some(t) => model.save(
+            &a.output,
+            &SaveOptions {
+                external_threshold: Some(t),
+                ..Default::default()
+            },
+        ),
+        None => nnzip::modelfile::save_inline(&model, &a.output),
     };
-    model
-        .save(&a.output, &opts)
-        .with_context(|| format!("cannot write {}", a.output.display()))?;
+    saved.with_context(|| format!("cannot write {}", a.output.display()))?;
     eprintln!(
         "{} -> {} ({} weights)",
         a.input.display(),

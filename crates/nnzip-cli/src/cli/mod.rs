@@ -7,6 +7,7 @@ mod compress;
 mod decompress;
 mod device;
 mod inspect;
+mod progress;
 mod prune;
 mod prune_args;
 mod simplify;
@@ -34,6 +35,68 @@ pub mod code {
     pub const DEVICE_REFUSED: u8 = 7;
     /// Ctrl-C during a device measurement (results so far were printed).
     pub const INTERRUPTED: u8 = 130;
+    /// The result failed verification; nothing was written.
+    pub const VERIFICATION: u8 = 6;
+}
+
+/// What to do about a verification failure (the library's error says what happened).
+pub fn hint(e: &nnzip::pipeline::PipelineError) -> Option<&'static str> {
+    use nnzip::fidelity::FidelityError;
+    use nnzip::pipeline::PipelineError as P;
+    match e {
+        P::Fidelity(FidelityError::Collapsed { .. }) => Some(
+            "nothing was written. Use finer quantization (a lower --qp; without --uniform the \
+             steps follow each tensor's scale), give calibration data and a budget (--calib \
+             FILE.npz --max-drop X), skip simplification (--no-simplify), or pass --force to \
+             write it anyway",
+        ),
+        _ => None,
+    }
+}
+
+/// The shared verification of a written model against its input (exit 6 on a collapse unless
+/// `force`, which only warns).
+pub fn guard(
+    rt: &nnzip::runtime::Runtime,
+    input: &nnzip::onnx::Model,
+    output: &nnzip::onnx::Model,
+    calib: Option<&nnzip::calib::Calibration>,
+    shapes: &[(String, Vec<usize>)],
+    (g, force): (&nnzip::fidelity::Guard, bool),
+    suspects: &dyn Fn() -> Vec<nnzip::fidelity::Suspect>,
+) -> Result<nnzip::fidelity::Fidelity> {
+    use anyhow::Context;
+    let e = match nnzip::fidelity::verify(rt, input, output, calib, shapes, g, suspects) {
+        Ok(f) => return Ok(f),
+        Err(e) => e,
+    };
+    let what = match &e {
+        nnzip::fidelity::FidelityError::Collapsed { .. } if force => {
+            eprintln!("warning: writing anyway (--force): {e}");
+            if let nnzip::fidelity::FidelityError::Collapsed { fidelity, .. } = e {
+                return Ok(*fidelity);
+            }
+            "cannot verify the result against the input"
+        }
+        nnzip::fidelity::FidelityError::Collapsed { .. } => {
+            "nothing was written; pass --force to write it anyway"
+        }
+        _ => "cannot verify the result against the input",
+    };
+    Err(anyhow::Error::new(e)).context(what)
+}
+
+/// The exit code of a failure class.
+pub fn class_code(c: nnzip::errors::ErrorClass) -> u8 {
+    use nnzip::errors::ErrorClass as C;
+    match c {
+        C::Usage => code::USAGE,
+        C::BadInput => code::BAD_INPUT,
+        C::Runtime => code::RUNTIME,
+        C::Write => code::WRITE,
+        C::Verification => code::VERIFICATION,
+        C::Other => code::FAILURE,
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -102,6 +165,12 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if let Some(c) = device::exit_code(cause) {
             return c;
         }
+        if let Some(f) = cause.downcast_ref::<nnzip::fidelity::FidelityError>() {
+            return class_code(f.class());
+        }
+        if let Some(p) = cause.downcast_ref::<nnzip::pipeline::PipelineError>() {
+            return class_code(p.class());
+        }
         if cause.downcast_ref::<codec::WriteFailed>().is_some() {
             return code::WRITE;
         }
@@ -132,15 +201,6 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
             return match c {
                 nnzip::calib::CalibError::Runtime(_) => code::RUNTIME,
                 _ => code::BAD_INPUT,
-            };
-        }
-        if let Some(p) = cause.downcast_ref::<nnzip::pipeline::PipelineError>() {
-            use nnzip::pipeline::PipelineError as P;
-            return match p {
-                P::MaxDropNeedsCalib => code::USAGE,
-                P::Onnx(_) | P::Calib(_) | P::Container(_) => code::BAD_INPUT,
-                P::Bench(_) => code::RUNTIME,
-                _ => code::FAILURE,
             };
         }
         if let Some(o) = cause.downcast_ref::<OnnxError>() {

@@ -77,6 +77,10 @@ pub struct Args {
     /// ONNX Runtime.
     #[arg(long)]
     pub simplify: bool,
+    /// Write the result even if its outputs collapse against the input's (cosine under 0.9,
+    /// constant, non-finite).
+    #[arg(long)]
+    pub force: bool,
 }
 
 fn parse_method(s: &str) -> Result<Method, String> {
@@ -125,6 +129,8 @@ struct Report {
     search: Option<SearchReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     simplify: Option<nnzip::passes::simplify::SimplifyReport>,
+    /// The result's main output against the input's.
+    fidelity: nnzip::fidelity::Fidelity,
 }
 
 pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
@@ -269,22 +275,56 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         let rt = Runtime::get(ort_lib).context("cannot start ONNX Runtime")?;
         let r = nnzip::passes::simplify::simplify(&mut pruned, rt, calib.as_ref(), &a.shapes)
             .context("simplification failed")?;
-        if !r.verification.within_tolerance {
-            bail!(
-                "simplification changed the outputs by {:.3e}; nothing was written",
-                r.verification.max_abs_diff
-            );
+        if !r.verification.within_tolerance && !a.force {
+            bail!(nnzip::pipeline::PipelineError::SimplifyMismatch {
+                diff: r.verification.max_abs_diff,
+                scale: r.verification.max_abs_output,
+            });
         }
         Some(r)
     } else {
         None
     };
-    pruned
-        .save(&a.output, &SaveOptions::default())
-        .with_context(|| format!("cannot write {}", a.output.display()))?;
     let nnzip::passes::PassDetails::Prune(outcome) = details else {
         bail!("internal: a pruning pass reported something else");
     };
+    let rt = Runtime::get(ort_lib).context("cannot start ONNX Runtime (to verify the result)")?;
+    let mut by_sparsity: Vec<&nnzip::passes::prune::LayerReport> = outcome.layers.iter().collect();
+    by_sparsity.sort_by(|x, y| y.sparsity_after.total_cmp(&x.sparsity_after));
+    // Pruning is meant to change the outputs (re-fitting or fine-tuning follows), so a low cosine
+    // only warns; a broken model (non-finite, constant, input-independent) is still refused.
+    let broken_only = nnzip::fidelity::Guard {
+        min_cosine: f64::NEG_INFINITY,
+    };
+    let fidelity = super::guard(
+        rt,
+        &model,
+        &pruned,
+        calib.as_ref(),
+        &a.shapes,
+        (&broken_only, a.force),
+        &|| {
+            by_sparsity
+                .iter()
+                .take(5)
+                .map(|l| nnzip::fidelity::Suspect {
+                    tensor: l.name.clone(),
+                    detail: format!("{:.0}% zeros", 100.0 * l.sparsity_after),
+                })
+                .collect()
+        },
+    )?;
+    let warn_below = nnzip::fidelity::Guard::default().min_cosine;
+    if fidelity.verifiable() && fidelity.cosine < warn_below {
+        eprintln!(
+            "warning: the pruned model's outputs moved far from the original's ({}): re-fit \
+             with --calib, lower --sparsity, or fine-tune before use",
+            fidelity.summary()
+        );
+    }
+    pruned
+        .save(&a.output, &SaveOptions::default())
+        .with_context(|| format!("cannot write {}", a.output.display()))?;
     let report = Report {
         input: a.model.clone(),
         output: a.output.clone(),
@@ -292,6 +332,7 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         metric,
         search,
         simplify: simplified,
+        fidelity,
     };
     if a.json {
         super::print_json(&report)

@@ -27,11 +27,16 @@ pub struct Args {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Write the result even if its outputs collapse against the input's (cosine under 0.9,
+    /// constant, non-finite).
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(a: Args, ort_lib: Option<&Path>) -> Result<()> {
     let mut model =
         Model::load(&a.model).with_context(|| format!("cannot load {}", a.model.display()))?;
+    let input = model.clone();
     let rt = Runtime::get(ort_lib).context("cannot start ONNX Runtime")?;
     let calib = match &a.calib {
         Some(p) => Some(
@@ -42,13 +47,36 @@ pub fn run(a: Args, ort_lib: Option<&Path>) -> Result<()> {
     };
     let report =
         simplify(&mut model, rt, calib.as_ref(), &a.shapes).context("simplification failed")?;
-    if !report.verification.within_tolerance {
-        bail!(
-            "verification failed: outputs differ by {:.3e} (largest output {:.3e}); nothing was written",
-            report.verification.max_abs_diff,
-            report.verification.max_abs_output
-        );
+    if !report.verification.within_tolerance && !a.force {
+        bail!(nnzip::pipeline::PipelineError::SimplifyMismatch {
+            diff: report.verification.max_abs_diff,
+            scale: report.verification.max_abs_output,
+        });
     }
+    let changed: Vec<String> = report
+        .passes
+        .iter()
+        .filter(|p| p.changed)
+        .map(|p| p.pass.clone())
+        .collect();
+    super::guard(
+        rt,
+        &input,
+        &model,
+        calib.as_ref(),
+        &a.shapes,
+        (&nnzip::fidelity::Guard::default(), a.force),
+        &|| {
+            changed
+                .iter()
+                .map(|p| nnzip::fidelity::Suspect {
+                    tensor: format!("pass {p}"),
+                    detail: "changed the model".into(),
+                })
+                .collect()
+        },
+    )?;
+    drop(input);
     let opts = SaveOptions {
         external_threshold: a.external_data,
         ..Default::default()

@@ -1,0 +1,19 @@
+//! What kind of failure an error is, so the command line maps it to an exit code without
+//! knowing every library error type.
+
+/// The class of a failure (docs/cli.md, "Exit codes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// A mistake in how the job was asked for (exit 2).
+    Usage,
+    /// An input is missing, malformed or unsupported (exit 3).
+    BadInput,
+    /// ONNX Runtime is missing or failed (exit 4).
+    Runtime,
+    /// An output could not be written (exit 5).
+    Write,
+    /// The result failed verification; nothing was written (exit 6).
+    Verification,
+    /// Anything else (exit 1).
+    Other,
+}
