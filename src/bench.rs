@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::npz::NpzError;
@@ -66,7 +66,7 @@ impl Default for BenchOptions {
 }
 
 /// Latency statistics of one model, in milliseconds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelStats {
     pub path: String,
     pub runs: usize,
@@ -83,7 +83,7 @@ pub struct ModelStats {
     pub samples_ms: Vec<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchReport {
     pub model: ModelStats,
     pub vs: Option<ModelStats>,
@@ -102,7 +102,7 @@ pub struct BenchReport {
     pub peak_rss_bytes: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InputDesc {
     pub name: String,
     pub dtype: String,

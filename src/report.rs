@@ -3,7 +3,7 @@
 //! with plots (plotters, SVG).
 
 use plotters::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::fidelity::Fidelity;
 use crate::inspect::{bytes_h, si};
@@ -15,14 +15,14 @@ use crate::quantrule::TensorError;
 use crate::ratecontrol::RatePlan;
 
 /// The pruning stage's outcome.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PruneResult {
     pub pass: PassReport,
     pub search: Option<SearchReport>,
 }
 
 /// How the quantization was chosen.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum Quantization {
     /// One QP per kind of tensor (the reference's rule).
@@ -41,14 +41,14 @@ pub enum Quantization {
 }
 
 /// One stage of the pipeline, for the size-per-stage view.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Stage {
     pub name: String,
     pub bytes: u64,
     pub parameters: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompressReport {
     pub input: String,
     pub output: String,
@@ -111,7 +111,7 @@ pub struct CompressReport {
 }
 
 /// Wall time of one stage.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageTime {
     pub stage: String,
     pub seconds: f64,
@@ -120,7 +120,7 @@ pub struct StageTime {
 }
 
 /// The latency columns and how they were measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LatencyReport {
     pub original_ms: f64,
     pub compressed_ms: f64,
@@ -135,7 +135,7 @@ pub struct LatencyReport {
     pub protocol: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SingleQp {
     pub qp: i32,
     pub bitstream_bytes: u64,

@@ -264,7 +264,7 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
             })
         }
         _ => search.as_ref().map(|s| MetricReport {
-            name: s.metric_name,
+            name: s.metric.name(),
             samples: s.samples,
             before: s.baseline,
             after: s.final_metric,
