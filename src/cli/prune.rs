@@ -73,6 +73,14 @@ pub struct Args {
     /// Print JSON (sparsity, layers, skipped, search, metric; see docs/cli.md).
     #[arg(long)]
     pub json: bool,
+    /// Re-fit the layers after structured pruning: each layer whose input changed is fitted by
+    /// least squares so that, on the calibration data, its output from the pruned model's input
+    /// matches the original model's (sequentially, in graph order). On by default with --calib.
+    #[arg(long, overrides_with = "no_recover")]
+    pub recover: bool,
+    /// Prune without reconstruction (the weights as the pruning left them).
+    #[arg(long)]
+    pub no_recover: bool,
     /// Also simplify: remove the pruned channels physically (as `nnzip simplify`), verified on
     /// ONNX Runtime.
     #[arg(long)]
@@ -170,6 +178,11 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         }
         None => None,
     };
+    if a.recover && a.calib.is_none() {
+        bail!(UsageError(
+            "--recover fits layers on calibration data (--calib FILE.npz)".into()
+        ));
+    }
     let rt = match calib {
         Some(_) => Some(Runtime::get(ort_lib).context("cannot start ONNX Runtime")?),
         None => None,
@@ -187,6 +200,9 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
     cfg.collapse = a.collapse;
     // Entropy: whole layers may go silent within the same tolerance as the search.
     cfg.layer_drop = a.max_drop;
+    if calib.is_some() && !a.no_recover {
+        cfg.recover = Some(nnzip::passes::prune::recover::RecoverOptions::default());
+    }
     let searching = a.max_drop.is_some();
     let amount = a
         .sparsity

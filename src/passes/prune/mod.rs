@@ -8,9 +8,13 @@
 //! simplify stage removes them physically.
 
 pub mod entropy;
+pub mod layers;
+pub mod lsq;
 pub mod magnitude;
 pub mod nm;
+pub mod recover;
 pub mod search;
+pub mod stats;
 pub mod structured;
 
 use std::collections::{HashMap, HashSet};
@@ -271,6 +275,9 @@ pub struct PruneOutcome {
     /// Entropy pruning: each rectified layer's entropy account.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub entropy: Vec<entropy::LayerEntropy>,
+    /// Reconstruction after pruning: the layers re-fitted on the calibration data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recover: Option<recover::RecoverReport>,
     /// Whether any weight changed.
     #[serde(skip)]
     pub changed: bool,
@@ -310,6 +317,7 @@ impl PruneOutcome {
             skipped: Vec::new(),
             groups: Vec::new(),
             entropy: Vec::new(),
+            recover: None,
             changed: after.zeros != before.zeros,
         }
     }
@@ -461,6 +469,8 @@ pub struct PruneConfig {
     pub collapse: f64,
     /// Entropy method: tolerance (points) for silencing whole layers; None: never.
     pub layer_drop: Option<f64>,
+    /// Re-fit the layers after structured pruning on the calibration data (None: do not).
+    pub recover: Option<recover::RecoverOptions>,
 }
 
 impl PruneConfig {
@@ -476,6 +486,7 @@ impl PruneConfig {
             rounds: 4,
             collapse: 0.01,
             layer_drop: None,
+            recover: None,
         }
     }
 
@@ -492,13 +503,19 @@ impl PruneConfig {
                 m: self.m,
                 filter: self.filter.clone(),
             }),
-            Method::Structured => Box::new(StructuredPrune {
-                fraction: amount,
-                global: self.global,
-                norm: self.norm,
-                round_to: self.round_to,
-                filter: self.filter.clone(),
-            }),
+            Method::Structured => {
+                let p = Box::new(StructuredPrune {
+                    fraction: amount,
+                    global: self.global,
+                    norm: self.norm,
+                    round_to: self.round_to,
+                    filter: self.filter.clone(),
+                });
+                match self.recover {
+                    Some(opts) => Box::new(recover::Recovered { prune: p, opts }),
+                    None => p,
+                }
+            }
             Method::Entropy => Box::new(EntropyPrune {
                 sparsity: amount,
                 rounds: self.rounds,
