@@ -105,74 +105,91 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>, NpzError> {
                 "shape {dims:?} needs more data than the archive holds ({stored} bytes)"
             )));
         }
-        let rd = |e: io::Error| bad(e.to_string());
-        let bytes: Vec<u8> = match dtype {
-            DType::F32 => npy
-                .into_vec::<f32>()
-                .map_err(rd)?
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
-            DType::F64 => npy
-                .into_vec::<f64>()
-                .map_err(rd)?
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
-            DType::I8 => npy
-                .into_vec::<i8>()
-                .map_err(rd)?
-                .iter()
-                .map(|&v| v as u8)
-                .collect(),
-            DType::I16 => npy
-                .into_vec::<i16>()
-                .map_err(rd)?
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
-            DType::I32 => npy
-                .into_vec::<i32>()
-                .map_err(rd)?
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
-            DType::I64 => npy
-                .into_vec::<i64>()
-                .map_err(rd)?
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
-            DType::U8 => npy.into_vec::<u8>().map_err(rd)?,
-            DType::U16 => npy
-                .into_vec::<u16>()
-                .map_err(rd)?
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
-            DType::U32 => npy
-                .into_vec::<u32>()
-                .map_err(rd)?
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
-            DType::U64 => npy
-                .into_vec::<u64>()
-                .map_err(rd)?
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect(),
-            DType::Bool => npy
-                .into_vec::<bool>()
-                .map_err(rd)?
-                .iter()
-                .map(|&v| v as u8)
-                .collect(),
-            other => return Err(bad(format!("unsupported dtype {other}"))),
-        };
+        let bytes = array_bytes(npy, dtype).map_err(|e| bad(e.to_string()))?;
         out.push((name.clone(), Tensor::from_bytes(dtype, dims, bytes)?));
     }
     Ok(out)
+}
+
+/// The values of an array as little-endian bytes of `dtype`.
+fn array_bytes<R: io::Read>(npy: npyz::NpyFile<R>, dtype: DType) -> io::Result<Vec<u8>> {
+    Ok(match dtype {
+        DType::F32 => npy
+            .into_vec::<f32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::F64 => npy
+            .into_vec::<f64>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::I8 => npy.into_vec::<i8>()?.iter().map(|&v| v as u8).collect(),
+        DType::I16 => npy
+            .into_vec::<i16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::I32 => npy
+            .into_vec::<i32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::I64 => npy
+            .into_vec::<i64>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::U8 => npy.into_vec::<u8>()?,
+        DType::U16 => npy
+            .into_vec::<u16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::U32 => npy
+            .into_vec::<u32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::U64 => npy
+            .into_vec::<u64>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::Bool => npy.into_vec::<bool>()?.iter().map(|&v| v as u8).collect(),
+        other => return Err(io::Error::other(format!("unsupported dtype {other}"))),
+    })
+}
+
+/// Reads one `.npy` file.
+pub fn read_npy(path: &Path) -> Result<Tensor, NpzError> {
+    let bad = |reason: String| NpzError::Array {
+        path: path.to_path_buf(),
+        name: String::new(),
+        reason,
+    };
+    let f = std::fs::File::open(path).map_err(|source| NpzError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let stored = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let npy = npyz::NpyFile::new(io::BufReader::new(f)).map_err(|e| bad(e.to_string()))?;
+    if npy.order() == npyz::Order::Fortran {
+        return Err(bad(
+            "Fortran-ordered arrays are not supported; save it C-ordered".into(),
+        ));
+    }
+    let dtype = dtype_of(&npy.dtype())
+        .ok_or_else(|| bad(format!("unsupported dtype {}", npy.dtype().descr())))?;
+    let dims: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let n = crate::tensor::numel(&dims)?;
+    if (n as u64).saturating_mul(dtype.size().unwrap_or(1) as u64) > stored {
+        return Err(bad(format!(
+            "shape {dims:?} needs more data than the file holds"
+        )));
+    }
+    let bytes = array_bytes(npy, dtype).map_err(|e| bad(e.to_string()))?;
+    Ok(Tensor::from_bytes(dtype, dims, bytes)?)
 }
 
 fn write_array<W: Write + io::Seek>(
