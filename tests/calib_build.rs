@@ -83,12 +83,12 @@ fn a_folder_of_pngs_round_trips_into_the_expected_arrays() {
     let v = x.to_f32().unwrap();
     let (mean, std) = ([0.5f32, 0.4, 0.3], 0.25f32);
     for i in 0..3u32 {
-        for c in 0..3usize {
+        for (c, m) in mean.iter().enumerate() {
             for y in 0..4u32 {
                 for xx in 0..5u32 {
                     // BGR: model channel c is the image's channel 2 - c.
                     let p = f32::from(pixel(i, xx, y)[2 - c]);
-                    let want = (p / 255.0 - mean[c]) / std;
+                    let want = (p / 255.0 - m) / std;
                     let at = ((i as usize * 3 + c) * 4 + y as usize) * 5 + xx as usize;
                     assert_eq!(v[at], want, "sample {i} channel {c} at ({xx}, {y})");
                 }

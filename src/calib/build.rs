@@ -35,6 +35,12 @@ pub enum BuildError {
     Tensor(#[from] TensorError),
 }
 
+/// Named arrays, the calibration format.
+pub type Arrays = Vec<(String, Tensor)>;
+
+/// Image files with their class ids (sub-folder order), when labelled.
+pub type Labelled = Vec<(PathBuf, Option<i64>)>;
+
 /// Channel order of the model's image input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum ColorOrder {
@@ -105,10 +111,10 @@ fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>, BuildError> {
 
 /// The images of `dir` in name order, labelled by sub-folder when the images sit in one
 /// sub-folder per class (class ids in sub-folder name order): (path, label).
-pub fn list_images(dir: &Path) -> Result<(Vec<(PathBuf, Option<i64>)>, Vec<String>), BuildError> {
+pub fn list_images(dir: &Path) -> Result<(Labelled, Vec<String>), BuildError> {
     let entries = sorted_entries(dir)?;
     let subdirs: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir()).collect();
-    let mut out: Vec<(PathBuf, Option<i64>)> = entries
+    let mut out: Labelled = entries
         .iter()
         .filter(|p| p.is_file() && is_image(p))
         .map(|p| (p.clone(), None))
@@ -191,7 +197,7 @@ pub fn from_images(
     input: &str,
     spec: &ImageSpec,
     limit: Option<usize>,
-) -> Result<(Vec<(String, Tensor)>, Vec<String>), BuildError> {
+) -> Result<(Arrays, Vec<String>), BuildError> {
     let (mut files, classes) = list_images(dir)?;
     if let Some(n) = limit {
         files.truncate(n);
@@ -216,10 +222,15 @@ pub fn from_images(
     Ok((arrays, classes))
 }
 
-/// The model's token inputs by role: ids, attention mask, token type ids.
-fn token_inputs(
-    model: &Model,
-) -> Result<(String, Option<String>, Option<String>, Option<usize>), BuildError> {
+/// The model's token inputs by role, and the sequence length it fixes.
+struct TokenInputs {
+    ids: String,
+    mask: Option<String>,
+    types: Option<String>,
+    fixed_len: Option<usize>,
+}
+
+fn token_inputs(model: &Model) -> Result<TokenInputs, BuildError> {
     let ins = model.inputs();
     let find = |key: &str| {
         ins.iter()
@@ -236,7 +247,12 @@ fn token_inputs(
                 Dim::Fixed(n) => Some(*n),
                 _ => None,
             });
-    Ok((ids, find("mask"), find("type"), fixed_len))
+    Ok(TokenInputs {
+        mask: find("mask"),
+        types: find("type"),
+        ids,
+        fixed_len,
+    })
 }
 
 /// Calibration arrays for a token-input model from a text file of sentences (one per line,
@@ -268,8 +284,13 @@ pub fn from_text(
             what: "sentences",
         });
     }
-    let (ids_name, mask_name, type_name, fixed) = token_inputs(model)?;
-    let len = fixed.unwrap_or(seq_len).max(2);
+    let TokenInputs {
+        ids: ids_name,
+        mask: mask_name,
+        types: type_name,
+        fixed_len,
+    } = token_inputs(model)?;
+    let len = fixed_len.unwrap_or(seq_len).max(2);
     let (mut ids, mut mask) = (Vec::new(), Vec::new());
     for l in &lines {
         let (i, m) = tok.encode(l, len);

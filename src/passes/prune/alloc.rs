@@ -206,12 +206,20 @@ pub fn group_scores(
     Ok(s)
 }
 
+/// One node's MACs and the groups whose kept fractions scale them.
+#[derive(Debug, Clone)]
+struct MacTerm {
+    macs: f64,
+    /// Groups on the input, with their channel counts as weights.
+    ins: Vec<(usize, f64)>,
+    out: Option<usize>,
+}
+
 /// MACs per node and which channel fractions scale them.
 #[derive(Debug, Clone, Default)]
 pub struct MacModel {
     pub total: f64,
-    /// (MACs, groups on the input with their channel weights, group on the output).
-    terms: Vec<(f64, Vec<(usize, f64)>, Option<usize>)>,
+    terms: Vec<MacTerm>,
 }
 
 impl MacModel {
@@ -254,7 +262,11 @@ impl MacModel {
                 .unwrap_or_default();
             let out = id.and_then(|id| out_of.get(&id).copied());
             m.total += macs as f64;
-            m.terms.push((macs as f64, ins, out));
+            m.terms.push(MacTerm {
+                macs: macs as f64,
+                ins,
+                out,
+            });
         }
         m
     }
@@ -263,7 +275,7 @@ impl MacModel {
     pub fn after(&self, kept: &[f64]) -> f64 {
         self.terms
             .iter()
-            .map(|(macs, ins, out)| {
+            .map(|MacTerm { macs, ins, out }| {
                 let kin = if ins.is_empty() {
                     1.0
                 } else {
