@@ -47,7 +47,7 @@ impl Default for RecoverOptions {
     fn default() -> Self {
         RecoverOptions {
             damp: 1e-3,
-            rows: 16384,
+            rows: 8192,
             samples: None,
             seed: 0x5eed,
         }
@@ -419,6 +419,17 @@ pub fn reconstruct(
     Ok(report)
 }
 
+/// `model` computing only `tensors`: its outputs replaced by them, the nodes they do not need
+/// removed.
+fn prefix(model: &Model, tensors: &[String]) -> Model {
+    let mut m = model.clone();
+    m.graph_mut().output.clear();
+    crate::graph::edit::expose_float_outputs(&mut m, tensors);
+    let mut e = Editor::new(m, Default::default());
+    e.sweep();
+    e.into_model()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn fit_wave(
     ed: &mut Editor,
@@ -442,7 +453,10 @@ fn fit_wave(
     let inputs: Vec<String> = fits.iter().map(|f| f.layer.input.clone()).collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed ^ report.waves as u64);
     let mut start = 0usize;
-    let per_sample = opts.rows.div_ceil(samples.max(1)).max(1);
+    // Rows per layer: a few per unknown (features), within the budget; H costs rows × K².
+    let per_sample = |features: usize| {
+        (3 * features).clamp(1024, opts.rows.max(1)).div_ceil(samples.max(1)).max(1)
+    };
     let mut visit = |b: Vec<Batch>| -> Result<(), CalibError> {
         let [bo, bp] = b.as_slice() else {
             return Ok(());
@@ -460,7 +474,8 @@ fn fit_wave(
                 super::layers::Kind::MatMul => row_mask(calib, start, start + ns, ns, per_pos),
                 _ => None,
             };
-            let picks = pick_rows(ns, per_pos, per_sample, mask.as_deref(), &mut rng);
+            let k = f.normals.first().map_or(1, |n| n.h.nrows());
+            let picks = pick_rows(ns, per_pos, per_sample(k), mask.as_deref(), &mut rng);
             f.add(xo, xp, &picks)
                 .map_err(|e| CalibError::Inputs(e.to_string()))?;
         }
@@ -471,12 +486,9 @@ fn fit_wave(
         data: calib,
         limit: Some(samples),
     };
-    capture_many(
-        rt,
-        &[(orig.model(), &inputs), (ed.model(), &inputs)],
-        source,
-        &mut visit,
-    )?;
+    // Only what the wave reads: early waves run a prefix of the network.
+    let (po, pp) = (prefix(orig.model(), &inputs), prefix(ed.model(), &inputs));
+    capture_many(rt, &[(&po, &inputs), (&pp, &inputs)], source, &mut visit)?;
     for mut f in fits {
         if f.seen == 0 {
             continue;
