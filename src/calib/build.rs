@@ -23,8 +23,8 @@ pub enum BuildError {
     },
     #[error("{path}: {reason}")]
     Image { path: PathBuf, reason: String },
-    #[error("{path}: {reason}")]
-    Tokenizer { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Tokenizer(#[from] super::wordpiece::TokenizerError),
     #[error("{0}")]
     Model(String),
     #[error("{path}: no {what} found")]

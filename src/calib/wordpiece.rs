@@ -13,7 +13,13 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::build::BuildError;
+/// A tokenizer file nnzip cannot read or use.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct TokenizerError {
+    pub path: std::path::PathBuf,
+    pub reason: String,
+}
 
 /// A WordPiece vocabulary and the normalizer settings of one `tokenizer.json`.
 #[derive(Debug, Clone)]
@@ -30,24 +36,21 @@ pub struct WordPiece {
     chinese_chars: bool,
 }
 
-fn bad(path: &Path, reason: impl Into<String>) -> BuildError {
-    BuildError::Tokenizer {
+fn bad(path: &Path, reason: impl Into<String>) -> TokenizerError {
+    TokenizerError {
         path: path.to_path_buf(),
         reason: reason.into(),
     }
 }
 
 impl WordPiece {
-    pub fn load(path: &Path) -> Result<WordPiece, BuildError> {
-        let text = std::fs::read_to_string(path).map_err(|source| BuildError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    pub fn load(path: &Path) -> Result<WordPiece, TokenizerError> {
+        let text = std::fs::read_to_string(path).map_err(|e| bad(path, e.to_string()))?;
         let v: Value = serde_json::from_str(&text).map_err(|e| bad(path, e.to_string()))?;
         WordPiece::from_json(path, &v)
     }
 
-    fn from_json(path: &Path, v: &Value) -> Result<WordPiece, BuildError> {
+    fn from_json(path: &Path, v: &Value) -> Result<WordPiece, TokenizerError> {
         let model = &v["model"];
         let ty = model["type"].as_str().unwrap_or("");
         if ty != "WordPiece" {
@@ -62,7 +65,7 @@ impl WordPiece {
             .iter()
             .filter_map(|(k, id)| Some((k.clone(), id.as_i64()?)))
             .collect();
-        let id = |tok: &str| -> Result<i64, BuildError> {
+        let id = |tok: &str| -> Result<i64, TokenizerError> {
             vocab
                 .get(tok)
                 .copied()

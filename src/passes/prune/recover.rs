@@ -455,7 +455,10 @@ fn fit_wave(
     let mut start = 0usize;
     // Rows per layer: a few per unknown (features), within the budget; H costs rows × K².
     let per_sample = |features: usize| {
-        (3 * features).clamp(1024, opts.rows.max(1)).div_ceil(samples.max(1)).max(1)
+        (3 * features)
+            .clamp(1024, opts.rows.max(1))
+            .div_ceil(samples.max(1))
+            .max(1)
     };
     let mut visit = |b: Vec<Batch>| -> Result<(), CalibError> {
         let [bo, bp] = b.as_slice() else {
