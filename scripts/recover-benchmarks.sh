@@ -56,6 +56,7 @@ METHODS=(
   "flap-none:--score flap --allocate standardized --no-recover"
   "flap-ls:--score flap --allocate standardized"
   "ours:--score l1 --allocate measured"
+  "ours-r16:--score l1 --allocate measured --round-to 16"
 )
 
 for name in "${@:-orientation_lcnet ppocr_cls minilm_l3 ppocr_det}"; do
@@ -73,8 +74,8 @@ for name in "${@:-orientation_lcnet ppocr_cls minilm_l3 ppocr_det}"; do
       echo "{\"seconds\": $(echo "$end - $start" | bc)}" > "$o.time.json"
       "$PY" fixtures/gen/real_eval.py "$o.onnx" "$D/$n.heldout.npz" --reference "$M/$n.onnx" \
         > "$o.eval.json"
-      if [ "$label" = ours ] || [ "$label" = l1-none ]; then
-        $NN bench "$M/$n.onnx" --vs "$o.onnx" --threads 1 --runs 200 --json > "$o.bench.json" || true
+      if [ "${label#ours}" != "$label" ] && grep -q -- --simplify <<<"$extra"; then
+        $NN bench "$M/$n.onnx" --vs "$o.onnx" --threads 1 --runs 300 --json > "$o.bench.json" || true
       fi
       echo "$n $label done"
     done
