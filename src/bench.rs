@@ -70,11 +70,17 @@ impl Default for BenchOptions {
 pub struct ModelStats {
     pub path: String,
     pub runs: usize,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub min_ms: f64,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub median_ms: f64,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub mean_ms: f64,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub p90_ms: f64,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub p99_ms: f64,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub max_ms: f64,
     pub session_create_ms: f64,
     /// Resident memory added by creating the session and running it (bytes).

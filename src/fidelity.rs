@@ -107,6 +107,7 @@ pub struct Fidelity {
     pub output: String,
     /// Mean over samples of the per-sample cosine similarity (over the whole output when a
     /// sample holds a single value).
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub cosine: f64,
     /// 10·log10(Σ reference² / Σ error²) over all samples; `None` when the outputs are equal.
     pub snr_db: Option<f64>,

@@ -196,6 +196,7 @@ pub struct SearchStep {
     pub drop: f64,
     pub expected_drop: Option<f64>,
     pub drop_se: Option<f64>,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub snr_db: f64,
     pub accepted: bool,
 }

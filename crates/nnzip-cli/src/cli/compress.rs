@@ -60,7 +60,7 @@ pub struct Args {
     #[arg(long)]
     pub zstd: bool,
     /// At most this many timed runs per model for the latency columns (0 skips timing).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 500)]
     pub runs: usize,
     /// Time budget of the latency columns in seconds (interleaved runs of both models).
     #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
@@ -141,10 +141,6 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
     }
     write_bytes(&a.output, &out.bitstream)
         .with_context(|| format!("cannot write {}", a.output.display()))?;
-    if let Some(h) = &a.html {
-        let html = out.report.to_html();
-        write_bytes(h, html.as_bytes()).with_context(|| format!("cannot write {}", h.display()))?;
-    }
     let written = super::device::Written {
         model: &a.model,
         nnc: &a.output,
@@ -153,5 +149,15 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         runs: a.runs,
     };
     let cols = super::device::compress_columns(&a.devices, ort_lib, quiet, written)?;
-    super::device::print_compress(&out.report, &out.report.to_text(), cols, a.json)
+    let mut report = out.report;
+    let err = cols.and_then(|(c, e)| {
+        report.devices = c;
+        e
+    });
+    // The page is written after the devices' measurements, which it shows.
+    if let Some(h) = &a.html {
+        write_bytes(h, report.to_html().as_bytes())
+            .with_context(|| format!("cannot write {}", h.display()))?;
+    }
+    super::device::print_compress(&report, a.json, err)
 }

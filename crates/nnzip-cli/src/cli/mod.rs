@@ -11,6 +11,7 @@ mod inspect;
 mod progress;
 mod prune;
 mod prune_args;
+mod report;
 mod simplify;
 
 use std::path::PathBuf;
@@ -137,6 +138,8 @@ pub enum Command {
     Decompress(decompress::Args),
     /// Target devices of the devices file: probe them.
     Device(device::Args),
+    /// Render a saved JSON report again: text, or an HTML page with --html.
+    Report(report::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -150,6 +153,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Compress(a) => compress::run(a, cli.ort_lib.as_deref(), cli.quiet),
         Command::Decompress(a) => decompress::run(a),
         Command::Device(a) => device::run(a, cli.ort_lib.as_deref()),
+        Command::Report(a) => report::run(a),
     }
 }
 
@@ -174,6 +178,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if let Some(p) = cause.downcast_ref::<nnzip::pipeline::PipelineError>() {
             return class_code(p.class());
+        }
+        if let Some(r) = cause.downcast_ref::<nnzip::report::saved::ReportError>() {
+            return class_code(r.class());
         }
         if cause.downcast_ref::<codec::WriteFailed>().is_some() {
             return code::WRITE;
