@@ -17,7 +17,7 @@ use crate::ratecontrol::Set;
 pub const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:980px;\
 color:#222;padding:0 1em}h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;\
 margin-top:1.6em}.headline{font-size:1.1em;line-height:1.6}.headline b{white-space:nowrap}\
-table{border-collapse:collapse;margin:.6em 0}th,td{padding:3px 10px;text-align:left;\
+table{border-collapse:collapse;margin:.6em 0}table.t21{font-size:.9em}th,td{padding:3px 8px;text-align:left;\
 vertical-align:top;border-bottom:1px solid #e2e2e2}th{background:#f0f2f5}td.n{text-align:right;\
 font-variant-numeric:tabular-nums;white-space:nowrap}.note{color:#555;font-size:.92em}\
 svg.plot{display:block;margin:1em 0;max-width:100%;height:auto}.warn{color:#a40000}";
@@ -165,10 +165,10 @@ fn table21(r: &CompressReport) -> String {
     };
     let mut headers = vec![
         "model",
-        "pruned (% of parameters)",
+        "pruned %",
         "parameters after",
-        "simplified ONNX (bytes)",
-        "NNC bitstream (bytes)",
+        "simplified ONNX bytes",
+        "NNC bitstream bytes",
         "vs ONNX",
         "MACs before → after",
     ];
@@ -192,8 +192,8 @@ fn table21(r: &CompressReport) -> String {
     ];
     let mut names = Vec::new();
     if let Some(l) = &r.latency {
-        names.push("local ORT: original ms".to_string());
-        names.push("local ORT: compressed ms".to_string());
+        names.push("local: original ms".to_string());
+        names.push("local: compressed ms".to_string());
         row.push(ms(Some(l.original_ms), "/latency/original_ms"));
         row.push(ms(Some(l.compressed_ms), "/latency/compressed_ms"));
     }
@@ -349,7 +349,13 @@ fn rate_plot(r: &CompressReport) -> Option<String> {
 }
 
 fn tensor_plot(r: &CompressReport) -> Option<String> {
-    let mut t: Vec<_> = r.tensors.iter().filter(|t| t.qp.is_some()).collect();
+    // The weights rate control spent bits on; else every quantized tensor of some size (biases
+    // and normalization vectors take a fine step and few bytes).
+    let chosen = |t: &&super::TensorRate| match r.rate_control() {
+        Some(rc) => rc.qps.contains_key(&t.name),
+        None => t.qp.is_some() && t.elements >= 256,
+    };
+    let mut t: Vec<_> = r.tensors.iter().filter(chosen).collect();
     if t.is_empty() {
         return None;
     }

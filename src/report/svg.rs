@@ -14,7 +14,6 @@ pub const PALETTE: [&str; 4] = ["#9a9a9a", "#3b6fb6", "#d9822b", "#2e9e5b"];
 
 const W: f64 = 720.0;
 const LABEL_W: f64 = 210.0;
-const VALUE_W: f64 = 110.0;
 const TOP: f64 = 54.0;
 const BAR_H: f64 = 14.0;
 
@@ -94,16 +93,38 @@ fn fit(label: &str, max_chars: usize) -> String {
     format!("<title>{}</title>…{}", esc(label), esc(&tail))
 }
 
-fn legend(o: &mut String, y: f64, items: &[(String, String)]) {
+/// Width of a legend entry with this name.
+fn item_w(name: &str) -> f64 {
+    30.0 + 6.6 * name.chars().count() as f64
+}
+
+/// Lines the legend takes from `x`, wrapping at the plot's width.
+fn legend_lines(x: f64, items: &[(String, String)]) -> usize {
+    let (mut lines, mut at) = (1, x);
+    for (name, _) in items {
+        if at > x && at + item_w(name) > W - 8.0 {
+            lines += 1;
+            at = x;
+        }
+        at += item_w(name);
+    }
+    lines
+}
+
+fn legend(o: &mut String, x0: f64, y0: f64, items: &[(String, String)]) {
     let _ = write!(o, r#"<g class="legend" font-size="12">"#);
-    let mut x = LABEL_W;
+    let (mut x, mut y) = (x0, y0);
     for (name, swatch) in items {
+        if x > x0 && x + item_w(name) > W - 8.0 {
+            x = x0;
+            y += 17.0;
+        }
         let _ = write!(
             o,
             r#"<g transform="translate({x:.0},{y:.0})">{swatch}<text x="18" y="10">{}</text></g>"#,
             esc(name)
         );
-        x += 30.0 + 7.0 * name.chars().count() as f64;
+        x += item_w(name);
     }
     o.push_str("</g>");
 }
@@ -113,33 +134,7 @@ fn rect_swatch(colour: &str) -> String {
 }
 
 impl Bars {
-    /// The SVG element.
-    pub fn svg(&self) -> String {
-        let n = self.series.len().max(1);
-        let group_h = BAR_H * n as f64 + 8.0;
-        let plot_h = group_h * self.rows.len().max(1) as f64;
-        let h = TOP + plot_h + 46.0;
-        let all = self.rows.iter().flat_map(|r| r.bars.iter().flatten());
-        let (mut lo, mut hi) = (0.0f64, 0.0f64);
-        for b in all {
-            let (a, z) = b.whisker.unwrap_or((b.value, b.value));
-            lo = lo.min(b.value).min(a);
-            hi = hi.max(b.value).max(z);
-        }
-        if hi - lo <= 0.0 {
-            hi = lo + 1.0;
-        }
-        let pad = (hi - lo) * 0.04;
-        let (lo, hi) = (if lo < 0.0 { lo - pad } else { lo }, hi + pad);
-        let x0 = LABEL_W;
-        let pw = W - LABEL_W - VALUE_W;
-        let sx = |v: f64| x0 + (v - lo) / (hi - lo) * pw;
-        let mut o = String::new();
-        let _ = write!(
-            o,
-            r#"<svg class="plot" width="{W:.0}" height="{h:.0}" viewBox="0 0 {W:.0} {h:.0}" font-family="sans-serif" role="img"><title>{t}</title><text class="title" x="10" y="20" font-size="15" font-weight="bold">{t}</text>"#,
-            t = esc(&self.title)
-        );
+    fn legend_items(&self) -> Vec<(String, String)> {
         let mut items: Vec<(String, String)> = self
             .series
             .iter()
@@ -157,28 +152,68 @@ impl Bars {
                 r##"<path d="M0 6H12M0 2V10M12 2V10" stroke="#222" fill="none"/>"##.into(),
             ));
         }
-        legend(&mut o, 30.0, &items);
+        items
+    }
+
+    /// The SVG element.
+    pub fn svg(&self) -> String {
+        let n = self.series.len().max(1);
+        let group_h = BAR_H * n as f64 + 8.0;
+        let plot_h = group_h * self.rows.len().max(1) as f64;
+        let items = self.legend_items();
+        let top = TOP + 17.0 * (legend_lines(LABEL_W, &items) - 1) as f64;
+        let h = top + plot_h + 46.0;
+        let longest = self
+            .rows
+            .iter()
+            .flat_map(|r| r.bars.iter().flatten())
+            .map(|b| b.text.chars().count())
+            .max()
+            .unwrap_or(0);
+        let value_w = (longest as f64 * 6.4 + 12.0).max(40.0);
+        let all = self.rows.iter().flat_map(|r| r.bars.iter().flatten());
+        let (mut lo, mut hi) = (0.0f64, 0.0f64);
+        for b in all {
+            let (a, z) = b.whisker.unwrap_or((b.value, b.value));
+            lo = lo.min(b.value).min(a);
+            hi = hi.max(b.value).max(z);
+        }
+        if hi - lo <= 0.0 {
+            hi = lo + 1.0;
+        }
+        let pad = (hi - lo) * 0.04;
+        let (lo, hi) = (if lo < 0.0 { lo - pad } else { lo }, hi + pad);
+        let x0 = LABEL_W;
+        let pw = W - LABEL_W - value_w;
+        let sx = |v: f64| x0 + (v - lo) / (hi - lo) * pw;
+        let mut o = String::new();
+        let _ = write!(
+            o,
+            r#"<svg class="plot" width="{W:.0}" height="{h:.0}" viewBox="0 0 {W:.0} {h:.0}" font-family="sans-serif" role="img"><title>{t}</title><text class="title" x="10" y="20" font-size="15" font-weight="bold">{t}</text>"#,
+            t = esc(&self.title)
+        );
+        legend(&mut o, LABEL_W, 30.0, &items);
         for t in ticks(lo, hi) {
             let x = sx(t);
             let _ = write!(
                 o,
-                r##"<line x1="{x:.1}" y1="{TOP:.0}" x2="{x:.1}" y2="{:.1}" stroke="#e4e4e4"/><text x="{x:.1}" y="{:.1}" font-size="11" text-anchor="middle">{}</text>"##,
-                TOP + plot_h,
-                TOP + plot_h + 14.0,
+                r##"<line x1="{x:.1}" y1="{top:.0}" x2="{x:.1}" y2="{:.1}" stroke="#e4e4e4"/><text x="{x:.1}" y="{:.1}" font-size="11" text-anchor="middle">{}</text>"##,
+                top + plot_h,
+                top + plot_h + 14.0,
                 tick_text(t)
             );
         }
         let _ = write!(
             o,
-            r##"<line x1="{z:.1}" y1="{TOP:.0}" x2="{z:.1}" y2="{b:.1}" stroke="#444"/><text class="axis" x="{c:.1}" y="{ay:.1}" font-size="12" text-anchor="middle">{a}</text>"##,
+            r##"<line x1="{z:.1}" y1="{top:.0}" x2="{z:.1}" y2="{b:.1}" stroke="#444"/><text class="axis" x="{c:.1}" y="{ay:.1}" font-size="12" text-anchor="middle">{a}</text>"##,
             z = sx(0.0),
-            b = TOP + plot_h,
+            b = top + plot_h,
             c = x0 + pw / 2.0,
-            ay = TOP + plot_h + 34.0,
+            ay = top + plot_h + 34.0,
             a = esc(&self.axis)
         );
         for (ri, row) in self.rows.iter().enumerate() {
-            let gy = TOP + ri as f64 * group_h + 4.0;
+            let gy = top + ri as f64 * group_h + 4.0;
             let _ = write!(
                 o,
                 r#"<text class="label" x="{:.0}" y="{:.1}" font-size="12" text-anchor="end">{}</text>"#,
@@ -247,32 +282,7 @@ pub struct Scatter {
 }
 
 impl Scatter {
-    /// The SVG element.
-    pub fn svg(&self) -> String {
-        let h = 380.0;
-        let (l, r, t, b) = (70.0, W - 30.0, TOP + 6.0, h - 50.0);
-        let xs = self.classes.iter().flat_map(|c| c.points.iter().map(|p| p.0));
-        let ys = self.classes.iter().flat_map(|c| c.points.iter().map(|p| p.1));
-        let ys = ys.chain(self.lines.iter().map(|l| l.1));
-        let span = |it: &mut dyn Iterator<Item = f64>| {
-            let (a, z) = it.fold((f64::MAX, f64::MIN), |a, v| (a.0.min(v), a.1.max(v)));
-            if a > z {
-                (0.0, 1.0)
-            } else {
-                let p = ((z - a) * 0.08).max(z.abs().max(1.0) * 1e-3);
-                (a - p, z + p)
-            }
-        };
-        let (x0, x1) = span(&mut xs.into_iter());
-        let (y0, y1) = span(&mut ys.into_iter());
-        let sx = |v: f64| l + (v - x0) / (x1 - x0) * (r - l);
-        let sy = |v: f64| b - (v - y0) / (y1 - y0) * (b - t);
-        let mut o = String::new();
-        let _ = write!(
-            o,
-            r#"<svg class="plot" width="{W:.0}" height="{h:.0}" viewBox="0 0 {W:.0} {h:.0}" font-family="sans-serif" role="img"><title>{t}</title><text class="title" x="10" y="20" font-size="15" font-weight="bold">{t}</text>"#,
-            t = esc(&self.title)
-        );
+    fn legend_items(&self) -> Vec<(String, String)> {
         let mut items: Vec<(String, String)> = self
             .classes
             .iter()
@@ -297,7 +307,38 @@ impl Scatter {
                     .into(),
             ));
         }
-        legend(&mut o, 30.0, &items);
+        items
+    }
+
+    /// The SVG element.
+    pub fn svg(&self) -> String {
+        let items = self.legend_items();
+        let extra = 17.0 * (legend_lines(70.0, &items) - 1) as f64;
+        let h = 380.0 + extra;
+        let (l, r, t, b) = (70.0, W - 30.0, TOP + 6.0 + extra, h - 50.0);
+        let xs = self.classes.iter().flat_map(|c| c.points.iter().map(|p| p.0));
+        let ys = self.classes.iter().flat_map(|c| c.points.iter().map(|p| p.1));
+        let ys = ys.chain(self.lines.iter().map(|l| l.1));
+        let span = |it: &mut dyn Iterator<Item = f64>| {
+            let (a, z) = it.fold((f64::MAX, f64::MIN), |a, v| (a.0.min(v), a.1.max(v)));
+            if a > z {
+                (0.0, 1.0)
+            } else {
+                let p = ((z - a) * 0.08).max(z.abs().max(1.0) * 1e-3);
+                (a - p, z + p)
+            }
+        };
+        let (x0, x1) = span(&mut xs.into_iter());
+        let (y0, y1) = span(&mut ys.into_iter());
+        let sx = |v: f64| l + (v - x0) / (x1 - x0) * (r - l);
+        let sy = |v: f64| b - (v - y0) / (y1 - y0) * (b - t);
+        let mut o = String::new();
+        let _ = write!(
+            o,
+            r#"<svg class="plot" width="{W:.0}" height="{h:.0}" viewBox="0 0 {W:.0} {h:.0}" font-family="sans-serif" role="img"><title>{t}</title><text class="title" x="10" y="20" font-size="15" font-weight="bold">{t}</text>"#,
+            t = esc(&self.title)
+        );
+        legend(&mut o, 70.0, 30.0, &items);
         for v in ticks(x0, x1) {
             let x = sx(v);
             let _ = write!(
