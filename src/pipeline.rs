@@ -599,7 +599,9 @@ fn latency_stage(
         })
     };
     let (o, c) = (spread(&r.model), r.vs.as_ref().and_then(spread));
-    let ci = r.vs.as_ref().and_then(|v| median_interval(&r.model.samples_ms, &v.samples_ms));
+    let ci =
+        r.vs.as_ref()
+            .and_then(|v| median_interval(&r.model.samples_ms, &v.samples_ms));
     Ok(LatencyReport {
         original_ms: r.model.median_ms,
         compressed_ms: r.vs.as_ref().map_or(f64::NAN, |v| v.median_ms),

@@ -105,7 +105,7 @@ pub fn thousands(v: u64) -> String {
     let s = v.to_string();
     let mut o = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             o.push(',');
         }
         o.push(ch);
@@ -175,7 +175,11 @@ fn table21(r: &CompressReport) -> String {
     let macs = |m: Option<u64>| m.map_or("-".into(), thousands);
     let mut row = vec![
         Cell::text(&r.input),
-        Cell::num(format!("{:.1}", r.pruned_fraction * 100.0), "/pruned_fraction").scaled(100.0),
+        Cell::num(
+            format!("{:.1}", r.pruned_fraction * 100.0),
+            "/pruned_fraction",
+        )
+        .scaled(100.0),
         Cell::num(thousands(r.parameters_after), "/parameters_after"),
         Cell::num(thousands(r.simplified_onnx_bytes), "/simplified_onnx_bytes"),
         Cell::num(thousands(r.bitstream_bytes), "/bitstream_bytes"),
@@ -253,10 +257,7 @@ fn latency_plot(r: &CompressReport) -> Option<String> {
         rows.push(Row {
             label: "local (ONNX Runtime)".into(),
             bars: vec![
-                bar(
-                    Some(l.original_ms),
-                    w(l.original_p10_ms, l.original_p90_ms),
-                ),
+                bar(Some(l.original_ms), w(l.original_p10_ms, l.original_p90_ms)),
                 bar(
                     Some(l.compressed_ms),
                     w(l.compressed_p10_ms, l.compressed_p90_ms),
@@ -405,7 +406,8 @@ fn channels_plot(r: &CompressReport) -> Option<String> {
         }
     }
     if rows.is_empty() {
-        if let Some(crate::passes::PassDetails::Prune(o)) = r.prune.as_ref().map(|p| &p.pass.details)
+        if let Some(crate::passes::PassDetails::Prune(o)) =
+            r.prune.as_ref().map(|p| &p.pass.details)
         {
             for g in &o.groups {
                 rows.push((g.name.clone(), g.channels, g.removed.len()));
@@ -460,7 +462,12 @@ fn class_plot(r: &CompressReport) -> Option<String> {
                     label: format!("class {} ({} samples)", c.class, c.samples),
                     bars: vec![Some(Bar {
                         value: c.after - c.before,
-                        text: format!("{:+.2} ({:.2} → {:.2} %)", c.after - c.before, c.before, c.after),
+                        text: format!(
+                            "{:+.2} ({:.2} → {:.2} %)",
+                            c.after - c.before,
+                            c.before,
+                            c.after
+                        ),
                         whisker: None,
                     })],
                 })
@@ -489,11 +496,7 @@ fn measured(r: &CompressReport) -> String {
 
 /// The compress report's page.
 pub fn compress(r: &CompressReport) -> String {
-    let mut b = format!(
-        "<h1>nnzip: {}</h1>\n{}\n",
-        esc(&r.input),
-        headline(r)
-    );
+    let mut b = format!("<h1>nnzip: {}</h1>\n{}\n", esc(&r.input), headline(r));
     if let Some(e) = &r.verification_failed {
         let _ = writeln!(b, "<p class=\"warn\">Kept with --force: {}</p>", esc(e));
     }

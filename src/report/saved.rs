@@ -98,7 +98,13 @@ impl Saved {
 }
 
 fn size_rows(r: &SimplifyReport) -> Vec<Row> {
-    let bar = |v: f64, t: String| Some(Bar { value: v, text: t, whisker: None });
+    let bar = |v: f64, t: String| {
+        Some(Bar {
+            value: v,
+            text: t,
+            whisker: None,
+        })
+    };
     let (b, a) = (&r.before, &r.after);
     vec![
         Row {
@@ -228,7 +234,15 @@ pub fn bench_html(r: &BenchReport) -> String {
             "<h1>nnzip bench</h1>\n{ratio}\n{}\n{plot}\n<p class=\"note\">{}</p>",
             table(
                 "t21",
-                &["model", "min ms", "median ms", "mean ms", "p90 ms", "p99 ms", "runs"],
+                &[
+                    "model",
+                    "min ms",
+                    "median ms",
+                    "mean ms",
+                    "p90 ms",
+                    "p99 ms",
+                    "runs"
+                ],
                 &rows
             ),
             esc(r.to_text().lines().next().unwrap_or_default())

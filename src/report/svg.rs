@@ -316,8 +316,14 @@ impl Scatter {
         let extra = 17.0 * (legend_lines(70.0, &items) - 1) as f64;
         let h = 380.0 + extra;
         let (l, r, t, b) = (70.0, W - 30.0, TOP + 6.0 + extra, h - 50.0);
-        let xs = self.classes.iter().flat_map(|c| c.points.iter().map(|p| p.0));
-        let ys = self.classes.iter().flat_map(|c| c.points.iter().map(|p| p.1));
+        let xs = self
+            .classes
+            .iter()
+            .flat_map(|c| c.points.iter().map(|p| p.0));
+        let ys = self
+            .classes
+            .iter()
+            .flat_map(|c| c.points.iter().map(|p| p.1));
         let ys = ys.chain(self.lines.iter().map(|l| l.1));
         let span = |it: &mut dyn Iterator<Item = f64>| {
             let (a, z) = it.fold((f64::MAX, f64::MIN), |a, v| (a.0.min(v), a.1.max(v)));

@@ -111,7 +111,11 @@ fn render(page: &Path, screenshot: &Path) -> (String, Vec<String>) {
     let mut c = Command::new(chromium());
     base(&mut c);
     let dom = c.arg("--dump-dom").arg(&url).output().unwrap();
-    assert!(dom.status.success(), "{}", String::from_utf8_lossy(&dom.stderr));
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
     let console = String::from_utf8_lossy(&dom.stderr)
         .lines()
         .filter(|l| l.contains("CONSOLE"))
@@ -124,7 +128,11 @@ fn render(page: &Path, screenshot: &Path) -> (String, Vec<String>) {
         .arg(&url)
         .output()
         .unwrap();
-    assert!(shot.status.success(), "{}", String::from_utf8_lossy(&shot.stderr));
+    assert!(
+        shot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
     let png = std::fs::read(screenshot).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 1000);
     (String::from_utf8(dom.stdout).unwrap(), console)
@@ -269,8 +277,13 @@ fn compress_reports_read_back_render_again_and_show_in_a_browser() {
         text_fits(&text);
 
         let v: Value = serde_json::from_str(&json).unwrap();
-        assert!(numbers_agree(&page, &v) >= 12, "{name}: too few numbers checked");
-        assert!(!page.contains("<script") && !page.contains("http://") && !page.contains("https://"));
+        assert!(
+            numbers_agree(&page, &v) >= 12,
+            "{name}: too few numbers checked"
+        );
+        assert!(
+            !page.contains("<script") && !page.contains("http://") && !page.contains("https://")
+        );
 
         let (dom, console) = render(&html, &shots().join(format!("{name}.png")));
         let titles = check_dom(&dom, &console, &text);
