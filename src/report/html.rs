@@ -62,7 +62,8 @@ impl Cell {
         }
     }
 
-    fn scaled(mut self, k: f64) -> Cell {
+    /// Shown as the JSON value times `k`.
+    pub fn scaled(mut self, k: f64) -> Cell {
         self.scale = Some(k);
         self
     }

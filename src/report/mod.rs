@@ -4,6 +4,7 @@
 //! ([`html`], plots in [`svg`]); [`saved`] reads a saved JSON report back for `nnzip report`.
 
 pub mod html;
+pub mod prune;
 pub mod saved;
 pub mod svg;
 mod text;

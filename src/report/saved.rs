@@ -7,6 +7,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use super::html::{page, table, thousands, Cell};
+use super::prune::PruneReport;
 use super::svg::{esc, Bar, Bars, Row};
 use super::CompressReport;
 use crate::bench::{BenchReport, ModelStats};
@@ -20,10 +21,7 @@ pub enum ReportError {
     Read(#[source] std::io::Error),
     #[error("not JSON: {0}")]
     Json(#[source] serde_json::Error),
-    #[error(
-        "not a report of nnzip compress, simplify or bench (the JSON of `--json`; prune reports \
-         are not rendered yet)"
-    )]
+    #[error("not a report of nnzip compress, prune, simplify or bench (the JSON of `--json`)")]
     Unknown,
     #[error("a {kind} report with a field that does not read back: {source}")]
     Shape {
@@ -44,6 +42,7 @@ impl ReportError {
 #[serde(untagged)]
 pub enum Saved {
     Compress(Box<CompressReport>),
+    Prune(Box<PruneReport>),
     Simplify(Box<SimplifyReport>),
     Bench(Box<BenchReport>),
 }
@@ -62,6 +61,8 @@ impl Saved {
         let has = |k: &str| v.get(k).is_some();
         if has("bitstream_bytes") && has("stages") {
             Ok(Saved::Compress(typed(v, "compress")?))
+        } else if has("sparsity") && has("layers") {
+            Ok(Saved::Prune(typed(v, "prune")?))
         } else if has("passes") && has("verification") {
             Ok(Saved::Simplify(typed(v, "simplify")?))
         } else if has("model") && has("ort_library") {
@@ -75,6 +76,7 @@ impl Saved {
     pub fn kind(&self) -> &'static str {
         match self {
             Saved::Compress(_) => "compress",
+            Saved::Prune(_) => "prune",
             Saved::Simplify(_) => "simplify",
             Saved::Bench(_) => "bench",
         }
@@ -83,6 +85,7 @@ impl Saved {
     pub fn to_text(&self) -> String {
         match self {
             Saved::Compress(r) => r.to_text(),
+            Saved::Prune(r) => r.to_text(),
             Saved::Simplify(r) => simplify_text(r),
             Saved::Bench(r) => r.to_text(),
         }
@@ -91,10 +94,108 @@ impl Saved {
     pub fn to_html(&self) -> String {
         match self {
             Saved::Compress(r) => r.to_html(),
+            Saved::Prune(r) => prune_html(r),
             Saved::Simplify(r) => simplify_html(r),
             Saved::Bench(r) => bench_html(r),
         }
     }
+}
+
+/// The prune report's page: the outcome, the metric, sparsity and channels per layer.
+pub fn prune_html(r: &PruneReport) -> String {
+    let o = &r.outcome;
+    let mut rows = vec![
+        vec![Cell::text("method"), Cell::text(&o.method), Cell::text("")],
+        vec![
+            Cell::text("sparsity (% of prunable weights)"),
+            Cell::num(
+                format!("{:.2}", o.sparsity_before * 100.0),
+                "/sparsity_before",
+            )
+            .scaled(100.0),
+            Cell::num(format!("{:.2}", o.sparsity * 100.0), "/sparsity").scaled(100.0),
+        ],
+    ];
+    if let Some(m) = &r.metric {
+        rows.push(vec![
+            Cell::text(format!("{} on {} samples (%)", m.name, m.samples)),
+            Cell::num(format!("{:.3}", m.before), "/metric/before"),
+            Cell::num(format!("{:.3}", m.after), "/metric/after"),
+        ]);
+    }
+    let bar = |v: f64, t: String| {
+        Some(Bar {
+            value: v,
+            text: t,
+            whisker: None,
+        })
+    };
+    let mut plots = vec![Bars {
+        title: "Sparsity per layer".into(),
+        axis: "zero weights (%)".into(),
+        series: vec!["before".into(), "after".into()],
+        rows: o
+            .layers
+            .iter()
+            .map(|l| Row {
+                label: l.name.clone(),
+                bars: vec![
+                    bar(
+                        l.sparsity_before * 100.0,
+                        format!("{:.1} %", l.sparsity_before * 100.0),
+                    ),
+                    bar(
+                        l.sparsity_after * 100.0,
+                        format!("{:.1} %", l.sparsity_after * 100.0),
+                    ),
+                ],
+            })
+            .collect(),
+        whisker_label: None,
+    }
+    .svg()];
+    if o.groups.iter().any(|g| !g.removed.is_empty()) {
+        plots.push(
+            Bars {
+                title: "Channels removed per layer".into(),
+                axis: "channels".into(),
+                series: vec!["kept".into(), "removed".into()],
+                rows: o
+                    .groups
+                    .iter()
+                    .map(|g| {
+                        let k = g.removed.len().min(g.channels);
+                        Row {
+                            label: g.name.clone(),
+                            bars: vec![
+                                bar(
+                                    (g.channels - k) as f64,
+                                    format!("{} of {}", g.channels - k, g.channels),
+                                ),
+                                bar(k as f64, format!("{k} of {}", g.channels)),
+                            ],
+                        }
+                    })
+                    .collect(),
+                whisker_label: None,
+            }
+            .svg(),
+        );
+    }
+    let notes: String = r
+        .to_text()
+        .lines()
+        .map(|l| format!("<li>{}</li>", esc(l.trim())))
+        .collect();
+    page(
+        "nnzip prune report",
+        &format!(
+            "<h1>nnzip prune: {}</h1>\n{}\n{}\n<h2>Details</h2><ul>{notes}</ul>",
+            esc(&r.input.display().to_string()),
+            table("t21", &["", "before", "after"], &rows),
+            plots.join("\n")
+        ),
+    )
 }
 
 fn size_rows(r: &SimplifyReport) -> Vec<Row> {

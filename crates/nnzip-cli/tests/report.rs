@@ -297,8 +297,23 @@ fn compress_reports_read_back_render_again_and_show_in_a_browser() {
 }
 
 #[test]
-fn simplify_and_bench_reports_read_back_and_render() {
+fn prune_simplify_and_bench_reports_read_back_and_render() {
     let dir = tempfile::tempdir().unwrap();
+    let pruned = dir.path().join("p.onnx");
+    let prune = ok(&nnzip(&[
+        "prune",
+        s(&fixture("cnn.onnx")),
+        "-o",
+        s(&pruned),
+        "--method",
+        "structured",
+        "--sparsity",
+        "0.1",
+        "--calib",
+        s(&fixture("mnist_test.npz")),
+        "--json",
+    ]));
+    round_trip(&prune, "prune");
     let out = dir.path().join("s.onnx");
     let simplify = ok(&nnzip(&[
         "simplify",
@@ -320,7 +335,11 @@ fn simplify_and_bench_reports_read_back_and_render() {
         "--json",
     ]));
     round_trip(&bench, "bench");
-    for (name, json) in [("simplify", &simplify), ("bench", &bench)] {
+    for (name, json) in [
+        ("prune", &prune),
+        ("simplify", &simplify),
+        ("bench", &bench),
+    ] {
         let p = dir.path().join(format!("{name}.json"));
         std::fs::write(&p, json).unwrap();
         let html = dir.path().join(format!("{name}.html"));
