@@ -20,7 +20,7 @@ margin-top:1.6em}.headline{font-size:1.1em;line-height:1.6}.headline b{white-spa
 table{border-collapse:collapse;margin:.6em 0}table.t21{font-size:.9em}th,td{padding:3px 8px;text-align:left;\
 vertical-align:top;border-bottom:1px solid #e2e2e2}th{background:#f0f2f5}td.n{text-align:right;\
 font-variant-numeric:tabular-nums;white-space:nowrap}.note{color:#555;font-size:.92em}\
-svg.plot{display:block;margin:1em 0;max-width:100%;height:auto}.warn{color:#a40000}";
+.wide{overflow-x:auto}svg.plot{display:block;margin:1em 0;max-width:100%;height:auto}.warn{color:#a40000}";
 
 /// A whole page around `body`.
 pub fn page(title: &str, body: &str) -> String {
@@ -174,8 +174,11 @@ fn table21(r: &CompressReport) -> String {
         "MACs before → after",
     ];
     let macs = |m: Option<u64>| m.map_or("-".into(), thousands);
+    let name = std::path::Path::new(&r.input)
+        .file_name()
+        .map_or(r.input.clone(), |n| n.to_string_lossy().into_owned());
     let mut row = vec![
-        Cell::text(&r.input),
+        Cell::text(name),
         Cell::num(
             format!("{:.1}", r.pruned_fraction * 100.0),
             "/pruned_fraction",
@@ -215,7 +218,10 @@ fn table21(r: &CompressReport) -> String {
         ));
     }
     headers.extend(names.iter().map(String::as_str));
-    table("t21", &headers, &[row])
+    format!(
+        "<div class=\"wide\">{}</div>",
+        table("t21", &headers, &[row])
+    )
 }
 
 fn kib(b: u64) -> f64 {

@@ -137,8 +137,12 @@ pub fn facts(r: &CompressReport) -> Vec<Fact> {
     }
     if let Some(b) = &r.breakdown {
         let mut s = format!("{:.2} % of predictions changed", b.flip_rate);
-        if let (Some(c), Some(d)) = (b.worst_class, b.worst_class_drop) {
-            let _ = write!(s, "; class {c} lost most ({d:.2} points)");
+        match (b.worst_class, b.worst_class_drop) {
+            (Some(c), Some(d)) if d > 0.0 => {
+                let _ = write!(s, "; class {c} lost most ({d:.2} points)");
+            }
+            (Some(_), Some(_)) => s.push_str("; no class lost accuracy"),
+            _ => {}
         }
         v.push(fact("per class", s));
     }

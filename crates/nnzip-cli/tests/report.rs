@@ -361,6 +361,45 @@ fn prune_simplify_and_bench_reports_read_back_and_render() {
 }
 
 #[test]
+fn macs_are_reported_for_a_model_given_shapes() {
+    // Symbolic sizes made concrete by --shape: the MACs before and after are numbers, shown.
+    let dir = tempfile::tempdir().unwrap();
+    let nnc = dir.path().join("a.nnc");
+    let json = ok(&nnzip(&[
+        "compress",
+        s(&fixture("dynamic_attention.onnx")),
+        "-o",
+        s(&nnc),
+        "--shape",
+        "input=1x16x32",
+        "--shape",
+        "mask=1x1x1x16",
+        "--runs",
+        "0",
+        "--json",
+        "-q",
+    ]));
+    let v: Value = serde_json::from_str(&json).unwrap();
+    let (a, b) = (
+        v["macs"].as_u64().unwrap(),
+        v["macs_after"].as_u64().unwrap(),
+    );
+    assert!(a > 100_000 && b > 0 && b <= a, "{a} {b}");
+    let p = dir.path().join("a.json");
+    std::fs::write(&p, &json).unwrap();
+    let html = dir.path().join("a.html");
+    let text = ok(&nnzip(&["report", s(&p), "--html", s(&html)]));
+    assert!(text
+        .lines()
+        .any(|l| l.starts_with("MACs before / after") && !l.contains(" - ")));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains(&format!(
+        "data-field=\"/macs\">{}",
+        nnzip::report::html::thousands(a)
+    )));
+}
+
+#[test]
 fn the_console_check_sees_a_script_error() {
     // The browser check would catch a page that logs errors (so the assertion above can fail).
     let dir = tempfile::tempdir().unwrap();
