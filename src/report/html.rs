@@ -101,6 +101,57 @@ pub fn table(class: &str, headers: &[&str], rows: &[Vec<Cell>]) -> String {
     o
 }
 
+/// One column of [`rows_table`]: its header, where its value is in a row's JSON, how to show it.
+#[derive(Debug, Clone, Copy)]
+pub struct Column<'a> {
+    pub header: &'a str,
+    /// JSON pointer inside one row, e.g. `/latency_ms_original`.
+    pub pointer: &'a str,
+    /// Decimals of a number (`None`: whole numbers with thousands separators, others rounded).
+    pub decimals: Option<usize>,
+}
+
+/// A table of typed rows (anything that serializes, e.g. the fleet report's), one row per
+/// element, one cell per column; numbers tagged `data-field` = `{at}/{index}{pointer}`, so a
+/// page test checks them against the JSON the rows sit at (`at`, e.g. `/rows`).
+pub fn rows_table<T: serde::Serialize>(
+    class: &str,
+    at: &str,
+    columns: &[Column<'_>],
+    rows: &[T],
+) -> String {
+    let headers: Vec<&str> = columns.iter().map(|c| c.header).collect();
+    let cells: Vec<Vec<Cell>> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let v = serde_json::to_value(r).unwrap_or(serde_json::Value::Null);
+            columns
+                .iter()
+                .map(|c| {
+                    let field = format!("{at}/{i}{}", c.pointer);
+                    match v.pointer(c.pointer) {
+                        Some(serde_json::Value::Number(n)) => match (c.decimals, n.as_u64()) {
+                            (None, Some(u)) => Cell::num(thousands(u), &field),
+                            (d, _) => Cell::num(
+                                format!("{:.*}", d.unwrap_or(0), n.as_f64().unwrap_or(f64::NAN)),
+                                &field,
+                            ),
+                        },
+                        Some(serde_json::Value::String(t)) => Cell::text(t.clone()),
+                        Some(serde_json::Value::Bool(b)) => {
+                            Cell::text(if *b { "yes" } else { "no" })
+                        }
+                        Some(serde_json::Value::Null) | None => Cell::text("-"),
+                        Some(other) => Cell::text(other.to_string()),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    table(class, &headers, &cells)
+}
+
 /// Thousands separated, as the page shows byte counts.
 pub fn thousands(v: u64) -> String {
     let s = v.to_string();
@@ -547,6 +598,50 @@ mod tests {
         assert_eq!(thousands(1000), "1,000");
         assert_eq!(thousands(319635), "319,635");
         assert_eq!(thousands(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn typed_rows_render_with_their_json_pointers() {
+        #[derive(serde::Serialize)]
+        struct Fleet {
+            model: String,
+            bytes: u64,
+            ratio: Option<f64>,
+        }
+        let rows = [
+            Fleet {
+                model: "a.onnx".into(),
+                bytes: 123456,
+                ratio: Some(0.51234),
+            },
+            Fleet {
+                model: "b.onnx".into(),
+                bytes: 7,
+                ratio: None,
+            },
+        ];
+        let cols = [
+            Column {
+                header: "model",
+                pointer: "/model",
+                decimals: None,
+            },
+            Column {
+                header: "bytes",
+                pointer: "/bytes",
+                decimals: None,
+            },
+            Column {
+                header: "ratio",
+                pointer: "/ratio",
+                decimals: Some(3),
+            },
+        ];
+        let t = rows_table("fleet", "/rows", &cols, &rows);
+        assert!(t.contains("<td>a.onnx</td>"));
+        assert!(t.contains("<td class=\"n\" data-field=\"/rows/0/bytes\">123,456</td>"));
+        assert!(t.contains("<td class=\"n\" data-field=\"/rows/0/ratio\">0.512</td>"));
+        assert!(t.contains("<td class=\"n\" data-field=\"/rows/1/bytes\">7</td><td>-</td>"));
     }
 
     #[test]
