@@ -190,9 +190,18 @@ fn headline(r: &CompressReport) -> String {
         if let Some(rc) = r.rate_control() {
             let _ = write!(
                 h,
-                " (budget: at most {} points lost)",
+                " (budget: at most {} points lost",
                 span(format!("{:.2}", rc.max_drop), "/quantization/max_drop")
             );
+            match r.over_budget() {
+                Some(x) => {
+                    let _ = write!(
+                        h,
+                        "; <span class=\"warn\">over it by {x:.2} points on these samples</span>)"
+                    );
+                }
+                None => h.push(')'),
+            }
         }
     }
     if let Some(l) = &r.latency {

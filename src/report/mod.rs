@@ -220,6 +220,15 @@ impl CompressReport {
         }
     }
 
+    /// Points of the metric lost beyond the rate-control budget on the calibration data, when
+    /// the result lost more than the budget (the search holds it on its samples, or by the
+    /// expected drop where they are too few to resolve it).
+    pub fn over_budget(&self) -> Option<f64> {
+        let rc = self.rate_control()?;
+        let lost = self.metric_before? - self.metric_after?;
+        (lost > rc.max_drop + 1e-9).then(|| lost - rc.max_drop)
+    }
+
     /// The text rendering (lines of at most 80 columns, no colour).
     pub fn to_text(&self) -> String {
         text::compress(self)

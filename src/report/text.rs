@@ -61,6 +61,12 @@ pub fn facts(r: &CompressReport) -> Vec<Fact> {
         let pct = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.3} %"));
         v.push(fact(format!("{m} before"), pct(r.metric_before)));
         v.push(fact(format!("{m} after"), pct(r.metric_after)));
+        if let Some(x) = r.over_budget() {
+            v.push(fact(
+                "WARNING: over the budget",
+                format!("by {x:.2} points on the calibration data"),
+            ));
+        }
     }
     let f = &r.fidelity;
     v.push(fact(
