@@ -51,6 +51,24 @@ pub enum RuntimeError {
     Onnx(#[from] OnnxError),
 }
 
+impl RuntimeError {
+    /// What kind of failure this is (for exit codes).
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        use crate::errors::ErrorClass as C;
+        match self {
+            RuntimeError::Onnx(e) => e.class(),
+            RuntimeError::Tensor(e) => e.class(),
+            RuntimeError::UnknownProvider(_) | RuntimeError::MissingInput(_) => C::Usage,
+            RuntimeError::LibraryNotFound { .. }
+            | RuntimeError::Load { .. }
+            | RuntimeError::AlreadyLoaded { .. }
+            | RuntimeError::ProviderUnavailable { .. }
+            | RuntimeError::Ort(_)
+            | RuntimeError::UnsupportedType(_) => C::Runtime,
+        }
+    }
+}
+
 impl From<ort::Error> for RuntimeError {
     fn from(e: ort::Error) -> Self {
         RuntimeError::Ort(e.to_string())
