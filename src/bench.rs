@@ -34,6 +34,22 @@ pub enum BenchError {
     NoRuns,
 }
 
+impl BenchError {
+    /// What kind of failure this is (for exit codes).
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        use crate::errors::ErrorClass as C;
+        match self {
+            BenchError::Onnx(e) => e.class(),
+            BenchError::Npz(e) => e.class(),
+            BenchError::Runtime(
+                e @ (RuntimeError::MissingInput(_) | RuntimeError::UnknownProvider(_)),
+            ) => e.class(),
+            BenchError::Runtime(_) => C::Runtime,
+            BenchError::Input(_) | BenchError::InputsDiffer { .. } | BenchError::NoRuns => C::Usage,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     pub warmup: usize,

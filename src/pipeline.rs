@@ -75,19 +75,18 @@ impl PipelineError {
     pub fn class(&self) -> ErrorClass {
         match self {
             PipelineError::MaxDropNeedsCalib => ErrorClass::Usage,
-            PipelineError::Onnx(OnnxError::Write { .. }) | PipelineError::Io { .. } => {
-                ErrorClass::Write
-            }
-            PipelineError::Onnx(_) | PipelineError::Container(_) | PipelineError::Codec(_) => {
-                ErrorClass::BadInput
-            }
-            PipelineError::Calib(CalibError::Runtime(_)) => ErrorClass::Runtime,
-            PipelineError::Calib(_) => ErrorClass::BadInput,
+            PipelineError::Io { .. } => ErrorClass::Write,
+            PipelineError::Onnx(e) => e.class(),
+            PipelineError::Container(e) => e.class(),
+            PipelineError::Codec(_) => ErrorClass::BadInput,
+            PipelineError::Calib(e) => e.class(),
+            PipelineError::Pass(e) => e.class(),
+            // The model was loaded and checked before: ONNX Runtime failing on it is exit 4.
             PipelineError::Runtime(_) | PipelineError::Bench(_) => ErrorClass::Runtime,
             PipelineError::Fidelity(f) => f.class(),
             PipelineError::SimplifyMismatch { .. } => ErrorClass::Verification,
             PipelineError::Rate(r) => r.class(),
-            PipelineError::Pass(_) | PipelineError::Cancelled => ErrorClass::Other,
+            PipelineError::Cancelled => ErrorClass::Interrupted,
         }
     }
 }
@@ -574,9 +573,8 @@ fn latency_stage(
         shapes: shapes.to_vec(),
         ..Default::default()
     };
-    let ins = &original.inputs;
-    let sh = crate::runtime::inputs::resolve_shapes(ins, shapes).map_err(BenchError::from)?;
-    let inputs = crate::runtime::inputs::random_inputs(ins, &sh, 0).map_err(BenchError::from)?;
+    // The probe's first sample: the model runs on it, with or without `--shape`.
+    let inputs = original.probe.first_sample()?;
     let a = Subject {
         path: input,
         inputs: original.inputs.clone(),
@@ -618,7 +616,7 @@ fn latency_stage(
         warmup: opts.warmup,
         time_budget_s: opts.time.as_secs_f64(),
         protocol: "both models in one process, interleaved A B / B A with alternating order \
-                   (as nnzip bench --vs), seeded random inputs, ONNX Runtime defaults"
+                   (as nnzip bench --vs), on the first verification input, ONNX Runtime defaults"
             .into(),
     })
 }

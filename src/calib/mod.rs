@@ -74,6 +74,28 @@ pub enum CalibError {
     Tensor(#[from] TensorError),
 }
 
+impl CalibError {
+    /// What kind of failure this is (for exit codes): ONNX Runtime failing is exit 4, the rest
+    /// is about the calibration data or the model given.
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        use crate::errors::ErrorClass as C;
+        match self {
+            CalibError::Runtime(_) => C::Runtime,
+            CalibError::Npz(_)
+            | CalibError::MissingInput { .. }
+            | CalibError::BadShape { .. }
+            | CalibError::SampleCount { .. }
+            | CalibError::BadType { .. }
+            | CalibError::BadLabels { .. }
+            | CalibError::Empty { .. }
+            | CalibError::NotClassifier(_)
+            | CalibError::Inputs(_)
+            | CalibError::Onnx(_)
+            | CalibError::Tensor(_) => C::BadInput,
+        }
+    }
+}
+
 /// Calibration samples for one model.
 #[derive(Debug, Clone)]
 pub struct Calibration {

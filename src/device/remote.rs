@@ -31,6 +31,9 @@ pub struct BenchSpec {
     pub opt_level: String,
     /// Overrides the device's `ep` (`None`: the device's, else CPU).
     pub ep: Option<String>,
+    /// Options of `ep` when it is given here; otherwise the device's `ep_options` go with the
+    /// device's `ep`.
+    pub ep_options: Vec<(String, String)>,
     pub shapes: Vec<(String, Vec<usize>)>,
     pub inputs: Option<PathBuf>,
     pub seed: u64,
@@ -49,6 +52,7 @@ impl BenchSpec {
             threads: None,
             opt_level: "all".into(),
             ep: None,
+            ep_options: Vec::new(),
             shapes: Vec::new(),
             inputs: None,
             seed: 0,
@@ -361,12 +365,6 @@ fn run_nnzip(
 }
 
 fn connect(spec: &DeviceSpec, builds: &Builds, ep: Option<&str>) -> Result<Target, DeviceError> {
-    if !spec.ep_options.is_empty() {
-        return Err(DeviceError::Usage(format!(
-            "device '{}': ep_options are not passed to ONNX Runtime yet; remove them",
-            spec.name
-        )));
-    }
     let mut conn = Connection::open(spec)?;
     let mut facts = probe::system_facts(&mut conn)?;
     probe::check_supported(&facts, matches!(spec.ort, Locate::Path(_)))?;
@@ -454,8 +452,11 @@ fn bench_args(t: &Target, spec: &BenchSpec, files: &Files) -> Vec<String> {
     if let Some(n) = spec.threads.or(t.conn.spec.threads) {
         a.extend(["--threads".into(), n.to_string()]);
     }
-    if let Some(ep) = effective_ep(spec, &t.conn.spec) {
+    if let Some((ep, options)) = effective_ep(spec, &t.conn.spec) {
         a.extend(["--ep".into(), ep]);
+        for (k, v) in options {
+            a.extend(["--ep-option".into(), format!("{k}={v}")]);
+        }
     }
     for (name, dims) in &spec.shapes {
         let d = dims.iter().map(|x| x.to_string()).collect::<Vec<_>>();
@@ -473,11 +474,12 @@ fn bench_args(t: &Target, spec: &BenchSpec, files: &Files) -> Vec<String> {
     a
 }
 
-fn effective_ep(spec: &BenchSpec, dev: &DeviceSpec) -> Option<String> {
-    spec.ep
-        .clone()
-        .filter(|e| !e.eq_ignore_ascii_case("cpu"))
-        .or_else(|| dev.ep.clone())
+/// The provider a bench asks for and its options: the bench's own, else the device's.
+fn effective_ep(spec: &BenchSpec, dev: &DeviceSpec) -> Option<(String, Vec<(String, String)>)> {
+    match spec.ep.clone().filter(|e| !e.eq_ignore_ascii_case("cpu")) {
+        Some(e) => Some((e, spec.ep_options.clone())),
+        None => dev.ep.clone().map(|e| (e, dev.ep_options.clone())),
+    }
 }
 
 /// The device's paths of the files a bench needs.
@@ -674,7 +676,7 @@ fn measure(
 ) -> (DeviceBench, Option<DeviceError>) {
     let mut entry = DeviceBench::empty(&dev.name);
     progress(&format!("{}: connecting", dev.name));
-    let ep = effective_ep(spec, dev);
+    let ep = effective_ep(spec, dev).map(|(e, _)| e);
     let mut t = match connect(dev, builds, ep.as_deref()) {
         Ok(t) => t,
         Err(e) => {

@@ -33,6 +33,22 @@ pub enum PassError {
     NeedsInputs { pass: &'static str, reason: String },
 }
 
+impl PassError {
+    /// What kind of failure this is (for exit codes).
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        use crate::errors::ErrorClass as C;
+        match self {
+            PassError::Onnx(e) => e.class(),
+            PassError::Tensor(e) => e.class(),
+            PassError::Calib(e) => e.class(),
+            PassError::Runtime(_) => C::Runtime,
+            PassError::Invalid { .. }
+            | PassError::NeedsCalibration { .. }
+            | PassError::NeedsInputs { .. } => C::Usage,
+        }
+    }
+}
+
 /// What a pass keeps equal between the model before and after it, strongest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

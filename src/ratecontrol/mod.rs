@@ -68,10 +68,14 @@ impl RateError {
     pub fn class(&self) -> crate::errors::ErrorClass {
         use crate::errors::ErrorClass as C;
         match self {
-            RateError::Calib(CalibError::Runtime(_)) | RateError::Runtime(_) => C::Runtime,
-            RateError::Calib(_) | RateError::Container(_) | RateError::Codec(_) => C::BadInput,
-            RateError::Onnx(_) | RateError::Tensor(_) => C::BadInput,
-            RateError::Infeasible { .. } | RateError::Cancelled => C::Other,
+            RateError::Calib(e) => e.class(),
+            RateError::Container(e) => e.class(),
+            RateError::Onnx(e) => e.class(),
+            RateError::Tensor(e) => e.class(),
+            RateError::Runtime(_) => C::Runtime,
+            RateError::Codec(_) => C::BadInput,
+            RateError::Infeasible { .. } => C::Other,
+            RateError::Cancelled => C::Interrupted,
         }
     }
 }

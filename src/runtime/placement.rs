@@ -35,6 +35,19 @@ pub enum PlacementError {
     },
 }
 
+impl PlacementError {
+    /// What kind of failure this is (for exit codes).
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        use crate::errors::ErrorClass as C;
+        match self {
+            PlacementError::Runtime(RuntimeError::UnknownProvider(_)) => C::Usage,
+            PlacementError::Runtime(_)
+            | PlacementError::Profile { .. }
+            | PlacementError::Fallback { .. } => C::Runtime,
+        }
+    }
+}
+
 /// One kernel as the profile shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Kernel {

@@ -823,3 +823,74 @@ fn openvino_placement_counts_what_the_profile_says() {
     ]);
     assert!(whole.status.success(), "cnn runs wholly on OpenVINO");
 }
+
+#[test]
+fn provider_options_reach_onnx_runtime_here_and_on_a_device() {
+    let Some(lib) = openvino_lib() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("sandwich.onnx");
+    hardmax_sandwich(&model);
+    let bench = |option: &str| {
+        nnzip(&[
+            "--ort-lib",
+            s(&lib),
+            "bench",
+            s(&model),
+            "--ep",
+            "openvino",
+            "--ep-option",
+            option,
+            "--runs",
+            "2",
+            "--json",
+            "-q",
+        ])
+    };
+    let ok = bench("device_type=CPU");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // OpenVINO refuses a device it does not have: the option was passed, not dropped.
+    let bad = bench("device_type=NO_SUCH_DEVICE");
+    assert_eq!(bad.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("NO_SUCH_DEVICE"));
+    // The devices file's ep_options go with the device's ep to nnzip on the device.
+    let sshd = Sshd::start();
+    let key = format!("identity = \"{}\"", sshd.path("user_key").display());
+    let entry = |name: &str, device_type: &str| {
+        sshd.entry(
+            name,
+            &format!(
+                "{key}\nnnzip = \"{NNZIP}\"\nort = \"{}\"\nthreads = 1\nep = \"openvino\"\n\
+                 ep_options = {{ device_type = \"{device_type}\" }}",
+                lib.display()
+            ),
+        )
+    };
+    let file = sshd.path("devices-ov.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}{}",
+            entry("ov", "CPU"),
+            entry("ov-bad", "NO_SUCH_DEVICE")
+        ),
+    )
+    .unwrap();
+    let rows = bench_on(&file, "ov", &model, &model, &["--runs", "3"]);
+    assert_eq!(rows.len(), 1);
+    let out = nnzip(&[
+        "bench",
+        s(&model),
+        "--device",
+        "ov-bad",
+        "--devices",
+        s(&file),
+        "--runs",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NO_SUCH_DEVICE"));
+}

@@ -4,9 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use nnzip::device::{
-    self, BenchSpec, Builds, DeviceError, DeviceSpec, Devices, FailureClass, Rounds,
-};
+use nnzip::device::{self, BenchSpec, Builds, DeviceError, DeviceSpec, Devices, Rounds};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -236,30 +234,6 @@ pub fn print_compress(
         Some(e) => Err(e).context("measurement on a device did not complete"),
         None => Ok(()),
     }
-}
-
-/// Exit code of a device or placement failure in an error chain (see docs/cli.md).
-pub fn exit_code(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
-    use super::code;
-    use nnzip::runtime::placement::PlacementError;
-    if let Some(p) = cause.downcast_ref::<PlacementError>() {
-        return Some(match p {
-            PlacementError::Runtime(nnzip::runtime::RuntimeError::UnknownProvider(_)) => {
-                code::USAGE
-            }
-            _ => code::RUNTIME,
-        });
-    }
-    let d = cause.downcast_ref::<DeviceError>()?;
-    Some(match d.class() {
-        FailureClass::Usage => code::USAGE,
-        FailureClass::BadInput => code::BAD_INPUT,
-        FailureClass::Runtime => code::RUNTIME,
-        FailureClass::Transient => code::DEVICE_TRANSIENT,
-        FailureClass::Refused => code::DEVICE_REFUSED,
-        FailureClass::Interrupted => code::INTERRUPTED,
-        FailureClass::Other => code::FAILURE,
-    })
 }
 
 /// `--placement` / `--strict-ep` here: the model profiled with the bench's session options
