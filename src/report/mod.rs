@@ -226,7 +226,7 @@ impl CompressReport {
     pub fn over_budget(&self) -> Option<f64> {
         let rc = self.rate_control()?;
         let lost = self.metric_before? - self.metric_after?;
-        (lost > rc.max_drop + 1e-9).then(|| lost - rc.max_drop)
+        (lost > rc.max_drop + 1e-9).then_some(lost - rc.max_drop)
     }
 
     /// The text rendering (lines of at most 80 columns, no colour).
