@@ -39,8 +39,10 @@ score() { # decoded.onnx model -> "snr top1 metric"
 import json, sys
 d = json.load(sys.stdin); f = d['fidelity']; m = f[f['main']]; t = d['metrics']
 key = {'orientation': 'accuracy', 'text_direction': 'accuracy', 'text_detection': 'box_f',
-       'text_recognition': 'cer', 'sentence_embedding': 'pair_ranking_accuracy'}.get(d['task'])
+       'text_recognition': 'cer', 'sentence_embedding': 'pair_ranking_accuracy',
+       'content_type': 'true_type'}.get(d['task'])
 val = t.get(key) if key else t.get('recurrent', t.get('stored_state', {})).get('accuracy')
+val = val.get('accuracy') if isinstance(val, dict) else val
 name = key or 'vad_accuracy'
 top1 = m.get('top1_agreement', m.get('decision_agreement', m.get('mask_agreement_p03')))
 print('%.1f %s %s=%s' % (m['snr_db'], '-' if top1 is None else '%.2f%%' % (100 * top1), name,

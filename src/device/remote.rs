@@ -490,23 +490,43 @@ struct Files {
     nnc: Option<String>,
 }
 
-/// Checks the models here (a broken file is refused before anything is sent) and pushes them.
+/// Checks the models here (a broken file is refused before anything is sent) and pushes them. A
+/// model with external data files goes as one inline copy written here (the device's cache is
+/// one file per content hash); one over protobuf's 2 GiB limit cannot, and is refused.
 fn push_files(t: &mut Target, spec: &BenchSpec, nnc: Option<&Path>) -> Result<Files, DeviceError> {
-    let mut list: Vec<&Path> = vec![&spec.model];
-    for m in std::iter::once(&spec.model).chain(spec.vs.iter()) {
+    let tmp = tempfile::tempdir().map_err(|source| DeviceError::LocalFile {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let mut sent: Vec<PathBuf> = Vec::new();
+    for (i, m) in std::iter::once(&spec.model)
+        .chain(spec.vs.iter())
+        .enumerate()
+    {
         let model = Model::load(m)?;
-        if !crate::onnx::external_files(&model).is_empty() {
+        if crate::onnx::external_files(&model).is_empty() {
+            sent.push(m.clone());
+            continue;
+        }
+        if crate::modelfile::inline_size(&model) > INLINE_LIMIT {
             return Err(DeviceError::Unsupported {
                 device: t.facts.name.clone(),
                 reason: format!(
-                    "{} keeps weights in external data files; --device sends single-file \
-                     models only (inline them with `nnzip simplify`)",
+                    "{} keeps over 2 GiB in external data files, which --device cannot send \
+                     as one file yet",
                     m.display()
                 ),
             });
         }
+        let inline = tmp.path().join(format!("model{i}.onnx"));
+        let opts = crate::onnx::SaveOptions {
+            auto_external_above: u64::MAX,
+            ..Default::default()
+        };
+        model.save(&inline, &opts)?;
+        sent.push(inline);
     }
-    list.extend(spec.vs.as_deref());
+    let mut list: Vec<&Path> = sent.iter().map(PathBuf::as_path).collect();
     list.extend(spec.inputs.as_deref());
     list.extend(nnc);
     let mut remote = t.conn.push(&list)?.into_iter();
@@ -517,6 +537,9 @@ fn push_files(t: &mut Target, spec: &BenchSpec, nnc: Option<&Path>) -> Result<Fi
         nnc: nnc.and_then(|_| remote.next()),
     })
 }
+
+/// Protobuf's 2 GiB limit less headroom for the graph.
+const INLINE_LIMIT: u64 = (2u64 << 30) - (64 << 20);
 
 /// A model the device's runtime refuses says so with its IR version and opset.
 fn explain_refusal(t: &Target, spec: &BenchSpec, e: DeviceError) -> DeviceError {

@@ -894,3 +894,26 @@ fn provider_options_reach_onnx_runtime_here_and_on_a_device() {
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stderr).contains("NO_SUCH_DEVICE"));
 }
+
+#[test]
+fn a_model_with_external_data_goes_to_the_device_inline() {
+    let sshd = Sshd::start();
+    let file = sshd.devices_file("");
+    let dir = tempfile::tempdir().unwrap();
+    let ext = dir.path().join("cnn_ext.onnx");
+    let opts = nnzip::onnx::SaveOptions {
+        external_threshold: Some(1024),
+        ..Default::default()
+    };
+    let m = nnzip::onnx::Model::load(fixture("cnn.onnx")).unwrap();
+    m.save(&ext, &opts).unwrap();
+    let reloaded = nnzip::onnx::Model::load(&ext).unwrap();
+    assert!(!nnzip::onnx::external_files(&reloaded).is_empty());
+    let rows = bench_on(&file, "pi", &ext, &fixture("cnn.onnx"), &["--runs", "5"]);
+    assert_eq!(rows.len(), 1);
+    let r = rows[0]["ratio_median"].as_f64().unwrap();
+    assert!(
+        r > 0.5 && r < 2.0,
+        "the same weights inline or not: ratio {r}"
+    );
+}
