@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::npz::NpzError;
@@ -82,15 +82,21 @@ impl Default for BenchOptions {
 }
 
 /// Latency statistics of one model, in milliseconds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelStats {
     pub path: String,
     pub runs: usize,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub min_ms: f64,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub median_ms: f64,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub mean_ms: f64,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub p90_ms: f64,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub p99_ms: f64,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub max_ms: f64,
     pub session_create_ms: f64,
     /// Resident memory added by creating the session and running it (bytes).
@@ -99,7 +105,7 @@ pub struct ModelStats {
     pub samples_ms: Vec<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchReport {
     pub model: ModelStats,
     pub vs: Option<ModelStats>,
@@ -118,7 +124,7 @@ pub struct BenchReport {
     pub peak_rss_bytes: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InputDesc {
     pub name: String,
     pub dtype: String,

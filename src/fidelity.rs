@@ -6,7 +6,7 @@
 //! non-finite values) is an error that names the likely culprits, so nothing broken is written
 //! silently.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::calib::{concat0, metric_output, run_all, CalibError, Calibration};
@@ -76,14 +76,14 @@ fn collapse_message(reason: &str, f: &Fidelity, suspects: &[Suspect]) -> String 
 }
 
 /// A tensor (or layer) that likely caused a collapse, with what happened to it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Suspect {
     pub tensor: String,
     pub detail: String,
 }
 
 /// Which inputs the comparison ran on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeData {
     Calibration,
@@ -100,7 +100,7 @@ impl ProbeData {
 }
 
 /// How close a candidate's main output is to the original's.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Fidelity {
     pub data: ProbeData,
     pub samples: usize,
@@ -108,6 +108,7 @@ pub struct Fidelity {
     pub output: String,
     /// Mean over samples of the per-sample cosine similarity (over the whole output when a
     /// sample holds a single value).
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub cosine: f64,
     /// 10·log10(Σ reference² / Σ error²) over all samples; `None` when the outputs are equal.
     pub snr_db: Option<f64>,

@@ -14,7 +14,7 @@ pub mod wordpiece;
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::npz::{read_npz, NpzError};
@@ -457,7 +457,7 @@ fn is_float(t: &Tensor) -> bool {
 }
 
 /// Which number judges a compressed model against the original.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     /// Top-1 accuracy against the labels, in percent.

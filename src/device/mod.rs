@@ -8,9 +8,9 @@
 //!   lost connection.
 //! - [`probe`]: what a device is and what its ONNX Runtime can do; refusals before any work.
 //! - [`remote`]: `bench --device` (rounds, cool-down, thermal readings) and the per-device
-//!   columns of `compress --device` ([`remote::compress_columns`]); [`chart`] draws them.
+//!   columns of `compress --device` ([`remote::compress_columns`]), which the compress report's
+//!   page plots.
 
-pub mod chart;
 pub mod config;
 pub mod probe;
 pub mod remote;

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::config::{DeviceSpec, Locate};
@@ -125,7 +125,7 @@ impl Builds {
 }
 
 /// Temperature and clocks around a measurement, and what they say about it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ThermalSummary {
     pub before: ThermalReading,
     pub after: ThermalReading,
@@ -135,7 +135,7 @@ pub struct ThermalSummary {
 }
 
 /// One round of `--rounds`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoundSummary {
     pub round: usize,
     pub model_median_ms: Option<f64>,
@@ -147,7 +147,7 @@ pub struct RoundSummary {
 }
 
 /// The device as the report names it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DeviceInfo {
     pub name: String,
     pub transport: String,
@@ -170,7 +170,7 @@ pub struct DeviceInfo {
 
 /// One device's `bench` result: the JSON `nnzip bench` prints (of the median round), plus the
 /// device, its thermal state, every round, what was sent, and whether it all ran.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceBench {
     #[serde(flatten)]
     pub report: serde_json::Map<String, Value>,
@@ -825,7 +825,7 @@ pub fn bench_devices(
 /// One device's columns of the compress report (Table 2.1 of the thesis): latency of the
 /// original and the compressed model, interleaved on the device, and the time nnzip there
 /// takes to decode the bitstream.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceColumn {
     pub name: String,
     pub arch: String,
@@ -929,7 +929,7 @@ pub fn compress_columns_for_output(
 }
 
 /// Decode timing of an NNC file, what `nnzip device decode-time` reports on the device.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DecodeTiming {
     pub path: String,
     pub bytes: u64,

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
@@ -49,7 +49,7 @@ impl PlacementError {
 }
 
 /// One kernel as the profile shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Kernel {
     pub name: String,
     pub op: String,
@@ -59,7 +59,7 @@ pub struct Kernel {
 }
 
 /// What one provider ran.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProviderShare {
     /// ONNX Runtime's name, `CPUExecutionProvider`, `OpenVINOExecutionProvider`, ...
     pub provider: String,
@@ -74,7 +74,7 @@ pub struct ProviderShare {
     pub time_share: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Placement {
     /// The provider asked for (`cpu` when none).
     pub requested: String,

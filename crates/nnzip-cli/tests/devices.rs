@@ -389,6 +389,7 @@ fn compress_fills_the_per_device_columns() {
     let file = sshd.devices_file("");
     let dir = tempfile::tempdir().unwrap();
     let out_nnc = dir.path().join("cnn.nnc");
+    let html = dir.path().join("cnn.html");
     let out = nnzip(&[
         "compress",
         s(&fixture("cnn.onnx")),
@@ -403,6 +404,8 @@ fn compress_fills_the_per_device_columns() {
         "--devices",
         s(&file),
         "--json",
+        "--html",
+        s(&html),
     ]);
     let v = json(&out);
     let devs = v["devices"].as_array().unwrap();
@@ -417,6 +420,20 @@ fn compress_fills_the_per_device_columns() {
     }
     assert_eq!(devs[0]["name"], "pi");
     assert!(v["bitstream_bytes"].as_u64().unwrap() > 0);
+    // The page has them: Table 2.1 columns and bars of the latency plot, with their values.
+    let page = std::fs::read_to_string(&html).unwrap();
+    for (i, d) in devs.iter().enumerate() {
+        let name = d["name"].as_str().unwrap();
+        assert!(
+            page.contains(&format!("<th>{name}: original ms</th>")),
+            "{name}"
+        );
+        assert!(page.contains(&format!(
+            "data-field=\"/devices/{i}/latency_ms_compressed\">{:.3}<",
+            d["latency_ms_compressed"].as_f64().unwrap()
+        )));
+        assert!(page.contains(&format!(">{name} (")), "{name}: no bars");
+    }
 }
 
 /// Runs nnzip and returns (exit code, stderr, seconds taken).

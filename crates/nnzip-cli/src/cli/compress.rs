@@ -60,7 +60,7 @@ pub struct Args {
     #[arg(long)]
     pub zstd: bool,
     /// At most this many timed runs per model for the latency columns (0 skips timing).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 500)]
     pub runs: usize,
     /// Time budget of the latency columns in seconds (interleaved runs of both models).
     #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
@@ -153,7 +153,17 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         runs: a.runs,
     };
     let cols = super::device::compress_columns(&a.devices, ort_lib, quiet, written)?;
-    super::device::print_compress(&out.report, &out.report.to_text(), cols, a.json)
+    let mut report = out.report;
+    let err = cols.and_then(|(c, e)| {
+        report.devices = c;
+        e
+    });
+    // The page again with the devices' measurements, which it shows.
+    if let (Some(h), false) = (&a.html, report.devices.is_empty()) {
+        write_bytes(h, report.to_html().as_bytes())
+            .with_context(|| format!("cannot write {}", h.display()))?;
+    }
+    super::device::print_compress(&report, a.json, err)
 }
 
 /// Writes the report page, the graph (parameters-only streams) and the bitstream, each atomically;

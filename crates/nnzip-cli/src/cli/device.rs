@@ -216,27 +216,18 @@ pub fn compress_columns(
     Ok(Some(cols))
 }
 
-/// Prints the compress report with its `devices` columns, then fails if a device did.
-pub fn print_compress<T: serde::Serialize>(
-    report: &T,
-    text: &str,
-    cols: Option<(Vec<device::DeviceColumn>, Option<DeviceError>)>,
+/// Prints the compress report (its `devices` columns with it), then fails if a device did.
+pub fn print_compress(
+    report: &nnzip::report::CompressReport,
     json: bool,
+    err: Option<DeviceError>,
 ) -> Result<()> {
-    let (cols, err) = match cols {
-        Some((c, e)) => (Some(c), e),
-        None => (None, None),
-    };
     if json {
-        let mut v = serde_json::to_value(report)?;
-        if let (Some(c), Some(m)) = (&cols, v.as_object_mut()) {
-            m.insert("devices".into(), serde_json::to_value(c)?);
-        }
-        super::print_json(&v)?;
+        super::print_json(report)?;
     } else {
-        print!("{text}");
-        if let Some(c) = &cols {
-            print!("{}", device::remote::columns_table(c));
+        print!("{}", report.to_text());
+        if !report.devices.is_empty() {
+            print!("{}", device::remote::columns_table(&report.devices));
         }
     }
     match err {

@@ -11,6 +11,7 @@ mod inspect;
 mod progress;
 mod prune;
 mod prune_args;
+mod report;
 mod simplify;
 
 use std::path::PathBuf;
@@ -145,6 +146,8 @@ pub enum Command {
     Decompress(decompress::Args),
     /// Target devices of the devices file: probe them.
     Device(device::Args),
+    /// Render a saved JSON report again: text, or an HTML page with --html.
+    Report(report::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -164,6 +167,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Compress(a) => compress::run(a, cli.ort_lib.as_deref(), cli.quiet),
         Command::Decompress(a) => decompress::run(a),
         Command::Device(a) => device::run(a, cli.ort_lib.as_deref()),
+        Command::Report(a) => report::run(a),
     }
 }
 
@@ -224,6 +228,7 @@ fn class_of(cause: &(dyn std::error::Error + 'static)) -> Option<nnzip::errors::
         nnzip::runtime::inputs::InputError,
         nnzip::runtime::RuntimeError,
         nnzip::tensor::TensorError,
+        nnzip::report::saved::ReportError,
     );
     if let Some(f) = cause.downcast_ref::<FileError>() {
         return Some(match f {
