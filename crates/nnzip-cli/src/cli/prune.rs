@@ -1,14 +1,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use nnzip::calib::{evaluate, run_model, Calibration, Metric};
-use nnzip::onnx::{Model, SaveOptions};
+use nnzip::onnx::SaveOptions;
+use nnzip::pipeline::{prune_file, PipelineError, PruneJob};
 
-use nnzip::passes::prune::{
-    search_amount, Filter, Method, Norm, PruneConfig, SearchOptions, SearchStep,
-};
-use nnzip::passes::PassContext;
-use nnzip::report::prune::{EvalReport, MetricReport, PruneReport};
+use nnzip::passes::prune::{Filter, Method, Norm, PruneConfig, SearchOptions, SearchStep};
 use nnzip::runtime::Runtime;
 
 #[derive(Debug, clap::Args)]
@@ -145,30 +141,6 @@ fn parse_nm(s: &str) -> Result<(usize, usize), String> {
     Ok((n, m))
 }
 
-fn evaluate_on(
-    rt: &'static Runtime,
-    orig: &Model,
-    pruned: &Model,
-    c: &Calibration,
-) -> Result<EvalReport> {
-    let first = |m: &Model| -> Result<nnzip::tensor::Tensor> {
-        nnzip::calib::into_metric_output(run_model(rt, m, c)?).context("the model has no output")
-    };
-    let reference = first(orig)?;
-    let out = first(pruned)?;
-    let metric = Metric::for_data(c, &reference);
-    Ok(EvalReport {
-        data: c.path.clone(),
-        metric: MetricReport {
-            name: metric.name().to_string(),
-            samples: c.samples,
-            before: evaluate(metric, c, &reference, &reference)?,
-            after: evaluate(metric, c, &reference, &out)?,
-        },
-        breakdown: nnzip::calib::breakdown::breakdown(&reference, &out, c.labels.as_deref(), 0.1),
-    })
-}
-
 pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
     for (what, f) in [("--sparsity", a.sparsity), ("--collapse", Some(a.collapse))] {
         if let Some(f) = f {
@@ -199,19 +171,6 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
                 .into()
         ));
     }
-    let model =
-        Model::load(&a.model).with_context(|| format!("cannot load {}", a.model.display()))?;
-    let calib = match &a.calib {
-        Some(p) => {
-            let c = Calibration::load(p, &model)
-                .with_context(|| format!("cannot use calibration data {}", p.display()))?;
-            Some(match a.calib_samples {
-                Some(n) => c.take(n)?,
-                None => c,
-            })
-        }
-        None => None,
-    };
     if let Some(f) = a.target_macs {
         if !(0.0..=1.0).contains(&f) || a.method != Method::Structured {
             bail!(UsageError(
@@ -237,10 +196,7 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
             "--eval compares on ONNX Runtime; give --calib too".into()
         ));
     }
-    let rt = match calib {
-        Some(_) => Some(Runtime::get(ort_lib).context("cannot start ONNX Runtime")?),
-        None => None,
-    };
+    let rt = Runtime::get(ort_lib).context("cannot start ONNX Runtime")?;
     let mut cfg = PruneConfig::new(a.method);
     cfg.global = a.global;
     cfg.norm = a.norm;
@@ -257,7 +213,7 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
     cfg.score = a.score;
     cfg.allocation = a.allocate;
     cfg.by_macs = a.target_macs.is_some();
-    if calib.is_some() && !a.no_recover {
+    if a.calib.is_some() && !a.no_recover {
         cfg.recover = Some(nnzip::passes::prune::recover::RecoverOptions::default());
     }
     let searching = a.max_drop.is_some();
@@ -268,154 +224,80 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
             .unwrap_or_else(|| a.method.default_amount(searching)),
     };
 
-    let (pruned, details, search) = match (a.max_drop, calib.as_ref(), rt) {
-        (Some(x), Some(c), Some(rt)) => {
-            let bar = if quiet {
-                indicatif::ProgressBar::hidden()
-            } else {
-                let b = indicatif::ProgressBar::new((a.steps + 1) as u64);
-                b.set_style(
-                    indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} steps")
-                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-                );
-                b.set_message("searching");
-                b
-            };
-            let opts = SearchOptions {
-                max_drop: x,
-                max_amount: amount,
-                steps: a.steps,
-                z: a.confidence_z.max(0.0),
-            };
-            let mut progress = |s: &SearchStep| {
-                bar.set_message(format!(
-                    "amount {:.3}: {:.2} ({})",
-                    s.amount,
-                    s.metric,
-                    if s.accepted { "ok" } else { "too far" }
-                ));
-                bar.inc(1);
-            };
-            let (m, r, s) = search_amount(&model, rt, c, &opts, &|f| cfg.pass(f), &mut progress)
-                .context("pruning search failed")?;
-            bar.finish_and_clear();
-            (m, r.details, Some(s))
-        }
-        _ => {
-            let m = model.clone();
-            let ctx = PassContext {
-                calib: calib.as_ref(),
-                runtime: rt,
-                inputs: None,
-            };
-            let mut ed = nnzip::graph::editor::Editor::new(m, Default::default());
-            let r = cfg
-                .pass(amount)
-                .run(&mut ed, &ctx)
-                .context("pruning failed")?;
-            let m = ed.into_model();
-            (m, r.details, None)
-        }
-    };
-    let eval = match (&a.eval, rt) {
-        (Some(p), Some(rt)) => {
-            let c = Calibration::load(p, &model)
-                .with_context(|| format!("cannot use evaluation data {}", p.display()))?;
-            Some(evaluate_on(rt, &model, &pruned, &c)?)
-        }
-        _ => None,
-    };
-    let mut on_calib = match (calib.as_ref(), rt, &eval) {
-        (Some(c), Some(rt), None) => Some(evaluate_on(rt, &model, &pruned, c)?),
-        _ => None,
-    };
-    // Without held-out data, the breakdown is the calibration data's.
-    let breakdown = match &eval {
-        Some(e) => e.breakdown.clone(),
-        None => on_calib.as_mut().and_then(|e| e.breakdown.take()),
-    };
-    let metric = match (calib.as_ref(), rt, &search) {
-        (Some(c), Some(rt), None) => match on_calib {
-            Some(e) => Some(e.metric),
-            None => Some(evaluate_on(rt, &model, &pruned, c)?.metric),
-        },
-        _ => search.as_ref().map(|s| MetricReport {
-            name: s.metric.name().to_string(),
-            samples: s.samples,
-            before: s.baseline,
-            after: s.final_metric,
-        }),
-    };
-    let mut pruned = pruned;
-    let simplified = if a.simplify {
-        let rt = Runtime::get(ort_lib).context("cannot start ONNX Runtime")?;
-        let r = nnzip::passes::simplify::simplify(&mut pruned, rt, calib.as_ref(), &a.shapes)
-            .context("simplification failed")?;
-        if !r.verification.within_tolerance && !a.force {
-            bail!(nnzip::pipeline::PipelineError::SimplifyMismatch {
-                diff: r.verification.max_abs_diff,
-                scale: r.verification.max_abs_output,
-            });
-        }
-        Some(r)
+    let search = a.max_drop.map(|x| SearchOptions {
+        max_drop: x,
+        max_amount: amount,
+        steps: a.steps,
+        z: a.confidence_z.max(0.0),
+    });
+    let bar = if quiet || search.is_none() {
+        indicatif::ProgressBar::hidden()
     } else {
-        None
+        let b = indicatif::ProgressBar::new((a.steps + 1) as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} steps")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_message("searching");
+        b
     };
-    let nnzip::passes::PassDetails::Prune(outcome) = details else {
-        bail!("internal: a pruning pass reported something else");
+    let job = PruneJob {
+        model: &a.model,
+        output: &a.output,
+        config: cfg,
+        amount,
+        calib: a.calib.as_deref(),
+        calib_samples: a.calib_samples,
+        eval: a.eval.as_deref(),
+        search,
+        simplify: a.simplify,
+        shapes: &a.shapes,
+        force: a.force,
     };
-    let rt = Runtime::get(ort_lib).context("cannot start ONNX Runtime (to verify the result)")?;
-    let mut by_sparsity: Vec<&nnzip::passes::prune::LayerReport> = outcome.layers.iter().collect();
-    by_sparsity.sort_by(|x, y| y.sparsity_after.total_cmp(&x.sparsity_after));
-    // Pruning is meant to change the outputs (re-fitting or fine-tuning follows), so a low cosine
-    // only warns; a broken model (non-finite, constant, input-independent) is still refused.
-    let broken_only = nnzip::fidelity::Guard {
-        min_cosine: f64::NEG_INFINITY,
+    let mut on_step = |s: &SearchStep| {
+        bar.set_message(format!(
+            "amount {:.3}: {:.2} ({})",
+            s.amount,
+            s.metric,
+            if s.accepted { "ok" } else { "too far" }
+        ));
+        bar.inc(1);
     };
-    let fidelity = super::guard(
-        rt,
-        &model,
-        &pruned,
-        calib.as_ref(),
-        &a.shapes,
-        (&broken_only, a.force),
-        &|| {
-            by_sparsity
-                .iter()
-                .take(5)
-                .map(|l| nnzip::fidelity::Suspect {
-                    tensor: l.name.clone(),
-                    detail: format!("{:.0}% zeros", 100.0 * l.sparsity_after),
-                })
-                .collect()
-        },
-    )?;
+    let out = prune_file(rt, &job, &mut on_step);
+    bar.finish_and_clear();
+    let out = out.map_err(|e| {
+        let collapsed = matches!(
+            e,
+            PipelineError::Fidelity(nnzip::fidelity::FidelityError::Collapsed { .. })
+        );
+        let what = format!("cannot prune {}", a.model.display());
+        anyhow::Error::new(e).context(if collapsed {
+            format!("{what}: nothing was written; pass --force to write it anyway")
+        } else {
+            what
+        })
+    })?;
+    if let Some(why) = &out.forced {
+        eprintln!("warning: writing anyway (--force): {why}");
+    }
+    let fidelity = &out.report.fidelity;
     let warn_below = nnzip::fidelity::Guard::default().min_cosine;
     if fidelity.verifiable() && fidelity.cosine < warn_below {
+        // Pruning is meant to change the outputs (re-fitting or fine-tuning follows), so a low
+        // cosine only warns.
         eprintln!(
             "warning: the pruned model's outputs moved far from the original's ({}): re-fit \
              with --calib, lower --sparsity, or fine-tune before use",
             fidelity.summary()
         );
     }
-    pruned
+    out.model
         .save(&a.output, &SaveOptions::default())
         .with_context(|| format!("cannot write {}", a.output.display()))?;
-    let report = PruneReport {
-        input: a.model.clone(),
-        output: a.output.clone(),
-        outcome: *outcome,
-        metric,
-        search,
-        eval,
-        breakdown,
-        simplify: simplified,
-        fidelity,
-    };
     if a.json {
-        super::print_json(&report)
+        super::print_json(&out.report)
     } else {
-        print!("{}", report.to_text());
+        print!("{}", out.report.to_text());
         Ok(())
     }
 }

@@ -6,6 +6,8 @@
 //! without a copy of its graph, the decoded model reaches ONNX Runtime through a mapped file, and
 //! at most two sessions exist at once (only while timing, interleaved).
 
+pub mod prune;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,6 +37,7 @@ use crate::report::{CompressReport, LatencyReport, SingleQp, Stage, StageTime};
 pub use crate::report::{PruneResult, Quantization};
 use crate::rowscale::RowPrints;
 use crate::runtime::{peak_rss_bytes, Runtime, RuntimeError, Session, SessionOptions};
+pub use prune::{prune_file, PruneJob, PruneOutput};
 
 #[derive(Debug, Error)]
 pub enum PipelineError {
