@@ -14,6 +14,23 @@ pub enum ErrorClass {
     Write,
     /// The result failed verification; nothing was written (exit 6).
     Verification,
+    /// A network or storage failure that may pass: retrying is safe (exit 75, EX_TEMPFAIL).
+    Transient,
     /// Anything else (exit 1).
     Other,
+}
+
+impl ErrorClass {
+    /// A short stable name (`nnzip batch` records it with a failed item).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorClass::Usage => "usage",
+            ErrorClass::BadInput => "bad_input",
+            ErrorClass::Runtime => "runtime",
+            ErrorClass::Write => "write",
+            ErrorClass::Verification => "verification",
+            ErrorClass::Transient => "transient",
+            ErrorClass::Other => "other",
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //! See `docs/ARCHITECTURE.md`.
 
 pub mod bench;
+pub mod batch;
 pub mod calib;
 pub mod container;
 pub mod device;

@@ -247,6 +247,15 @@ impl OptLevel {
     }
 }
 
+/// Intra-op threads of sessions that leave the number to ONNX Runtime (0: ONNX Runtime's own
+/// choice, one per core). `nnzip batch --jobs J` sets cores / J so J jobs never oversubscribe.
+static DEFAULT_INTRA_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sets the intra-op threads of every later session whose options give none (0 resets).
+pub fn set_default_intra_threads(n: usize) {
+    DEFAULT_INTRA_THREADS.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// How to build a session.
 #[derive(Debug, Clone, Default)]
 pub struct SessionOptions {
@@ -306,7 +315,8 @@ impl Session {
         b = b
             .with_optimization_level(level)
             .map_err(|e| RuntimeError::Ort(e.to_string()))?;
-        if let Some(n) = opts.intra_threads {
+        let default = DEFAULT_INTRA_THREADS.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(n) = opts.intra_threads.or((default > 0).then_some(default)) {
             b = b
                 .with_intra_threads(n)
                 .map_err(|e| RuntimeError::Ort(e.to_string()))?;

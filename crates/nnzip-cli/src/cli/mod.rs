@@ -1,6 +1,7 @@
 //! clap-derive arguments, one module per command. Commands print human text by default and JSON
 //! with `--json`; errors go to stderr with their cause chain.
 
+mod batch;
 mod bench;
 mod codec;
 mod compress;
@@ -95,6 +96,7 @@ pub fn class_code(c: nnzip::errors::ErrorClass) -> u8 {
         C::Runtime => code::RUNTIME,
         C::Write => code::WRITE,
         C::Verification => code::VERIFICATION,
+        C::Transient => code::DEVICE_TRANSIENT,
         C::Other => code::FAILURE,
     }
 }
@@ -134,6 +136,8 @@ pub enum Command {
     Decompress(decompress::Args),
     /// Target devices of the devices file: probe them.
     Device(device::Args),
+    /// Fleets: many models from a manifest, resumable and sharded (docs/batch.md).
+    Batch(batch::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -146,6 +150,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Compress(a) => compress::run(a, cli.ort_lib.as_deref(), cli.quiet),
         Command::Decompress(a) => decompress::run(a),
         Command::Device(a) => device::run(a, cli.ort_lib.as_deref()),
+        Command::Batch(a) => batch::run(a, cli.ort_lib.as_deref(), cli.quiet),
     }
 }
 
@@ -162,6 +167,21 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     use nnzip::runtime::inputs::InputError;
     use nnzip::runtime::RuntimeError;
     for cause in e.chain() {
+        if let Some(x) = cause.downcast_ref::<batch::Exit>() {
+            return x.code;
+        }
+        if let Some(b) = cause.downcast_ref::<nnzip::batch::BatchError>() {
+            return class_code(b.class());
+        }
+        if let Some(s) = cause.downcast_ref::<nnzip::batch::store::StoreError>() {
+            return class_code(s.input_class());
+        }
+        if cause
+            .downcast_ref::<nnzip::batch::options::OptionError>()
+            .is_some()
+        {
+            return code::USAGE;
+        }
         if let Some(c) = device::exit_code(cause) {
             return c;
         }
