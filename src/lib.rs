@@ -4,8 +4,8 @@
 //! container → the `nnc-codec` crate; [`runtime`] (ONNX Runtime) serves measurement.
 //! See `docs/ARCHITECTURE.md`.
 
-pub mod bench;
 pub mod batch;
+pub mod bench;
 pub mod calib;
 pub mod container;
 pub mod device;

@@ -121,52 +121,70 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Tensor)>, NpzError> {
         else {
             continue;
         };
-        let bad = |reason: String| NpzError::Array {
+        let stored = entry.size();
+        let t = read_array(&mut entry, stored).map_err(|reason| NpzError::Array {
             path: path.to_path_buf(),
             name: name.clone(),
             reason,
-        };
-        let stored = entry.size();
-        let header = npyz::NpyHeader::from_reader(&mut entry).map_err(|e| bad(e.to_string()))?;
-        if header.order() == npyz::Order::Fortran {
-            return Err(bad(
-                "Fortran-ordered arrays are not supported; save it C-ordered".into(),
-            ));
-        }
-        let npy_dtype = header.dtype();
-        let dtype = dtype_of(&npy_dtype)
-            .ok_or_else(|| bad(format!("unsupported dtype {}", npy_dtype.descr())))?;
-        let dims: Vec<usize> = header
-            .shape()
-            .iter()
-            .map(|&d| usize::try_from(d).map_err(|_| bad(format!("dimension {d}"))))
-            .collect::<Result<_, _>>()?;
-        let n = crate::tensor::numel(&dims)?;
-        let size = dtype.size().unwrap_or(1);
-        let nbytes = n
-            .checked_mul(size)
-            .filter(|&b| b as u64 <= stored)
-            .ok_or_else(|| {
-                bad(format!(
-                    "shape {dims:?} needs more data than the archive holds ({stored} bytes)"
-                ))
-            })?;
-        let mut bytes = vec![0u8; nbytes];
-        let rd = |e: io::Error| bad(e.to_string());
-        entry.read_exact(&mut bytes).map_err(rd)?;
+        })?;
         // Reading to the end lets the archive check the entry's CRC.
-        io::copy(&mut entry, &mut io::sink()).map_err(rd)?;
-        let big =
-            matches!(&npy_dtype, npyz::DType::Plain(t) if t.endianness() == npyz::Endianness::Big);
-        if big && size > 1 {
-            bytes.chunks_exact_mut(size).for_each(<[u8]>::reverse);
-        }
-        if dtype == DType::Bool {
-            bytes.iter_mut().for_each(|b| *b = u8::from(*b != 0));
-        }
-        out.push((name.clone(), Tensor::from_bytes(dtype, dims, bytes)?));
+        io::copy(&mut entry, &mut io::sink()).map_err(|e| NpzError::Array {
+            path: path.to_path_buf(),
+            name: name.clone(),
+            reason: e.to_string(),
+        })?;
+        out.push((name, t));
     }
     Ok(out)
+}
+
+/// Reads one `.npy` file.
+pub fn read_npy(path: &Path) -> Result<Tensor, NpzError> {
+    let file = std::fs::File::open(path).map_err(|source| NpzError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let stored = file.metadata().map(|m| m.len()).unwrap_or(0);
+    read_array(&mut BufReader::new(file), stored).map_err(|reason| NpzError::Array {
+        path: path.to_path_buf(),
+        name: String::new(),
+        reason,
+    })
+}
+
+/// One `.npy` array (header, then data) from `r`, whose `stored` bytes bound the allocation.
+fn read_array(r: &mut impl Read, stored: u64) -> Result<Tensor, String> {
+    let header = npyz::NpyHeader::from_reader(&mut *r).map_err(|e| e.to_string())?;
+    if header.order() == npyz::Order::Fortran {
+        return Err("Fortran-ordered arrays are not supported; save it C-ordered".into());
+    }
+    let npy_dtype = header.dtype();
+    let dtype =
+        dtype_of(&npy_dtype).ok_or_else(|| format!("unsupported dtype {}", npy_dtype.descr()))?;
+    let dims: Vec<usize> = header
+        .shape()
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| format!("dimension {d}")))
+        .collect::<Result<_, _>>()?;
+    let n = crate::tensor::numel(&dims).map_err(|e| e.to_string())?;
+    let size = dtype.size().unwrap_or(1);
+    let nbytes = n
+        .checked_mul(size)
+        .filter(|&b| b as u64 <= stored)
+        .ok_or_else(|| {
+            format!("shape {dims:?} needs more data than the file holds ({stored} bytes)")
+        })?;
+    let mut bytes = vec![0u8; nbytes];
+    r.read_exact(&mut bytes).map_err(|e| e.to_string())?;
+    let big =
+        matches!(&npy_dtype, npyz::DType::Plain(t) if t.endianness() == npyz::Endianness::Big);
+    if big && size > 1 {
+        bytes.chunks_exact_mut(size).for_each(<[u8]>::reverse);
+    }
+    if dtype == DType::Bool {
+        bytes.iter_mut().for_each(|b| *b = u8::from(*b != 0));
+    }
+    Tensor::from_bytes(dtype, dims, bytes).map_err(|e| e.to_string())
 }
 
 /// Appends one array as a stored (uncompressed) `.npy` entry, as `numpy.savez` does: header,

@@ -81,7 +81,9 @@ pub fn status(
             .as_ref()
             .map(|c| fetch(c, base, config, "cannot read the calibration data"));
         let key = match (model, calib.transpose()) {
-            (Ok(m), Ok(c)) => work_key(&m.sha256, &canonical, c.as_ref().map(|c| c.sha256.as_str())),
+            (Ok(m), Ok(c)) => {
+                work_key(&m.sha256, &canonical, c.as_ref().map(|c| c.sha256.as_str()))
+            }
             (Err(e), _) | (_, Err(e)) if e.input_class() == ErrorClass::Transient => return Err(e),
             _ => work_key(
                 &format!("unreadable:{}", item.model),
@@ -292,7 +294,11 @@ pub fn summarize(rows: Vec<FleetRow>) -> FleetReport {
     let mut by_time = done.clone();
     by_time.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     let slowest = by_time.iter().take(3).map(|r| r.id.clone()).collect();
-    let mut by_drop: Vec<&FleetRow> = done.iter().copied().filter(|r| r.metric_drop().is_some()).collect();
+    let mut by_drop: Vec<&FleetRow> = done
+        .iter()
+        .copied()
+        .filter(|r| r.metric_drop().is_some())
+        .collect();
     let worst = if by_drop.is_empty() {
         let mut by_ratio = done.clone();
         by_ratio.sort_by(|a, b| {

@@ -194,7 +194,8 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let dup = "{\"id\": \"a\", \"model\": \"a.onnx\"}\n{\"id\": \"a\", \"model\": \"b.onnx\"}\n";
+        let dup =
+            "{\"id\": \"a\", \"model\": \"a.onnx\"}\n{\"id\": \"a\", \"model\": \"b.onnx\"}\n";
         assert!(matches!(
             parse("m", dup, &Map::new()),
             Err(BatchError::Manifest { line: 2, .. })

@@ -119,10 +119,13 @@ impl ItemOptions {
             .collect();
         let prune = self.prune_spec(calib.is_some())?;
         if self.fast && self.no_param_opt {
-            return Err(OptionError("fast and no_param_opt exclude each other".into()));
+            return Err(OptionError(
+                "fast and no_param_opt exclude each other".into(),
+            ));
         }
-        let codebook_mode = nnc_codec::CodebookMode::try_from(self.codebook)
-            .map_err(|_| OptionError(format!("codebook must be 0, 1 or 2, got {}", self.codebook)))?;
+        let codebook_mode = nnc_codec::CodebookMode::try_from(self.codebook).map_err(|_| {
+            OptionError(format!("codebook must be 0, 1 or 2, got {}", self.codebook))
+        })?;
         let codec = nnc_codec::EncoderConfig {
             qp: self.qp,
             qp_density: self.qp_density,
@@ -138,7 +141,8 @@ impl ItemOptions {
             nonweight_qp: Some(self.nonweight_qp),
             ..nnc_codec::EncoderConfig::default()
         };
-        let seconds = |x: f64| Duration::from_secs_f64(if x.is_finite() { x.max(0.0) } else { 0.0 });
+        let seconds =
+            |x: f64| Duration::from_secs_f64(if x.is_finite() { x.max(0.0) } else { 0.0 });
         Ok(CompressOptions {
             container: ContainerOptions {
                 codec,
@@ -216,7 +220,10 @@ impl ItemOptions {
             _ => serde_json::Map::new(),
         };
         v.remove("calib");
-        v.insert("calib".into(), serde_json::Value::Bool(self.calib.is_some()));
+        v.insert(
+            "calib".into(),
+            serde_json::Value::Bool(self.calib.is_some()),
+        );
         v.remove("devices");
         // serde_json's map is ordered by key: the text is canonical.
         serde_json::Value::Object(v).to_string()
@@ -235,7 +242,8 @@ mod tests {
     #[test]
     fn defaults_and_spelled_out_defaults_have_one_canonical_form() {
         let a: ItemOptions = serde_json::from_str("{}").unwrap();
-        let b: ItemOptions = serde_json::from_str(r#"{"qp": -38, "runs": 50, "norm": "l1"}"#).unwrap();
+        let b: ItemOptions =
+            serde_json::from_str(r#"{"qp": -38, "runs": 50, "norm": "l1"}"#).unwrap();
         assert_eq!(a.canonical_json(), b.canonical_json());
         let c: ItemOptions = serde_json::from_str(r#"{"qp": -30}"#).unwrap();
         assert_ne!(a.canonical_json(), c.canonical_json());

@@ -321,9 +321,14 @@ fn process(
     }
     // Claim it: created exclusively, or a stale claim replaced by exactly its version.
     let claim = Claim::new(owner, &key, opts.lease);
-    if !out.create_new(&rel(CLAIM), &claim.to_bytes()).map_err(out_err)? {
+    if !out
+        .create_new(&rel(CLAIM), &claim.to_bytes())
+        .map_err(out_err)?
+    {
         let taken = match out.read(&rel(CLAIM)).map_err(out_err)? {
-            None => out.create_new(&rel(CLAIM), &claim.to_bytes()).map_err(out_err)?,
+            None => out
+                .create_new(&rel(CLAIM), &claim.to_bytes())
+                .map_err(out_err)?,
             Some((bytes, version)) => match serde_json::from_slice::<Claim>(&bytes) {
                 Ok(c) if !c.stale(now_unix()) => {
                     sink(&Event::Wait {
@@ -430,9 +435,19 @@ fn process(
 }
 
 fn fetch_inputs(item: &Item, opts: &RunOptions, canonical: &str) -> Result<Inputs, StoreError> {
-    let model = fetch(&item.model, &opts.base, &opts.store, "cannot read the model")?;
+    let model = fetch(
+        &item.model,
+        &opts.base,
+        &opts.store,
+        "cannot read the model",
+    )?;
     let calib = match &item.options.calib {
-        Some(c) => Some(fetch(c, &opts.base, &opts.store, "cannot read the calibration data")?),
+        Some(c) => Some(fetch(
+            c,
+            &opts.base,
+            &opts.store,
+            "cannot read the calibration data",
+        )?),
         None => None,
     };
     let key = work_key(
@@ -528,17 +543,13 @@ fn compress_item(
     };
     let label = format!("{}/{}/{BITSTREAM}", out.display(), item.id);
     let mut progress = ItemProgress { shared };
-    let mut output = match crate::pipeline::compress_file(
-        rt,
-        &inputs.model.path,
-        &label,
-        &copts,
-        &mut progress,
-    ) {
-        Ok(o) => o,
-        Err(crate::pipeline::PipelineError::Cancelled) => return Err(BatchError::Cancelled),
-        Err(e) => return fail(e.class(), error_chain(&e)),
-    };
+    let mut output =
+        match crate::pipeline::compress_file(rt, &inputs.model.path, &label, &copts, &mut progress)
+        {
+            Ok(o) => o,
+            Err(crate::pipeline::PipelineError::Cancelled) => return Err(BatchError::Cancelled),
+            Err(e) => return fail(e.class(), error_chain(&e)),
+        };
     output.report.input = item.model.clone();
     let mut report = serde_json::to_value(&output.report).unwrap_or_default();
     if !item.options.device.is_empty() {
@@ -600,11 +611,7 @@ fn device_columns(
 ) -> Result<serde_json::Value, (ErrorClass, String)> {
     use crate::device::{Builds, Devices};
     let local = |e: std::io::Error| (ErrorClass::Write, format!("temp files: {e}"));
-    let devices_file = item
-        .options
-        .devices
-        .as_ref()
-        .map(|d| opts.base.join(d));
+    let devices_file = item.options.devices.as_ref().map(|d| opts.base.join(d));
     let all = Devices::load(devices_file.as_deref()).map_err(device_err)?;
     let specs = item
         .options

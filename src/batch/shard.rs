@@ -112,7 +112,12 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + '_ {
-        move |k| pairs.iter().find(|(a, _)| *a == k).map(|(_, v)| v.to_string())
+        move |k| {
+            pairs
+                .iter()
+                .find(|(a, _)| *a == k)
+                .map(|(_, v)| v.to_string())
+        }
     }
 
     #[test]
@@ -136,7 +141,10 @@ mod tests {
     fn the_environment_gives_the_shard() {
         let k = env(&[("JOB_COMPLETION_INDEX", "2"), ("NNZIP_SHARD_COUNT", "4")]);
         assert_eq!(Shard::auto(&k, None).unwrap(), Shard { index: 2, count: 4 });
-        assert_eq!(Shard::auto(&k, Some(5)).unwrap(), Shard { index: 2, count: 5 });
+        assert_eq!(
+            Shard::auto(&k, Some(5)).unwrap(),
+            Shard { index: 2, count: 5 }
+        );
         let k = env(&[("JOB_COMPLETION_INDEX", "2")]);
         assert!(Shard::auto(&k, None).is_err());
         let s = env(&[

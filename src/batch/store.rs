@@ -87,8 +87,9 @@ impl Default for StoreConfig {
 
 /// Whether `s` names an object-store location rather than a local path.
 pub fn is_uri(s: &str) -> bool {
-    s.split_once("://")
-        .is_some_and(|(scheme, _)| !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric()))
+    s.split_once("://").is_some_and(|(scheme, _)| {
+        !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
 }
 
 /// A version of an object, to replace exactly that one (a stale claim).
@@ -202,7 +203,8 @@ impl Out {
             Out::Local(p) => {
                 let path = p.join(rel);
                 let dir = path.parent().unwrap_or(p);
-                std::fs::create_dir_all(dir).map_err(|e| StoreError::io("cannot create", dir, &e))?;
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| StoreError::io("cannot create", dir, &e))?;
                 // Written whole under a temp name, then linked: the link fails if the target
                 // exists, so the claim appears complete or not at all.
                 let mut tmp = tempfile::Builder::new()
@@ -356,7 +358,9 @@ mod remote {
 
     use futures_util::StreamExt;
     use object_store::path::Path as ObjPath;
-    use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
+    use object_store::{
+        ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion,
+    };
 
     use super::{Input, StoreConfig, StoreError, StoreErrorKind, Version};
 
@@ -411,14 +415,19 @@ mod remote {
     }
 
     /// A store and the path of `uri` in it.
-    fn open_uri(uri: &str, config: &StoreConfig) -> Result<(Arc<dyn ObjectStore>, ObjPath), StoreError> {
+    fn open_uri(
+        uri: &str,
+        config: &StoreConfig,
+    ) -> Result<(Arc<dyn ObjectStore>, ObjPath), StoreError> {
         let bad = |message: String| StoreError {
             kind: StoreErrorKind::Other,
             what: "cannot open",
             location: uri.to_string(),
             message,
         };
-        let (scheme, rest) = uri.split_once("://").ok_or_else(|| bad("not a URI".into()))?;
+        let (scheme, rest) = uri
+            .split_once("://")
+            .ok_or_else(|| bad("not a URI".into()))?;
         let (bucket, path) = rest.split_once('/').unwrap_or((rest, ""));
         let retry = object_store::RetryConfig {
             retry_timeout: config.retry_timeout,
@@ -459,8 +468,7 @@ mod remote {
                 )))
             }
         };
-        let path = ObjPath::parse(path.trim_end_matches('/'))
-            .map_err(|e| bad(e.to_string()))?;
+        let path = ObjPath::parse(path.trim_end_matches('/')).map_err(|e| bad(e.to_string()))?;
         Ok((store, path))
     }
 
@@ -529,7 +537,8 @@ mod remote {
                     } else {
                         // Parts are slices of the one buffer: nothing is copied.
                         let upload = self.store.put_multipart(&p).await?;
-                        let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, 16 << 20);
+                        let mut w =
+                            object_store::WriteMultipart::new_with_chunk_size(upload, 16 << 20);
                         w.put(bytes);
                         w.finish().await.map(drop)
                     }
@@ -552,7 +561,12 @@ mod remote {
             self.put_mode(rel, bytes, PutMode::Create)
         }
 
-        pub fn replace(&self, rel: &str, version: &Version, bytes: &[u8]) -> Result<bool, StoreError> {
+        pub fn replace(
+            &self,
+            rel: &str,
+            version: &Version,
+            bytes: &[u8],
+        ) -> Result<bool, StoreError> {
             self.put_mode(
                 rel,
                 bytes,
@@ -609,10 +623,11 @@ mod remote {
                     let chunk = chunk?;
                     h.update(&chunk);
                     n += chunk.len() as u64;
-                    file.write_all(&chunk).map_err(|e| object_store::Error::Generic {
-                        store: "local copy",
-                        source: Box::new(e),
-                    })?;
+                    file.write_all(&chunk)
+                        .map_err(|e| object_store::Error::Generic {
+                            store: "local copy",
+                            source: Box::new(e),
+                        })?;
                 }
                 Ok::<_, object_store::Error>(())
             })

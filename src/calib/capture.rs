@@ -40,36 +40,64 @@ pub fn capture(
     source: Source<'_>,
     visit: &mut dyn FnMut(Batch) -> Result<(), CalibError>,
 ) -> Result<(), CalibError> {
-    let own: Vec<String> = model
-        .graph()
-        .output
-        .iter()
-        .map(|o| o.name.clone())
-        .collect();
-    let mut probe = model.clone();
-    crate::graph::edit::expose_float_outputs(&mut probe, tensors);
+    capture_many(
+        rt,
+        &[(model, tensors)],
+        source,
+        &mut |mut b| match b.pop() {
+            Some(one) => visit(one),
+            None => Ok(()),
+        },
+    )
+}
+
+/// [`capture`] over several models in lockstep: each batch of `source` runs through every
+/// model, and `visit` sees their batches together, in the order given. Reconstruction pairs a
+/// pruned model's layer inputs with the original's on the same samples this way, so neither
+/// model's activations are ever held beyond one batch.
+pub fn capture_many(
+    rt: &Runtime,
+    models: &[(&Model, &[String])],
+    source: Source<'_>,
+    visit: &mut dyn FnMut(Vec<Batch>) -> Result<(), CalibError>,
+) -> Result<(), CalibError> {
     // One intra-op thread keeps observation deterministic and leaves the other core to the
     // pipeline's own work.
     let opts = SessionOptions {
         intra_threads: Some(1),
         ..Default::default()
     };
-    let mut session = Session::from_model(rt, &probe, &opts)?;
-    let mut run = |inputs: &[(String, Tensor)]| -> Result<(), CalibError> {
-        let mut outs = session.run(inputs)?;
-        let tensors = tensors
+    let mut probes = Vec::with_capacity(models.len());
+    for (model, tensors) in models {
+        let own: Vec<String> = model
+            .graph()
+            .output
             .iter()
-            .map(|t| {
-                outs.iter()
-                    .position(|(n, _)| n == t)
-                    .map(|i| outs.swap_remove(i).1)
-            })
+            .map(|o| o.name.clone())
             .collect();
-        outs.retain(|(n, _)| own.contains(n));
-        visit(Batch {
-            tensors,
-            outputs: outs,
-        })
+        let mut probe = (*model).clone();
+        crate::graph::edit::expose_float_outputs(&mut probe, tensors);
+        probes.push((Session::from_model(rt, &probe, &opts)?, own, *tensors));
+    }
+    let mut run = |inputs: &[(String, Tensor)]| -> Result<(), CalibError> {
+        let mut batches = Vec::with_capacity(probes.len());
+        for (session, own, tensors) in probes.iter_mut() {
+            let mut outs = session.run(inputs)?;
+            let tensors = tensors
+                .iter()
+                .map(|t| {
+                    outs.iter()
+                        .position(|(n, _)| n == t)
+                        .map(|i| outs.swap_remove(i).1)
+                })
+                .collect();
+            outs.retain(|(n, _)| own.contains(n));
+            batches.push(Batch {
+                tensors,
+                outputs: outs,
+            });
+        }
+        visit(batches)
     };
     match source {
         Source::Calibration { data, limit } => {

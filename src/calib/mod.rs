@@ -6,8 +6,11 @@
 //! dimension as samples each of the input's full shape. nnzip feeds batches the model accepts:
 //! many samples at once where the batch dimension is symbolic, one by one where it is fixed.
 
+pub mod breakdown;
+pub mod build;
 pub mod capture;
 pub mod states;
+pub mod wordpiece;
 
 use std::path::{Path, PathBuf};
 

@@ -249,7 +249,8 @@ impl OptLevel {
 
 /// Intra-op threads of sessions that leave the number to ONNX Runtime (0: ONNX Runtime's own
 /// choice, one per core). `nnzip batch --jobs J` sets cores / J so J jobs never oversubscribe.
-static DEFAULT_INTRA_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static DEFAULT_INTRA_THREADS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
 
 /// Sets the intra-op threads of every later session whose options give none (0 resets).
 pub fn set_default_intra_threads(n: usize) {

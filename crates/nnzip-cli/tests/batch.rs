@@ -75,7 +75,15 @@ fn ids_of(evs: &[serde_json::Value], kind: &str) -> Vec<String> {
 }
 
 fn run_args<'a>(manifest: &'a str, out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["batch", "run", manifest, "--out", out, "--log-format", "json"];
+    let mut v = vec![
+        "batch",
+        "run",
+        manifest,
+        "--out",
+        out,
+        "--log-format",
+        "json",
+    ];
     v.extend_from_slice(extra);
     v
 }
@@ -109,7 +117,12 @@ fn concurrent_shards_with_one_killed_give_the_single_process_result() {
     // The reference: one process, the whole fleet.
     let single = dir.path().join("single");
     let o = nnzip(&run_args(m, single.to_str().unwrap(), &[]), &[]);
-    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let evs = events(&o.stdout);
     let done: BTreeSet<String> = ids_of(&evs, "done").into_iter().collect();
     assert_eq!(done, MODELS.iter().map(|s| s.to_string()).collect());
@@ -224,7 +237,10 @@ fn concurrent_shards_with_one_killed_give_the_single_process_result() {
         .sum();
     assert_eq!(r["totals"]["bitstream_bytes"].as_u64().unwrap(), total);
     let csv = dir.path().join("fleet.csv");
-    let o = nnzip(&["batch", "report", out, "--csv", csv.to_str().unwrap()], &[]);
+    let o = nnzip(
+        &["batch", "report", out, "--csv", csv.to_str().unwrap()],
+        &[],
+    );
     assert!(o.status.success());
     assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 9);
 }
@@ -266,7 +282,14 @@ fn a_rerun_skips_finished_items_and_a_changed_option_redoes_only_its_item() {
     };
     let m2 = manifest(dir.path(), &changed);
     let st = nnzip(
-        &["batch", "status", os, "--manifest", m2.to_str().unwrap(), "--json"],
+        &[
+            "batch",
+            "status",
+            os,
+            "--manifest",
+            m2.to_str().unwrap(),
+            "--json",
+        ],
         &[],
     );
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
@@ -281,7 +304,10 @@ fn a_rerun_skips_finished_items_and_a_changed_option_redoes_only_its_item() {
     assert_eq!(record(&out, "mlp")["options"]["qp"], -32);
 
     // --retry-failed tries the failures again (they fail again: still exit 3).
-    let o = nnzip(&run_args(m2.to_str().unwrap(), os, &["--retry-failed"]), &[]);
+    let o = nnzip(
+        &run_args(m2.to_str().unwrap(), os, &["--retry-failed"]),
+        &[],
+    );
     assert_eq!(o.status.code(), Some(3));
     let evs = events(&o.stdout);
     let f: BTreeSet<String> = ids_of(&evs, "fail").into_iter().collect();
@@ -299,10 +325,19 @@ fn cheap_manifest(dir: &Path, n: usize) -> PathBuf {
 }
 
 fn shard_ids(m: &Path, out: &Path, env: &[(&str, &str)], extra: &[&str]) -> Vec<String> {
-    let mut args = run_args(m.to_str().unwrap(), out.to_str().unwrap(), &["--shard", "auto"]);
+    let mut args = run_args(
+        m.to_str().unwrap(),
+        out.to_str().unwrap(),
+        &["--shard", "auto"],
+    );
     args.extend_from_slice(extra);
     let o = nnzip(&args, env);
-    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     ids_of(&events(&o.stdout), "fail")
 }
 
@@ -337,7 +372,12 @@ fn shard_auto_reads_kubernetes_and_slurm() {
         .map(|i| {
             let i = i.to_string();
             let out = dir.path().join(format!("k8s-flag-{i}"));
-            shard_ids(&m, &out, &[("JOB_COMPLETION_INDEX", &i)], &["--shard-count", "4"])
+            shard_ids(
+                &m,
+                &out,
+                &[("JOB_COMPLETION_INDEX", &i)],
+                &["--shard-count", "4"],
+            )
         })
         .collect();
     assert_eq!(union_of(flag), all);
@@ -392,16 +432,35 @@ fn manifest_mistakes_name_their_line_and_plan_writes_a_manifest() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    let o = nnzip(&["batch", "run", m.to_str().unwrap(), "--out", out.to_str().unwrap()], &[]);
+    let o = nnzip(
+        &[
+            "batch",
+            "run",
+            m.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("line 2") && err.contains("max_dorp"), "{err}");
 
     let defaults = dir.path().join("defaults.toml");
-    std::fs::write(&defaults, "runs = 0\nqp = -36\n[shape]\ninput = [1, 1, 28, 28]\n").unwrap();
+    std::fs::write(
+        &defaults,
+        "runs = 0\nqp = -36\n[shape]\ninput = [1, 1, 28, 28]\n",
+    )
+    .unwrap();
     let pattern = common::fixture("*.onnx").display().to_string();
     let o = nnzip(
-        &["batch", "plan", &pattern, "--defaults", defaults.to_str().unwrap()],
+        &[
+            "batch",
+            "plan",
+            &pattern,
+            "--defaults",
+            defaults.to_str().unwrap(),
+        ],
         &[],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -426,7 +485,16 @@ fn manifest_mistakes_name_their_line_and_plan_writes_a_manifest() {
     assert!(Path::new(cnn["model"].as_str().unwrap()).is_absolute());
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "rnus = 0\n").unwrap();
-    let o = nnzip(&["batch", "plan", &pattern, "--defaults", bad.to_str().unwrap()], &[]);
+    let o = nnzip(
+        &[
+            "batch",
+            "plan",
+            &pattern,
+            "--defaults",
+            bad.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("rnus"));
 }

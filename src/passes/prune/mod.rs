@@ -7,10 +7,16 @@
 //! every shape. Structured pruning only zeroes channels consistently across their group; the
 //! simplify stage removes them physically.
 
+pub mod alloc;
 pub mod entropy;
+pub mod layers;
+pub mod lsq;
 pub mod magnitude;
 pub mod nm;
+pub mod planned;
+pub mod recover;
 pub mod search;
+pub mod stats;
 pub mod structured;
 
 use std::collections::{HashMap, HashSet};
@@ -271,6 +277,12 @@ pub struct PruneOutcome {
     /// Entropy pruning: each rectified layer's entropy account.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub entropy: Vec<entropy::LayerEntropy>,
+    /// Structured pruning with a plan: scores, allocation, MACs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<planned::PlanReport>,
+    /// Reconstruction after pruning: the layers re-fitted on the calibration data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recover: Option<recover::RecoverReport>,
     /// Whether any weight changed.
     #[serde(skip)]
     pub changed: bool,
@@ -310,6 +322,8 @@ impl PruneOutcome {
             skipped: Vec::new(),
             groups: Vec::new(),
             entropy: Vec::new(),
+            plan: None,
+            recover: None,
             changed: after.zeros != before.zeros,
         }
     }
@@ -461,6 +475,13 @@ pub struct PruneConfig {
     pub collapse: f64,
     /// Entropy method: tolerance (points) for silencing whole layers; None: never.
     pub layer_drop: Option<f64>,
+    /// Re-fit the layers after structured pruning on the calibration data (None: do not).
+    pub recover: Option<recover::RecoverOptions>,
+    /// Structured: channel score and allocation over the groups (None: the weight norm above,
+    /// uniform or `global`); `by_macs`: the amount is the fraction of MACs to remove.
+    pub score: Option<alloc::Score>,
+    pub allocation: Option<alloc::Allocation>,
+    pub by_macs: bool,
 }
 
 impl PruneConfig {
@@ -476,7 +497,31 @@ impl PruneConfig {
             rounds: 4,
             collapse: 0.01,
             layer_drop: None,
+            recover: None,
+            score: None,
+            allocation: None,
+            by_macs: false,
         }
+    }
+
+    /// The planned structured pass, when scores, allocation or a MAC budget ask for one.
+    fn planned(&self, amount: f64) -> Option<planned::PlannedPrune> {
+        if self.score.is_none() && self.allocation.is_none() && !self.by_macs {
+            return None;
+        }
+        let score = self.score.unwrap_or(match self.norm {
+            Norm::L1 => alloc::Score::L1,
+            Norm::L2 => alloc::Score::L2,
+        });
+        let allocation = self.allocation.unwrap_or(if self.global {
+            alloc::Allocation::Global
+        } else {
+            alloc::Allocation::Uniform
+        });
+        let mut p = planned::PlannedPrune::new(amount, self.by_macs, score, allocation);
+        p.round_to = self.round_to;
+        p.filter = self.filter.clone();
+        Some(p)
     }
 
     /// The pass pruning `amount` (sparsity, or channel fraction for structured; N:M ignores it).
@@ -492,13 +537,22 @@ impl PruneConfig {
                 m: self.m,
                 filter: self.filter.clone(),
             }),
-            Method::Structured => Box::new(StructuredPrune {
-                fraction: amount,
-                global: self.global,
-                norm: self.norm,
-                round_to: self.round_to,
-                filter: self.filter.clone(),
-            }),
+            Method::Structured => {
+                let p: Box<dyn Pass> = match self.planned(amount) {
+                    Some(p) => Box::new(p),
+                    None => Box::new(StructuredPrune {
+                        fraction: amount,
+                        global: self.global,
+                        norm: self.norm,
+                        round_to: self.round_to,
+                        filter: self.filter.clone(),
+                    }),
+                };
+                match self.recover {
+                    Some(opts) => Box::new(recover::Recovered { prune: p, opts }),
+                    None => p,
+                }
+            }
             Method::Entropy => Box::new(EntropyPrune {
                 sparsity: amount,
                 rounds: self.rounds,

@@ -185,7 +185,7 @@ pub fn zero_channels(
 }
 
 /// Channels kept after removing `removed` of `channels`, rounded up to a multiple of `k`.
-fn rounded_removal(channels: usize, removed: usize, k: usize) -> usize {
+pub(crate) fn rounded_removal(channels: usize, removed: usize, k: usize) -> usize {
     let removed = removed.min(channels.saturating_sub(1));
     let kept = channels - removed;
     if k <= 1 {
@@ -195,7 +195,7 @@ fn rounded_removal(channels: usize, removed: usize, k: usize) -> usize {
     channels.saturating_sub(kept.min(channels))
 }
 
-fn source_weight_names(g: &ChannelGroup) -> Vec<&str> {
+pub(crate) fn source_weight_names(g: &ChannelGroup) -> Vec<&str> {
     g.params
         .iter()
         .filter(|p| p.role == ParamRole::SourceWeight)
@@ -203,45 +203,57 @@ fn source_weight_names(g: &ChannelGroup) -> Vec<&str> {
         .collect()
 }
 
+/// The prunable groups whose sources `filter` selects, and what was left alone (blocked
+/// groups, layers inside subgraphs) with the reason.
+pub(crate) fn selected_groups(
+    ed: &Editor,
+    filter: &Filter,
+    weights: &[super::PrunableWeight],
+) -> (Vec<ChannelGroup>, Vec<Skipped>) {
+    let mut skipped = Vec::new();
+    let mut out = Vec::new();
+    for gr in channel_groups(ed) {
+        let names = source_weight_names(&gr);
+        let selected = gr.sources.iter().all(|&s| {
+            let l = label(ed, s);
+            let mut all: Vec<&str> = names.clone();
+            all.push(&l);
+            filter.allows(&all, ed.node(s).map_or("", |n| n.op_type.as_str()))
+        });
+        if !selected {
+            continue;
+        }
+        if !gr.prunable() {
+            skipped.push(Skipped {
+                name: gr.name.clone(),
+                reason: gr.blocked.join("; "),
+            });
+            continue;
+        }
+        out.push(gr);
+    }
+    // The channel analysis covers the main graph; layers inside If/Loop/Scan bodies stay.
+    for w in weights.iter().filter(|w| w.in_subgraph) {
+        if filter.allows(&[&w.name, &w.node], &w.op) {
+            skipped.push(Skipped {
+                name: w.name.clone(),
+                reason: "inside a subgraph: structured pruning covers the main graph".into(),
+            });
+        }
+    }
+    (out, skipped)
+}
+
 impl StructuredPrune {
     pub fn prune(&self, ed: &mut Editor) -> Result<(PruneOutcome, Vec<GroupReport>), PassError> {
         check_fraction("structured", "fraction", self.fraction)?;
         let weights = prunable_weights(ed.model());
         let before = census(ed.model(), &weights)?;
-        let groups = channel_groups(ed);
-        let mut skipped = Vec::new();
+        let (groups, mut skipped) = selected_groups(ed, &self.filter, &weights);
         // (group, scores) of the selected, prunable groups
         let mut chosen: Vec<(&ChannelGroup, Vec<f64>)> = Vec::new();
         for gr in &groups {
-            let names = source_weight_names(gr);
-            let selected = gr.sources.iter().all(|&s| {
-                let l = label(ed, s);
-                let mut all: Vec<&str> = names.clone();
-                all.push(&l);
-                self.filter
-                    .allows(&all, ed.node(s).map_or("", |n| n.op_type.as_str()))
-            });
-            if !selected {
-                continue;
-            }
-            if !gr.prunable() {
-                skipped.push(Skipped {
-                    name: gr.name.clone(),
-                    reason: gr.blocked.join("; "),
-                });
-                continue;
-            }
-            let scores = channel_scores(ed, gr, self.norm)?;
-            chosen.push((gr, scores));
-        }
-        // The channel analysis covers the main graph; layers inside If/Loop/Scan bodies stay.
-        for w in weights.iter().filter(|w| w.in_subgraph) {
-            if self.filter.allows(&[&w.name, &w.node], &w.op) {
-                skipped.push(Skipped {
-                    name: w.name.clone(),
-                    reason: "inside a subgraph: structured pruning covers the main graph".into(),
-                });
-            }
+            chosen.push((gr, channel_scores(ed, gr, self.norm)?));
         }
         let k = self.round_to.max(1);
         let mut plans: Vec<Vec<usize>> = Vec::with_capacity(chosen.len());
@@ -320,7 +332,7 @@ impl StructuredPrune {
                 l.channels_removed = Some(r);
             }
         }
-        out.skipped = skipped;
+        out.skipped.append(&mut skipped);
         out.changed = jobs.iter().any(|(_, p)| !p.is_empty());
         out.groups = reports.clone();
         Ok((out, reports))

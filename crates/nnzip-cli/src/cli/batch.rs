@@ -181,7 +181,8 @@ fn plan(a: PlanArgs) -> Result<()> {
     let mut taken = HashSet::new();
     let mut out = std::io::stdout().lock();
     for p in paths {
-        let abs = std::fs::canonicalize(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let abs =
+            std::fs::canonicalize(&p).with_context(|| format!("cannot read {}", p.display()))?;
         let line = serde_json::json!({
             "id": manifest::id_for(&p, &mut taken),
             "model": abs.display().to_string(),
@@ -343,21 +344,20 @@ fn run_fleet(a: RunArgs, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         ort_lib: ort_lib.map(Path::to_path_buf),
     };
     let summary = runner::run(rt, &out, items, &opts, &|e| view.show(e), &cancel);
-    let summary = match summary {
-        Ok(s) => s,
-        Err(nnzip::batch::BatchError::Cancelled) => {
-            return Err(Exit {
-                code: super::code::INTERRUPTED,
-                message: "interrupted; a rerun resumes".into(),
+    let summary =
+        match summary {
+            Ok(s) => s,
+            Err(nnzip::batch::BatchError::Cancelled) => {
+                return Err(Exit {
+                    code: super::code::INTERRUPTED,
+                    message: "interrupted; a rerun resumes".into(),
+                }
+                .into())
             }
-            .into())
-        }
-        Err(e) => {
-            return Err(anyhow::Error::new(e).context(
+            Err(e) => return Err(anyhow::Error::new(e).context(
                 "the fleet run stopped; a rerun resumes where it stopped (finished items are kept)",
-            ))
-        }
-    };
+            )),
+        };
     if summary.transient > 0 {
         return Err(Exit {
             code: super::code::DEVICE_TRANSIENT,
@@ -397,7 +397,11 @@ fn manifest_or_default(
                 )));
             };
             let text = String::from_utf8_lossy(&bytes);
-            let items = manifest::parse(&format!("{out_location}/manifest.jsonl"), &text, &defaults(defaults_file)?)?;
+            let items = manifest::parse(
+                &format!("{out_location}/manifest.jsonl"),
+                &text,
+                &defaults(defaults_file)?,
+            )?;
             Ok((items, PathBuf::from(".")))
         }
     }
@@ -405,8 +409,12 @@ fn manifest_or_default(
 
 fn status(a: StatusArgs) -> Result<()> {
     let config = StoreConfig::default();
-    let (items, base) =
-        manifest_or_default(&a.out, a.manifest.as_deref(), a.defaults.as_deref(), &config)?;
+    let (items, base) = manifest_or_default(
+        &a.out,
+        a.manifest.as_deref(),
+        a.defaults.as_deref(),
+        &config,
+    )?;
     let out = Out::open(&a.out, &config)?;
     let s = nnzip::batch::aggregate::status(&out, &items, &base, &config)?;
     if a.json {
@@ -430,10 +438,7 @@ fn status_text(s: &FleetStatus) -> String {
         t.push_str(&format!("  {:<8} {}\n", state, i.id));
     }
     if !s.unlisted.is_empty() {
-        t.push_str(&format!(
-            "not in the manifest: {}\n",
-            s.unlisted.join(", ")
-        ));
+        t.push_str(&format!("not in the manifest: {}\n", s.unlisted.join(", ")));
     }
     t
 }

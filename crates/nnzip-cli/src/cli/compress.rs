@@ -114,7 +114,12 @@ pub fn item_options(a: &Args) -> ItemOptions {
         latency_time: a.latency_time,
         html: a.html.is_some(),
         device: a.devices.device.clone(),
-        devices: a.devices.file.devices.as_ref().map(|p| p.display().to_string()),
+        devices: a
+            .devices
+            .file
+            .devices
+            .as_ref()
+            .map(|p| p.display().to_string()),
         rounds: a.devices.rounds,
         cooldown: a.devices.cooldown,
     }
@@ -187,7 +192,10 @@ mod tests {
             if not_in_manifests.contains(&key.as_str()) {
                 continue;
             }
-            assert!(keys.contains_key(&key), "--{long} has no manifest key '{key}'");
+            assert!(
+                keys.contains_key(&key),
+                "--{long} has no manifest key '{key}'"
+            );
             checked += 1;
         }
         assert!(checked >= 30, "only {checked} flags checked");

@@ -3,6 +3,7 @@
 
 mod batch;
 mod bench;
+mod calib;
 mod codec;
 mod compress;
 mod decompress;
@@ -128,6 +129,8 @@ pub enum Command {
     /// Prune a model in place: magnitude, N:M, structured channels, entropy-guided; optional
     /// search of the amount under a metric-drop tolerance on calibration data.
     Prune(prune::Args),
+    /// Build a calibration .npz from your own inputs: images, sentences, .npy files.
+    Calib(calib::Args),
     /// ISO/IEC 15938-17 (NNC) bitstreams of plain tensors: encode, decode, info.
     Codec(codec::Args),
     /// The whole job: prune, simplify and NNC-encode a model; report bytes, metric and latency.
@@ -146,6 +149,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(a) => bench::run(a, cli.ort_lib.as_deref(), cli.quiet),
         Command::Simplify(a) => simplify::run(a, cli.ort_lib.as_deref()),
         Command::Prune(a) => prune::run(a, cli.ort_lib.as_deref(), cli.quiet),
+        Command::Calib(a) => calib::run(a),
         Command::Codec(a) => codec::run(a),
         Command::Compress(a) => compress::run(a, cli.ort_lib.as_deref(), cli.quiet),
         Command::Decompress(a) => decompress::run(a),
@@ -215,6 +219,12 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
                 P::Invalid { .. } | P::NeedsCalibration { .. } | P::NeedsInputs { .. } => {
                     code::USAGE
                 }
+            };
+        }
+        if let Some(b) = cause.downcast_ref::<nnzip::calib::build::BuildError>() {
+            return match b {
+                nnzip::calib::build::BuildError::Npz(NpzError::Write { .. }) => code::WRITE,
+                _ => code::BAD_INPUT,
             };
         }
         if let Some(c) = cause.downcast_ref::<nnzip::calib::CalibError>() {

@@ -42,6 +42,11 @@ pub struct Args {
     /// `labels`). Reports the metric before and after; needed by --max-drop and entropy.
     #[arg(long, value_name = "FILE.npz")]
     pub calib: Option<PathBuf>,
+    /// Held-out data (same format as --calib) to report the metric and the breakdown on (per
+    /// class accuracy, prediction flips, entropy, least-confident samples) instead of the
+    /// calibration data.
+    #[arg(long, value_name = "FILE.npz")]
+    pub eval: Option<PathBuf>,
     /// Use only the first N calibration samples (faster searches).
     #[arg(long, value_name = "N")]
     pub calib_samples: Option<usize>,
@@ -73,6 +78,28 @@ pub struct Args {
     /// Print JSON (sparsity, layers, skipped, search, metric; see docs/cli.md).
     #[arg(long)]
     pub json: bool,
+    /// Structured: how channels are ranked: l1, l2 (weight norms, as --norm), wanda
+    /// (|W|·‖X‖ on the calibration data) or flap (‖W‖²·Var(X)).
+    #[arg(long, value_parser = parse_score)]
+    pub score: Option<nnzip::passes::prune::alloc::Score>,
+    /// Structured: how the amount is spread over the groups: uniform (default), global (as
+    /// --global), standardized (FLAP: one threshold over per-group standardised scores) or
+    /// measured (each group's damage measured on the calibration data at several levels, then
+    /// the cheapest damage per MAC saved first).
+    #[arg(long, value_parser = parse_allocation)]
+    pub allocate: Option<nnzip::passes::prune::alloc::Allocation>,
+    /// Structured: prune to this fraction of the original MACs (e.g. 0.65 removes 35%) instead
+    /// of a channel fraction; with --max-drop, the smallest fraction the search may reach.
+    #[arg(long, value_name = "F", conflicts_with = "sparsity")]
+    pub target_macs: Option<f64>,
+    /// Re-fit the layers after structured pruning: each layer whose input changed is fitted by
+    /// least squares so that, on the calibration data, its output from the pruned model's input
+    /// matches the original model's (sequentially, in graph order). On by default with --calib.
+    #[arg(long, overrides_with = "no_recover")]
+    pub recover: bool,
+    /// Prune without reconstruction (the weights as the pruning left them).
+    #[arg(long)]
+    pub no_recover: bool,
     /// Also simplify: remove the pruned channels physically (as `nnzip simplify`), verified on
     /// ONNX Runtime.
     #[arg(long)]
@@ -86,6 +113,16 @@ pub struct Args {
 fn parse_method(s: &str) -> Result<Method, String> {
     Method::parse(s)
         .ok_or_else(|| format!("'{s}' is not one of magnitude, structured, nm, entropy"))
+}
+
+fn parse_score(s: &str) -> Result<nnzip::passes::prune::alloc::Score, String> {
+    nnzip::passes::prune::alloc::Score::parse(s)
+        .ok_or_else(|| format!("'{s}' is not one of l1, l2, wanda, flap"))
+}
+
+fn parse_allocation(s: &str) -> Result<nnzip::passes::prune::alloc::Allocation, String> {
+    nnzip::passes::prune::alloc::Allocation::parse(s)
+        .ok_or_else(|| format!("'{s}' is not one of uniform, global, standardized, measured"))
 }
 
 fn parse_norm(s: &str) -> Result<Norm, String> {
@@ -117,6 +154,41 @@ struct MetricReport {
     after: f64,
 }
 
+/// The metric and breakdown on one data set.
+#[derive(Debug, Serialize)]
+struct EvalReport {
+    data: PathBuf,
+    #[serde(flatten)]
+    metric: MetricReport,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip)]
+    breakdown: Option<nnzip::calib::breakdown::Breakdown>,
+}
+
+fn evaluate_on(
+    rt: &'static Runtime,
+    orig: &Model,
+    pruned: &Model,
+    c: &Calibration,
+) -> Result<EvalReport> {
+    let first = |m: &Model| -> Result<nnzip::tensor::Tensor> {
+        nnzip::calib::into_metric_output(run_model(rt, m, c)?).context("the model has no output")
+    };
+    let reference = first(orig)?;
+    let out = first(pruned)?;
+    let metric = Metric::for_data(c, &reference);
+    Ok(EvalReport {
+        data: c.path.clone(),
+        metric: MetricReport {
+            name: metric.name(),
+            samples: c.samples,
+            before: evaluate(metric, c, &reference, &reference)?,
+            after: evaluate(metric, c, &reference, &out)?,
+        },
+        breakdown: nnzip::calib::breakdown::breakdown(&reference, &out, c.labels.as_deref(), 0.1),
+    })
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     input: PathBuf,
@@ -127,6 +199,11 @@ struct Report {
     metric: Option<MetricReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     search: Option<SearchReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval: Option<EvalReport>,
+    /// Beyond the average, on the --eval data (else the calibration data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    breakdown: Option<nnzip::calib::breakdown::Breakdown>,
     #[serde(skip_serializing_if = "Option::is_none")]
     simplify: Option<nnzip::passes::simplify::SimplifyReport>,
     /// The result's main output against the input's.
@@ -176,6 +253,31 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         }
         None => None,
     };
+    if let Some(f) = a.target_macs {
+        if !(0.0..=1.0).contains(&f) || a.method != Method::Structured {
+            bail!(UsageError(
+                "--target-macs F (in [0, 1]) is for --method structured".into()
+            ));
+        }
+    }
+    let wants_data = a.score.is_some_and(|s| s.needs_data())
+        || a.allocate == Some(nnzip::passes::prune::alloc::Allocation::Measured);
+    if wants_data && a.calib.is_none() {
+        bail!(UsageError(
+            "--score wanda/flap and --allocate measured need calibration data (--calib FILE.npz)"
+                .into()
+        ));
+    }
+    if a.recover && a.calib.is_none() {
+        bail!(UsageError(
+            "--recover fits layers on calibration data (--calib FILE.npz)".into()
+        ));
+    }
+    if a.eval.is_some() && a.calib.is_none() {
+        bail!(UsageError(
+            "--eval compares on ONNX Runtime; give --calib too".into()
+        ));
+    }
     let rt = match calib {
         Some(_) => Some(Runtime::get(ort_lib).context("cannot start ONNX Runtime")?),
         None => None,
@@ -193,10 +295,19 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
     cfg.collapse = a.collapse;
     // Entropy: whole layers may go silent within the same tolerance as the search.
     cfg.layer_drop = a.max_drop;
+    cfg.score = a.score;
+    cfg.allocation = a.allocate;
+    cfg.by_macs = a.target_macs.is_some();
+    if calib.is_some() && !a.no_recover {
+        cfg.recover = Some(nnzip::passes::prune::recover::RecoverOptions::default());
+    }
     let searching = a.max_drop.is_some();
-    let amount = a
-        .sparsity
-        .unwrap_or_else(|| a.method.default_amount(searching));
+    let amount = match a.target_macs {
+        Some(f) => 1.0 - f,
+        None => a
+            .sparsity
+            .unwrap_or_else(|| a.method.default_amount(searching)),
+    };
 
     let (pruned, details, search) = match (a.max_drop, calib.as_ref(), rt) {
         (Some(x), Some(c), Some(rt)) => {
@@ -247,22 +358,28 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
             (m, r.details, None)
         }
     };
-    let metric = match (calib.as_ref(), rt, &search) {
-        (Some(c), Some(rt), None) => {
-            let first = |m: &Model| -> Result<nnzip::tensor::Tensor> {
-                nnzip::calib::into_metric_output(run_model(rt, m, c)?)
-                    .context("the model has no output")
-            };
-            let reference = first(&model)?;
-            let out = first(&pruned)?;
-            let metric = Metric::for_data(c, &reference);
-            Some(MetricReport {
-                name: metric.name(),
-                samples: c.samples,
-                before: evaluate(metric, c, &reference, &reference)?,
-                after: evaluate(metric, c, &reference, &out)?,
-            })
+    let eval = match (&a.eval, rt) {
+        (Some(p), Some(rt)) => {
+            let c = Calibration::load(p, &model)
+                .with_context(|| format!("cannot use evaluation data {}", p.display()))?;
+            Some(evaluate_on(rt, &model, &pruned, &c)?)
         }
+        _ => None,
+    };
+    let mut on_calib = match (calib.as_ref(), rt, &eval) {
+        (Some(c), Some(rt), None) => Some(evaluate_on(rt, &model, &pruned, c)?),
+        _ => None,
+    };
+    // Without held-out data, the breakdown is the calibration data's.
+    let breakdown = match &eval {
+        Some(e) => e.breakdown.clone(),
+        None => on_calib.as_mut().and_then(|e| e.breakdown.take()),
+    };
+    let metric = match (calib.as_ref(), rt, &search) {
+        (Some(c), Some(rt), None) => match on_calib {
+            Some(e) => Some(e.metric),
+            None => Some(evaluate_on(rt, &model, &pruned, c)?.metric),
+        },
         _ => search.as_ref().map(|s| MetricReport {
             name: s.metric_name,
             samples: s.samples,
@@ -331,6 +448,8 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         outcome: *outcome,
         metric,
         search,
+        eval,
+        breakdown,
         simplify: simplified,
         fidelity,
     };
@@ -340,6 +459,33 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         print!("{}", text(&report));
         Ok(())
     }
+}
+
+fn breakdown_text(o: &mut String, b: &nnzip::calib::breakdown::Breakdown) {
+    use std::fmt::Write;
+    if !b.per_class.is_empty() {
+        let per: Vec<String> = b
+            .per_class
+            .iter()
+            .map(|c| format!("{}: {:.1}->{:.1}", c.class, c.before, c.after))
+            .collect();
+        let _ = writeln!(o, "per-class accuracy: {}", per.join(", "));
+    }
+    if let (Some(c), Some(d)) = (b.worst_class, b.worst_class_drop) {
+        let _ = writeln!(o, "worst class: {c} (drop {d:+.2} points)");
+    }
+    let lc = &b.least_confident;
+    let _ = writeln!(
+        o,
+        "prediction flips {:.2}%, mean entropy {:.3} -> {:.3} bits, least confident {:.0}% ({} samples): {:.1} -> {:.1}",
+        b.flip_rate,
+        b.entropy_before,
+        b.entropy_after,
+        100.0 * lc.fraction,
+        lc.samples,
+        lc.before,
+        lc.after
+    );
 }
 
 /// A command-line mistake found after parsing (exit code 2).
@@ -437,6 +583,47 @@ fn text(r: &Report) -> String {
             o,
             "{} on {} samples: {:.2} -> {:.2}",
             m.name, m.samples, m.before, m.after
+        );
+    }
+    if let Some(e) = &r.eval {
+        let _ = writeln!(
+            o,
+            "{} on {} ({} samples): {:.2} -> {:.2}",
+            e.metric.name,
+            e.data.display(),
+            e.metric.samples,
+            e.metric.before,
+            e.metric.after
+        );
+    }
+    if let Some(b) = &r.breakdown {
+        breakdown_text(&mut o, b);
+    }
+    if let Some(p) = &r.outcome.plan {
+        let _ = writeln!(
+            o,
+            "plan ({:?} scores, {:?} allocation): MACs {:.4e} -> {:.4e} ({:.1}% removed)",
+            p.score,
+            p.allocation,
+            p.macs_before,
+            p.macs_planned,
+            100.0 * (1.0 - p.macs_planned / p.macs_before.max(1.0))
+        );
+    }
+    if let Some(rc) = &r.outcome.recover {
+        let worst = rc
+            .layers
+            .iter()
+            .map(|l| l.error_after)
+            .fold(0.0f64, f64::max);
+        let _ = writeln!(
+            o,
+            "reconstruction: {} layers re-fitted in {} waves on {} samples, {:.1} s (largest relative layer error left {:.3})",
+            rc.layers.len(),
+            rc.waves,
+            rc.samples,
+            rc.seconds,
+            worst
         );
     }
     if let Some(s) = &r.simplify {
