@@ -5,10 +5,10 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::key::work_key;
+use super::key::{unreadable_key, work_key};
 use super::manifest::Item;
 use super::state::{Claim, ItemError, Record, Status, CLAIM, RECORD};
-use super::store::{fetch, Out, StoreConfig, StoreError};
+use super::store::{fetch, resolve, Out, StoreConfig, StoreError};
 use crate::errors::ErrorClass;
 
 /// Where one manifest item stands.
@@ -85,10 +85,14 @@ pub fn status(
                 work_key(&m.sha256, &canonical, c.as_ref().map(|c| c.sha256.as_str()))
             }
             (Err(e), _) | (_, Err(e)) if e.input_class() == ErrorClass::Transient => return Err(e),
-            _ => work_key(
-                &format!("unreadable:{}", item.model),
+            _ => unreadable_key(
+                &resolve(&item.model, base),
                 &canonical,
-                item.options.calib.as_deref(),
+                item.options
+                    .calib
+                    .as_deref()
+                    .map(|c| resolve(c, base))
+                    .as_deref(),
             ),
         };
         let record = read_record(out, &item.id)?;

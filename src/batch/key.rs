@@ -54,6 +54,13 @@ pub fn work_key(model_sha: &str, canonical_options: &str, calib_sha: Option<&str
     hex(&h.finalize())
 }
 
+/// The key of an item whose inputs cannot be read: from their resolved locations (see
+/// `store::resolve`), so a rerun keeps its failure until the inputs appear, and the runner and
+/// `batch status` (which reads the resolved manifest) agree on it.
+pub fn unreadable_key(model: &str, canonical_options: &str, calib: Option<&str>) -> String {
+    work_key(&format!("unreadable:{model}"), canonical_options, calib)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,13 +16,13 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::key::{versions, work_key};
+use super::key::{unreadable_key, versions, work_key};
 use super::manifest::Item;
 use super::shard::Shard;
 use super::state::{
     now_unix, Claim, ItemError, Owner, Record, Status, BITSTREAM, CLAIM, GRAPH, HTML, RECORD,
 };
-use super::store::{fetch, Input, Out, StoreConfig, StoreError};
+use super::store::{fetch, resolve, Input, Out, StoreConfig, StoreError};
 use super::BatchError;
 use crate::errors::ErrorClass;
 use crate::progress::Progress;
@@ -293,10 +293,14 @@ fn process(
     // it until they appear (then the key is their bytes').
     let key = match &inputs {
         Ok(i) => i.key.clone(),
-        Err(_) => work_key(
-            &format!("unreadable:{}", item.model),
+        Err(_) => unreadable_key(
+            &resolve(&item.model, &opts.base),
             &canonical,
-            item.options.calib.as_deref(),
+            item.options
+                .calib
+                .as_deref()
+                .map(|c| resolve(c, &opts.base))
+                .as_deref(),
         ),
     };
     let rel = |f: &str| format!("{}/{f}", item.id);
@@ -473,15 +477,13 @@ fn with_heartbeat<T>(
         s.spawn(move || {
             let (m, cv) = &*d;
             let mut finished = lock(m);
-            loop {
+            // Checked before each wait: `f` may have finished before this thread first ran.
+            while !*finished {
                 let (g, t) = cv
                     .wait_timeout(finished, (lease / 3).max(Duration::from_millis(200)))
                     .unwrap_or_else(|p| p.into_inner());
                 finished = g;
-                if *finished {
-                    return;
-                }
-                if t.timed_out() {
+                if t.timed_out() && !*finished {
                     // A failed renewal is retried at the next beat; the lease covers two.
                     let c = Claim::new(owner, key, lease);
                     let _ = out.write(claim_rel, c.to_bytes());

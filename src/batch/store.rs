@@ -92,6 +92,16 @@ pub fn is_uri(s: &str) -> bool {
     })
 }
 
+/// A location as the runner reads it: a relative path taken against `base` (the manifest's
+/// folder), URIs and absolute paths as they are.
+pub fn resolve(location: &str, base: &Path) -> String {
+    if is_uri(location) || Path::new(location).is_absolute() {
+        location.to_string()
+    } else {
+        base.join(location).display().to_string()
+    }
+}
+
 /// A version of an object, to replace exactly that one (a stale claim).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Version {

@@ -309,14 +309,9 @@ fn run_fleet(a: RunArgs, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         .iter()
         .map(|i| {
             let mut i = i.clone();
-            if !store::is_uri(&i.model) && Path::new(&i.model).is_relative() {
-                i.model = base.join(&i.model).display().to_string();
-            }
-            if let Some(c) = &i.options.calib {
-                if !store::is_uri(c) && Path::new(c).is_relative() {
-                    i.options.calib = Some(base.join(c).display().to_string());
-                }
-            }
+            i.model = store::resolve(&i.model, &base);
+            i.options.calib = i.options.calib.map(|c| store::resolve(&c, &base));
+            i.options.devices = i.options.devices.map(|d| store::resolve(&d, &base));
             manifest::line_of(&i) + "\n"
         })
         .collect();
