@@ -31,7 +31,13 @@ def run_shard(nnzip: str, manifest: str, out: str, index: int, count: int, jobs:
     if p.returncode == 75:
         raise Transient(f"shard {index}/{count}: {p.stderr.strip()}")
     events = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
-    return {"shard": index, "code": p.returncode, "events": events, "stderr": p.stderr[-2000:]}
+    try:
+        from dask.distributed import get_worker
+        worker = get_worker().address
+    except (ImportError, ValueError):
+        worker = None
+    return {"shard": index, "code": p.returncode, "events": events, "worker": worker,
+            "stderr": p.stderr[-2000:]}
 
 
 def report(nnzip: str, out: str) -> dict:
