@@ -4,7 +4,12 @@
 # - the ONNX Runtime library (scripts/setup-ort.sh, from the onnxruntime PyPI wheel);
 # - OpenSSH's server and client (Debian packages; crates/nnzip-cli/tests/devices.rs starts its own sshd on
 #   loopback with throwaway keys, the system's sshd service is not used);
-# - the OpenVINO build of ONNX Runtime (scripts/setup-openvino.sh, PyPI) for the placement test.
+# - the OpenVINO build of ONNX Runtime (scripts/setup-openvino.sh, PyPI) for the placement test;
+# - moto's S3 server, dask.distributed and PyYAML in .venv-fleet/ (scripts/setup-fleet.sh, PyPI) for
+#   the fleet tests (batch_s3.rs starts moto on loopback itself; batch_engines.rs runs the Dask
+#   driver on a LocalCluster).
+# The object-storage test needs the cargo feature `s3`, whose HTTP/TLS stack is a long cold
+# build: only that one test binary is built with it, after the workspace tests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup-ort.sh >/dev/null
@@ -19,4 +24,6 @@ if ! [ -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null; then
   fi
 fi
 bash scripts/setup-openvino.sh >/dev/null
+bash scripts/setup-fleet.sh >/dev/null
 cargo test --workspace --locked "$@"
+cargo test -p nnzip-cli --features s3 --test batch_s3 --locked "$@"

@@ -444,34 +444,47 @@ mod remote {
             max_retries: 10,
             ..Default::default()
         };
-        let client = object_store::ClientOptions::new()
-            .with_connect_timeout(config.retry_timeout.min(std::time::Duration::from_secs(10)));
+        // object_store's defaults (5 s to connect, 30 s a request), shortened when the whole
+        // retry budget is shorter, so `--store-retry` bounds how long a dead server holds a run.
+        // Set key by key: replacing the client options would drop the environment's
+        // (`AWS_ALLOW_HTTP`, proxies).
+        use object_store::ClientConfigKey as C;
+        let ms = |d: std::time::Duration| format!("{}ms", d.as_millis().max(1));
+        let secs = std::time::Duration::from_secs;
+        let timeouts = [
+            (C::ConnectTimeout, ms(config.retry_timeout.min(secs(5)))),
+            (C::Timeout, ms(config.retry_timeout.min(secs(30)))),
+        ];
         let base = format!("{scheme}://{bucket}");
+        let open_err = |e| err("cannot open", uri.to_string(), e);
         let store: Arc<dyn ObjectStore> = match scheme {
-            "s3" | "s3a" => Arc::new(
-                object_store::aws::AmazonS3Builder::from_env()
+            "s3" | "s3a" => {
+                let mut b = object_store::aws::AmazonS3Builder::from_env()
                     .with_url(&base)
-                    .with_retry(retry)
-                    .with_client_options(client)
-                    .build()
-                    .map_err(|e| err("cannot open", uri.to_string(), e))?,
-            ),
-            "gs" => Arc::new(
-                object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                    .with_retry(retry);
+                for (k, v) in &timeouts {
+                    b = b.with_config(object_store::aws::AmazonS3ConfigKey::Client(*k), v);
+                }
+                Arc::new(b.build().map_err(open_err)?)
+            }
+            "gs" => {
+                let mut b = object_store::gcp::GoogleCloudStorageBuilder::from_env()
                     .with_url(&base)
-                    .with_retry(retry)
-                    .with_client_options(client)
-                    .build()
-                    .map_err(|e| err("cannot open", uri.to_string(), e))?,
-            ),
-            "az" | "abfs" | "abfss" | "azure" => Arc::new(
-                object_store::azure::MicrosoftAzureBuilder::from_env()
+                    .with_retry(retry);
+                for (k, v) in &timeouts {
+                    b = b.with_config(object_store::gcp::GoogleConfigKey::Client(*k), v);
+                }
+                Arc::new(b.build().map_err(open_err)?)
+            }
+            "az" | "abfs" | "abfss" | "azure" => {
+                let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
                     .with_url(&base)
-                    .with_retry(retry)
-                    .with_client_options(client)
-                    .build()
-                    .map_err(|e| err("cannot open", uri.to_string(), e))?,
-            ),
+                    .with_retry(retry);
+                for (k, v) in &timeouts {
+                    b = b.with_config(object_store::azure::AzureConfigKey::Client(*k), v);
+                }
+                Arc::new(b.build().map_err(open_err)?)
+            }
             other => {
                 return Err(bad(format!(
                     "'{other}://' is not one of s3://, gs://, az://, file://"
@@ -504,7 +517,7 @@ mod remote {
 
         fn path(&self, rel: &str) -> ObjPath {
             rel.split('/')
-                .fold(self.prefix.clone(), |p, part| p.child(part))
+                .fold(self.prefix.clone(), |p, part| p.join(part))
         }
 
         fn loc(&self, rel: &str) -> String {
