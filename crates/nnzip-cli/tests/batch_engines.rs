@@ -90,6 +90,11 @@ fn the_dask_driver_runs_the_fleet_on_a_local_cluster() {
     }
 }
 
+fn executable(p: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 #[test]
 fn the_slurm_script_runs_its_shard_and_requeues_only_transient_failures() {
     let dir = tempfile::tempdir().unwrap();
@@ -103,6 +108,7 @@ fn the_slurm_script_runs_its_shard_and_requeues_only_transient_failures() {
         format!("#!/bin/sh\necho \"$@\" >> {}\n", requeued.display()),
     )
     .unwrap();
+    executable(&scontrol);
     let run = |task: &str, nnzip: &str| {
         Command::new("bash")
             .arg(&script)
@@ -142,11 +148,17 @@ fn the_slurm_script_runs_its_shard_and_requeues_only_transient_failures() {
     for (code, requeue) in [(75, true), (3, false)] {
         let fake = dir.path().join(format!("nnzip-{code}"));
         std::fs::write(&fake, format!("#!/bin/sh\nexit {code}\n")).unwrap();
-        Command::new("chmod").arg("+x").arg(&fake).status().unwrap();
+        executable(&fake);
         let _ = std::fs::remove_file(&requeued);
         let o = run("2", fake.to_str().unwrap());
         assert_eq!(o.status.code(), Some(code));
         assert_eq!(requeued.exists(), requeue, "exit {code}");
+        if requeue {
+            assert_eq!(
+                std::fs::read_to_string(&requeued).unwrap().trim(),
+                "requeue 4242_2"
+            );
+        }
     }
 }
 
