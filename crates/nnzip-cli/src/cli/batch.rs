@@ -27,7 +27,7 @@ pub struct Args {
 pub enum Command {
     /// Print a manifest (JSON Lines) for the model files matching the patterns.
     Plan(PlanArgs),
-    /// Compress the manifest's models (this shard's) into OUT/<id>/; reruns skip finished items.
+    /// Compress the manifest's models (this shard's) into OUT/ID/; reruns skip finished items.
     Run(RunArgs),
     /// Done / failed / running / stale / pending counts of a fleet against its manifest.
     Status(StatusArgs),
