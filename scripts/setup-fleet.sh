@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# What the fleet tests (crates/nnzip-cli/tests/batch_s3.rs, batch_engines.rs) need from PyPI, in
-# the venv .venv-fleet/: moto's S3-compatible server (started on loopback by the tests; boto3 and
-# PyYAML come with it) and dask.distributed (LocalCluster for the Dask driver). Pinned;
-# idempotent. Prints the venv's python.
+# What the fleet tests (crates/nnzip-cli/tests/batch_s3.rs, batch_engines.rs) and the wheel check
+# (scripts/test-wheel.sh) need from PyPI, in the venv .venv-fleet/: moto's S3-compatible server
+# (started on loopback by the tests; boto3 and PyYAML come with it), dask.distributed
+# (LocalCluster for the Dask driver) and maturin (builds the wheel). Pinned; idempotent. Prints
+# the venv's python.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=$root/.venv-fleet
-PINS="moto[server]==5.2.5 distributed==2026.8.0"
+PINS="moto[server]==5.2.5 distributed==2026.8.0 maturin==1.16.0"
 if [ -x "$venv/bin/python" ] && [ "$(cat "$venv/PINS" 2>/dev/null)" = "$PINS" ]; then
   echo "$venv/bin/python"; exit 0
 fi

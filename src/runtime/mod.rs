@@ -2,8 +2,9 @@
 //! sessions, and conversion between [`Tensor`] and ORT values.
 //!
 //! The library is searched, in order: an explicit path (`--ort-lib`), `ORT_DYLIB_PATH`, the
-//! project-local folder `.ort/` that `scripts/setup-ort.sh` fills (or `NNZIP_ORT_DIR`), and an
-//! installed Python `onnxruntime` package.
+//! `onnxruntime` package of a `python3` beside the executable (nnzip installed from its wheel),
+//! the project-local folder `.ort/` that `scripts/setup-ort.sh` fills (or `NNZIP_ORT_DIR`), and
+//! an installed Python `onnxruntime` package.
 
 pub mod inputs;
 pub mod placement;
@@ -103,7 +104,20 @@ fn project_dirs() -> Vec<PathBuf> {
 }
 
 fn python_package_dir() -> Option<PathBuf> {
-    let out = std::process::Command::new("python3")
+    python_package_dir_of(Path::new("python3"))
+}
+
+/// The `onnxruntime` package of the Python beside the executable: a `pip install nnzip` puts
+/// the binary next to the interpreter (a venv's `bin/`), whose `onnxruntime` dependency then
+/// wins over other copies on the machine.
+fn sibling_python_package_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let py = exe.parent()?.join("python3");
+    py.is_file().then(|| python_package_dir_of(&py)).flatten()
+}
+
+fn python_package_dir_of(python: &Path) -> Option<PathBuf> {
+    let out = std::process::Command::new(python)
         .args([
             "-c",
             "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
@@ -143,6 +157,11 @@ pub fn locate_library(explicit: Option<&Path>) -> Result<(PathBuf, LibrarySource
         searched.push(format!("ORT_DYLIB_PATH={}", p.display()));
     } else {
         searched.push("ORT_DYLIB_PATH (unset)".into());
+    }
+    if let Some(d) = sibling_python_package_dir() {
+        if let Some(l) = find_in_dir(&d) {
+            return Ok((l, LibrarySource::PythonPackage));
+        }
     }
     for d in project_dirs() {
         if let Some(l) = find_in_dir(&d) {
