@@ -24,16 +24,10 @@ W=${BENCH_DIR:-target/bench/real-default}
 mkdir -p "$W"
 [ -x "$N" ] || cargo build --release --locked -q --bin nnzip
 
-# Input shapes of the symbolic models (the sizes their data has), and calibration data where
-# random inputs are outside what the model accepts (Silero's sample rate selects a branch).
-declare -A SHAPES=(
-  [ppocr_cls]="--shape x=1x3x48x192" [ppocr_det]="--shape x=1x3x640x640"
-  [ppocr_rec]="--shape x=1x3x48x320" [minilm_l3]="--shape input_ids=1x128 --shape attention_mask=1x128"
-  [silero_ifless]="--shape input=1x576 --shape state=2x1x128"
-  [silero_vad_if]="--shape input=1x576 --shape state=2x1x128")
-declare -A VERIFY=([silero_vad_if]="--calib $D/silero_vad_if.calib.npz")
+# No --shape and no calibration data: the default job needs none (symbolic sizes and the sample
+# rate Silero's branches compare with are chosen by nnzip's input planner).
 models=("$@")
-[ ${#models[@]} -gt 0 ] || models=(orientation_lcnet ppocr_cls ppocr_det ppocr_rec silero_ifless silero_vad_if minilm_l3)
+[ ${#models[@]} -gt 0 ] || models=(orientation_lcnet ppocr_cls ppocr_det ppocr_rec silero_ifless silero_vad_if minilm_l3 magika)
 
 timed() { # out.json time.txt cmd...: runs cmd, stdout to out.json, "seconds kb" to time.txt
   local out=$1 t=$2; shift 2
@@ -45,8 +39,10 @@ score() { # decoded.onnx model -> "snr top1 metric"
 import json, sys
 d = json.load(sys.stdin); f = d['fidelity']; m = f[f['main']]; t = d['metrics']
 key = {'orientation': 'accuracy', 'text_direction': 'accuracy', 'text_detection': 'box_f',
-       'text_recognition': 'cer', 'sentence_embedding': 'pair_ranking_accuracy'}.get(d['task'])
+       'text_recognition': 'cer', 'sentence_embedding': 'pair_ranking_accuracy',
+       'content_type': 'true_type'}.get(d['task'])
 val = t.get(key) if key else t.get('recurrent', t.get('stored_state', {})).get('accuracy')
+val = val.get('accuracy') if isinstance(val, dict) else val
 name = key or 'vad_accuracy'
 top1 = m.get('top1_agreement', m.get('decision_agreement', m.get('mask_agreement_p03')))
 print('%.1f %s %s=%s' % (m['snr_db'], '-' if top1 is None else '%.2f%%' % (100 * top1), name,
@@ -57,14 +53,11 @@ echo "| model | reference bytes | reference SNR dB | reference top-1 | reference
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for m in "${models[@]}"; do
   [ -f "$R/$m.onnx" ] || continue
-  sh=${SHAPES[$m]:-}; v=${VERIFY[$m]:-}
   size=$(stat -c %s "$R/$m.onnx")
-  # shellcheck disable=SC2086
   timed "$W/$m.ref.json" "$W/$m.ref.t" $N compress "$R/$m.onnx" -o "$W/$m.ref.nnc" --reference-compatible \
-    --no-simplify --runs 0 --json -q --force $sh $v
+    --no-simplify --runs 0 --json -q --force
   $N decompress "$W/$m.ref.nnc" -o "$W/$m.ref.onnx" 2>/dev/null
-  # shellcheck disable=SC2086
-  timed "$W/$m.json" "$W/$m.t" $N compress "$R/$m.onnx" -o "$W/$m.nnc" --runs 0 --json -q $sh $v
+  timed "$W/$m.json" "$W/$m.t" $N compress "$R/$m.onnx" -o "$W/$m.nnc" --runs 0 --json -q
   timed /dev/null "$W/$m.d.t" $N decompress "$W/$m.nnc" -o "$W/$m.onnx" 2>/dev/null
   read -r rs rt rmet <<< "$(score "$W/$m.ref.onnx" "$m")"
   read -r os ot omet <<< "$(score "$W/$m.onnx" "$m")"

@@ -22,10 +22,7 @@ rounds=${1:-3}
 mkdir -p "$W"
 [ -x "$N" ] || cargo build --release --locked -q --bin nnzip
 
-declare -A SHAPES=(
-  [ppocr_cls]="--shape x=1x3x48x192" [ppocr_det]="--shape x=1x3x640x640"
-  [ppocr_rec]="--shape x=1x3x48x320" [minilm_l3]="--shape input_ids=1x128 --shape attention_mask=1x128"
-  [silero_ifless]="--shape input=1x576 --shape state=2x1x128")
+# No --shape: the default job plans the sizes of symbolic inputs itself.
 
 t() { # file cmd...: "seconds peak_kb" of cmd into file, its stdout discarded
   local f=$1; shift
@@ -47,10 +44,8 @@ echo "| round | reference nnc.compress of the weights: s (in-call s) | nnzip com
 echo "|---|---|---|---|---|"
 for r in $(seq "$rounds"); do
   ref=$( { /usr/bin/time -f "%e" "$PY" "$TOOLS/nncodec_encode.py" "$W/minilm_weights.npz" "$W/ref.nnc"; } 2>&1 | tr '\n' ' ')
-  # shellcheck disable=SC2086
-  t "$W/c0" $N compress "$m" -o "$W/m.nnc" --runs 0 -q ${SHAPES[minilm_l3]}
-  # shellcheck disable=SC2086
-  t "$W/c1" $N compress "$m" -o "$W/m.nnc" -q ${SHAPES[minilm_l3]}
+  t "$W/c0" $N compress "$m" -o "$W/m.nnc" --runs 0 -q
+  t "$W/c1" $N compress "$m" -o "$W/m.nnc" -q
   t "$W/d" $N decompress "$W/m.nnc" -o "$W/m.onnx"
   python3 - "$r" "$ref" "$W/c0" "$W/c1" "$W/d" <<'EOF'
 import re, sys
@@ -69,11 +64,10 @@ echo "## Every real model: nnzip compress (defaults, --runs 0) and decompress"
 echo
 echo "| model | ONNX MB | compress s | compress peak MB (x ONNX) | decompress s | decompress peak MB (x ONNX) |"
 echo "|---|---|---|---|---|---|"
-for name in orientation_lcnet ppocr_cls ppocr_det ppocr_rec silero_ifless minilm_l3; do
+for name in orientation_lcnet ppocr_cls ppocr_det ppocr_rec silero_ifless silero_vad_if minilm_l3 magika; do
   f=$R/$name.onnx
   [ -f "$f" ] || continue
-  # shellcheck disable=SC2086
-  t "$W/c" $N compress "$f" -o "$W/$name.nnc" --runs 0 -q ${SHAPES[$name]:-}
+  t "$W/c" $N compress "$f" -o "$W/$name.nnc" --runs 0 -q
   t "$W/d" $N decompress "$W/$name.nnc" -o "$W/$name.onnx"
   python3 - "$name" "$(stat -c %s "$f")" "$W/c" "$W/d" <<'EOF'
 import sys

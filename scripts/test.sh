@@ -5,6 +5,8 @@
 # - OpenSSH's server and client (Debian packages; crates/nnzip-cli/tests/devices.rs starts its own sshd on
 #   loopback with throwaway keys, the system's sshd service is not used);
 # - the OpenVINO build of ONNX Runtime (scripts/setup-openvino.sh, PyPI) for the placement test;
+# - headless Chromium (Debian packages chromium and chromium-driver): crates/nnzip-cli/tests/report.rs
+#   renders the HTML reports in it and saves screenshots under target/report-screenshots/;
 # - moto's S3 server, dask.distributed and PyYAML in .venv-fleet/ (scripts/setup-fleet.sh, PyPI) for
 #   the fleet tests (batch_s3.rs starts moto on loopback itself; batch_engines.rs runs the Dask
 #   driver on a LocalCluster).
@@ -23,6 +25,16 @@ if ! [ -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null; then
       openssh-server openssh-client >&2
   else
     echo "test.sh: crates/nnzip-cli/tests/devices.rs needs /usr/sbin/sshd and ssh (Debian: openssh-server)" >&2
+  fi
+fi
+if ! [ -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing chromium and chromium-driver (Debian) ..." >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      chromium chromium-driver >&2
+  else
+    echo "test.sh: crates/nnzip-cli/tests/report.rs needs /usr/bin/chromium (Debian: chromium)" >&2
   fi
 fi
 bash scripts/setup-openvino.sh >/dev/null

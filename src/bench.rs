@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::npz::NpzError;
@@ -32,6 +32,22 @@ pub enum BenchError {
     },
     #[error("--runs must be at least 1")]
     NoRuns,
+}
+
+impl BenchError {
+    /// What kind of failure this is (for exit codes).
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        use crate::errors::ErrorClass as C;
+        match self {
+            BenchError::Onnx(e) => e.class(),
+            BenchError::Npz(e) => e.class(),
+            BenchError::Runtime(
+                e @ (RuntimeError::MissingInput(_) | RuntimeError::UnknownProvider(_)),
+            ) => e.class(),
+            BenchError::Runtime(_) => C::Runtime,
+            BenchError::Input(_) | BenchError::InputsDiffer { .. } | BenchError::NoRuns => C::Usage,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -66,15 +82,21 @@ impl Default for BenchOptions {
 }
 
 /// Latency statistics of one model, in milliseconds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelStats {
     pub path: String,
     pub runs: usize,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub min_ms: f64,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub median_ms: f64,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub mean_ms: f64,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub p90_ms: f64,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub p99_ms: f64,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub max_ms: f64,
     pub session_create_ms: f64,
     /// Resident memory added by creating the session and running it (bytes).
@@ -83,7 +105,7 @@ pub struct ModelStats {
     pub samples_ms: Vec<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BenchReport {
     pub model: ModelStats,
     pub vs: Option<ModelStats>,
@@ -102,7 +124,7 @@ pub struct BenchReport {
     pub peak_rss_bytes: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InputDesc {
     pub name: String,
     pub dtype: String,

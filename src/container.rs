@@ -49,6 +49,24 @@ pub enum ContainerError {
     MissingTensor(String),
 }
 
+impl ContainerError {
+    /// What kind of failure this is (for exit codes).
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        use crate::errors::ErrorClass as C;
+        match self {
+            ContainerError::Onnx(e) => e.class(),
+            ContainerError::Codec(_)
+            | ContainerError::Tensor(_)
+            | ContainerError::NoTopology
+            | ContainerError::NotOnnx(_)
+            | ContainerError::BadTopology(_)
+            | ContainerError::UnknownTensor(_)
+            | ContainerError::ShapeMismatch { .. }
+            | ContainerError::MissingTensor(_) => C::BadInput,
+        }
+    }
+}
+
 /// How weights become NDUs.
 #[derive(Debug, Clone)]
 pub struct ContainerOptions {

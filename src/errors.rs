@@ -14,14 +14,19 @@ pub enum ErrorClass {
     Write,
     /// The result failed verification; nothing was written (exit 6).
     Verification,
-    /// A network or storage failure that may pass: retrying is safe (exit 75, EX_TEMPFAIL).
+    /// A network, device or storage failure that may pass: retrying is safe (exit 75,
+    /// EX_TEMPFAIL).
     Transient,
+    /// A device answered but refused the login (exit 7).
+    Refused,
+    /// Stopped by Ctrl-C (exit 130).
+    Interrupted,
     /// Anything else (exit 1).
     Other,
 }
 
 impl ErrorClass {
-    /// A short stable name (`nnzip batch` records it with a failed item).
+    /// A short stable name (for JSON records of failures).
     pub fn name(self) -> &'static str {
         match self {
             ErrorClass::Usage => "usage",
@@ -30,6 +35,8 @@ impl ErrorClass {
             ErrorClass::Write => "write",
             ErrorClass::Verification => "verification",
             ErrorClass::Transient => "transient",
+            ErrorClass::Refused => "refused",
+            ErrorClass::Interrupted => "interrupted",
             ErrorClass::Other => "other",
         }
     }

@@ -6,12 +6,12 @@
 //! non-finite values) is an error that names the likely culprits, so nothing broken is written
 //! silently.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::calib::{concat0, metric_output, run_all, CalibError, Calibration};
 use crate::onnx::Model;
-use crate::runtime::inputs::{random_inputs, resolve_shapes, InputError};
+use crate::runtime::inputs::{plan, InputError, InputPlan};
 use crate::runtime::{Runtime, RuntimeError, Session, SessionOptions};
 use crate::tensor::{DType, Tensor, TensorError};
 
@@ -47,8 +47,9 @@ impl FidelityError {
         use crate::errors::ErrorClass as C;
         match self {
             FidelityError::Collapsed { .. } => C::Verification,
-            FidelityError::Calib(CalibError::Runtime(_)) | FidelityError::Runtime(_) => C::Runtime,
-            FidelityError::Calib(_) | FidelityError::Tensor(_) => C::BadInput,
+            FidelityError::Calib(e) => e.class(),
+            FidelityError::Runtime(_) => C::Runtime,
+            FidelityError::Tensor(e) => e.class(),
             FidelityError::Input(_) => C::Usage,
             FidelityError::NoOutput | FidelityError::ShapeChanged { .. } => C::Other,
         }
@@ -75,14 +76,14 @@ fn collapse_message(reason: &str, f: &Fidelity, suspects: &[Suspect]) -> String 
 }
 
 /// A tensor (or layer) that likely caused a collapse, with what happened to it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Suspect {
     pub tensor: String,
     pub detail: String,
 }
 
 /// Which inputs the comparison ran on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeData {
     Calibration,
@@ -99,7 +100,7 @@ impl ProbeData {
 }
 
 /// How close a candidate's main output is to the original's.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Fidelity {
     pub data: ProbeData,
     pub samples: usize,
@@ -107,6 +108,7 @@ pub struct Fidelity {
     pub output: String,
     /// Mean over samples of the per-sample cosine similarity (over the whole output when a
     /// sample holds a single value).
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub cosine: f64,
     /// 10·log10(Σ reference² / Σ error²) over all samples; `None` when the outputs are equal.
     pub snr_db: Option<f64>,
@@ -223,6 +225,22 @@ enum Feeds {
     Random(Vec<Vec<(String, Tensor)>>),
 }
 
+/// Seeded inputs for a model without calibration data: at the `shapes` given, and for symbolic
+/// dims they leave open at a size the model runs at (the input planner's, tried on `session`),
+/// so no `--shape` is needed where any size will do. Integer inputs follow what the graph does
+/// with them (a sample rate compared with a constant gets that constant).
+fn random_feeds(
+    session: &mut Session,
+    model: &Model,
+    shapes: &[(String, Vec<usize>)],
+) -> Result<Vec<Vec<(String, Tensor)>>, FidelityError> {
+    let mut runs = |p: &InputPlan| p.random(0).is_ok_and(|x| session.run(&x).is_ok());
+    let plan = plan(model, shapes, &mut runs)?;
+    (0..RANDOM_SAMPLES)
+        .map(|seed| plan.random(seed).map_err(FidelityError::from))
+        .collect()
+}
+
 /// The inputs both models run on, and the original's main output on them.
 pub struct Probe {
     feeds: Feeds,
@@ -241,19 +259,21 @@ impl Probe {
         calib: Option<&Calibration>,
         shapes: &[(String, Vec<usize>)],
     ) -> Result<Probe, FidelityError> {
+        let mut session = Session::from_model(rt, original, &SessionOptions::default())?;
         let feeds = match calib {
             Some(c) => Feeds::Calibration(c.clone()),
-            None => {
-                let ins = original.inputs();
-                let sh = resolve_shapes(&ins, shapes)?;
-                let v: Result<Vec<_>, _> = (0..RANDOM_SAMPLES)
-                    .map(|seed| random_inputs(&ins, &sh, seed))
-                    .collect();
-                Feeds::Random(v?)
-            }
+            None => Feeds::Random(random_feeds(&mut session, original, shapes)?),
         };
-        let mut session = Session::from_model(rt, original, &SessionOptions::default())?;
         Probe::with_session(&mut session, original, feeds)
+    }
+
+    /// The first sample the probe ran the model on (a single-sample batch of calibration data,
+    /// or the first seeded input): inputs the model is known to run on.
+    pub fn first_sample(&self) -> Result<Vec<(String, Tensor)>, FidelityError> {
+        match &self.feeds {
+            Feeds::Calibration(c) => Ok(c.slice(0, 1.min(c.samples))?),
+            Feeds::Random(v) => v.first().cloned().ok_or(FidelityError::NoOutput),
+        }
     }
 
     fn with_session(

@@ -14,6 +14,7 @@ pub mod fidelity;
 pub mod fsutil;
 pub mod graph;
 pub mod inspect;
+pub mod jsonf64;
 pub mod modelfile;
 pub mod npz;
 pub mod onnx;

@@ -33,6 +33,17 @@ pub enum NpzError {
     Tensor(#[from] TensorError),
 }
 
+impl NpzError {
+    /// What kind of failure this is (for exit codes).
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        use crate::errors::ErrorClass as C;
+        match self {
+            NpzError::Write { .. } => C::Write,
+            NpzError::Io { .. } | NpzError::Array { .. } | NpzError::Tensor(_) => C::BadInput,
+        }
+    }
+}
+
 fn dtype_of(d: &npyz::DType) -> Option<DType> {
     let npyz::DType::Plain(ts) = d else {
         return None;

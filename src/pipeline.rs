@@ -75,19 +75,18 @@ impl PipelineError {
     pub fn class(&self) -> ErrorClass {
         match self {
             PipelineError::MaxDropNeedsCalib => ErrorClass::Usage,
-            PipelineError::Onnx(OnnxError::Write { .. }) | PipelineError::Io { .. } => {
-                ErrorClass::Write
-            }
-            PipelineError::Onnx(_) | PipelineError::Container(_) | PipelineError::Codec(_) => {
-                ErrorClass::BadInput
-            }
-            PipelineError::Calib(CalibError::Runtime(_)) => ErrorClass::Runtime,
-            PipelineError::Calib(_) => ErrorClass::BadInput,
+            PipelineError::Io { .. } => ErrorClass::Write,
+            PipelineError::Onnx(e) => e.class(),
+            PipelineError::Container(e) => e.class(),
+            PipelineError::Codec(_) => ErrorClass::BadInput,
+            PipelineError::Calib(e) => e.class(),
+            PipelineError::Pass(e) => e.class(),
+            // The model was loaded and checked before: ONNX Runtime failing on it is exit 4.
             PipelineError::Runtime(_) | PipelineError::Bench(_) => ErrorClass::Runtime,
             PipelineError::Fidelity(f) => f.class(),
             PipelineError::SimplifyMismatch { .. } => ErrorClass::Verification,
             PipelineError::Rate(r) => r.class(),
-            PipelineError::Pass(_) | PipelineError::Cancelled => ErrorClass::Other,
+            PipelineError::Cancelled => ErrorClass::Interrupted,
         }
     }
 }
@@ -127,7 +126,7 @@ pub struct LatencyOptions {
 impl Default for LatencyOptions {
     fn default() -> Self {
         LatencyOptions {
-            max_runs: 50,
+            max_runs: 500,
             time: Duration::from_secs(3),
             warmup: 3,
         }
@@ -574,9 +573,8 @@ fn latency_stage(
         shapes: shapes.to_vec(),
         ..Default::default()
     };
-    let ins = &original.inputs;
-    let sh = crate::runtime::inputs::resolve_shapes(ins, shapes).map_err(BenchError::from)?;
-    let inputs = crate::runtime::inputs::random_inputs(ins, &sh, 0).map_err(BenchError::from)?;
+    // The probe's first sample: the model runs on it, with or without `--shape`.
+    let inputs = original.probe.first_sample()?;
     let a = Subject {
         path: input,
         inputs: original.inputs.clone(),
@@ -588,20 +586,54 @@ fn latency_stage(
         outputs: original.outputs.clone(),
     };
     let r = bench_subjects(rt, &a, Some(&b), &inputs, &bo, &mut |_, _| {})?;
+    let spread = |m: &crate::bench::ModelStats| {
+        let mut v = m.samples_ms.clone();
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| {
+            (
+                crate::bench::percentile(&v, 0.1),
+                crate::bench::percentile(&v, 0.9),
+            )
+        })
+    };
+    let (o, c) = (spread(&r.model), r.vs.as_ref().and_then(spread));
+    let ci =
+        r.vs.as_ref()
+            .and_then(|v| median_interval(&r.model.samples_ms, &v.samples_ms));
     Ok(LatencyReport {
         original_ms: r.model.median_ms,
         compressed_ms: r.vs.as_ref().map_or(f64::NAN, |v| v.median_ms),
+        original_p10_ms: o.map(|x| x.0),
+        original_p90_ms: o.map(|x| x.1),
+        compressed_p10_ms: c.map(|x| x.0),
+        compressed_p90_ms: c.map(|x| x.1),
         ratio: r.ratio_median.unwrap_or(f64::NAN),
         ratio_p10: r.ratio_p10.unwrap_or(f64::NAN),
         ratio_p90: r.ratio_p90.unwrap_or(f64::NAN),
+        ratio_median_low: ci.map(|x| x.0),
+        ratio_median_high: ci.map(|x| x.1),
         runs: r.model.runs,
         warmup: opts.warmup,
         time_budget_s: opts.time.as_secs_f64(),
-        protocol: "both models in one process, interleaved A B / B A with alternating order, \
-                   seeded random inputs, ONNX Runtime defaults; indicative: a few seconds on a \
-                   shared machine (use nnzip bench --vs for a controlled measurement)"
+        protocol: "both models in one process, interleaved A B / B A with alternating order \
+                   (as nnzip bench --vs), on the first verification input, ONNX Runtime defaults"
             .into(),
     })
+}
+
+/// A distribution-free 95 % interval of the median per-pair ratio `b / a` of interleaved runs:
+/// the order statistics n/2 ∓ 0.98·√n of the sorted ratios. `None` under 10 pairs.
+fn median_interval(a: &[f64], b: &[f64]) -> Option<(f64, f64)> {
+    let mut r: Vec<f64> = a.iter().zip(b).map(|(x, y)| y / x).collect();
+    if r.len() < 10 {
+        return None;
+    }
+    r.sort_by(f64::total_cmp);
+    let n = r.len() as f64;
+    let h = 0.98 * n.sqrt();
+    let lo = ((n / 2.0 - h).floor().max(0.0)) as usize;
+    let hi = ((n / 2.0 + h).ceil() as usize).min(r.len() - 1);
+    Some((r[lo], r[hi]))
 }
 
 /// Runs the whole job on `input`.
@@ -746,11 +778,30 @@ pub fn compress_file(
     };
     clock.stage("verifying the bitstream", progress)?;
     let decoded = nnc_codec::decode_stream(&bitstream, &Default::default())?;
-    let qps: std::collections::HashMap<String, i32> = nnc_codec::units(&bitstream)?
-        .into_iter()
-        .filter_map(|u| u.ndu)
-        .filter_map(|n| Some((n.name, n.qp?)))
+    let units = nnc_codec::units(&bitstream)?;
+    let qps: std::collections::HashMap<String, i32> = units
+        .iter()
+        .filter_map(|u| u.ndu.as_ref())
+        .filter_map(|n| Some((n.name.clone(), n.qp?)))
         .collect();
+    let elements: HashMap<&str, u64> = decoded
+        .tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t.shape.iter().product::<usize>() as u64))
+        .collect();
+    let tensors: Vec<crate::report::TensorRate> = units
+        .iter()
+        .filter_map(|u| {
+            let n = u.ndu.as_ref()?;
+            Some(crate::report::TensorRate {
+                name: n.name.clone(),
+                qp: n.qp,
+                elements: elements.get(n.name.as_str()).copied().unwrap_or(0),
+                bytes: u.size as u64,
+            })
+        })
+        .collect();
+    drop(elements);
     let qp_of = |t: &nnc_codec::Tensor| qps.get(&t.name).copied();
     let errors = tensor_errors(&prepared, &qp_of, &decoded.tensors);
     let topology = prepared.topology;
@@ -761,15 +812,21 @@ pub fn compress_file(
         path: std::env::temp_dir(),
         source,
     })?;
-    let metric_after = match (&calib, orig.metric) {
+    let (metric_after, breakdown) = match (&calib, orig.metric) {
         (Some(c), Some((metric, _))) => {
             let out = crate::calib::run_model(rt, &model, c)?;
             let t = crate::calib::into_metric_output(out).ok_or(CalibError::Empty {
                 path: c.path.clone(),
             })?;
-            Some(evaluate(metric, c, orig.probe.reference(), &t)?)
+            let b = crate::calib::breakdown::breakdown(
+                orig.probe.reference(),
+                &t,
+                c.labels.as_deref(),
+                0.1,
+            );
+            (Some(evaluate(metric, c, orig.probe.reference(), &t)?), b)
         }
-        _ => None,
+        _ => (None, None),
     };
     let (fidelity, decoded_path) = check_decoded(rt, model, &orig, dir.path())?;
     let verdict = opts.guard.check(fidelity.clone(), suspects(&errors));
@@ -854,6 +911,9 @@ pub fn compress_file(
         timings: clock.done,
         seconds: clock.start.elapsed().as_secs_f64(),
         peak_rss_bytes: peak_rss_bytes(),
+        tensors,
+        breakdown,
+        devices: Vec::new(),
     };
     Ok(CompressOutput {
         bitstream,

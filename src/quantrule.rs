@@ -31,7 +31,7 @@
 use std::collections::HashMap;
 
 use nnc_codec::{EncoderConfig, TensorData, TensorKind};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Parameters of the rule.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,7 +58,7 @@ impl Default for Rule {
 }
 
 /// What the rule needs of one quantized tensor.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TensorStat {
     pub name: String,
     pub numel: usize,
@@ -396,7 +396,7 @@ pub struct KnownRate {
 }
 
 /// How the level was chosen.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Anchor {
     /// Bytes the reference encoder spends on the model's parameters at its settings (NDUs).
     pub reference_bytes: u64,
@@ -408,7 +408,7 @@ pub struct Anchor {
 }
 
 /// Relative reconstruction error of one tensor: ‖ŵ − w‖ / ‖w‖, and how much of it became 0.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TensorError {
     pub name: String,
     pub qp: Option<i32>,

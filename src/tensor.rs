@@ -132,6 +132,13 @@ pub enum TensorError {
     WrongType { expected: DType, found: DType },
 }
 
+impl TensorError {
+    /// Tensors come from the files given: a malformed one is bad input (exit 3).
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        crate::errors::ErrorClass::BadInput
+    }
+}
+
 /// Number of elements of a shape, refusing overflow.
 pub fn numel(dims: &[usize]) -> Result<usize, TensorError> {
     dims.iter()

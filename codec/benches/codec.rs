@@ -1,5 +1,6 @@
 //! Throughput of encoding and decoding (elements per second).
 //! `cargo bench -p nnc-codec --bench codec`
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use nnc_codec::{decode, encode, EncoderConfig, Limits, Tensor, TensorData};

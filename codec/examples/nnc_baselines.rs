@@ -3,6 +3,8 @@
 //! zstd -19 of the raw float32 tensors and of the levels.
 //! `cargo run -p nnc-codec --release --features baselines --example nnc_baselines [-- IN.npz]`
 //! (without an npz: the synthetic ResNet-18-like model of `nnc_speed`).
+// Developer tools: a bad argument or file ends the run with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use constriction::stream::model::DefaultContiguousCategoricalEntropyModel;
 use constriction::stream::stack::DefaultAnsCoder;

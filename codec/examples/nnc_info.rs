@@ -1,4 +1,6 @@
 //! Prints the NNR units of NNC bitstreams: `cargo run -p nnc-codec --example nnc_info -- FILE...`
+// Developer tools: a bad argument or file ends the run with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 fn main() {
     for path in std::env::args().skip(1) {

@@ -4,6 +4,8 @@
 //!
 //! An argument ending in `.npz` also writes the model there (and its bitstream beside it as
 //! `.nnc`), so the reference can be timed on the same tensors (`scripts/reference-speed.py`).
+// Developer tools: a bad argument or file ends the run with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use nnc_codec::{decode, encode, EncoderConfig, Limits, ScanOrder, Tensor, TensorData};
 use rand::{Rng, SeedableRng};

@@ -1,4 +1,5 @@
 //! Decoder conformance: every NNCodec 2.1.3 vector decodes bit-exactly to its `decoded.npz`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

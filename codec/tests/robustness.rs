@@ -2,6 +2,7 @@
 //! panic, hang or unbounded allocation. A quick seeded run is part of the suite; the long run
 //! (`cargo test -p nnc-codec --release --test robustness -- --ignored`, duration from
 //! `NNC_FUZZ_SECS`, default 300) is the in-process stand-in for cargo-fuzz on stable Rust.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 

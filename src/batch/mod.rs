@@ -58,7 +58,7 @@ impl BatchError {
             BatchError::Manifest { .. } | BatchError::Shard(_) => ErrorClass::Usage,
             BatchError::Read { .. } => ErrorClass::BadInput,
             BatchError::Store(_, c) => *c,
-            BatchError::Cancelled => ErrorClass::Other,
+            BatchError::Cancelled => ErrorClass::Interrupted,
         }
     }
 }

@@ -661,15 +661,7 @@ fn device_columns(
 }
 
 fn device_err(e: crate::device::DeviceError) -> (ErrorClass, String) {
-    use crate::device::FailureClass as F;
-    let class = match e.class() {
-        F::Usage => ErrorClass::Usage,
-        F::BadInput => ErrorClass::BadInput,
-        F::Runtime => ErrorClass::Runtime,
-        F::Transient => ErrorClass::Transient,
-        _ => ErrorClass::Other,
-    };
-    (class, error_chain(&e))
+    (e.class(), error_chain(&e))
 }
 
 /// The manifest's folder, for relative paths.

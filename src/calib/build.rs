@@ -35,6 +35,22 @@ pub enum BuildError {
     Tensor(#[from] TensorError),
 }
 
+impl BuildError {
+    /// What kind of failure this is (for exit codes).
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        use crate::errors::ErrorClass as C;
+        match self {
+            BuildError::Npz(e) => e.class(),
+            BuildError::Io { .. }
+            | BuildError::Image { .. }
+            | BuildError::Tokenizer(_)
+            | BuildError::Model(_)
+            | BuildError::Empty { .. }
+            | BuildError::Tensor(_) => C::BadInput,
+        }
+    }
+}
+
 /// Named arrays, the calibration format.
 pub type Arrays = Vec<(String, Tensor)>;
 

@@ -14,7 +14,7 @@ pub mod wordpiece;
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::npz::{read_npz, NpzError};
@@ -72,6 +72,28 @@ pub enum CalibError {
     Onnx(#[from] OnnxError),
     #[error(transparent)]
     Tensor(#[from] TensorError),
+}
+
+impl CalibError {
+    /// What kind of failure this is (for exit codes): ONNX Runtime failing is exit 4, the rest
+    /// is about the calibration data or the model given.
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        use crate::errors::ErrorClass as C;
+        match self {
+            CalibError::Runtime(_) => C::Runtime,
+            CalibError::Npz(_)
+            | CalibError::MissingInput { .. }
+            | CalibError::BadShape { .. }
+            | CalibError::SampleCount { .. }
+            | CalibError::BadType { .. }
+            | CalibError::BadLabels { .. }
+            | CalibError::Empty { .. }
+            | CalibError::NotClassifier(_)
+            | CalibError::Inputs(_)
+            | CalibError::Onnx(_)
+            | CalibError::Tensor(_) => C::BadInput,
+        }
+    }
 }
 
 /// Calibration samples for one model.
@@ -435,7 +457,7 @@ fn is_float(t: &Tensor) -> bool {
 }
 
 /// Which number judges a compressed model against the original.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Metric {
     /// Top-1 accuracy against the labels, in percent.

@@ -3,7 +3,7 @@
 //! linear range, or saturated (at or above the upper bound). From these come each neuron's
 //! entropy (NEPENTHE) and the zero-entropy layers the simplify stage collapses.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::capture::{capture, Source};
 use super::{CalibError, Calibration};
@@ -13,7 +13,7 @@ use crate::graph::ops::{Binary, Op};
 use crate::runtime::Runtime;
 
 /// State counts of one rectifier's channels over the calibration data.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NeuronStates {
     /// The rectifier node and its label.
     pub node: NodeId,

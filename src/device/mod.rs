@@ -8,9 +8,9 @@
 //!   lost connection.
 //! - [`probe`]: what a device is and what its ONNX Runtime can do; refusals before any work.
 //! - [`remote`]: `bench --device` (rounds, cool-down, thermal readings) and the per-device
-//!   columns of `compress --device` ([`remote::compress_columns`]); [`chart`] draws them.
+//!   columns of `compress --device` ([`remote::compress_columns`]), which the compress report's
+//!   page plots.
 
-pub mod chart;
 pub mod config;
 pub mod probe;
 pub mod remote;
@@ -26,26 +26,6 @@ pub use remote::{
     bench_devices, compress_columns, compress_columns_for_output, decode_time, BenchSpec, Builds,
     DeviceBench, DeviceColumn, Rounds,
 };
-
-/// What kind of failure a [`DeviceError`] is; the CLI turns it into an exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureClass {
-    /// The command line or the devices file is wrong.
-    Usage,
-    /// A model or data file is unreadable or one the device's runtime refuses.
-    BadInput,
-    /// The device lacks what the measurement needs: nnzip, ONNX Runtime, a provider, or it
-    /// failed running the model.
-    Runtime,
-    /// The device could not be reached, the connection was lost or a step ran out of time:
-    /// trying again may work.
-    Transient,
-    /// The device answered but refused the login (key, host key).
-    Refused,
-    /// Ctrl-C.
-    Interrupted,
-    Other,
-}
 
 #[derive(Debug, Error)]
 pub enum DeviceError {
@@ -151,9 +131,11 @@ pub enum DeviceError {
 }
 
 impl DeviceError {
-    pub fn class(&self) -> FailureClass {
+    /// What kind of failure this is (for exit codes): unreachable devices are transient (75), a
+    /// refused login is its own class (7).
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        use crate::errors::ErrorClass as C;
         use DeviceError as E;
-        use FailureClass as C;
         match self {
             E::ConfigRead { .. } => C::BadInput,
             E::Config { .. } | E::UnknownDevice { .. } | E::Usage(_) => C::Usage,

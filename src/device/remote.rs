@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::config::{DeviceSpec, Locate};
@@ -31,6 +31,9 @@ pub struct BenchSpec {
     pub opt_level: String,
     /// Overrides the device's `ep` (`None`: the device's, else CPU).
     pub ep: Option<String>,
+    /// Options of `ep` when it is given here; otherwise the device's `ep_options` go with the
+    /// device's `ep`.
+    pub ep_options: Vec<(String, String)>,
     pub shapes: Vec<(String, Vec<usize>)>,
     pub inputs: Option<PathBuf>,
     pub seed: u64,
@@ -49,6 +52,7 @@ impl BenchSpec {
             threads: None,
             opt_level: "all".into(),
             ep: None,
+            ep_options: Vec::new(),
             shapes: Vec::new(),
             inputs: None,
             seed: 0,
@@ -121,7 +125,7 @@ impl Builds {
 }
 
 /// Temperature and clocks around a measurement, and what they say about it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ThermalSummary {
     pub before: ThermalReading,
     pub after: ThermalReading,
@@ -131,7 +135,7 @@ pub struct ThermalSummary {
 }
 
 /// One round of `--rounds`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RoundSummary {
     pub round: usize,
     pub model_median_ms: Option<f64>,
@@ -143,7 +147,7 @@ pub struct RoundSummary {
 }
 
 /// The device as the report names it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DeviceInfo {
     pub name: String,
     pub transport: String,
@@ -166,7 +170,7 @@ pub struct DeviceInfo {
 
 /// One device's `bench` result: the JSON `nnzip bench` prints (of the median round), plus the
 /// device, its thermal state, every round, what was sent, and whether it all ran.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceBench {
     #[serde(flatten)]
     pub report: serde_json::Map<String, Value>,
@@ -361,12 +365,6 @@ fn run_nnzip(
 }
 
 fn connect(spec: &DeviceSpec, builds: &Builds, ep: Option<&str>) -> Result<Target, DeviceError> {
-    if !spec.ep_options.is_empty() {
-        return Err(DeviceError::Usage(format!(
-            "device '{}': ep_options are not passed to ONNX Runtime yet; remove them",
-            spec.name
-        )));
-    }
     let mut conn = Connection::open(spec)?;
     let mut facts = probe::system_facts(&mut conn)?;
     probe::check_supported(&facts, matches!(spec.ort, Locate::Path(_)))?;
@@ -454,8 +452,11 @@ fn bench_args(t: &Target, spec: &BenchSpec, files: &Files) -> Vec<String> {
     if let Some(n) = spec.threads.or(t.conn.spec.threads) {
         a.extend(["--threads".into(), n.to_string()]);
     }
-    if let Some(ep) = effective_ep(spec, &t.conn.spec) {
+    if let Some((ep, options)) = effective_ep(spec, &t.conn.spec) {
         a.extend(["--ep".into(), ep]);
+        for (k, v) in options {
+            a.extend(["--ep-option".into(), format!("{k}={v}")]);
+        }
     }
     for (name, dims) in &spec.shapes {
         let d = dims.iter().map(|x| x.to_string()).collect::<Vec<_>>();
@@ -473,11 +474,12 @@ fn bench_args(t: &Target, spec: &BenchSpec, files: &Files) -> Vec<String> {
     a
 }
 
-fn effective_ep(spec: &BenchSpec, dev: &DeviceSpec) -> Option<String> {
-    spec.ep
-        .clone()
-        .filter(|e| !e.eq_ignore_ascii_case("cpu"))
-        .or_else(|| dev.ep.clone())
+/// The provider a bench asks for and its options: the bench's own, else the device's.
+fn effective_ep(spec: &BenchSpec, dev: &DeviceSpec) -> Option<(String, Vec<(String, String)>)> {
+    match spec.ep.clone().filter(|e| !e.eq_ignore_ascii_case("cpu")) {
+        Some(e) => Some((e, spec.ep_options.clone())),
+        None => dev.ep.clone().map(|e| (e, dev.ep_options.clone())),
+    }
 }
 
 /// The device's paths of the files a bench needs.
@@ -488,23 +490,43 @@ struct Files {
     nnc: Option<String>,
 }
 
-/// Checks the models here (a broken file is refused before anything is sent) and pushes them.
+/// Checks the models here (a broken file is refused before anything is sent) and pushes them. A
+/// model with external data files goes as one inline copy written here (the device's cache is
+/// one file per content hash); one over protobuf's 2 GiB limit cannot, and is refused.
 fn push_files(t: &mut Target, spec: &BenchSpec, nnc: Option<&Path>) -> Result<Files, DeviceError> {
-    let mut list: Vec<&Path> = vec![&spec.model];
-    for m in std::iter::once(&spec.model).chain(spec.vs.iter()) {
+    let tmp = tempfile::tempdir().map_err(|source| DeviceError::LocalFile {
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    let mut sent: Vec<PathBuf> = Vec::new();
+    for (i, m) in std::iter::once(&spec.model)
+        .chain(spec.vs.iter())
+        .enumerate()
+    {
         let model = Model::load(m)?;
-        if !crate::onnx::external_files(&model).is_empty() {
+        if crate::onnx::external_files(&model).is_empty() {
+            sent.push(m.clone());
+            continue;
+        }
+        if crate::modelfile::inline_size(&model) > INLINE_LIMIT {
             return Err(DeviceError::Unsupported {
                 device: t.facts.name.clone(),
                 reason: format!(
-                    "{} keeps weights in external data files; --device sends single-file \
-                     models only (inline them with `nnzip simplify`)",
+                    "{} keeps over 2 GiB in external data files, which --device cannot send \
+                     as one file yet",
                     m.display()
                 ),
             });
         }
+        let inline = tmp.path().join(format!("model{i}.onnx"));
+        let opts = crate::onnx::SaveOptions {
+            auto_external_above: u64::MAX,
+            ..Default::default()
+        };
+        model.save(&inline, &opts)?;
+        sent.push(inline);
     }
-    list.extend(spec.vs.as_deref());
+    let mut list: Vec<&Path> = sent.iter().map(PathBuf::as_path).collect();
     list.extend(spec.inputs.as_deref());
     list.extend(nnc);
     let mut remote = t.conn.push(&list)?.into_iter();
@@ -515,6 +537,9 @@ fn push_files(t: &mut Target, spec: &BenchSpec, nnc: Option<&Path>) -> Result<Fi
         nnc: nnc.and_then(|_| remote.next()),
     })
 }
+
+/// Protobuf's 2 GiB limit less headroom for the graph.
+const INLINE_LIMIT: u64 = (2u64 << 30) - (64 << 20);
 
 /// A model the device's runtime refuses says so with its IR version and opset.
 fn explain_refusal(t: &Target, spec: &BenchSpec, e: DeviceError) -> DeviceError {
@@ -674,7 +699,7 @@ fn measure(
 ) -> (DeviceBench, Option<DeviceError>) {
     let mut entry = DeviceBench::empty(&dev.name);
     progress(&format!("{}: connecting", dev.name));
-    let ep = effective_ep(spec, dev);
+    let ep = effective_ep(spec, dev).map(|(e, _)| e);
     let mut t = match connect(dev, builds, ep.as_deref()) {
         Ok(t) => t,
         Err(e) => {
@@ -800,7 +825,7 @@ pub fn bench_devices(
 /// One device's columns of the compress report (Table 2.1 of the thesis): latency of the
 /// original and the compressed model, interleaved on the device, and the time nnzip there
 /// takes to decode the bitstream.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeviceColumn {
     pub name: String,
     pub arch: String,
@@ -904,7 +929,7 @@ pub fn compress_columns_for_output(
 }
 
 /// Decode timing of an NNC file, what `nnzip device decode-time` reports on the device.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DecodeTiming {
     pub path: String,
     pub bytes: u64,

@@ -81,7 +81,7 @@ impl Output {
 }
 
 /// Bytes and files sent to a device, for the report (a cached file costs nothing).
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct Transfer {
     pub bytes_sent: u64,
     pub files_sent: usize,

@@ -19,7 +19,9 @@ use crate::onnx::{tensor_proto, Model, OnnxError};
 use crate::tensor::Tensor;
 
 /// A node of the main graph, stable while the editor lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct NodeId(u32);
 
 impl std::fmt::Display for NodeId {

@@ -87,6 +87,32 @@ pub enum OnnxError {
     Serialize(String),
 }
 
+impl OnnxError {
+    /// What kind of failure this is (for exit codes): writing is a write failure, the rest is
+    /// about the model given.
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        use crate::errors::ErrorClass as C;
+        match self {
+            OnnxError::Write { .. } => C::Write,
+            OnnxError::Io { .. }
+            | OnnxError::Parse { .. }
+            | OnnxError::IsDirectory { .. }
+            | OnnxError::IsBitstream { .. }
+            | OnnxError::NoGraph { .. }
+            | OnnxError::Tensor { .. }
+            | OnnxError::NegativeDim { .. }
+            | OnnxError::ValueCount { .. }
+            | OnnxError::UnsupportedType { .. }
+            | OnnxError::External { .. }
+            | OnnxError::ExternalPath { .. }
+            | OnnxError::NoSuchWeight(_)
+            | OnnxError::NotConstant(_)
+            | OnnxError::IncompatibleWrite { .. }
+            | OnnxError::Serialize(_) => C::BadInput,
+        }
+    }
+}
+
 /// A dimension of a graph input or output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Dim {

@@ -5,7 +5,7 @@
 pub mod prune;
 pub mod simplify;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::calib::{CalibError, Calibration};
@@ -33,8 +33,24 @@ pub enum PassError {
     NeedsInputs { pass: &'static str, reason: String },
 }
 
+impl PassError {
+    /// What kind of failure this is (for exit codes).
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        use crate::errors::ErrorClass as C;
+        match self {
+            PassError::Onnx(e) => e.class(),
+            PassError::Tensor(e) => e.class(),
+            PassError::Calib(e) => e.class(),
+            PassError::Runtime(_) => C::Runtime,
+            PassError::Invalid { .. }
+            | PassError::NeedsCalibration { .. }
+            | PassError::NeedsInputs { .. } => C::Usage,
+        }
+    }
+}
+
 /// What a pass keeps equal between the model before and after it, strongest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Preserves {
     /// The outputs on every input, up to float rounding.
@@ -71,7 +87,7 @@ impl PassContext<'_> {
 }
 
 /// What one pass did, by pass.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum PassDetails {
     Cleanup(simplify::cleanup::CleanupDetails),
@@ -82,7 +98,7 @@ pub enum PassDetails {
 }
 
 /// One pass's account of what it did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PassReport {
     pub pass: String,
     pub preserves: Preserves,

@@ -33,7 +33,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use nnc_codec::{EncoderConfig, TensorData, TensorOverride};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::calib::{CalibError, Metric};
@@ -68,10 +68,14 @@ impl RateError {
     pub fn class(&self) -> crate::errors::ErrorClass {
         use crate::errors::ErrorClass as C;
         match self {
-            RateError::Calib(CalibError::Runtime(_)) | RateError::Runtime(_) => C::Runtime,
-            RateError::Calib(_) | RateError::Container(_) | RateError::Codec(_) => C::BadInput,
-            RateError::Onnx(_) | RateError::Tensor(_) => C::BadInput,
-            RateError::Infeasible { .. } | RateError::Cancelled => C::Other,
+            RateError::Calib(e) => e.class(),
+            RateError::Container(e) => e.class(),
+            RateError::Onnx(e) => e.class(),
+            RateError::Tensor(e) => e.class(),
+            RateError::Runtime(_) => C::Runtime,
+            RateError::Codec(_) => C::BadInput,
+            RateError::Infeasible { .. } => C::Other,
+            RateError::Cancelled => C::Interrupted,
         }
     }
 }
@@ -105,7 +109,7 @@ impl RateOptions {
 }
 
 /// Sample sets of the calibration data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Set {
     /// Where the search measures.
@@ -117,7 +121,7 @@ pub enum Set {
 }
 
 /// What one evaluation of a quantized model says, against the original on the same set.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct Outcome {
     /// The metric, percent.
     pub metric: f64,
@@ -185,7 +189,7 @@ pub trait Evaluator {
 }
 
 /// One whole-model evaluation of the search.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SearchStep {
     /// Target output noise of the allocation (sum of the predicted per-tensor noises).
     pub target_noise: f64,
@@ -196,12 +200,13 @@ pub struct SearchStep {
     pub drop: f64,
     pub expected_drop: Option<f64>,
     pub drop_se: Option<f64>,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
     pub snr_db: f64,
     pub accepted: bool,
 }
 
 /// Stage 1.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RateStage {
     pub tensors: usize,
     pub trial_encodes: usize,
@@ -209,7 +214,7 @@ pub struct RateStage {
 }
 
 /// Stage 2.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SensitivityStage {
     pub probed: usize,
     /// Share of the weight payload the probed tensors hold.
@@ -219,14 +224,14 @@ pub struct SensitivityStage {
 }
 
 /// Stage 3.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SearchStage {
     pub evaluations: usize,
     pub seconds: f64,
 }
 
 /// Stage 4.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CheckStage {
     /// The chosen point on the held-out samples (`None` without a hold-out).
     pub held_out: Option<Outcome>,
@@ -236,7 +241,7 @@ pub struct CheckStage {
 }
 
 /// The result: the encoder settings and how they were found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RatePlan {
     pub metric: Metric,
     pub max_drop: f64,

@@ -38,6 +38,13 @@ pub enum InputError {
     Tensor(#[from] TensorError),
 }
 
+impl InputError {
+    /// Every input error is a mistake in how the inputs were asked for (exit 2).
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        crate::errors::ErrorClass::Usage
+    }
+}
+
 /// Parses `NAME=1x3x224x224`.
 pub fn parse_shape_arg(s: &str) -> Result<(String, Vec<usize>), InputError> {
     let bad = || InputError::BadShapeArg(s.to_string());

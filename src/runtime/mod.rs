@@ -52,6 +52,24 @@ pub enum RuntimeError {
     Onnx(#[from] OnnxError),
 }
 
+impl RuntimeError {
+    /// What kind of failure this is (for exit codes).
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        use crate::errors::ErrorClass as C;
+        match self {
+            RuntimeError::Onnx(e) => e.class(),
+            RuntimeError::Tensor(e) => e.class(),
+            RuntimeError::UnknownProvider(_) | RuntimeError::MissingInput(_) => C::Usage,
+            RuntimeError::LibraryNotFound { .. }
+            | RuntimeError::Load { .. }
+            | RuntimeError::AlreadyLoaded { .. }
+            | RuntimeError::ProviderUnavailable { .. }
+            | RuntimeError::Ort(_)
+            | RuntimeError::UnsupportedType(_) => C::Runtime,
+        }
+    }
+}
+
 impl From<ort::Error> for RuntimeError {
     fn from(e: ort::Error) -> Self {
         RuntimeError::Ort(e.to_string())
@@ -284,27 +302,40 @@ pub struct SessionOptions {
     pub opt_level: OptLevel,
     /// Execution provider name (`cpu` when empty).
     pub provider: String,
+    /// The provider's own options (`device_type=CPU` for OpenVINO), passed to ONNX Runtime as
+    /// given; it refuses the ones it does not know when the session is made.
+    pub provider_options: Vec<(String, String)>,
 }
 
 fn provider_dispatch(
     name: &str,
+    options: &[(String, String)],
 ) -> Result<Option<(ort::ep::ExecutionProviderDispatch, &'static str)>, RuntimeError> {
     // The second item is the name `available_providers` reports.
-    use ort::ep;
-    Ok(Some(match name.to_ascii_lowercase().as_str() {
-        "" | "cpu" => return Ok(None),
-        "cuda" => (ep::CUDA::default().build().error_on_failure(), "cuda"),
-        "tensorrt" => (
-            ep::TensorRT::default().build().error_on_failure(),
-            "tensorrt",
-        ),
-        "openvino" => (
-            ep::OpenVINO::default().build().error_on_failure(),
-            "openvino",
-        ),
-        "xnnpack" => (ep::XNNPACK::default().build().error_on_failure(), "xnnpack"),
-        other => return Err(RuntimeError::UnknownProvider(other.to_string())),
+    use ort::ep::{self, ArbitrarilyConfigurableExecutionProvider as Configurable};
+    fn with<E: Configurable>(mut e: E, options: &[(String, String)]) -> E {
+        for (k, v) in options {
+            e = e.with_arbitrary_config(k, v);
+        }
+        e
+    }
+    let name = name.to_ascii_lowercase();
+    if matches!(name.as_str(), "" | "cpu") {
+        if let Some((k, _)) = options.first() {
+            return Err(RuntimeError::Ort(format!(
+                "execution provider option '{k}' given for the CPU provider, which takes none"
+            )));
+        }
+        return Ok(None);
+    }
+    Ok(Some(match name.as_str() {
+        "cuda" => (with(ep::CUDA::default(), options).build(), "cuda"),
+        "tensorrt" => (with(ep::TensorRT::default(), options).build(), "tensorrt"),
+        "openvino" => (with(ep::OpenVINO::default(), options).build(), "openvino"),
+        "xnnpack" => (with(ep::XNNPACK::default(), options).build(), "xnnpack"),
+        _ => return Err(RuntimeError::UnknownProvider(name)),
     }))
+    .map(|o| o.map(|(d, id)| (d.error_on_failure(), id)))
 }
 
 /// A session with the model's input and output descriptions.
@@ -341,7 +372,7 @@ impl Session {
                 .with_intra_threads(n)
                 .map_err(|e| RuntimeError::Ort(e.to_string()))?;
         }
-        if let Some((ep, id)) = provider_dispatch(&opts.provider)? {
+        if let Some((ep, id)) = provider_dispatch(&opts.provider, &opts.provider_options)? {
             let available = rt.available_providers();
             if !available.contains(&id) {
                 return Err(RuntimeError::ProviderUnavailable {
@@ -350,9 +381,23 @@ impl Session {
                     available: available.join(", "),
                 });
             }
-            b = b
-                .with_execution_providers([ep])
-                .map_err(|e| RuntimeError::Ort(e.to_string()))?;
+            b = b.with_execution_providers([ep]).map_err(|e| {
+                // ONNX Runtime logs why a provider refused its options but returns only that it
+                // failed: name them, and where the reason is.
+                let opts: Vec<String> = opts
+                    .provider_options
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                RuntimeError::Ort(if opts.is_empty() {
+                    e.to_string()
+                } else {
+                    format!(
+                        "{e} (with options {}; ONNX Runtime's log, ORT_LOG=error, has the reason)",
+                        opts.join(", ")
+                    )
+                })
+            })?;
         }
         Ok(b)
     }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
@@ -35,8 +35,21 @@ pub enum PlacementError {
     },
 }
 
+impl PlacementError {
+    /// What kind of failure this is (for exit codes).
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        use crate::errors::ErrorClass as C;
+        match self {
+            PlacementError::Runtime(RuntimeError::UnknownProvider(_)) => C::Usage,
+            PlacementError::Runtime(_)
+            | PlacementError::Profile { .. }
+            | PlacementError::Fallback { .. } => C::Runtime,
+        }
+    }
+}
+
 /// One kernel as the profile shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Kernel {
     pub name: String,
     pub op: String,
@@ -46,7 +59,7 @@ pub struct Kernel {
 }
 
 /// What one provider ran.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProviderShare {
     /// ONNX Runtime's name, `CPUExecutionProvider`, `OpenVINOExecutionProvider`, ...
     pub provider: String,
@@ -61,7 +74,7 @@ pub struct ProviderShare {
     pub time_share: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Placement {
     /// The provider asked for (`cpu` when none).
     pub requested: String,

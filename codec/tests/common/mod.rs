@@ -1,6 +1,6 @@
 //! Shared helpers of the integration tests (also of the codec examples and bench):
 //! conformance vector loading, npz reading and writing.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use nnc_codec::{Tensor, TensorData};
 use std::path::PathBuf;

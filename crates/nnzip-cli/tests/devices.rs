@@ -389,6 +389,7 @@ fn compress_fills_the_per_device_columns() {
     let file = sshd.devices_file("");
     let dir = tempfile::tempdir().unwrap();
     let out_nnc = dir.path().join("cnn.nnc");
+    let html = dir.path().join("cnn.html");
     let out = nnzip(&[
         "compress",
         s(&fixture("cnn.onnx")),
@@ -403,6 +404,8 @@ fn compress_fills_the_per_device_columns() {
         "--devices",
         s(&file),
         "--json",
+        "--html",
+        s(&html),
     ]);
     let v = json(&out);
     let devs = v["devices"].as_array().unwrap();
@@ -417,6 +420,20 @@ fn compress_fills_the_per_device_columns() {
     }
     assert_eq!(devs[0]["name"], "pi");
     assert!(v["bitstream_bytes"].as_u64().unwrap() > 0);
+    // The page has them: Table 2.1 columns and bars of the latency plot, with their values.
+    let page = std::fs::read_to_string(&html).unwrap();
+    for (i, d) in devs.iter().enumerate() {
+        let name = d["name"].as_str().unwrap();
+        assert!(
+            page.contains(&format!("<th>{name}: original ms</th>")),
+            "{name}"
+        );
+        assert!(page.contains(&format!(
+            "data-field=\"/devices/{i}/latency_ms_compressed\">{:.3}<",
+            d["latency_ms_compressed"].as_f64().unwrap()
+        )));
+        assert!(page.contains(&format!(">{name} (")), "{name}: no bars");
+    }
 }
 
 /// Runs nnzip and returns (exit code, stderr, seconds taken).
@@ -805,4 +822,98 @@ fn openvino_placement_counts_what_the_profile_says() {
         "1",
     ]);
     assert!(whole.status.success(), "cnn runs wholly on OpenVINO");
+}
+
+#[test]
+fn provider_options_reach_onnx_runtime_here_and_on_a_device() {
+    let Some(lib) = openvino_lib() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("sandwich.onnx");
+    hardmax_sandwich(&model);
+    let bench = |option: &str| {
+        nnzip(&[
+            "--ort-lib",
+            s(&lib),
+            "bench",
+            s(&model),
+            "--ep",
+            "openvino",
+            "--ep-option",
+            option,
+            "--runs",
+            "2",
+            "--json",
+            "-q",
+        ])
+    };
+    let ok = bench("device_type=CPU");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // OpenVINO refuses a device it does not have: the option was passed, not dropped.
+    let bad = bench("device_type=NO_SUCH_DEVICE");
+    assert_eq!(bad.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("NO_SUCH_DEVICE"));
+    // The devices file's ep_options go with the device's ep to nnzip on the device.
+    let sshd = Sshd::start();
+    let key = format!("identity = \"{}\"", sshd.path("user_key").display());
+    let entry = |name: &str, device_type: &str| {
+        sshd.entry(
+            name,
+            &format!(
+                "{key}\nnnzip = \"{NNZIP}\"\nort = \"{}\"\nthreads = 1\nep = \"openvino\"\n\
+                 ep_options = {{ device_type = \"{device_type}\" }}",
+                lib.display()
+            ),
+        )
+    };
+    let file = sshd.path("devices-ov.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "{}{}",
+            entry("ov", "CPU"),
+            entry("ov-bad", "NO_SUCH_DEVICE")
+        ),
+    )
+    .unwrap();
+    let rows = bench_on(&file, "ov", &model, &model, &["--runs", "3"]);
+    assert_eq!(rows.len(), 1);
+    let out = nnzip(&[
+        "bench",
+        s(&model),
+        "--device",
+        "ov-bad",
+        "--devices",
+        s(&file),
+        "--runs",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NO_SUCH_DEVICE"));
+}
+
+#[test]
+fn a_model_with_external_data_goes_to_the_device_inline() {
+    let sshd = Sshd::start();
+    let file = sshd.devices_file("");
+    let dir = tempfile::tempdir().unwrap();
+    let ext = dir.path().join("cnn_ext.onnx");
+    let opts = nnzip::onnx::SaveOptions {
+        external_threshold: Some(1024),
+        ..Default::default()
+    };
+    let m = nnzip::onnx::Model::load(fixture("cnn.onnx")).unwrap();
+    m.save(&ext, &opts).unwrap();
+    let reloaded = nnzip::onnx::Model::load(&ext).unwrap();
+    assert!(!nnzip::onnx::external_files(&reloaded).is_empty());
+    let rows = bench_on(&file, "pi", &ext, &fixture("cnn.onnx"), &["--runs", "5"]);
+    assert_eq!(rows.len(), 1);
+    let r = rows[0]["ratio_median"].as_f64().unwrap();
+    assert!(
+        r > 0.5 && r < 2.0,
+        "the same weights inline or not: ratio {r}"
+    );
 }

@@ -46,6 +46,8 @@ fn cli_prune_json_and_errors() {
         fixture("mnist_test.npz").to_str().unwrap(),
         "--calib-samples",
         "100",
+        // Without re-fitting (tests/recover.rs covers it), so the fidelity warning shows.
+        "--no-recover",
         "--json",
         "-q",
     ]);

@@ -40,7 +40,7 @@ pub use structured::{Norm, StructuredPrune};
 /// Which layers a pruning pass may touch. A pattern matches a weight name, a node name or an op
 /// type: with `*`/`?` it is a glob over the whole string, otherwise a substring (op types must
 /// match exactly). Empty `include` means everything; `exclude` wins.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Filter {
     pub include: Vec<String>,
     pub exclude: Vec<String>,
@@ -199,7 +199,7 @@ pub fn prunable_weights(model: &Model) -> Vec<PrunableWeight> {
 }
 
 /// Zero count and size of each prunable weight, and the overall fraction.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Census {
     pub zeros: usize,
     pub params: usize,
@@ -419,7 +419,7 @@ pub(crate) fn check_fraction(pass: &'static str, what: &str, f: f64) -> Result<(
 }
 
 /// A pruning method by name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     Magnitude,

@@ -3,7 +3,7 @@
 //! "thresholding worsening tolerance"). Each candidate is pruned from the original model and run
 //! in ONNX Runtime; the largest accepted amount wins.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::calib::{evaluate, run_model, Calibration, Metric};
 use crate::graph::editor::Editor;
@@ -27,7 +27,7 @@ pub struct SearchOptions {
     pub z: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SearchStep {
     pub amount: f64,
     /// The metric of the pruned candidate, in percent.
@@ -38,10 +38,10 @@ pub struct SearchStep {
     pub accepted: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SearchReport {
     pub metric: Metric,
-    pub metric_name: &'static str,
+    pub metric_name: String,
     /// The unpruned model's metric on the calibration data.
     pub baseline: f64,
     pub max_drop: f64,
@@ -191,7 +191,7 @@ pub fn search_amount(
         report,
         SearchReport {
             metric,
-            metric_name: metric.name(),
+            metric_name: metric.name().to_string(),
             baseline,
             max_drop: opts.max_drop,
             samples: calib.samples,

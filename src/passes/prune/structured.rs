@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{census, check_fraction, prunable_weights, Filter, PruneOutcome, Skipped};
 use crate::graph::editor::Editor;
@@ -21,7 +21,7 @@ use crate::graph::ops::{Binary, Op};
 use crate::passes::{Pass, PassContext, PassError, PassReport, Preserves};
 use crate::tensor::{DType, Tensor};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Norm {
     L1,

@@ -1,7 +1,7 @@
 //! Removes what inference does not need: `Identity` and `Dropout` nodes, nodes whose outputs
 //! nothing reads, unused initializers and stale value_info.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::graph::editor::Editor;
 use crate::graph::groups::label;
@@ -10,7 +10,7 @@ use crate::passes::{Pass, PassContext, PassDetails, PassError, PassReport, Prese
 
 pub struct Cleanup;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CleanupDetails {
     pub bypassed: Vec<String>,
     pub nodes_removed: usize,

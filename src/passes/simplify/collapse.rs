@@ -5,7 +5,7 @@
 //! its two linear neighbours become one (Gemm∘Gemm, MatMul∘MatMul, a 1×1 convolution on either
 //! side). Exact only on inputs like the calibration data, which the report says.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::calib::states::{rectifier_states, NeuronStates};
 use crate::graph::editor::{Editor, NodeId};
@@ -19,7 +19,7 @@ pub struct CollapseZeroEntropy;
 const PASS: &str = "collapse_zero_entropy";
 
 /// One rectifier layer's statistics, for the report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LayerStates {
     pub layer: String,
     pub channels: usize,
@@ -28,7 +28,7 @@ pub struct LayerStates {
     pub always_linear: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CollapseDetails {
     pub layers: Vec<LayerStates>,
     pub channels_made_constant: usize,

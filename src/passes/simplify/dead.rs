@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::calib::capture::{capture, Source};
 use crate::graph::edit::node as mk_node;
@@ -32,7 +32,7 @@ pub struct RemoveDeadChannels;
 const PASS: &str = "remove_dead_channels";
 
 /// One group's removal, for the report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Removal {
     pub group: String,
     pub channels_before: usize,
@@ -43,7 +43,7 @@ pub struct Removal {
     pub border_convolutions: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeadDetails {
     pub removals: Vec<Removal>,
     pub skipped: Vec<String>,

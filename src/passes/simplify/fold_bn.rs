@@ -1,6 +1,6 @@
 //! Folds `BatchNormalization` into the `Conv`, `ConvTranspose` or `Gemm` before it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::graph::editor::{Editor, NodeId};
 use crate::graph::groups::label;
@@ -12,7 +12,7 @@ use crate::tensor::Tensor;
 /// `W' = W · s`, `b' = (b - μ) · s + β` with `s = γ / √(σ² + ε)` per output channel.
 pub struct FoldBatchNorm;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FoldDetails {
     pub folded: Vec<String>,
 }

@@ -11,7 +11,7 @@ pub mod collapse;
 pub mod dead;
 pub mod fold_bn;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     run_passes, weakest, Pass, PassContext, PassDetails, PassError, PassReport, Preserves,
@@ -42,7 +42,7 @@ pub fn passes(with_calibration: bool) -> Vec<Box<dyn Pass>> {
 }
 
 /// Size and cost of a model at one point of the pipeline.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelStats {
     pub parameters: u64,
     pub nodes: usize,
@@ -75,7 +75,7 @@ impl ModelStats {
 }
 
 /// How the simplified model was checked against the input model.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Verification {
     /// "calibration" (the --calib samples) or "random" (seeded inputs).
     pub data: String,
@@ -92,7 +92,7 @@ pub struct Verification {
     pub exact_only_on_calibration_like_inputs: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SimplifyReport {
     pub before: ModelStats,
     pub after: ModelStats,

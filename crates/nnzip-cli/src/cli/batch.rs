@@ -118,7 +118,7 @@ pub struct ReportArgs {
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct Exit {
-    pub code: u8,
+    pub class: nnzip::errors::ErrorClass,
     pub message: String,
 }
 
@@ -344,7 +344,7 @@ fn run_fleet(a: RunArgs, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
             Ok(s) => s,
             Err(nnzip::batch::BatchError::Cancelled) => {
                 return Err(Exit {
-                    code: super::code::INTERRUPTED,
+                    class: nnzip::errors::ErrorClass::Interrupted,
                     message: "interrupted; a rerun resumes".into(),
                 }
                 .into())
@@ -355,7 +355,7 @@ fn run_fleet(a: RunArgs, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         };
     if summary.transient > 0 {
         return Err(Exit {
-            code: super::code::DEVICE_TRANSIENT,
+            class: nnzip::errors::ErrorClass::Transient,
             message: format!(
                 "{} of {} items failed in a way that may pass; rerun to retry them",
                 summary.transient, summary.items
@@ -365,7 +365,7 @@ fn run_fleet(a: RunArgs, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
     }
     if summary.failed > 0 {
         return Err(Exit {
-            code: super::code::BAD_INPUT,
+            class: nnzip::errors::ErrorClass::BadInput,
             message: format!(
                 "{} of {} items failed (recorded in OUT/<id>/report.json; --retry-failed redoes them)",
                 summary.failed, summary.items

@@ -30,6 +30,10 @@ pub struct Args {
     /// Execution provider: cpu, cuda, tensorrt, openvino, xnnpack (must be in the loaded library).
     #[arg(long, default_value = "cpu")]
     pub ep: String,
+    /// An option of the --ep provider, passed to ONNX Runtime as given (repeatable), e.g.
+    /// `--ep openvino --ep-option device_type=CPU`.
+    #[arg(long = "ep-option", value_name = "KEY=VALUE", value_parser = parse_option)]
+    pub ep_options: Vec<(String, String)>,
     /// Concrete shape for an input with symbolic dims (repeatable). Default: symbolic batch = 1.
     #[arg(long = "shape", value_name = "NAME=DIMS", value_parser = super::shape_arg)]
     pub shapes: Vec<(String, Vec<usize>)>,
@@ -55,6 +59,13 @@ pub struct Args {
     pub devices: super::device::DeviceArgs,
 }
 
+fn parse_option(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("'{s}' is not KEY=VALUE")),
+    }
+}
+
 fn parse_level(s: &str) -> Result<OptLevel, String> {
     OptLevel::parse(s).ok_or_else(|| format!("'{s}' is not one of disable, basic, extended, all"))
 }
@@ -72,6 +83,7 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
             intra_threads: a.threads,
             opt_level: a.opt_level,
             provider: a.ep.clone(),
+            provider_options: a.ep_options.clone(),
         },
         shapes: a.shapes.clone(),
         inputs: a.inputs.clone(),
@@ -112,6 +124,7 @@ fn device_spec(a: &Args) -> nnzip::device::BenchSpec {
         threads: a.threads,
         opt_level: format!("{:?}", a.opt_level).to_lowercase(),
         ep: Some(a.ep.clone()).filter(|e| !e.eq_ignore_ascii_case("cpu")),
+        ep_options: a.ep_options.clone(),
         shapes: a.shapes.clone(),
         inputs: a.inputs.clone(),
         seed: a.seed,

@@ -145,8 +145,8 @@ pub fn run(a: Args) -> Result<()> {
                 nnc_codec::encode(&tensors, &e.settings.config()).context("encoding failed")?;
             let dt = t0.elapsed().as_secs_f64();
             nnzip::fsutil::write_atomic(&e.output, |w| w.write_all(&bytes))
-                .with_context(|| format!("cannot write {}", e.output.display()))
-                .map_err(|err| err.context(WriteFailed))?;
+                .map_err(super::FileError::Write)
+                .with_context(|| format!("cannot write {}", e.output.display()))?;
             let n: usize = tensors.iter().map(|t| t.data.len()).sum();
             eprintln!(
                 "{} tensors, {n} values -> {} bytes ({:.3} bits/value) in {dt:.3} s",
@@ -158,6 +158,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         CodecCommand::Decode(d) => {
             let bytes = std::fs::read(&d.input)
+                .map_err(super::FileError::Read)
                 .with_context(|| format!("cannot read {}", d.input.display()))?;
             let tensors = nnc_codec::decode(&bytes, &Limits::default())
                 .with_context(|| format!("{} is not a valid NNC bitstream", d.input.display()))?;
@@ -172,6 +173,7 @@ pub fn run(a: Args) -> Result<()> {
         }
         CodecCommand::Info(i) => {
             let bytes = std::fs::read(&i.input)
+                .map_err(super::FileError::Read)
                 .with_context(|| format!("cannot read {}", i.input.display()))?;
             let units = nnc_codec::units(&bytes)
                 .with_context(|| format!("{} is not a valid NNC bitstream", i.input.display()))?;
@@ -225,15 +227,3 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
 }
-
-/// Marks write failures for the exit code.
-#[derive(Debug)]
-pub struct WriteFailed;
-
-impl std::fmt::Display for WriteFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("output not written")
-    }
-}
-
-impl std::error::Error for WriteFailed {}

@@ -58,7 +58,7 @@ pub struct Args {
     #[arg(long)]
     pub zstd: bool,
     /// At most this many timed runs per model for the latency columns (0 skips timing).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 500)]
     pub runs: usize,
     /// Time budget of the latency columns in seconds (interleaved runs of both models).
     #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
@@ -126,6 +126,15 @@ pub fn item_options(a: &Args) -> ItemOptions {
 }
 
 pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
+    // Every output is checked before the work starts, so a bad path costs nothing.
+    let mut outputs = vec![a.output.clone()];
+    outputs.extend(a.reference_compatible.then(|| graph_path(&a.output)));
+    outputs.extend(a.html.clone());
+    for p in &outputs {
+        nnzip::fsutil::check_writable(p)
+            .map_err(super::FileError::Write)
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
     let rt = Runtime::get(ort_lib).context("cannot start ONNX Runtime")?;
     let opts = item_options(&a).to_compress_options(a.calib.clone())?;
     let mut progress = super::progress::CliProgress::new(quiet);
@@ -148,16 +157,7 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
     if let Some(e) = &out.report.verification_failed {
         eprintln!("warning: writing anyway (--force): {e}");
     }
-    if let Some(g) = &out.graph {
-        let gp = graph_path(&a.output);
-        write_bytes(&gp, g).with_context(|| format!("cannot write {}", gp.display()))?;
-    }
-    write_bytes(&a.output, &out.bitstream)
-        .with_context(|| format!("cannot write {}", a.output.display()))?;
-    if let Some(h) = &a.html {
-        let html = out.report.to_html();
-        write_bytes(h, html.as_bytes()).with_context(|| format!("cannot write {}", h.display()))?;
-    }
+    write_outputs(&a, &out)?;
     let written = super::device::Written {
         model: &a.model,
         nnc: &a.output,
@@ -166,7 +166,42 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         runs: a.runs,
     };
     let cols = super::device::compress_columns(&a.devices, ort_lib, quiet, written)?;
-    super::device::print_compress(&out.report, &out.report.to_text(), cols, a.json)
+    let mut report = out.report;
+    let err = cols.and_then(|(c, e)| {
+        report.devices = c;
+        e
+    });
+    // The page again with the devices' measurements, which it shows.
+    if let (Some(h), false) = (&a.html, report.devices.is_empty()) {
+        write_bytes(h, report.to_html().as_bytes())
+            .with_context(|| format!("cannot write {}", h.display()))?;
+    }
+    super::device::print_compress(&report, a.json, err)
+}
+
+/// Writes the report page, the graph (parameters-only streams) and the bitstream, each atomically;
+/// if one fails, the ones already written are removed, so a failed run leaves no half result.
+fn write_outputs(a: &Args, out: &nnzip::pipeline::CompressOutput) -> Result<()> {
+    let html = a.html.as_ref().map(|h| (h.clone(), out.report.to_html()));
+    let mut files: Vec<(PathBuf, &[u8])> = Vec::new();
+    if let Some((h, page)) = &html {
+        files.push((h.clone(), page.as_bytes()));
+    }
+    if let Some(g) = &out.graph {
+        files.push((graph_path(&a.output), g));
+    }
+    files.push((a.output.clone(), &out.bitstream));
+    let mut done: Vec<&Path> = Vec::new();
+    for (path, bytes) in &files {
+        if let Err(e) = write_bytes(path, bytes) {
+            for p in done {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(anyhow::Error::new(e).context(format!("cannot write {}", path.display())));
+        }
+        done.push(path);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -21,15 +21,20 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let bytes =
-        std::fs::read(&a.input).with_context(|| format!("cannot read {}", a.input.display()))?;
+    let bytes = std::fs::read(&a.input)
+        .map_err(super::FileError::Read)
+        .with_context(|| format!("cannot read {}", a.input.display()))?;
     let beside = super::compress::graph_path(&a.input);
     let graph_file = a
         .graph
         .clone()
         .or_else(|| beside.is_file().then_some(beside));
     let graph = match &graph_file {
-        Some(p) => Some(std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?),
+        Some(p) => Some(
+            std::fs::read(p)
+                .map_err(super::FileError::Read)
+                .with_context(|| format!("cannot read {}", p.display()))?,
+        ),
         None => None,
     };
     let model = nnzip::container::decompress(&bytes, graph.as_deref(), &Default::default())

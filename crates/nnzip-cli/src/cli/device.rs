@@ -4,9 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use nnzip::device::{
-    self, BenchSpec, Builds, DeviceError, DeviceSpec, Devices, FailureClass, Rounds,
-};
+use nnzip::device::{self, BenchSpec, Builds, DeviceError, DeviceSpec, Devices, Rounds};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -218,57 +216,24 @@ pub fn compress_columns(
     Ok(Some(cols))
 }
 
-/// Prints the compress report with its `devices` columns, then fails if a device did.
-pub fn print_compress<T: serde::Serialize>(
-    report: &T,
-    text: &str,
-    cols: Option<(Vec<device::DeviceColumn>, Option<DeviceError>)>,
+/// Prints the compress report (its `devices` columns with it), then fails if a device did.
+pub fn print_compress(
+    report: &nnzip::report::CompressReport,
     json: bool,
+    err: Option<DeviceError>,
 ) -> Result<()> {
-    let (cols, err) = match cols {
-        Some((c, e)) => (Some(c), e),
-        None => (None, None),
-    };
     if json {
-        let mut v = serde_json::to_value(report)?;
-        if let (Some(c), Some(m)) = (&cols, v.as_object_mut()) {
-            m.insert("devices".into(), serde_json::to_value(c)?);
-        }
-        super::print_json(&v)?;
+        super::print_json(report)?;
     } else {
-        print!("{text}");
-        if let Some(c) = &cols {
-            print!("{}", device::remote::columns_table(c));
+        print!("{}", report.to_text());
+        if !report.devices.is_empty() {
+            print!("{}", device::remote::columns_table(&report.devices));
         }
     }
     match err {
         Some(e) => Err(e).context("measurement on a device did not complete"),
         None => Ok(()),
     }
-}
-
-/// Exit code of a device or placement failure in an error chain (see docs/cli.md).
-pub fn exit_code(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
-    use super::code;
-    use nnzip::runtime::placement::PlacementError;
-    if let Some(p) = cause.downcast_ref::<PlacementError>() {
-        return Some(match p {
-            PlacementError::Runtime(nnzip::runtime::RuntimeError::UnknownProvider(_)) => {
-                code::USAGE
-            }
-            _ => code::RUNTIME,
-        });
-    }
-    let d = cause.downcast_ref::<DeviceError>()?;
-    Some(match d.class() {
-        FailureClass::Usage => code::USAGE,
-        FailureClass::BadInput => code::BAD_INPUT,
-        FailureClass::Runtime => code::RUNTIME,
-        FailureClass::Transient => code::DEVICE_TRANSIENT,
-        FailureClass::Refused => code::DEVICE_REFUSED,
-        FailureClass::Interrupted => code::INTERRUPTED,
-        FailureClass::Other => code::FAILURE,
-    })
 }
 
 /// `--placement` / `--strict-ep` here: the model profiled with the bench's session options

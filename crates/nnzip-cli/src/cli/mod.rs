@@ -12,6 +12,7 @@ mod inspect;
 mod progress;
 mod prune;
 mod prune_args;
+mod report;
 mod simplify;
 
 use std::path::PathBuf;
@@ -98,6 +99,8 @@ pub fn class_code(c: nnzip::errors::ErrorClass) -> u8 {
         C::Write => code::WRITE,
         C::Verification => code::VERIFICATION,
         C::Transient => code::DEVICE_TRANSIENT,
+        C::Refused => code::DEVICE_REFUSED,
+        C::Interrupted => code::INTERRUPTED,
         C::Other => code::FAILURE,
     }
 }
@@ -113,6 +116,11 @@ pub struct Cli {
     /// No progress output on stderr.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+
+    /// Also show ONNX Runtime's own log (warnings and errors; by default it is silent, and its
+    /// failures reach you as nnzip's errors). The ORT_LOG environment variable, if set, wins.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
 
     #[command(subcommand)]
     pub command: Command,
@@ -139,11 +147,19 @@ pub enum Command {
     Decompress(decompress::Args),
     /// Target devices of the devices file: probe them.
     Device(device::Args),
+    /// Render a saved JSON report again: text, or an HTML page with --html.
+    Report(report::Args),
     /// Fleets: many models from a manifest, resumable and sharded (docs/batch.md).
     Batch(batch::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    if std::env::var_os("ORT_LOG").is_none() {
+        // ONNX Runtime reads its log level from ORT_LOG when the environment is created; nothing
+        // else runs yet, so setting it here is safe. Its errors come back as nnzip's own (with
+        // ONNX Runtime's message), and size probes fail on purpose, so by default it stays quiet.
+        std::env::set_var("ORT_LOG", if cli.verbose { "warning" } else { "fatal" });
+    }
     match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Bench(a) => bench::run(a, cli.ort_lib.as_deref(), cli.quiet),
@@ -154,6 +170,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Compress(a) => compress::run(a, cli.ort_lib.as_deref(), cli.quiet),
         Command::Decompress(a) => decompress::run(a),
         Command::Device(a) => device::run(a, cli.ort_lib.as_deref()),
+        Command::Report(a) => report::run(a),
         Command::Batch(a) => batch::run(a, cli.ort_lib.as_deref(), cli.quiet),
     }
 }
@@ -164,115 +181,159 @@ pub fn shape_arg(s: &str) -> std::result::Result<(String, Vec<usize>), String> {
 }
 
 /// Maps an error chain to an exit code by the first typed error found in it.
-pub fn exit_code(e: &anyhow::Error) -> u8 {
-    use nnzip::bench::BenchError;
-    use nnzip::npz::NpzError;
-    use nnzip::onnx::OnnxError;
-    use nnzip::runtime::inputs::InputError;
-    use nnzip::runtime::RuntimeError;
-    for cause in e.chain() {
-        if let Some(x) = cause.downcast_ref::<batch::Exit>() {
-            return x.code;
-        }
-        if let Some(b) = cause.downcast_ref::<nnzip::batch::BatchError>() {
-            return class_code(b.class());
-        }
-        if let Some(s) = cause.downcast_ref::<nnzip::batch::store::StoreError>() {
-            return class_code(s.input_class());
-        }
-        if cause
-            .downcast_ref::<nnzip::batch::options::OptionError>()
-            .is_some()
-        {
-            return code::USAGE;
-        }
-        if let Some(c) = device::exit_code(cause) {
-            return c;
-        }
-        if let Some(f) = cause.downcast_ref::<nnzip::fidelity::FidelityError>() {
-            return class_code(f.class());
-        }
-        if let Some(p) = cause.downcast_ref::<nnzip::pipeline::PipelineError>() {
-            return class_code(p.class());
-        }
-        if cause.downcast_ref::<codec::WriteFailed>().is_some() {
-            return code::WRITE;
-        }
-        if cause.downcast_ref::<nnc_codec::Error>().is_some()
-            || cause
-                .downcast_ref::<nnzip::container::ContainerError>()
-                .is_some()
-        {
-            return code::BAD_INPUT;
-        }
-        if cause.downcast_ref::<prune::UsageError>().is_some() {
-            return code::USAGE;
-        }
-        if let Some(p) = cause.downcast_ref::<nnzip::passes::PassError>() {
-            use nnzip::calib::CalibError as C;
-            use nnzip::passes::PassError as P;
-            return match p {
-                P::Onnx(OnnxError::Write { .. }) => code::WRITE,
-                P::Onnx(_) | P::Tensor(_) => code::BAD_INPUT,
-                P::Calib(C::Runtime(_)) | P::Runtime(_) => code::RUNTIME,
-                P::Calib(_) => code::BAD_INPUT,
-                P::Invalid { .. } | P::NeedsCalibration { .. } | P::NeedsInputs { .. } => {
-                    code::USAGE
-                }
-            };
-        }
-        if let Some(b) = cause.downcast_ref::<nnzip::calib::build::BuildError>() {
-            return match b {
-                nnzip::calib::build::BuildError::Npz(NpzError::Write { .. }) => code::WRITE,
-                _ => code::BAD_INPUT,
-            };
-        }
-        if let Some(c) = cause.downcast_ref::<nnzip::calib::CalibError>() {
-            return match c {
-                nnzip::calib::CalibError::Runtime(_) => code::RUNTIME,
-                _ => code::BAD_INPUT,
-            };
-        }
-        if let Some(o) = cause.downcast_ref::<OnnxError>() {
-            return match o {
-                OnnxError::Write { .. } => code::WRITE,
-                _ => code::BAD_INPUT,
-            };
-        }
-        if let Some(n) = cause.downcast_ref::<NpzError>() {
-            return match n {
-                NpzError::Write { .. } => code::WRITE,
-                _ => code::BAD_INPUT,
-            };
-        }
-        if cause.downcast_ref::<InputError>().is_some() {
-            return code::USAGE;
-        }
-        if let Some(r) = cause.downcast_ref::<RuntimeError>() {
-            return match r {
-                RuntimeError::Onnx(_) | RuntimeError::Tensor(_) => code::BAD_INPUT,
-                RuntimeError::UnknownProvider(_) | RuntimeError::MissingInput(_) => code::USAGE,
-                _ => code::RUNTIME,
-            };
-        }
-        if let Some(b) = cause.downcast_ref::<BenchError>() {
-            return match b {
-                BenchError::Onnx(_) | BenchError::Npz(_) => code::BAD_INPUT,
-                BenchError::Runtime(
-                    RuntimeError::MissingInput(_) | RuntimeError::UnknownProvider(_),
-                ) => code::USAGE,
-                BenchError::Runtime(_) => code::RUNTIME,
-                BenchError::Input(_) | BenchError::InputsDiffer { .. } | BenchError::NoRuns => {
-                    code::USAGE
-                }
-            };
+/// A file the command itself reads or checks failed: reading is bad input (exit 3), writing a
+/// write failure (exit 5).
+#[derive(Debug)]
+pub enum FileError {
+    Read(std::io::Error),
+    Write(std::io::Error),
+}
+
+impl std::fmt::Display for FileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileError::Read(e) | FileError::Write(e) => e.fmt(f),
         }
     }
-    code::FAILURE
+}
+
+impl std::error::Error for FileError {}
+
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    e.chain()
+        .find_map(class_of)
+        .map_or(code::FAILURE, class_code)
+}
+
+/// The class of one error of the chain, if it is one of the typed errors (the outermost typed
+/// error decides: it knows what its causes meant to it).
+fn class_of(cause: &(dyn std::error::Error + 'static)) -> Option<nnzip::errors::ErrorClass> {
+    use nnzip::errors::ErrorClass as C;
+    macro_rules! classify {
+        ($($t:ty),* $(,)?) => {
+            $(if let Some(e) = cause.downcast_ref::<$t>() {
+                return Some(e.class());
+            })*
+        };
+    }
+    if let Some(x) = cause.downcast_ref::<batch::Exit>() {
+        return Some(x.class);
+    }
+    if let Some(s) = cause.downcast_ref::<nnzip::batch::store::StoreError>() {
+        return Some(s.input_class());
+    }
+    if cause
+        .downcast_ref::<nnzip::batch::options::OptionError>()
+        .is_some()
+    {
+        return Some(C::Usage);
+    }
+    classify!(
+        nnzip::batch::BatchError,
+        nnzip::pipeline::PipelineError,
+        nnzip::device::DeviceError,
+        nnzip::runtime::placement::PlacementError,
+        nnzip::fidelity::FidelityError,
+        nnzip::ratecontrol::RateError,
+        nnzip::passes::PassError,
+        nnzip::bench::BenchError,
+        nnzip::calib::build::BuildError,
+        nnzip::calib::CalibError,
+        nnzip::container::ContainerError,
+        nnzip::npz::NpzError,
+        nnzip::onnx::OnnxError,
+        nnzip::runtime::inputs::InputError,
+        nnzip::runtime::RuntimeError,
+        nnzip::tensor::TensorError,
+        nnzip::report::saved::ReportError,
+    );
+    if let Some(f) = cause.downcast_ref::<FileError>() {
+        return Some(match f {
+            FileError::Read(_) => C::BadInput,
+            FileError::Write(_) => C::Write,
+        });
+    }
+    if cause.downcast_ref::<prune::UsageError>().is_some() {
+        return Some(C::Usage);
+    }
+    // The codec crate knows nothing of exit codes; its errors are all about the bitstream read.
+    cause
+        .downcast_ref::<nnc_codec::Error>()
+        .map(|_| C::BadInput)
 }
 
 /// Prints JSON to stdout.
 pub fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nnzip::errors::ErrorClass as C;
+
+    /// Every class; the match makes a new class a compile error here until it is listed.
+    fn all_classes() -> Vec<C> {
+        let all = [
+            C::Usage,
+            C::BadInput,
+            C::Runtime,
+            C::Write,
+            C::Verification,
+            C::Transient,
+            C::Refused,
+            C::Interrupted,
+            C::Other,
+        ];
+        for c in all {
+            match c {
+                C::Usage
+                | C::BadInput
+                | C::Runtime
+                | C::Write
+                | C::Verification
+                | C::Transient
+                | C::Refused
+                | C::Interrupted
+                | C::Other => {}
+            }
+        }
+        all.to_vec()
+    }
+
+    #[test]
+    fn exit_codes_are_the_documented_table() {
+        let doc = include_str!("../../../../docs/cli.md");
+        let table = doc
+            .split("## Exit codes")
+            .nth(1)
+            .and_then(|t| t.split("\n## ").next())
+            .unwrap();
+        let documented: std::collections::BTreeSet<u8> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| ")?.split(' ').next()?.parse().ok())
+            .collect();
+        let mut produced: std::collections::BTreeSet<u8> =
+            all_classes().into_iter().map(class_code).collect();
+        produced.insert(0);
+        assert_eq!(documented, produced);
+    }
+
+    #[test]
+    fn the_outermost_typed_error_decides() {
+        use nnzip::onnx::OnnxError;
+        let inner = OnnxError::Serialize("x".into());
+        let e = anyhow::Error::new(nnzip::passes::PassError::Onnx(inner)).context("while pruning");
+        assert_eq!(exit_code(&e), code::BAD_INPUT);
+        let e = anyhow::Error::new(nnzip::pipeline::PipelineError::MaxDropNeedsCalib);
+        assert_eq!(exit_code(&e), code::USAGE);
+        let e = anyhow::Error::new(nnzip::pipeline::PipelineError::Cancelled);
+        assert_eq!(exit_code(&e), code::INTERRUPTED);
+        let e = anyhow::anyhow!("untyped");
+        assert_eq!(exit_code(&e), code::FAILURE);
+        let io = std::io::Error::other("disk full");
+        let e = anyhow::Error::new(FileError::Write(io)).context("cannot write x");
+        assert_eq!(exit_code(&e), code::WRITE);
+    }
 }

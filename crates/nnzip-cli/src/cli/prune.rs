@@ -5,12 +5,11 @@ use nnzip::calib::{evaluate, run_model, Calibration, Metric};
 use nnzip::onnx::{Model, SaveOptions};
 
 use nnzip::passes::prune::{
-    search_amount, Filter, Method, Norm, PruneConfig, PruneOutcome, SearchOptions, SearchReport,
-    SearchStep,
+    search_amount, Filter, Method, Norm, PruneConfig, SearchOptions, SearchStep,
 };
 use nnzip::passes::PassContext;
+use nnzip::report::prune::{EvalReport, MetricReport, PruneReport};
 use nnzip::runtime::Runtime;
-use serde::Serialize;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -146,25 +145,6 @@ fn parse_nm(s: &str) -> Result<(usize, usize), String> {
     Ok((n, m))
 }
 
-#[derive(Debug, Serialize)]
-struct MetricReport {
-    name: &'static str,
-    samples: usize,
-    before: f64,
-    after: f64,
-}
-
-/// The metric and breakdown on one data set.
-#[derive(Debug, Serialize)]
-struct EvalReport {
-    data: PathBuf,
-    #[serde(flatten)]
-    metric: MetricReport,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[serde(skip)]
-    breakdown: Option<nnzip::calib::breakdown::Breakdown>,
-}
-
 fn evaluate_on(
     rt: &'static Runtime,
     orig: &Model,
@@ -180,34 +160,13 @@ fn evaluate_on(
     Ok(EvalReport {
         data: c.path.clone(),
         metric: MetricReport {
-            name: metric.name(),
+            name: metric.name().to_string(),
             samples: c.samples,
             before: evaluate(metric, c, &reference, &reference)?,
             after: evaluate(metric, c, &reference, &out)?,
         },
         breakdown: nnzip::calib::breakdown::breakdown(&reference, &out, c.labels.as_deref(), 0.1),
     })
-}
-
-#[derive(Debug, Serialize)]
-struct Report {
-    input: PathBuf,
-    output: PathBuf,
-    #[serde(flatten)]
-    outcome: PruneOutcome,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    metric: Option<MetricReport>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    search: Option<SearchReport>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    eval: Option<EvalReport>,
-    /// Beyond the average, on the --eval data (else the calibration data).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    breakdown: Option<nnzip::calib::breakdown::Breakdown>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    simplify: Option<nnzip::passes::simplify::SimplifyReport>,
-    /// The result's main output against the input's.
-    fidelity: nnzip::fidelity::Fidelity,
 }
 
 pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
@@ -381,7 +340,7 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
             None => Some(evaluate_on(rt, &model, &pruned, c)?.metric),
         },
         _ => search.as_ref().map(|s| MetricReport {
-            name: s.metric_name,
+            name: s.metric.name().to_string(),
             samples: s.samples,
             before: s.baseline,
             after: s.final_metric,
@@ -442,7 +401,7 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
     pruned
         .save(&a.output, &SaveOptions::default())
         .with_context(|| format!("cannot write {}", a.output.display()))?;
-    let report = Report {
+    let report = PruneReport {
         input: a.model.clone(),
         output: a.output.clone(),
         outcome: *outcome,
@@ -456,187 +415,12 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
     if a.json {
         super::print_json(&report)
     } else {
-        print!("{}", text(&report));
+        print!("{}", report.to_text());
         Ok(())
     }
-}
-
-fn breakdown_text(o: &mut String, b: &nnzip::calib::breakdown::Breakdown) {
-    use std::fmt::Write;
-    if !b.per_class.is_empty() {
-        let per: Vec<String> = b
-            .per_class
-            .iter()
-            .map(|c| format!("{}: {:.1}->{:.1}", c.class, c.before, c.after))
-            .collect();
-        let _ = writeln!(o, "per-class accuracy: {}", per.join(", "));
-    }
-    if let (Some(c), Some(d)) = (b.worst_class, b.worst_class_drop) {
-        let _ = writeln!(o, "worst class: {c} (drop {d:+.2} points)");
-    }
-    let lc = &b.least_confident;
-    let _ = writeln!(
-        o,
-        "prediction flips {:.2}%, mean entropy {:.3} -> {:.3} bits, least confident {:.0}% ({} samples): {:.1} -> {:.1}",
-        b.flip_rate,
-        b.entropy_before,
-        b.entropy_after,
-        100.0 * lc.fraction,
-        lc.samples,
-        lc.before,
-        lc.after
-    );
 }
 
 /// A command-line mistake found after parsing (exit code 2).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
-
-fn text(r: &Report) -> String {
-    use std::fmt::Write;
-    let mut o = String::new();
-    let pct = |f: f64| format!("{:.1}%", 100.0 * f);
-    let _ = writeln!(
-        o,
-        "{} -> {} ({})",
-        r.input.display(),
-        r.output.display(),
-        r.outcome.method
-    );
-    let _ = writeln!(
-        o,
-        "{:<32} {:<13} {:>9} {:>8} {:>8} {:>9} {:>13}",
-        "layer", "op", "params", "before", "after", "channels", "entropy"
-    );
-    for l in &r.outcome.layers {
-        let ch = match (l.channels, l.channels_removed) {
-            (Some(c), Some(x)) => format!("-{x}/{c}"),
-            _ => String::new(),
-        };
-        let h = match (l.entropy_before, l.entropy_after) {
-            (Some(b), Some(a)) => format!("{b:.3}->{a:.3}"),
-            _ => String::new(),
-        };
-        let _ = writeln!(
-            o,
-            "{:<32} {:<13} {:>9} {:>8} {:>8} {:>9} {:>13}",
-            l.name,
-            l.op,
-            l.params,
-            pct(l.sparsity_before),
-            pct(l.sparsity_after),
-            ch,
-            h
-        );
-    }
-    let _ = writeln!(
-        o,
-        "sparsity {} -> {} of {} prunable weights",
-        pct(r.outcome.sparsity_before),
-        pct(r.outcome.sparsity),
-        r.outcome.prunable_params
-    );
-    if let Some(e) = Some(&r.outcome.entropy).filter(|e| !e.is_empty()) {
-        for l in e {
-            if l.zero_entropy {
-                let how = match (l.removed, l.linearized) {
-                    (true, 0) => " after silencing every neuron".to_string(),
-                    (true, n) => format!(
-                        " after settling: {n} neuron(s) made always ON, {} constant",
-                        l.neurons - n
-                    ),
-                    _ => String::new(),
-                };
-                let _ = writeln!(
-                    o,
-                    "{}: zero entropy on the calibration data{how} (simplify --calib collapses it)",
-                    l.layer
-                );
-            }
-        }
-    }
-    for s in &r.outcome.skipped {
-        let _ = writeln!(o, "left alone: {}: {}", s.name, s.reason);
-    }
-    if let Some(s) = &r.search {
-        let _ = writeln!(
-            o,
-            "search ({}, {} samples, baseline {:.2}, max drop {}):",
-            s.metric_name, s.samples, s.baseline, s.max_drop
-        );
-        for st in &s.steps {
-            let _ = writeln!(
-                o,
-                "  amount {:.4}  {:.2}  drop {:+.2} ± {:.2}  {}",
-                st.amount,
-                st.metric,
-                st.drop,
-                st.stderr,
-                if st.accepted { "accepted" } else { "rejected" }
-            );
-        }
-        let _ = writeln!(o, "chosen amount {:.4}", s.amount);
-    }
-    if let Some(m) = &r.metric {
-        let _ = writeln!(
-            o,
-            "{} on {} samples: {:.2} -> {:.2}",
-            m.name, m.samples, m.before, m.after
-        );
-    }
-    if let Some(e) = &r.eval {
-        let _ = writeln!(
-            o,
-            "{} on {} ({} samples): {:.2} -> {:.2}",
-            e.metric.name,
-            e.data.display(),
-            e.metric.samples,
-            e.metric.before,
-            e.metric.after
-        );
-    }
-    if let Some(b) = &r.breakdown {
-        breakdown_text(&mut o, b);
-    }
-    if let Some(p) = &r.outcome.plan {
-        let _ = writeln!(
-            o,
-            "plan ({:?} scores, {:?} allocation): MACs {:.4e} -> {:.4e} ({:.1}% removed)",
-            p.score,
-            p.allocation,
-            p.macs_before,
-            p.macs_planned,
-            100.0 * (1.0 - p.macs_planned / p.macs_before.max(1.0))
-        );
-    }
-    if let Some(rc) = &r.outcome.recover {
-        let worst = rc
-            .layers
-            .iter()
-            .map(|l| l.error_after)
-            .fold(0.0f64, f64::max);
-        let _ = writeln!(
-            o,
-            "reconstruction: {} layers re-fitted in {} waves on {} samples, {:.1} s (largest relative layer error left {:.3})",
-            rc.layers.len(),
-            rc.waves,
-            rc.samples,
-            rc.seconds,
-            worst
-        );
-    }
-    if let Some(s) = &r.simplify {
-        let _ = writeln!(
-            o,
-            "simplified: parameters {} -> {}, MACs {} -> {}, {} channels removed (max |difference| {:.2e})",
-            s.before.parameters,
-            s.after.parameters,
-            s.before.macs.map(|m| m.to_string()).unwrap_or_else(|| "?".into()),
-            s.after.macs.map(|m| m.to_string()).unwrap_or_else(|| "?".into()),
-            s.channels_removed,
-            s.verification.max_abs_diff
-        );
-    }
-    o
-}

@@ -8,15 +8,15 @@ pub struct PruneArgs {
     pub method: Option<String>,
     /// Amount: fraction of weights (magnitude, entropy) or of each group's channels (structured).
     /// Without it, and with --max-drop, the largest amount within half the budget is searched.
-    #[arg(long, value_name = "F")]
+    #[arg(long, value_name = "F", requires = "method")]
     pub sparsity: Option<f64>,
     /// Rank weights or channels across all layers instead of per layer.
-    #[arg(long)]
+    #[arg(long, requires = "method")]
     pub global: bool,
     /// Channel ranking norm for structured pruning: l1 or l2.
-    #[arg(long, default_value = "l1")]
+    #[arg(long, default_value = "l1", requires = "method")]
     pub norm: String,
     /// Keep channel counts multiples of K (structured).
-    #[arg(long, default_value_t = 1, value_name = "K")]
+    #[arg(long, default_value_t = 1, value_name = "K", requires = "method")]
     pub round_to: usize,
 }

@@ -2,9 +2,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use nnzip::calib::Calibration;
-use nnzip::inspect::{bytes_h, si};
 use nnzip::onnx::{Model, SaveOptions};
-use nnzip::passes::simplify::{simplify, SimplifyReport};
+use nnzip::passes::simplify::simplify;
 use nnzip::runtime::Runtime;
 
 #[derive(Debug, clap::Args)]
@@ -87,69 +86,7 @@ pub fn run(a: Args, ort_lib: Option<&Path>) -> Result<()> {
     if a.json {
         super::print_json(&report)
     } else {
-        print!("{}", text(&report));
+        print!("{}", nnzip::report::saved::simplify_text(&report));
         Ok(())
     }
-}
-
-fn text(r: &SimplifyReport) -> String {
-    use std::fmt::Write;
-    let mut o = String::new();
-    let macs = |m: Option<u64>| {
-        m.map(|v| si(v as f64).trim().to_string())
-            .unwrap_or_else(|| "?".into())
-    };
-    let _ = writeln!(o, "{:<12} {:>14} {:>14}", "", "before", "after");
-    let _ = writeln!(
-        o,
-        "{:<12} {:>14} {:>14}",
-        "parameters", r.before.parameters, r.after.parameters
-    );
-    let _ = writeln!(
-        o,
-        "{:<12} {:>14} {:>14}",
-        "ONNX size",
-        bytes_h(r.before.onnx_bytes),
-        bytes_h(r.after.onnx_bytes)
-    );
-    let _ = writeln!(
-        o,
-        "{:<12} {:>14} {:>14}",
-        "MACs",
-        macs(r.before.macs),
-        macs(r.after.macs)
-    );
-    let _ = writeln!(
-        o,
-        "{:<12} {:>14} {:>14}",
-        "nodes", r.before.nodes, r.after.nodes
-    );
-    let _ = writeln!(
-        o,
-        "channels removed {}, BatchNormalization folded {}",
-        r.channels_removed, r.batchnorms_folded
-    );
-    for l in &r.layers_collapsed {
-        let _ = writeln!(o, "collapsed: {l}");
-    }
-    for p in &r.passes {
-        for n in &p.notes {
-            let _ = writeln!(o, "  {}: {n}", p.pass);
-        }
-    }
-    let v = &r.verification;
-    let _ = writeln!(
-        o,
-        "verified on {} {} sample(s): max |difference| {:.3e} (largest output {:.3e}){}",
-        v.samples,
-        v.data,
-        v.max_abs_diff,
-        v.max_abs_output,
-        if v.exact_only_on_calibration_like_inputs {
-            "; zero-entropy decisions hold on calibration-like inputs"
-        } else {
-            ""
-        }
-    );
-    o
 }
