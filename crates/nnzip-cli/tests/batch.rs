@@ -454,6 +454,30 @@ fn manifest_mistakes_name_their_line_and_plan_writes_a_manifest() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("line 2") && err.contains("max_dorp"), "{err}");
 
+    // An output that cannot be a folder (under a regular file) is refused before any work.
+    let good = cheap_manifest(dir.path(), 2);
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let o = nnzip(
+        &[
+            "batch",
+            "run",
+            good.to_str().unwrap(),
+            "--out",
+            blocker.join("out").to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(events(&o.stdout).is_empty(), "no item was started");
+
     let defaults = dir.path().join("defaults.toml");
     std::fs::write(
         &defaults,
