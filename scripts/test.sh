@@ -6,7 +6,14 @@
 #   loopback with throwaway keys, the system's sshd service is not used);
 # - the OpenVINO build of ONNX Runtime (scripts/setup-openvino.sh, PyPI) for the placement test;
 # - headless Chromium (Debian packages chromium and chromium-driver): crates/nnzip-cli/tests/report.rs
-#   renders the HTML reports in it and saves screenshots under target/report-screenshots/.
+#   renders the HTML reports in it and saves screenshots under target/report-screenshots/;
+# - moto's S3 server, dask.distributed and PyYAML in .venv-fleet/ (scripts/setup-fleet.sh, PyPI) for
+#   the fleet tests (batch_s3.rs starts moto on loopback itself; batch_engines.rs runs the Dask
+#   driver on a LocalCluster).
+# scripts/test-wheel.sh builds the Python wheel (maturin, dev profile: it links the binary the
+# tests built), installs it into a fresh venv with its onnxruntime dependency and runs it.
+# The object-storage test needs the cargo feature `s3`, whose HTTP/TLS stack is a long cold
+# build: only that one test binary is built with it, after the workspace tests.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup-ort.sh >/dev/null
@@ -31,4 +38,7 @@ if ! [ -x /usr/bin/chromium ]; then
   fi
 fi
 bash scripts/setup-openvino.sh >/dev/null
+bash scripts/setup-fleet.sh >/dev/null
 cargo test --workspace --locked "$@"
+bash scripts/test-wheel.sh
+cargo test -p nnzip-cli --features s3 --test batch_s3 --locked "$@"

@@ -4,6 +4,7 @@
 //! container → the `nnc-codec` crate; [`runtime`] (ONNX Runtime) serves measurement.
 //! See `docs/ARCHITECTURE.md`.
 
+pub mod batch;
 pub mod bench;
 pub mod calib;
 pub mod container;

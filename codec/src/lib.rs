@@ -53,6 +53,9 @@ pub use error::{Error, Result};
 pub use hls::{topology_compression_format, topology_storage_format, NnrUnitType, PayloadType};
 pub use limits::Limits;
 
+/// This crate's version (it enters `nnzip batch` work keys: a new encoder redoes the fleet).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// Engine internals for benchmarks and experiments; no stability promise.
 #[cfg(feature = "unstable")]
 pub mod unstable {

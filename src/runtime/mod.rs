@@ -2,8 +2,9 @@
 //! sessions, and conversion between [`Tensor`] and ORT values.
 //!
 //! The library is searched, in order: an explicit path (`--ort-lib`), `ORT_DYLIB_PATH`, the
-//! project-local folder `.ort/` that `scripts/setup-ort.sh` fills (or `NNZIP_ORT_DIR`), and an
-//! installed Python `onnxruntime` package.
+//! `onnxruntime` package of a `python3` beside the executable (nnzip installed from its wheel),
+//! the project-local folder `.ort/` that `scripts/setup-ort.sh` fills (or `NNZIP_ORT_DIR`), and
+//! an installed Python `onnxruntime` package.
 
 pub mod inputs;
 pub mod placement;
@@ -121,7 +122,20 @@ fn project_dirs() -> Vec<PathBuf> {
 }
 
 fn python_package_dir() -> Option<PathBuf> {
-    let out = std::process::Command::new("python3")
+    python_package_dir_of(Path::new("python3"))
+}
+
+/// The `onnxruntime` package of the Python beside the executable: a `pip install nnzip` puts
+/// the binary next to the interpreter (a venv's `bin/`), whose `onnxruntime` dependency then
+/// wins over other copies on the machine.
+fn sibling_python_package_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let py = exe.parent()?.join("python3");
+    py.is_file().then(|| python_package_dir_of(&py)).flatten()
+}
+
+fn python_package_dir_of(python: &Path) -> Option<PathBuf> {
+    let out = std::process::Command::new(python)
         .args([
             "-c",
             "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
@@ -161,6 +175,11 @@ pub fn locate_library(explicit: Option<&Path>) -> Result<(PathBuf, LibrarySource
         searched.push(format!("ORT_DYLIB_PATH={}", p.display()));
     } else {
         searched.push("ORT_DYLIB_PATH (unset)".into());
+    }
+    if let Some(d) = sibling_python_package_dir() {
+        if let Some(l) = find_in_dir(&d) {
+            return Ok((l, LibrarySource::PythonPackage));
+        }
     }
     for d in project_dirs() {
         if let Some(l) = find_in_dir(&d) {
@@ -265,6 +284,16 @@ impl OptLevel {
     }
 }
 
+/// Intra-op threads of sessions that leave the number to ONNX Runtime (0: ONNX Runtime's own
+/// choice, one per core). `nnzip batch --jobs J` sets cores / J so J jobs never oversubscribe.
+static DEFAULT_INTRA_THREADS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// Sets the intra-op threads of every later session whose options give none (0 resets).
+pub fn set_default_intra_threads(n: usize) {
+    DEFAULT_INTRA_THREADS.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// How to build a session.
 #[derive(Debug, Clone, Default)]
 pub struct SessionOptions {
@@ -337,7 +366,8 @@ impl Session {
         b = b
             .with_optimization_level(level)
             .map_err(|e| RuntimeError::Ort(e.to_string()))?;
-        if let Some(n) = opts.intra_threads {
+        let default = DEFAULT_INTRA_THREADS.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(n) = opts.intra_threads.or((default > 0).then_some(default)) {
             b = b
                 .with_intra_threads(n)
                 .map_err(|e| RuntimeError::Ort(e.to_string()))?;

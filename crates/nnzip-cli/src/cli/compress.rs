@@ -1,10 +1,8 @@
 use std::path::{Path, PathBuf};
 
-use std::time::Duration;
-
 use anyhow::{Context, Result};
-use nnzip::container::ContainerOptions;
-use nnzip::pipeline::{compress_file, write_bytes, CompressOptions, LatencyOptions, Quantizer};
+use nnzip::batch::options::ItemOptions;
+use nnzip::pipeline::{compress_file, write_bytes};
 use nnzip::runtime::Runtime;
 
 use super::codec::CodecSettings;
@@ -82,6 +80,51 @@ pub fn graph_path(nnc: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// The flags as a fleet item's options: the one mapping to `CompressOptions` is the library's
+/// (`nnzip::batch::options`), shared with `nnzip batch` manifests.
+pub fn item_options(a: &Args) -> ItemOptions {
+    let c = &a.codec;
+    ItemOptions {
+        prune: a.prune.method.clone(),
+        sparsity: a.prune.sparsity,
+        global: a.prune.global,
+        norm: a.prune.norm.clone(),
+        round_to: a.prune.round_to,
+        no_simplify: a.no_simplify,
+        qp: c.qp,
+        qp_density: c.qp_density,
+        no_dq: c.no_dq,
+        codebook: c.codebook.code(),
+        bitdepth: c.bitdepth,
+        row_skipping: c.row_skipping,
+        no_param_opt: c.no_param_opt,
+        fast: c.fast,
+        nonweight_qp: c.nonweight_qp,
+        calib: a.calib.as_ref().map(|p| p.display().to_string()),
+        max_drop: a.max_drop,
+        search_time: a.search_time,
+        holdout: a.holdout,
+        compare_single_qp: a.compare_single_qp,
+        reference_compatible: a.reference_compatible,
+        shape: a.shapes.iter().cloned().collect(),
+        uniform: a.uniform,
+        force: a.force,
+        zstd: a.zstd,
+        runs: a.runs,
+        latency_time: a.latency_time,
+        html: a.html.is_some(),
+        device: a.devices.device.clone(),
+        devices: a
+            .devices
+            .file
+            .devices
+            .as_ref()
+            .map(|p| p.display().to_string()),
+        rounds: a.devices.rounds,
+        cooldown: a.devices.cooldown,
+    }
+}
+
 pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
     // Every output is checked before the work starts, so a bad path costs nothing.
     let mut outputs = vec![a.output.clone()];
@@ -93,37 +136,7 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
     let rt = Runtime::get(ort_lib).context("cannot start ONNX Runtime")?;
-    let opts = CompressOptions {
-        container: ContainerOptions {
-            codec: a.codec.config(),
-            ..Default::default()
-        },
-        prune: a.prune.spec(a.calib.is_some(), &a.shapes)?,
-        simplify: !a.no_simplify,
-        calib: a.calib.clone(),
-        max_drop: a.max_drop,
-        reference_compatible: a.reference_compatible,
-        quantizer: if a.uniform {
-            Quantizer::Uniform
-        } else {
-            Quantizer::Rule
-        },
-        shapes: a.shapes.clone(),
-        latency: LatencyOptions {
-            max_runs: a.runs,
-            time: Duration::from_secs_f64(a.latency_time.max(0.0)),
-            ..LatencyOptions::default()
-        },
-        compare_single_qp: a.compare_single_qp,
-        zstd_baseline: a.zstd,
-        force: a.force,
-        rate: nnzip::ratecontrol::RateOptions {
-            time_budget: Duration::from_secs_f64(a.search_time.max(1.0)),
-            holdout: a.holdout.clamp(0.0, 0.5),
-            ..nnzip::ratecontrol::RateOptions::new(a.max_drop.unwrap_or(1.0))
-        },
-        ..CompressOptions::default()
-    };
+    let opts = item_options(&a).to_compress_options(a.calib.clone())?;
     let mut progress = super::progress::CliProgress::new(quiet);
     let out = compress_file(
         rt,
@@ -189,4 +202,42 @@ fn write_outputs(a: &Args, out: &nnzip::pipeline::CompressOutput) -> Result<()> 
         done.push(path);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag of `compress` that a manifest can carry is an `options` key (snake case); the
+    /// rest are named here with the reason.
+    #[test]
+    fn every_compress_flag_is_a_manifest_option() {
+        // The item's output folder holds the bitstream and the record; `--json` is the record.
+        let not_in_manifests = ["output", "json", "ort_lib", "quiet", "help", "version"];
+        let keys = match serde_json::to_value(super::ItemOptions::default()) {
+            Ok(serde_json::Value::Object(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        let cmd = crate::cli::Cli::command();
+        let compress = cmd.find_subcommand("compress").expect("compress");
+        let mut checked = 0;
+        for arg in compress.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let key = long.replace('-', "_");
+            if not_in_manifests.contains(&key.as_str()) {
+                continue;
+            }
+            assert!(
+                keys.contains_key(&key),
+                "--{long} has no manifest key '{key}'"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 30, "only {checked} flags checked");
+        let line = format!(
+            "{{\"id\": \"a\", \"model\": \"m.onnx\", \"options\": {}}}",
+            serde_json::Value::Object(keys)
+        );
+        nnzip::batch::manifest::parse("test", &line, &Default::default()).expect("all keys parse");
+    }
 }

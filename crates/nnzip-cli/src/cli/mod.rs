@@ -1,6 +1,7 @@
 //! clap-derive arguments, one module per command. Commands print human text by default and JSON
 //! with `--json`; errors go to stderr with their cause chain.
 
+mod batch;
 mod bench;
 mod calib;
 mod codec;
@@ -148,6 +149,8 @@ pub enum Command {
     Device(device::Args),
     /// Render a saved JSON report again: text, or an HTML page with --html.
     Report(report::Args),
+    /// Fleets: many models from a manifest, resumable and sharded (docs/batch.md).
+    Batch(batch::Args),
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -168,6 +171,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Decompress(a) => decompress::run(a),
         Command::Device(a) => device::run(a, cli.ort_lib.as_deref()),
         Command::Report(a) => report::run(a),
+        Command::Batch(a) => batch::run(a, cli.ort_lib.as_deref(), cli.quiet),
     }
 }
 
@@ -212,7 +216,20 @@ fn class_of(cause: &(dyn std::error::Error + 'static)) -> Option<nnzip::errors::
             })*
         };
     }
+    if let Some(x) = cause.downcast_ref::<batch::Exit>() {
+        return Some(x.class);
+    }
+    if let Some(s) = cause.downcast_ref::<nnzip::batch::store::StoreError>() {
+        return Some(s.input_class());
+    }
+    if cause
+        .downcast_ref::<nnzip::batch::options::OptionError>()
+        .is_some()
+    {
+        return Some(C::Usage);
+    }
     classify!(
+        nnzip::batch::BatchError,
         nnzip::pipeline::PipelineError,
         nnzip::device::DeviceError,
         nnzip::runtime::placement::PlacementError,

@@ -1,0 +1,166 @@
+//! Which items a process takes: `I/N` by a stable hash of each id (the same on every machine
+//! and release, so shards never overlap and their union is the manifest), or read from the
+//! scheduler's environment (Kubernetes Indexed Jobs, Slurm job arrays).
+
+use sha2::{Digest, Sha256};
+
+use super::BatchError;
+
+/// Shard `index` of `count` (0-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Shard {
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    /// `I/N` with `0 <= I < N`.
+    pub fn parse(s: &str) -> Result<Shard, BatchError> {
+        let bad = || BatchError::Shard(format!("'{s}' is not I/N with 0 <= I < N"));
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: u64 = i.trim().parse().map_err(|_| bad())?;
+        let count: u64 = n.trim().parse().map_err(|_| bad())?;
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// The shard from the environment: `JOB_COMPLETION_INDEX` (Kubernetes; the count from
+    /// `count` or `NNZIP_SHARD_COUNT`, since Kubernetes gives none), else
+    /// `SLURM_ARRAY_TASK_ID` with `SLURM_ARRAY_TASK_MIN`/`MAX`/`COUNT`/`STEP` (contiguous
+    /// arrays only: the index is the task id less the minimum).
+    pub fn auto(
+        env: &dyn Fn(&str) -> Option<String>,
+        count: Option<u64>,
+    ) -> Result<Shard, BatchError> {
+        let num = |name: &str| -> Result<Option<u64>, BatchError> {
+            match env(name) {
+                None => Ok(None),
+                Some(v) => v.trim().parse().map(Some).map_err(|_| {
+                    BatchError::Shard(format!("{name}={v} is not a non-negative integer"))
+                }),
+            }
+        };
+        if let Some(index) = num("JOB_COMPLETION_INDEX")? {
+            let count = match count {
+                Some(c) => c,
+                None => num("NNZIP_SHARD_COUNT")?.ok_or_else(|| {
+                    BatchError::Shard(
+                        "JOB_COMPLETION_INDEX is set but the shard count is not: pass \
+                         --shard-count N or set NNZIP_SHARD_COUNT (the Job's completions)"
+                            .into(),
+                    )
+                })?,
+            };
+            return Shard::parse(&format!("{index}/{count}"));
+        }
+        if let Some(id) = num("SLURM_ARRAY_TASK_ID")? {
+            let need = |name: &str| {
+                num(name)?.ok_or_else(|| {
+                    BatchError::Shard(format!("SLURM_ARRAY_TASK_ID is set but {name} is not"))
+                })
+            };
+            let (min, max, n) = (
+                need("SLURM_ARRAY_TASK_MIN")?,
+                need("SLURM_ARRAY_TASK_MAX")?,
+                need("SLURM_ARRAY_TASK_COUNT")?,
+            );
+            let step = num("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1);
+            if step != 1 || max < min || max - min + 1 != n {
+                return Err(BatchError::Shard(format!(
+                    "the Slurm array is not contiguous (min {min}, max {max}, count {n}, step \
+                     {step}): use --array=0-{} so every task is a shard",
+                    n.saturating_sub(1)
+                )));
+            }
+            if let Some(c) = count {
+                if c != n {
+                    return Err(BatchError::Shard(format!(
+                        "--shard-count {c} differs from SLURM_ARRAY_TASK_COUNT={n}"
+                    )));
+                }
+            }
+            return Shard::parse(&format!("{}/{n}", id.saturating_sub(min)));
+        }
+        Err(BatchError::Shard(
+            "--shard auto needs JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or \
+             SLURM_ARRAY_TASK_ID (Slurm job array)"
+                .into(),
+        ))
+    }
+
+    /// Whether `id` falls in this shard.
+    pub fn contains(&self, id: &str) -> bool {
+        let d = Sha256::digest(id.as_bytes());
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&d[..8]);
+        u64::from_be_bytes(b) % self.count == self.index
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(a, _)| *a == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn shards_partition_the_ids() {
+        let ids: Vec<String> = (0..200).map(|i| format!("model-{i}")).collect();
+        let n = 3;
+        let mut counts = [0usize; 3];
+        for id in &ids {
+            let owners: Vec<u64> = (0..n)
+                .filter(|&i| Shard { index: i, count: n }.contains(id))
+                .collect();
+            assert_eq!(owners.len(), 1, "{id}");
+            counts[owners[0] as usize] += 1;
+        }
+        assert!(counts.iter().all(|&c| c > 40), "{counts:?}");
+        assert!(Shard::parse("3/3").is_err() && Shard::parse("1/0").is_err());
+        assert_eq!(Shard::parse("2/5").unwrap(), Shard { index: 2, count: 5 });
+    }
+
+    #[test]
+    fn the_environment_gives_the_shard() {
+        let k = env(&[("JOB_COMPLETION_INDEX", "2"), ("NNZIP_SHARD_COUNT", "4")]);
+        assert_eq!(Shard::auto(&k, None).unwrap(), Shard { index: 2, count: 4 });
+        assert_eq!(
+            Shard::auto(&k, Some(5)).unwrap(),
+            Shard { index: 2, count: 5 }
+        );
+        let k = env(&[("JOB_COMPLETION_INDEX", "2")]);
+        assert!(Shard::auto(&k, None).is_err());
+        let s = env(&[
+            ("SLURM_ARRAY_TASK_ID", "11"),
+            ("SLURM_ARRAY_TASK_MIN", "10"),
+            ("SLURM_ARRAY_TASK_MAX", "13"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+        ]);
+        assert_eq!(Shard::auto(&s, None).unwrap(), Shard { index: 1, count: 4 });
+        let gaps = env(&[
+            ("SLURM_ARRAY_TASK_ID", "3"),
+            ("SLURM_ARRAY_TASK_MIN", "1"),
+            ("SLURM_ARRAY_TASK_MAX", "7"),
+            ("SLURM_ARRAY_TASK_COUNT", "3"),
+        ]);
+        assert!(Shard::auto(&gaps, None).is_err());
+        assert!(Shard::auto(&env(&[]), None).is_err());
+    }
+}
