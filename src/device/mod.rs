@@ -149,11 +149,16 @@ impl DeviceError {
             | E::NnzipMissing { .. }
             | E::MissingProvider { .. }
             | E::BadOutput { .. } => C::Runtime,
+            // nnzip on the device exits with the codes of docs/cli.md.
             E::Remote { code, .. } => match code {
                 2 => C::Usage,
                 3 => C::BadInput,
                 4 => C::Runtime,
-                6 => C::Transient,
+                5 => C::Write,
+                6 => C::Verification,
+                7 => C::Refused,
+                75 => C::Transient,
+                130 => C::Interrupted,
                 _ => C::Other,
             },
             E::Spawn { .. } | E::Upload { .. } => C::Other,
