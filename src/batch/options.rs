@@ -53,6 +53,9 @@ pub struct ItemOptions {
     pub latency_time: f64,
     /// `--html`: also write `report.html` beside `report.json` (the place is the fleet's).
     pub html: bool,
+    /// Also write `model.onnx`, the model decoded from the bitstream (what `nnzip decompress`
+    /// gives), for pipelines that ship ONNX.
+    pub decompressed: bool,
     /// `--device NAME` (repeatable): latency columns measured on devices of the devices file.
     pub device: Vec<String>,
     /// `--devices FILE`: the devices file.
@@ -92,6 +95,7 @@ impl Default for ItemOptions {
             runs: 50,
             latency_time: 3.0,
             html: false,
+            decompressed: false,
             device: Vec::new(),
             devices: None,
             rounds: 1,

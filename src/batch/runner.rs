@@ -20,7 +20,7 @@ use super::key::{unreadable_key, versions, work_key};
 use super::manifest::Item;
 use super::shard::Shard;
 use super::state::{
-    now_unix, Claim, ItemError, Owner, Record, Status, BITSTREAM, CLAIM, GRAPH, HTML, RECORD,
+    now_unix, Claim, ItemError, Owner, Record, Status, BITSTREAM, CLAIM, GRAPH, HTML, ONNX, RECORD,
 };
 use super::store::{fetch, resolve, Input, Out, StoreConfig, StoreError};
 use super::BatchError;
@@ -566,9 +566,22 @@ fn compress_item(
     }
     let rel = |f: &str| format!("{}/{f}", item.id);
     let mut files = Vec::new();
-    if let Some(g) = output.graph.take() {
-        out.write(&rel(GRAPH), g).map_err(out_err)?;
+    let graph = output.graph.take();
+    if let Some(g) = &graph {
+        out.write(&rel(GRAPH), g.clone()).map_err(out_err)?;
         files.push(GRAPH.to_string());
+    }
+    if item.options.decompressed {
+        let decoded =
+            crate::container::decompress(&output.bitstream, graph.as_deref(), &Default::default())
+                .and_then(|m| Ok(m.to_bytes()?));
+        match decoded {
+            Ok(b) => {
+                out.write(&rel(ONNX), b).map_err(out_err)?;
+                files.push(ONNX.to_string());
+            }
+            Err(e) => return fail(e.class(), e.to_string()),
+        }
     }
     if item.options.html {
         out.write(&rel(HTML), output.report.to_html().into_bytes())

@@ -13,6 +13,7 @@ pub const CLAIM: &str = ".claim";
 pub const BITSTREAM: &str = "model.nnc";
 pub const GRAPH: &str = "model.nnc.onnx";
 pub const HTML: &str = "report.html";
+pub const ONNX: &str = "model.onnx";
 
 /// The record format's version.
 pub const FORMAT: u32 = 1;

@@ -283,7 +283,7 @@ fn a_rerun_skips_finished_items_and_a_changed_option_redoes_only_its_item() {
     // One item's options change: status calls it stale, the rerun redoes only it.
     let changed = |id: &str| {
         if id == "mlp" {
-            r#"{"runs": 0, "qp": -32}"#.to_string()
+            r#"{"runs": 0, "qp": -32, "decompressed": true, "html": true}"#.to_string()
         } else {
             fast(id)
         }
@@ -310,6 +310,13 @@ fn a_rerun_skips_finished_items_and_a_changed_option_redoes_only_its_item() {
     let after = std::fs::read(out.join("mlp/model.nnc")).unwrap();
     assert!(after.len() < before.len(), "a coarser QP codes smaller");
     assert_eq!(record(&out, "mlp")["options"]["qp"], -32);
+    // The optional outputs: the decoded model (as `nnzip decompress` gives it) and the page.
+    let decoded = nnzip::onnx::Model::load(out.join("mlp/model.onnx")).unwrap();
+    let original = nnzip::onnx::Model::load(common::fixture("mlp.onnx")).unwrap();
+    assert_eq!(decoded.weights().len(), original.weights().len());
+    let page = std::fs::read_to_string(out.join("mlp/report.html")).unwrap();
+    assert!(page.contains("<svg"), "a report page with its plots");
+    assert!(!out.join("cnn/model.onnx").exists(), "only where asked");
 
     // --retry-failed tries the failures again (they fail again: still exit 3).
     let o = nnzip(

@@ -113,6 +113,7 @@ pub fn item_options(a: &Args) -> ItemOptions {
         runs: a.runs,
         latency_time: a.latency_time,
         html: a.html.is_some(),
+        decompressed: false,
         device: a.devices.device.clone(),
         devices: a
             .devices
