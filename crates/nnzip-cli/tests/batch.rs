@@ -484,6 +484,29 @@ fn manifest_mistakes_name_their_line_and_plan_writes_a_manifest() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(events(&o.stdout).is_empty(), "no item was started");
+    // No ONNX Runtime: exit 4 before any item, and nothing recorded as failed.
+    let fresh = dir.path().join("out-no-ort");
+    let o = nnzip(
+        &[
+            "--ort-lib",
+            "/nonexistent/libonnxruntime.so",
+            "batch",
+            "run",
+            good.to_str().unwrap(),
+            "--out",
+            fresh.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(ids_of(&events(&o.stdout), "fail").is_empty());
 
     let defaults = dir.path().join("defaults.toml");
     std::fs::write(
