@@ -241,7 +241,7 @@ pub fn into_prepared(model: Model, opts: &ContainerOptions) -> Result<Prepared, 
     let mut model = model;
     for (w, name) in weights.iter().zip(names) {
         let t = model.read(&w.id)?;
-        if acc.add(t, w, name, opts)? {
+        if acc.add(t, w, name, opts)?.is_none() {
             strip(&mut model.proto, w);
         }
     }
@@ -292,6 +292,42 @@ pub fn weight_tensors(
     Ok((acc.tensors, acc.cfg))
 }
 
+/// [`weight_tensors`] of a value `t` the caller took out of the model
+/// ([`Model::take_raw`](crate::onnx::Model::take_raw)), and the value to give back: unchanged
+/// either way, from the graph's copy when the graph keeps it, else from its codec tensor.
+/// `opts` must not code rows with their scales apart (the codec tensor would hold other values).
+pub fn weight_tensors_taken(
+    model: &Model,
+    t: Tensor,
+    w: &crate::onnx::WeightInfo,
+    name: String,
+    opts: &ContainerOptions,
+) -> Result<(Vec<nnc_codec::Tensor>, EncoderConfig, Tensor), ContainerError> {
+    debug_assert!(opts.row_prints.is_none());
+    let (dtype, dims) = (t.dtype, t.dims.clone());
+    let mut acc = Accumulated::new(opts, model);
+    let back = match acc.add(t, w, name.clone(), opts)? {
+        Some(kept) => kept,
+        None => {
+            let bytes = acc
+                .tensors
+                .iter()
+                .find(|c| c.name == name)
+                .and_then(|c| match &c.data {
+                    nnc_codec::TensorData::F32(v) if dtype == DType::F32 => {
+                        Some(crate::tensor::le_bytes(v))
+                    }
+                    _ => None,
+                })
+                .ok_or_else(|| {
+                    ContainerError::UnknownTensor(format!("{name} (not a float weight)"))
+                })?;
+            Tensor::from_bytes(dtype, dims, bytes)?
+        }
+    };
+    Ok((acc.tensors, acc.cfg, back))
+}
+
 /// The codec tensors as the weights are visited.
 struct Accumulated {
     cfg: EncoderConfig,
@@ -318,32 +354,37 @@ impl Accumulated {
         }
     }
 
-    /// Adds weight `w` (its value `t`); true when an NDU carries it (the graph need not).
+    /// Adds weight `w` (its value `t`); gives `t` back when no NDU carries it (the graph keeps
+    /// it).
     fn add(
         &mut self,
         t: Tensor,
         w: &crate::onnx::WeightInfo,
         name: String,
         opts: &ContainerOptions,
-    ) -> Result<bool, ContainerError> {
+    ) -> Result<Option<Tensor>, ContainerError> {
         // NDUs need at least one dimension: scalars travel as [1].
         let shape = if t.dims.is_empty() {
             vec![1]
         } else {
             t.dims.clone()
         };
+        let (numel, dims) = (t.numel() as u64, t.dims.clone());
         let data = match plan(&t, &name, opts)? {
             Plan::Keep => {
                 self.stats.kept_in_graph += 1;
-                return Ok(false);
+                return Ok(Some(t));
             }
             Plan::Quantized(mut v) => {
-                self.stats.quantized_elements += t.numel() as u64;
+                // The float copy replaces the tensor's bytes (the largest tensor is most of the
+                // peak memory of `compress`).
+                drop(t);
+                self.stats.quantized_elements += numel;
                 let k = opts
                     .row_prints
                     .as_ref()
                     .filter(|_| w.scope.is_empty() && !self.outputs.contains(&w.name))
-                    .and_then(|p| p.scales(&name, &t.dims, &v));
+                    .and_then(|p| p.scales(&name, &dims, &v));
                 if let Some(k) = k {
                     unscale_rows(&mut v, &k);
                     self.add_scales(&w.name, k, shape.len());
@@ -351,12 +392,13 @@ impl Accumulated {
                 nnc_codec::TensorData::F32(v)
             }
             Plan::Raw(v) => {
-                self.stats.raw_elements += t.numel() as u64;
+                drop(t);
+                self.stats.raw_elements += numel;
                 self.cfg.overrides.entry(name.clone()).or_default().raw = true;
                 nnc_codec::TensorData::F32(v)
             }
             Plan::Integer => {
-                self.stats.integer_elements += t.numel() as u64;
+                self.stats.integer_elements += numel;
                 let v: Vec<i32> = match t.dtype {
                     DType::I32 => t.to_i32()?,
                     _ => t.to_i64()?.iter().map(|&x| x as i32).collect(),
@@ -365,7 +407,7 @@ impl Accumulated {
             }
         };
         self.tensors.push(nnc_codec::Tensor { name, shape, data });
-        Ok(true)
+        Ok(None)
     }
 
     /// The row scales of weight `name` as their own NDU.

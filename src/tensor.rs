@@ -148,6 +148,24 @@ pub fn numel(dims: &[usize]) -> Result<usize, TensorError> {
         })
 }
 
+/// Checks that `len` bytes are exactly a `dtype` tensor of `dims`.
+pub fn check_len(dtype: DType, dims: &[usize], len: usize) -> Result<(), TensorError> {
+    let n = numel(dims)?;
+    let size = dtype.size().ok_or(TensorError::Unsized(dtype))?;
+    let expected = n.checked_mul(size).ok_or_else(|| TensorError::Overflow {
+        dims: dims.to_vec(),
+    })?;
+    if expected != len {
+        return Err(TensorError::SizeMismatch {
+            dtype,
+            dims: dims.to_vec(),
+            expected,
+            got: len,
+        });
+    }
+    Ok(())
+}
+
 /// A Rust type that is an ONNX element type: how it is laid out little-endian. The one place
 /// nnzip converts between typed values and tensor bytes (ONNX typed fields, `.npy` payloads,
 /// ONNX Runtime values all go through it).
@@ -208,19 +226,7 @@ impl Tensor {
         dims: Vec<usize>,
         bytes: Vec<u8>,
     ) -> Result<Tensor, TensorError> {
-        let n = numel(&dims)?;
-        let size = dtype.size().ok_or(TensorError::Unsized(dtype))?;
-        let expected = n
-            .checked_mul(size)
-            .ok_or_else(|| TensorError::Overflow { dims: dims.clone() })?;
-        if expected != bytes.len() {
-            return Err(TensorError::SizeMismatch {
-                dtype,
-                dims,
-                expected,
-                got: bytes.len(),
-            });
-        }
+        check_len(dtype, &dims, bytes.len())?;
         Ok(Tensor { dtype, dims, bytes })
     }
 

@@ -227,6 +227,18 @@ pub fn decode(data: &[u8], limits: &Limits) -> Result<Vec<Tensor>> {
 
 /// Decodes tensors and topology of a bitstream.
 pub fn decode_stream(data: &[u8], limits: &Limits) -> Result<DecodedStream> {
+    let (tensors, topology) = decode_stream_with(data, limits, |t| t)?;
+    Ok(DecodedStream { tensors, topology })
+}
+
+/// Decodes the tensors of a bitstream, handing each to `f` as soon as it is decoded (on the
+/// thread that decoded it), and its topology. The caller can compare or convert tensors while
+/// the others decode, without every decoded tensor and its counterpart in memory at once.
+pub fn decode_stream_with<T: Send>(
+    data: &[u8],
+    limits: &Limits,
+    f: impl Fn(Tensor) -> T + Sync,
+) -> Result<(Vec<T>, Option<Topology>)> {
     let mut jobs: Vec<NduJob<'_>> = Vec::new();
     let mut topology = None;
     let mut total: u64 = 0;
@@ -275,15 +287,14 @@ pub fn decode_stream(data: &[u8], limits: &Limits) -> Result<DecodedStream> {
         Ok(())
     })?;
     let parallel = limits.parallel;
-    let tensors: Result<Vec<Tensor>> = if parallel {
-        jobs.par_iter().map(|j| decode_ndu(j, parallel)).collect()
+    let tensors: Result<Vec<T>> = if parallel {
+        jobs.par_iter()
+            .map(|j| decode_ndu(j, parallel).map(&f))
+            .collect()
     } else {
-        jobs.iter().map(|j| decode_ndu(j, false)).collect()
+        jobs.iter().map(|j| decode_ndu(j, false).map(&f)).collect()
     };
-    Ok(DecodedStream {
-        tensors: tensors?,
-        topology,
-    })
+    Ok((tensors?, topology))
 }
 
 fn layer_params(h: &NduHeader, dims: &[usize], num: usize, profile: u8, dq: bool) -> LayerParams {
@@ -361,8 +372,8 @@ fn decode_ndu(j: &NduJob<'_>, parallel: bool) -> Result<Tensor> {
         &mut levels,
     )?;
     let data = if float {
-        TensorData::F32(quant::reconstruct(
-            &levels,
+        TensorData::F32(quant::reconstruct_owned(
+            levels,
             qp,
             density,
             h.codebook.as_ref(),

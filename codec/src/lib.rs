@@ -6,7 +6,7 @@
 //!   NNR_MPS, NNR_TPL, one NNR_NDU per tensor) with the reference encoder's decisions and
 //!   defaults ([`EncoderConfig::default`]); [`reconstruct`] gives the decoder's result without
 //!   coding.
-//! * [`decode`] / [`decode_stream`] reconstruct the tensors (and the topology); [`units`] lists
+//! * [`decode`] / [`decode_stream`] / [`decode_stream_with`] reconstruct the tensors (and the topology); [`units`] lists
 //!   the units. Decoding is bounded by [`Limits`] and never panics on malformed input.
 //! * [`quant`]: the normative step size and the check that levels fit 32 bits.
 //!
@@ -47,7 +47,9 @@ mod limits;
 pub mod quant;
 
 pub use config::{CodebookMode, EncoderConfig, ScanOrder, TensorKind, TensorOverride};
-pub use decode::{decode, decode_stream, units, DecodedStream, NduInfo, UnitInfo};
+pub use decode::{
+    decode, decode_stream, decode_stream_with, units, DecodedStream, NduInfo, UnitInfo,
+};
 pub use encode::{encode, encode_with_topology, reconstruct};
 pub use error::{Error, Result};
 pub use hls::{topology_compression_format, topology_storage_format, NnrUnitType, PayloadType};

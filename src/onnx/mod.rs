@@ -191,12 +191,12 @@ impl Model {
             });
         }
         let file = File::open(path).map_err(io)?;
-        // SAFETY: the mapping is read-only and dropped before this function returns; nnzip never
-        // writes to its input files (outputs go to a temp file, then rename).
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        let proto = ModelProto::parse_from_bytes(&map).map_err(|e| {
+        // Read through a buffer rather than a mapping: the mapped pages would count as this
+        // process's memory next to the parsed copy, doubling the peak for large models.
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, &file);
+        let proto = ModelProto::parse_from_reader(&mut reader).map_err(|e| {
             // A bitstream nnzip wrote is a common mix-up: say what it is.
-            if nnc_codec::units(&map).is_ok_and(|u| !u.is_empty()) {
+            if is_bitstream(&file) {
                 OnnxError::IsBitstream {
                     path: path.to_path_buf(),
                 }
@@ -207,7 +207,7 @@ impl Model {
                 }
             }
         })?;
-        drop(map);
+        drop(reader);
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Model::from_proto_in(proto, Some(path.to_path_buf()), &base)
     }
@@ -242,9 +242,9 @@ impl Model {
             path,
             external,
         };
-        // Decode every weight once now, so later stages never meet a malformed tensor.
+        // Check every weight once now, so later stages never meet a malformed tensor.
         for w in model.weights() {
-            model.read(&w.id)?;
+            model.check(&w.id)?;
         }
         Ok(model)
     }
@@ -424,6 +424,38 @@ pub fn decode_tensor_with(
         _ => return Err(OnnxError::UnsupportedType { name, dtype }),
     };
     Tensor::from_bytes(dtype, dims, bytes).map_err(terr)
+}
+
+/// Checks `tp` as [`decode_tensor_with`] does, without copying inline raw data.
+pub(crate) fn check_tensor_with(
+    tp: &TensorProto,
+    store: Option<&ExternalStore>,
+) -> Result<(), OnnxError> {
+    if tp.data_location.value() == 1 || tp.raw_data.is_empty() {
+        return decode_tensor_with(tp, store).map(drop);
+    }
+    let dims = proto_dims(tp)?;
+    let dtype = DType::from_onnx(tp.data_type);
+    if dtype.size().is_none() {
+        return Err(OnnxError::UnsupportedType {
+            name: tp.name.clone(),
+            dtype,
+        });
+    }
+    crate::tensor::check_len(dtype, &dims, tp.raw_data.len()).map_err(|source| OnnxError::Tensor {
+        name: tp.name.clone(),
+        source,
+    })
+}
+
+/// Whether `file` holds NNC units (a bitstream given where a model was expected).
+fn is_bitstream(file: &File) -> bool {
+    // SAFETY: read-only and dropped before returning; nnzip never writes to its input files
+    // (outputs go to a temp file, then rename).
+    let Ok(map) = (unsafe { memmap2::Mmap::map(file) }) else {
+        return false;
+    };
+    nnc_codec::units(&map).is_ok_and(|u| !u.is_empty())
 }
 
 /// Replaces a tensor proto's data with `t` as `raw_data`, keeping its name, doc string, metadata

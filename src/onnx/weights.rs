@@ -266,6 +266,52 @@ impl Model {
         }
     }
 
+    /// Checks weight `id` as [`Model::read`] would decode it; initializers' inline data is not
+    /// copied.
+    pub fn check(&self, id: &WeightId) -> Result<(), OnnxError> {
+        if let WeightSlot::Initializer(i) = id.slot {
+            let g = graph_at(self.graph(), &id.graph)
+                .ok_or_else(|| OnnxError::NoSuchWeight(id.clone()))?;
+            let tp = g
+                .initializer
+                .get(i)
+                .ok_or_else(|| OnnxError::NoSuchWeight(id.clone()))?;
+            return super::check_tensor_with(tp, Some(self.external_store()));
+        }
+        self.read(id).map(drop)
+    }
+
+    /// Moves an inline initializer's data out of the model (the proto keeps its name, type and
+    /// dims), for a stage that converts the values anyway and gives them back with
+    /// [`Model::restore_raw`]; `None` for other weights. Until then the model lacks the data.
+    pub fn take_raw(&mut self, id: &WeightId) -> Option<Tensor> {
+        let WeightSlot::Initializer(i) = id.slot else {
+            return None;
+        };
+        let tp = graph_at_mut(self.graph_mut(), &id.graph)?
+            .initializer
+            .get_mut(i)?;
+        if tp.data_location.value() == 1 || tp.raw_data.is_empty() {
+            return None;
+        }
+        let dims = super::proto_dims(tp).ok()?;
+        let dtype = DType::from_onnx(tp.data_type);
+        // Checked first: the bytes are only moved once they are known to make a tensor.
+        crate::tensor::check_len(dtype, &dims, tp.raw_data.len()).ok()?;
+        Tensor::from_bytes(dtype, dims, std::mem::take(&mut tp.raw_data)).ok()
+    }
+
+    /// Gives back data [`Model::take_raw`] took.
+    pub fn restore_raw(&mut self, id: &WeightId, t: Tensor) {
+        if let WeightSlot::Initializer(i) = id.slot {
+            if let Some(tp) =
+                graph_at_mut(self.graph_mut(), &id.graph).and_then(|g| g.initializer.get_mut(i))
+            {
+                tp.raw_data = t.into_bytes();
+            }
+        }
+    }
+
     /// Reads a weight as a dense tensor.
     pub fn read(&self, id: &WeightId) -> Result<Tensor, OnnxError> {
         let missing = || OnnxError::NoSuchWeight(id.clone());

@@ -324,7 +324,7 @@ struct ReferenceSizes {
 /// optimisation (a few bytes per megabyte over the exact one; the budget keeps a margin of
 /// that order).
 fn reference_sizes(
-    model: &Model,
+    model: &mut Model,
     opts: &ContainerOptions,
 ) -> Result<ReferenceSizes, PipelineError> {
     use rayon::prelude::*;
@@ -337,35 +337,84 @@ fn reference_sizes(
         .or(EncoderConfig::fast().param_opt_bins);
     o.codec.parallel = false;
     // Tensor by tensor (both cores, one tensor each): the model plus two tensors in memory
-    // rather than every tensor's float copy at once.
+    // rather than every tensor's float copy at once. Large float initializers leave the model
+    // for their encode and come back after it, so their values are in memory once (as the
+    // model's bytes or as the encoder's floats), not twice.
     let weights = model.weights();
     let names = crate::container::weight_names(model);
-    let per: Result<Vec<Vec<(String, KnownRate)>>, PipelineError> = weights
-        .par_iter()
-        .zip(names.into_par_iter())
-        .map(|(w, name)| {
-            let (tensors, cfg) = crate::container::weight_tensors(model, w, name, &o)?;
-            let sizes = ndu_sizes(&nnc_codec::encode(&tensors, &cfg)?)?;
-            Ok(tensors
-                .iter()
-                .filter_map(|t| {
-                    let bytes = *sizes.get(&t.name)?;
-                    let print = match &t.data {
-                        nnc_codec::TensorData::F32(v) => ValuePrint::of(v),
-                        nnc_codec::TensorData::I32(_) => ValuePrint::of(&[]),
-                    };
-                    let qp = cfg.tensor_qp(&t.name, &t.shape).0;
-                    Some((t.name.clone(), KnownRate { qp, bytes, print }))
-                })
-                .collect())
+    let taken: Vec<Option<crate::tensor::Tensor>> = weights
+        .iter()
+        .map(|w| {
+            let large = w.dtype == crate::tensor::DType::F32 && w.numel() >= TAKE_ABOVE;
+            large.then(|| model.take_raw(&w.id)).flatten()
         })
         .collect();
-    let tensors: HashMap<String, KnownRate> = per?.into_iter().flatten().collect();
+    let m: &Model = model;
+    type Sizes = Result<(Vec<(String, KnownRate)>, Option<crate::tensor::Tensor>), PipelineError>;
+    let per: Vec<Sizes> = weights
+        .par_iter()
+        .zip(names.into_par_iter())
+        .zip(taken.into_par_iter())
+        .map(|((w, name), t)| {
+            let (tensors, cfg, back) = match t {
+                Some(t) => {
+                    let (c, cfg, back) = crate::container::weight_tensors_taken(m, t, w, name, &o)?;
+                    (c, cfg, Some(back))
+                }
+                None => {
+                    let (c, cfg) = crate::container::weight_tensors(m, w, name, &o)?;
+                    (c, cfg, None)
+                }
+            };
+            Ok((known_rates(&tensors, &cfg)?, back))
+        })
+        .collect();
+    let mut tensors: HashMap<String, KnownRate> = HashMap::new();
+    let mut failed = None;
+    // Every value taken goes back, whatever failed.
+    for (w, r) in weights.iter().zip(per) {
+        match r {
+            Ok((known, back)) => {
+                if let Some(t) = back {
+                    model.restore_raw(&w.id, t);
+                }
+                tensors.extend(known);
+            }
+            Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
     let parameter_bytes: u64 = tensors.values().map(|k| k.bytes).sum();
     Ok(ReferenceSizes {
         bytes: parameter_bytes - parameter_bytes / 2000,
         tensors,
     })
+}
+
+/// Float initializers of at least this many values are taken out of the model for the
+/// reference-size encode (smaller ones are copied: taking them saves little).
+const TAKE_ABOVE: usize = 1 << 18;
+
+/// Each coded tensor's bytes at the reference's settings, with its QP and value print.
+fn known_rates(
+    tensors: &[nnc_codec::Tensor],
+    cfg: &EncoderConfig,
+) -> Result<Vec<(String, KnownRate)>, PipelineError> {
+    let sizes = ndu_sizes(&nnc_codec::encode(tensors, cfg)?)?;
+    Ok(tensors
+        .iter()
+        .filter_map(|t| {
+            let bytes = *sizes.get(&t.name)?;
+            let print = match &t.data {
+                nnc_codec::TensorData::F32(v) => ValuePrint::of(v),
+                nnc_codec::TensorData::I32(_) => ValuePrint::of(&[]),
+            };
+            let qp = cfg.tensor_qp(&t.name, &t.shape).0;
+            Some((t.name.clone(), KnownRate { qp, bytes, print }))
+        })
+        .collect())
 }
 
 /// The default rule's encoder settings for `p`, the finest within the reference's bytes: the
@@ -412,7 +461,9 @@ fn rule_encode(
     let mut ratio = 1.0f64;
     let mut over = f64::NEG_INFINITY;
     let mut trials = Vec::new();
-    let mut best: Option<(Vec<u8>, ContainerStats, f64)> = None;
+    // An encode over budget keeps its level, not its bytes (a large model's bitstream would sit
+    // beside the next encode); should no encode fit, the best is encoded again at the end.
+    let mut best: Option<(Option<Vec<u8>>, ContainerStats, f64)> = None;
     for attempt in 0..4u64 {
         if progress.cancelled() {
             return Err(PipelineError::Cancelled);
@@ -436,14 +487,19 @@ fn rule_encode(
             Some((_, s, _)) => fits || actual < s.parameter_bytes,
         };
         if better {
-            best = Some((bytes, stats, level));
+            best = Some((fits.then_some(bytes), stats, level));
         }
         if fits && actual as f64 >= 0.995 * budget as f64 {
             break;
         }
     }
-    let Some((bytes, stats, level)) = best else {
-        return Err(PipelineError::Cancelled);
+    let (bytes, stats, level) = match best {
+        Some((Some(bytes), stats, level)) => (bytes, stats, level),
+        Some((None, _, level)) => {
+            let (bytes, stats) = encode_prepared(p, &fast(planner.config(level)))?;
+            (bytes, stats, level)
+        }
+        None => return Err(PipelineError::Cancelled),
     };
     let qps: Vec<i32> = (0..planner.stats.len())
         .filter(|&i| planner.stats[i].weight)
@@ -494,29 +550,41 @@ fn rate_control(
 }
 
 /// Relative reconstruction errors of every quantized tensor, worst first.
-fn tensor_errors(
-    p: &Prepared,
-    cfg_of: &dyn Fn(&nnc_codec::Tensor) -> Option<i32>,
-    decoded: &[nnc_codec::Tensor],
-) -> Vec<TensorError> {
-    let by_name: std::collections::HashMap<&str, &nnc_codec::Tensor> =
-        decoded.iter().map(|t| (t.name.as_str(), t)).collect();
-    let mut v: Vec<TensorError> = p
-        .tensors
+/// Decodes `bitstream` and measures each quantized tensor's error against what was encoded
+/// (largest relative error first). Each encoded tensor is dropped once its decoded one is
+/// compared, so the two sets are not in memory whole at the same time.
+fn decode_checked(
+    bitstream: &[u8],
+    encoded: Vec<nnc_codec::Tensor>,
+    config: &EncoderConfig,
+    units: &[nnc_codec::UnitInfo],
+) -> Result<(nnc_codec::DecodedStream, Vec<TensorError>), PipelineError> {
+    let qps: HashMap<&str, i32> = units
         .iter()
-        .filter(|t| !p.config.overrides.get(&t.name).is_some_and(|o| o.raw))
-        .filter_map(|t| {
-            let d = by_name.get(t.name.as_str())?;
-            match (&t.data, &d.data) {
-                (nnc_codec::TensorData::F32(a), nnc_codec::TensorData::F32(b)) => {
-                    Some(TensorError::of(&t.name, cfg_of(t), a, b))
-                }
-                _ => None,
-            }
-        })
+        .filter_map(|u| u.ndu.as_ref())
+        .filter_map(|n| Some((n.name.as_str(), n.qp?)))
         .collect();
-    v.sort_by(|a, b| b.rel_error.total_cmp(&a.rel_error));
-    v
+    let encoded: std::sync::Mutex<HashMap<String, nnc_codec::Tensor>> = std::sync::Mutex::new(
+        encoded
+            .into_iter()
+            .filter(|t| !config.overrides.get(&t.name).is_some_and(|o| o.raw))
+            .map(|t| (t.name.clone(), t))
+            .collect(),
+    );
+    let (pairs, topology) = nnc_codec::decode_stream_with(bitstream, &Default::default(), |d| {
+        let original = encoded.lock().ok().and_then(|mut m| m.remove(&d.name));
+        let error = match (original.as_ref().map(|t| &t.data), &d.data) {
+            (Some(nnc_codec::TensorData::F32(a)), nnc_codec::TensorData::F32(b)) => Some(
+                TensorError::of(&d.name, qps.get(d.name.as_str()).copied(), a, b),
+            ),
+            _ => None,
+        };
+        (d, error)
+    })?;
+    let (tensors, errors): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
+    let mut errors: Vec<TensorError> = errors.into_iter().flatten().collect();
+    errors.sort_by(|a, b| b.rel_error.total_cmp(&a.rel_error));
+    Ok((nnc_codec::DecodedStream { tensors, topology }, errors))
 }
 
 /// Suspects for a collapse: tensors quantized away, then the largest relative errors.
@@ -679,7 +747,7 @@ pub fn compress_file(
     let mut reference = None;
     if rule {
         clock.stage("reference size", progress)?;
-        reference = Some(reference_sizes(&model, &container)?);
+        reference = Some(reference_sizes(&mut model, &container)?);
     }
     // Folded rows are coded with their scales apart wherever QPs are chosen per tensor.
     if opts.simplify && !opts.reference_compatible && (rule || opts.max_drop.is_some()) {
@@ -780,18 +848,7 @@ pub fn compress_file(
         (b, None, s, q)
     };
     clock.stage("verifying the bitstream", progress)?;
-    let decoded = nnc_codec::decode_stream(&bitstream, &Default::default())?;
     let units = nnc_codec::units(&bitstream)?;
-    let qps: std::collections::HashMap<String, i32> = units
-        .iter()
-        .filter_map(|u| u.ndu.as_ref())
-        .filter_map(|n| Some((n.name.clone(), n.qp?)))
-        .collect();
-    let elements: HashMap<&str, u64> = decoded
-        .tensors
-        .iter()
-        .map(|t| (t.name.as_str(), t.shape.iter().product::<usize>() as u64))
-        .collect();
     let tensors: Vec<crate::report::TensorRate> = units
         .iter()
         .filter_map(|u| {
@@ -799,18 +856,14 @@ pub fn compress_file(
             Some(crate::report::TensorRate {
                 name: n.name.clone(),
                 qp: n.qp,
-                elements: elements.get(n.name.as_str()).copied().unwrap_or(0),
+                elements: n.shape.iter().product(),
                 bytes: u.size as u64,
             })
         })
         .collect();
-    drop(elements);
-    let qp_of = |t: &nnc_codec::Tensor| qps.get(&t.name).copied();
-    let errors = tensor_errors(&prepared, &qp_of, &decoded.tensors);
-    let topology = prepared.topology;
-    drop(prepared.tensors);
+    let (decoded, errors) = decode_checked(&bitstream, prepared.tensors, &prepared.config, &units)?;
     let model = assemble(decoded, graph.as_deref())?;
-    drop(topology);
+    drop(prepared.topology);
     let dir = tempfile::tempdir().map_err(|source| PipelineError::Io {
         path: std::env::temp_dir(),
         source,

@@ -126,6 +126,22 @@ pub(crate) fn reconstruct(
     }
 }
 
+/// [`reconstruct`] of levels the caller gives up: the uniform case reuses their buffer (the
+/// decoder's largest allocation would otherwise be needed twice over).
+pub(crate) fn reconstruct_owned(
+    levels: Vec<i32>,
+    qp: i32,
+    density: u8,
+    cb: Option<&CodebookSyntax>,
+) -> Result<Vec<f32>> {
+    if cb.is_some() {
+        return reconstruct(&levels, qp, density, cb);
+    }
+    let step = step_size(qp, density);
+    // Same layout in and out: `collect` writes the floats over the levels in place.
+    Ok(levels.into_iter().map(|l| step * l as f32).collect())
+}
+
 /// Step size the reference derives for integer aligned quantization to `bw` bits: the 99.95th
 /// percentile of magnitudes maps to the largest level. Returns the QP (`get_qp_from_stepsize`,
 /// rounded half to even, clipped to the signalled range).

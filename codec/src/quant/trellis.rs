@@ -41,8 +41,10 @@ fn min_index(org: f64) -> i64 {
 }
 
 /// The Viterbi forward pass: for every element (its five candidate distortions) and state, the
-/// cheapest incoming branch, written to `dec` (8 bytes per element); returns the final costs.
-fn forward(dists: impl Iterator<Item = [f64; 5]>, dec: &mut [u8]) -> [f64; 8] {
+/// cheapest incoming branch, as its index into `CON[state]` in bits `2·state..2·state+2` of the
+/// element's `dec` word (2 bytes per element: the largest tensors' decisions were 8 bytes per
+/// weight, twice the weights themselves); returns the final costs.
+fn forward(dists: impl Iterator<Item = [f64; 5]>, dec: &mut [u16]) -> [f64; 8] {
     #[cfg(target_arch = "x86_64")]
     if simd::available() {
         // SAFETY: the CPU has the features `forward_avx512` is compiled for.
@@ -52,31 +54,42 @@ fn forward(dists: impl Iterator<Item = [f64; 5]>, dec: &mut [u8]) -> [f64; 8] {
     forward_scalar(dists, dec)
 }
 
-fn forward_scalar(dists: impl Iterator<Item = [f64; 5]>, dec: &mut [u8]) -> [f64; 8] {
+fn forward_scalar(dists: impl Iterator<Item = [f64; 5]>, dec: &mut [u16]) -> [f64; 8] {
     let mut cost = [0.5 * f64::MAX; 8];
     cost[0] = 0.0;
-    for (dist, row) in dists.zip(dec.chunks_exact_mut(8)) {
+    for (dist, word) in dists.zip(dec.iter_mut()) {
         let mut next = [0f64; 8];
+        let mut packed = 0u16;
         for s in 0..8 {
             let [(p0, q0), (p1, q1), (p2, q2)] = CON[s];
             let mut best = cost[p0 as usize] + dist[q0 as usize];
-            let mut choice = (p0 << 3) | q0;
+            let mut branch = 0u16;
             let c1 = cost[p1 as usize] + dist[q1 as usize];
             if c1 < best {
                 best = c1;
-                choice = (p1 << 3) | q1;
+                branch = 1;
             }
             let c2 = cost[p2 as usize] + dist[q2 as usize];
             if c2 < best {
                 best = c2;
-                choice = (p2 << 3) | q2;
+                branch = 2;
             }
             next[s] = best;
-            row[s] = choice;
+            packed |= branch << (2 * s);
         }
+        *word = packed;
         cost = next;
     }
     cost
+}
+
+/// Eight one-byte branch indices (0..=2, state s in byte s) as 2-bit fields of one word.
+#[inline(always)]
+fn pack_branches(bytes: u64) -> u16 {
+    // Pairs of bytes, then pairs of nibbles, then pairs of bytes again.
+    let x = (bytes | (bytes >> 6)) & 0x000F_000F_000F_000F;
+    let x = (x | (x >> 12)) & 0x0000_00FF_0000_00FF;
+    ((x | (x >> 24)) & 0xFFFF) as u16
 }
 
 /// The forward pass with the eight states in the lanes of one AVX-512 register: the same
@@ -94,7 +107,7 @@ mod simd {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn forward_avx512(
         dists: impl Iterator<Item = [f64; 5]>,
-        dec: &mut [u8],
+        dec: &mut [u16],
     ) -> [f64; 8] {
         // Per branch i, lane s: previous state, candidate slot, and the byte to record.
         let lanes = |f: fn((u8, u8)) -> u8| -> [[i64; 8]; 3] {
@@ -102,21 +115,19 @@ mod simd {
         };
         let prev = lanes(|(p, _)| p);
         let slot = lanes(|(_, q)| q);
-        let choice = lanes(|(p, q)| (p << 3) | q);
         let mut init = [0.5 * f64::MAX; 8];
         init[0] = 0.0;
         let mut out = [0f64; 8];
         // SAFETY: every load and store below is from or to an 8-lane array of 64-bit values
-        // (64 bytes), or 8 bytes at the start of an 8-byte row of `dec`.
+        // (64 bytes), or of 8 bytes.
         unsafe {
             let p: [__m512i; 3] =
                 std::array::from_fn(|i| _mm512_loadu_si512(prev[i].as_ptr().cast()));
             let q: [__m512i; 3] =
                 std::array::from_fn(|i| _mm512_loadu_si512(slot[i].as_ptr().cast()));
-            let ch: [__m512i; 3] =
-                std::array::from_fn(|i| _mm512_loadu_si512(choice[i].as_ptr().cast()));
+            let ch: [__m512i; 3] = std::array::from_fn(|i| _mm512_set1_epi64(i as i64));
             let mut cost = _mm512_loadu_pd(init.as_ptr());
-            for (dist, row) in dists.zip(dec.chunks_exact_mut(8)) {
+            for (dist, word) in dists.zip(dec.iter_mut()) {
                 let d = [dist[0], dist[1], dist[2], dist[3], dist[4], 0.0, 0.0, 0.0];
                 let d = _mm512_loadu_pd(d.as_ptr());
                 let branch = |i: usize| {
@@ -133,7 +144,9 @@ mod simd {
                     best = _mm512_mask_blend_pd(m, best, c);
                     pick = _mm512_mask_blend_epi64(m, pick, chi);
                 }
-                _mm_storel_epi64(row.as_mut_ptr().cast(), _mm512_cvtepi64_epi8(pick));
+                let mut bytes = 0u64;
+                _mm_storel_epi64((&raw mut bytes).cast(), _mm512_cvtepi64_epi8(pick));
+                *word = super::pack_branches(u64::from_le(bytes));
                 cost = best;
             }
             _mm512_storeu_pd(out.as_mut_ptr(), cost);
@@ -158,8 +171,7 @@ pub fn quantize_dq(weights: &[f32], geo: &ScanGeometry, step: f32) -> Vec<i32> {
     };
     let pos_of = |k: usize| if raster { k } else { order[k] as usize };
     let qscale = 1.0f64 / f64::from(step);
-    // One byte per state and element: previous state (3 bits) and candidate slot (3 bits).
-    let mut dec = vec![0u8; n * 8];
+    let mut dec = vec![0u16; n];
     let dists = (0..n).map(|k| {
         let value = f64::from(weights[pos_of(k)]);
         let sign = if value < 0.0 { -1.0 } else { 1.0 };
@@ -183,9 +195,9 @@ pub fn quantize_dq(weights: &[f32], geo: &ScanGeometry, step: f32) -> Vec<i32> {
     }
     for k in (0..n).rev() {
         let pos = pos_of(k);
-        let choice = dec[k * 8 + state];
-        let prev = (choice >> 3) as usize;
-        let slot = choice & 7;
+        let branch = usize::from((dec[k] >> (2 * state)) & 3);
+        let (prev, slot) = CON[state][branch];
+        let prev = usize::from(prev);
         let level = if slot == ZERO_SLOT {
             0
         } else {
@@ -231,12 +243,24 @@ mod tests {
                     }
                 })
                 .collect();
-            let mut a = vec![0u8; n * 8];
-            let mut b = vec![0u8; n * 8];
+            let mut a = vec![0u16; n];
+            let mut b = vec![0u16; n];
             let ca = forward(dists.iter().copied(), &mut a);
             let cb = forward_scalar(dists.iter().copied(), &mut b);
             assert_eq!(a, b, "trial {trial}");
             assert_eq!(ca.map(f64::to_bits), cb.map(f64::to_bits), "trial {trial}");
+        }
+    }
+
+    /// Every combination of eight branch indices packs into its 2-bit fields.
+    #[test]
+    fn branches_pack_into_two_bit_fields() {
+        for code in 0..3u32.pow(8) {
+            let branch: [u64; 8] =
+                std::array::from_fn(|s| u64::from(code / 3u32.pow(s as u32) % 3));
+            let bytes = (0..8).fold(0u64, |a, s| a | branch[s] << (8 * s));
+            let want = (0..8).fold(0u16, |a, s| a | (branch[s] as u16) << (2 * s));
+            assert_eq!(pack_branches(bytes), want, "{branch:?}");
         }
     }
 

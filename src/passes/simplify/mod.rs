@@ -137,7 +137,8 @@ pub fn input_plans(
     })
 }
 
-/// Runs the simplify passes on `model` in place and verifies the result.
+/// Runs the simplify passes on `model` in place and verifies the result. On an error `model` is
+/// left empty (the passes own it while they run; every caller gives up on an error).
 pub fn simplify(
     model: &mut Model,
     rt: &'static Runtime,
@@ -148,17 +149,21 @@ pub fn simplify(
     // MACs at the sizes checked (the given ones, or those nnzip found the model runs at).
     let at = plans.first().map(InputPlan::shapes).unwrap_or_default();
     let before = ModelStats::of(model, &at)?;
+    // The original's outputs first: then the passes can own the model rather than a copy of
+    // it, and only one model and one ONNX Runtime session are in memory at a time.
+    let reference = outputs_on(model, rt, calib, &plans)?;
+    let original = std::mem::replace(model, Model::unchecked(Default::default()));
     // Declared sizes, not the planned ones: what the passes do must hold at every size.
-    let mut ed = Editor::new(model.clone(), InputDims::new());
+    let mut ed = Editor::new(original, InputDims::new());
     let ctx = PassContext {
         calib,
         runtime: Some(rt),
         inputs: plans.first(),
     };
     let reports = run_passes(&passes(calib.is_some()), &mut ed, &ctx)?;
-    let simplified = ed.into_model();
-    let verification = verify(model, &simplified, rt, calib, &plans, weakest(&reports))?;
-    *model = simplified;
+    *model = ed.into_model();
+    let candidate = outputs_on(model, rt, calib, &plans)?;
+    let verification = compare(&reference, &candidate, weakest(&reports));
     let after = ModelStats::of(model, &at)?;
     let (mut channels_removed, mut batchnorms_folded, mut layers_collapsed) =
         (0u64, 0u64, Vec::new());
@@ -191,59 +196,72 @@ pub fn verify(
     plans: &[InputPlan],
     preserves: Preserves,
 ) -> Result<Verification, PassError> {
-    let (ra, rb, data, samples, sizes) = match calib {
-        Some(c) => (
-            run_model(rt, a, c)?,
-            run_model(rt, b, c)?,
-            "calibration",
-            c.samples,
-            vec![],
-        ),
-        None => {
-            let opts = SessionOptions::default();
-            let (mut sa, mut sb) = (
-                Session::from_model(rt, a, &opts)?,
-                Session::from_model(rt, b, &opts)?,
-            );
-            let (mut oa, mut ob, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
-            for p in plans {
-                for seed in 0..4u64 {
-                    let x = p.random(seed).map_err(|e| PassError::NeedsInputs {
-                        pass: "verify",
-                        reason: e.to_string(),
-                    })?;
-                    oa.extend(sa.run(&x)?);
-                    ob.extend(sb.run(&x)?);
-                }
-                sizes.push(
-                    p.inputs
-                        .iter()
-                        .map(|i| {
-                            format!(
-                                "{}={}",
-                                i.name,
-                                i.shape
-                                    .iter()
-                                    .map(|d| d.to_string())
-                                    .collect::<Vec<_>>()
-                                    .join("x")
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                );
-            }
-            (oa, ob, "random", 4 * plans.len(), sizes)
+    let ra = outputs_on(a, rt, calib, plans)?;
+    let rb = outputs_on(b, rt, calib, plans)?;
+    Ok(compare(&ra, &rb, preserves))
+}
+
+/// A model's outputs on the verification data, and what that data was.
+struct Outputs {
+    values: Vec<(String, crate::tensor::Tensor)>,
+    data: &'static str,
+    samples: usize,
+    sizes: Vec<String>,
+}
+
+/// `model`'s outputs on the calibration data, or on four seeded inputs at each plan's sizes.
+fn outputs_on(
+    model: &Model,
+    rt: &'static Runtime,
+    calib: Option<&Calibration>,
+    plans: &[InputPlan],
+) -> Result<Outputs, PassError> {
+    if let Some(c) = calib {
+        return Ok(Outputs {
+            values: run_model(rt, model, c)?,
+            data: "calibration",
+            samples: c.samples,
+            sizes: vec![],
+        });
+    }
+    let mut s = Session::from_model(rt, model, &SessionOptions::default())?;
+    let (mut values, mut sizes) = (Vec::new(), Vec::new());
+    for p in plans {
+        for seed in 0..4u64 {
+            let x = p.random(seed).map_err(|e| PassError::NeedsInputs {
+                pass: "verify",
+                reason: e.to_string(),
+            })?;
+            values.extend(s.run(&x)?);
         }
-    };
-    let (d, m) = crate::calib::max_abs_diff(&ra, &rb);
-    Ok(Verification {
-        data: data.into(),
-        samples,
+        sizes.push(
+            p.inputs
+                .iter()
+                .map(|i| {
+                    let dims: Vec<String> = i.shape.iter().map(|d| d.to_string()).collect();
+                    format!("{}={}", i.name, dims.join("x"))
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    }
+    Ok(Outputs {
+        values,
+        data: "random",
+        samples: 4 * plans.len(),
         sizes,
+    })
+}
+
+fn compare(a: &Outputs, b: &Outputs, preserves: Preserves) -> Verification {
+    let (d, m) = crate::calib::max_abs_diff(&a.values, &b.values);
+    Verification {
+        data: a.data.into(),
+        samples: a.samples,
+        sizes: a.sizes.clone(),
         max_abs_diff: d,
         max_abs_output: m,
         within_tolerance: d <= TOLERANCE * m.max(1.0),
         exact_only_on_calibration_like_inputs: preserves != Preserves::Outputs,
-    })
+    }
 }
