@@ -290,7 +290,10 @@ impl Walk {
 fn known(d: &Expr, what: &str) -> Result<usize, String> {
     d.as_usize().ok_or_else(|| {
         let syms: Vec<String> = d.symbols().into_iter().collect();
-        format!("{what} depends on the input size ({d}); give the input a concrete size with --shape (symbols: {})", syms.join(", "))
+        format!(
+            "{what} depends on the input size ({d}); give the input a concrete size (symbols: {})",
+            syms.join(", ")
+        )
     })
 }
 
@@ -1202,4 +1205,16 @@ fn assemble(
     }
     out.sort_by_key(|g| g.sources.first().and_then(order));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_size_that_depends_on_the_input_names_its_symbols_not_a_flag() {
+        let e = known(&Expr::sym("H"), "the kernel's height").unwrap_err();
+        assert!(e.contains("(symbols: H)") && !e.contains("--"), "{e}");
+        assert_eq!(known(&Expr::int(3), "x"), Ok(3));
+    }
 }

@@ -1,5 +1,5 @@
 //! Model inputs for benchmarks and checks: seeded random data by type and shape, with symbolic
-//! dimensions resolved from `--shape NAME=1x3x224x224` (or batch = 1), or arrays from an `.npz`.
+//! dimensions resolved from given sizes (`NAME=1x3x224x224`; or batch = 1), or arrays from an `.npz`.
 
 use std::collections::HashMap;
 
@@ -12,27 +12,31 @@ use crate::tensor::{DType, Tensor, TensorError};
 
 #[derive(Debug, Error)]
 pub enum InputError {
-    #[error("input '{input}' has symbolic dimension(s) {dims} with no value: pass --shape {input}=... (e.g. --shape {input}={example})")]
+    #[error("input '{input}' has symbolic dimension(s) {dims} with no value; give it a concrete size such as {input}={example}")]
     UnresolvedDims {
         input: String,
         dims: String,
         example: String,
     },
-    #[error("bad --shape '{0}': expected NAME=D1xD2x... (e.g. input=1x3x224x224)")]
+    #[error("bad input size '{0}': expected NAME=D1xD2x... (e.g. input=1x3x224x224)")]
     BadShapeArg(String),
-    #[error("--shape {name}: the model has no input of that name (inputs: {inputs})")]
+    #[error(
+        "a size was given for '{name}', but the model has no input of that name (inputs: {inputs})"
+    )]
     UnknownInput { name: String, inputs: String },
-    #[error("--shape {name}={given}: the model fixes this input's shape to {fixed}")]
+    #[error(
+        "the size given for '{name}' ({given}) differs from the shape the model fixes, {fixed}"
+    )]
     ShapeConflict {
         name: String,
         given: String,
         fixed: String,
     },
-    #[error("input '{0}' has an unknown rank: pass --shape or --inputs")]
+    #[error("input '{0}' has an unknown rank: give its size or data for it")]
     UnknownRank(String),
     #[error("input '{name}' has type {dtype}, which nnzip cannot generate")]
     UnsupportedType { name: String, dtype: DType },
-    #[error("no input size nnzip tried runs this model (inputs {inputs}; symbolic sizes {symbols}): pass --shape NAME=DIMS, or calibration data")]
+    #[error("no input size nnzip tried runs this model (inputs {inputs}; symbolic sizes {symbols}): give the input sizes (NAME=DIMS) or calibration data")]
     NoRunnableSize { inputs: String, symbols: String },
     #[error(transparent)]
     Tensor(#[from] TensorError),
@@ -612,7 +616,7 @@ mod tests {
         let e = resolve_shapes(std::slice::from_ref(&b), &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("seq") && e.contains("--shape ids="), "{e}");
+        assert!(e.contains("seq") && e.contains("such as ids=1x"), "{e}");
         let s = parse_shape_arg("ids=2x16").unwrap();
         assert_eq!(resolve_shapes(&[b], &[s]).unwrap(), vec![vec![2, 16]]);
         assert!(resolve_shapes(std::slice::from_ref(&a), &[("x".into(), vec![1, 4])]).is_err());
