@@ -187,7 +187,6 @@ fn every_command_adds_the_flag_to_a_library_error() {
     let (nnc, simple, pruned) = (out("o.nnc"), out("s.onnx"), out("p.onnx"));
     let wrong_input = ["--shape", "nope=1x1x28x28", "-q"];
     let runs: Vec<Vec<&str>> = vec![
-        vec!["inspect", cnn],
         vec!["bench", cnn, "--runs", "1"],
         vec!["compress", cnn, "-o", &nnc, "--runs", "0"],
         vec!["simplify", cnn, "-o", &simple],

@@ -104,6 +104,7 @@ fn hint_of(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
         return match e {
             Pa::Runtime(e) => hint_of(e),
             Pa::Calib(e) => hint_of(e),
+            Pa::Inputs { input, .. } => input_hint(input),
             Pa::NeedsInputs { .. } => Some(SIZES.into()),
             _ => None,
         };
