@@ -23,14 +23,14 @@ pub enum BenchError {
     Input(#[from] InputError),
     #[error(transparent)]
     Npz(#[from] NpzError),
-    #[error("--vs model {other} has inputs {theirs}, but {model} has {ours}: they cannot be fed the same data")]
+    #[error("the model to compare, {other}, has inputs {theirs}, but {model} has {ours}: they cannot be fed the same data")]
     InputsDiffer {
         model: String,
         other: String,
         ours: String,
         theirs: String,
     },
-    #[error("--runs must be at least 1")]
+    #[error("the number of timed runs must be at least 1")]
     NoRuns,
 }
 

@@ -31,7 +31,7 @@ pub enum ContainerError {
     Onnx(#[from] OnnxError),
     #[error(transparent)]
     Tensor(#[from] TensorError),
-    #[error("the bitstream carries no ONNX topology (NNR_TPL): decode it with `nnzip codec decode`, or pass the graph file written beside it by --reference-compatible")]
+    #[error("the bitstream carries no ONNX topology (NNR_TPL): it holds plain tensors, or its graph is a file of its own (a reference-compatible pair)")]
     NoTopology,
     #[error("the topology unit is not an ONNX graph (topology_storage_format {0})")]
     NotOnnx(u8),

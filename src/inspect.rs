@@ -307,23 +307,19 @@ pub fn bytes_h(b: u64) -> String {
 }
 
 impl InspectReport {
-    /// The human-readable table.
+    /// The human-readable table: the model's summary, its MACs, then the largest weights.
     pub fn to_text(&self, max_rows: usize) -> String {
-        use std::fmt::Write;
         let mut o = String::new();
-        let shape = |s: &Option<Vec<serde_json::Value>>| match s {
-            Some(v) => format!(
-                "[{}]",
-                v.iter()
-                    .map(|x| x
-                        .as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| x.to_string()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            None => "(unknown rank)".into(),
-        };
+        self.summary_text(&mut o);
+        self.macs_text(&mut o);
+        o.push('\n');
+        self.weights_text(&mut o, max_rows);
+        o
+    }
+
+    /// File, format, interface, node and parameter counts.
+    fn summary_text(&self, o: &mut String) {
+        use std::fmt::Write;
         let _ = writeln!(
             o,
             "model      {}  ({}{})",
@@ -351,10 +347,22 @@ impl InspectReport {
             }
         );
         for i in &self.inputs {
-            let _ = writeln!(o, "input      {}: {} {}", i.name, i.dtype, shape(&i.shape));
+            let _ = writeln!(
+                o,
+                "input      {}: {} {}",
+                i.name,
+                i.dtype,
+                shape_text(&i.shape)
+            );
         }
         for i in &self.outputs {
-            let _ = writeln!(o, "output     {}: {} {}", i.name, i.dtype, shape(&i.shape));
+            let _ = writeln!(
+                o,
+                "output     {}: {} {}",
+                i.name,
+                i.dtype,
+                shape_text(&i.shape)
+            );
         }
         let _ = writeln!(
             o,
@@ -382,6 +390,11 @@ impl InspectReport {
             bytes_h(self.weight_bytes),
             self.zero_fraction * 100.0
         );
+    }
+
+    /// The MAC count (a number, a formula at symbolic sizes, or unknown) and what it misses.
+    fn macs_text(&self, o: &mut String) {
+        use std::fmt::Write;
         let at = self
             .mac_input_shapes
             .iter()
@@ -425,7 +438,11 @@ impl InspectReport {
                 self.macs_unknown.join(", ")
             );
         }
-        let _ = writeln!(o);
+    }
+
+    /// The `max_rows` largest weights, names cut from the left to fit.
+    fn weights_text(&self, o: &mut String, max_rows: usize) {
+        use std::fmt::Write;
         let name_w = self
             .tensors
             .iter()
@@ -471,6 +488,22 @@ impl InspectReport {
         if rows.len() > max_rows {
             let _ = writeln!(o, "… {} more (use --all or --json)", rows.len() - max_rows);
         }
-        o
+    }
+}
+
+/// A declared shape: `[batch, 3, 224, 224]`, or its absence.
+fn shape_text(s: &Option<Vec<serde_json::Value>>) -> String {
+    match s {
+        Some(v) => format!(
+            "[{}]",
+            v.iter()
+                .map(|x| x
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| x.to_string()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => "(unknown rank)".into(),
     }
 }

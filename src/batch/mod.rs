@@ -35,8 +35,8 @@ pub enum BatchError {
         #[source]
         source: std::io::Error,
     },
-    #[error("--shard: {0}")]
-    Shard(String),
+    #[error("shard: {0}")]
+    Shard(shard::ShardError),
     /// A storage failure that stops the run, with its class (transient: exit 75).
     #[error("{0}")]
     Store(store::StoreError, ErrorClass),

@@ -4,7 +4,43 @@
 
 use sha2::{Digest, Sha256};
 
+use thiserror::Error;
+
 use super::BatchError;
+
+/// Why no shard could be taken; the messages name the values, not how the command sets them.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ShardError {
+    #[error("'{0}' is not I/N with 0 <= I < N")]
+    NotIndexOfCount(String),
+    #[error("{name}={value} is not a non-negative integer")]
+    NotInteger { name: String, value: String },
+    #[error(
+        "JOB_COMPLETION_INDEX is set but the shard count is not: give it, or set \
+         NNZIP_SHARD_COUNT (the Job's completions)"
+    )]
+    CountMissing,
+    #[error("SLURM_ARRAY_TASK_ID is set but {0} is not")]
+    SlurmMissing(String),
+    #[error(
+        "the Slurm array is not contiguous (min {min}, max {max}, count {count}, step {step}): \
+         submit it as the array 0-{last} so every task is a shard",
+        last = count.saturating_sub(1)
+    )]
+    NotContiguous {
+        min: u64,
+        max: u64,
+        count: u64,
+        step: u64,
+    },
+    #[error("the shard count given ({given}) differs from SLURM_ARRAY_TASK_COUNT={slurm}")]
+    CountDiffers { given: u64, slurm: u64 },
+    #[error(
+        "a shard from the scheduler needs JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or \
+         SLURM_ARRAY_TASK_ID (Slurm job array)"
+    )]
+    NoScheduler,
+}
 
 /// Shard `index` of `count` (0-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +54,7 @@ impl Shard {
 
     /// `I/N` with `0 <= I < N`.
     pub fn parse(s: &str) -> Result<Shard, BatchError> {
-        let bad = || BatchError::Shard(format!("'{s}' is not I/N with 0 <= I < N"));
+        let bad = || BatchError::Shard(ShardError::NotIndexOfCount(s.to_string()));
         let (i, n) = s.split_once('/').ok_or_else(bad)?;
         let index: u64 = i.trim().parse().map_err(|_| bad())?;
         let count: u64 = n.trim().parse().map_err(|_| bad())?;
@@ -40,28 +76,26 @@ impl Shard {
             match env(name) {
                 None => Ok(None),
                 Some(v) => v.trim().parse().map(Some).map_err(|_| {
-                    BatchError::Shard(format!("{name}={v} is not a non-negative integer"))
+                    BatchError::Shard(ShardError::NotInteger {
+                        name: name.to_string(),
+                        value: v,
+                    })
                 }),
             }
         };
         if let Some(index) = num("JOB_COMPLETION_INDEX")? {
             let count = match count {
                 Some(c) => c,
-                None => num("NNZIP_SHARD_COUNT")?.ok_or_else(|| {
-                    BatchError::Shard(
-                        "JOB_COMPLETION_INDEX is set but the shard count is not: pass \
-                         --shard-count N or set NNZIP_SHARD_COUNT (the Job's completions)"
-                            .into(),
-                    )
-                })?,
+                None => {
+                    num("NNZIP_SHARD_COUNT")?.ok_or(BatchError::Shard(ShardError::CountMissing))?
+                }
             };
             return Shard::parse(&format!("{index}/{count}"));
         }
         if let Some(id) = num("SLURM_ARRAY_TASK_ID")? {
             let need = |name: &str| {
-                num(name)?.ok_or_else(|| {
-                    BatchError::Shard(format!("SLURM_ARRAY_TASK_ID is set but {name} is not"))
-                })
+                num(name)?
+                    .ok_or_else(|| BatchError::Shard(ShardError::SlurmMissing(name.to_string())))
             };
             let (min, max, n) = (
                 need("SLURM_ARRAY_TASK_MIN")?,
@@ -70,26 +104,24 @@ impl Shard {
             );
             let step = num("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1);
             if step != 1 || max < min || max - min + 1 != n {
-                return Err(BatchError::Shard(format!(
-                    "the Slurm array is not contiguous (min {min}, max {max}, count {n}, step \
-                     {step}): use --array=0-{} so every task is a shard",
-                    n.saturating_sub(1)
-                )));
+                return Err(BatchError::Shard(ShardError::NotContiguous {
+                    min,
+                    max,
+                    count: n,
+                    step,
+                }));
             }
             if let Some(c) = count {
                 if c != n {
-                    return Err(BatchError::Shard(format!(
-                        "--shard-count {c} differs from SLURM_ARRAY_TASK_COUNT={n}"
-                    )));
+                    return Err(BatchError::Shard(ShardError::CountDiffers {
+                        given: c,
+                        slurm: n,
+                    }));
                 }
             }
             return Shard::parse(&format!("{}/{n}", id.saturating_sub(min)));
         }
-        Err(BatchError::Shard(
-            "--shard auto needs JOB_COMPLETION_INDEX (Kubernetes Indexed Job) or \
-             SLURM_ARRAY_TASK_ID (Slurm job array)"
-                .into(),
-        ))
+        Err(BatchError::Shard(ShardError::NoScheduler))
     }
 
     /// Whether `id` falls in this shard.

@@ -20,6 +20,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use super::editor::{Analysis, Editor, NodeId};
 use super::ops::{norm_axis, Binary, Op};
 use super::sym::{product, Expr};
+use crate::onnx::proto::NodeProto;
 
 /// Where (part of) a channel space sits in one dimension of a tensor: channel `c` in
 /// `first..first + count` covers indices `offset + (c - first) * block ..+ block` of `axis`.
@@ -290,7 +291,10 @@ impl Walk {
 fn known(d: &Expr, what: &str) -> Result<usize, String> {
     d.as_usize().ok_or_else(|| {
         let syms: Vec<String> = d.symbols().into_iter().collect();
-        format!("{what} depends on the input size ({d}); give the input a concrete size with --shape (symbols: {})", syms.join(", "))
+        format!(
+            "{what} depends on the input size ({d}); give the input a concrete size (symbols: {})",
+            syms.join(", ")
+        )
     })
 }
 
@@ -367,40 +371,16 @@ impl Tracer<'_> {
         };
         let rank = self.shape(tensor)?.len();
         let out0 = n.output.first().cloned().unwrap_or_default();
+        if let Some(p) = self.passed_through(n, op, k, rank, place)? {
+            w.forward(ci, &out0, p);
+            return Ok(());
+        }
         match op {
-            _ if op.is_channelwise_unary() => {
-                if matches!(op, Op::Clip { .. })
-                    && n.input
-                        .iter()
-                        .skip(1)
-                        .any(|x| !x.is_empty() && !self.a.is_const(x))
-                {
-                    return Err("clip bounds are not constants".into());
-                }
-                w.forward(ci, &out0, place);
-            }
-            Op::Softmax { axis, coerced } => {
-                let a = norm_axis(*axis, rank).ok_or("bad axis")?;
-                if a == place.axis || (*coerced && place.axis > a) {
-                    return Err("normalizes across the channels".into());
-                }
-                w.forward(ci, &out0, place);
-            }
-            Op::LayerNorm { axis, .. } => {
-                let a = norm_axis(*axis, rank).ok_or("bad axis")?;
-                if k != 0 || place.axis >= a {
-                    return Err("normalizes across the channels".into());
-                }
-                w.forward(ci, &out0, place);
+            Op::ConvTranspose(_) | Op::Gemm { .. } if k == 0 => {
+                self.couple_consumer_weight(w, ci, n, op, place)?
             }
             Op::BatchNorm { .. } | Op::InstanceNorm { .. } => {
                 self.step_norm(w, ci, k, place, &out0, matches!(op, Op::BatchNorm { .. }))?
-            }
-            Op::Pool(_) | Op::GlobalPool(_) => {
-                if place.axis != 1 {
-                    return Err("channels not on axis 1".into());
-                }
-                w.forward(ci, &out0, place);
             }
             Op::Binary(b) if *b != Binary::Equal && *b != Binary::Where => {
                 self.step_elementwise(w, ci, k, tensor, place, &out0)?
@@ -415,16 +395,6 @@ impl Tracer<'_> {
             )?,
             Op::Split { axis, .. } => {
                 self.step_split(w, ci, place, norm_axis(*axis, rank).ok_or("bad axis")?)?
-            }
-            Op::Transpose { perm } => {
-                let perm: Vec<i64> = perm
-                    .clone()
-                    .unwrap_or_else(|| (0..rank as i64).rev().collect());
-                let a = perm
-                    .iter()
-                    .position(|&p| usize::try_from(p).ok() == Some(place.axis))
-                    .ok_or("bad perm")?;
-                w.forward(ci, &out0, Placement { axis: a, ..place });
             }
             Op::Flatten { .. } | Op::Reshape { .. } => {
                 if k != 0 {
@@ -447,7 +417,86 @@ impl Tracer<'_> {
                 self.step_axes(w, ci, op, tensor, place, &out0)?
             }
             Op::Conv(_) if k == 0 => self.step_conv(w, ci, tensor, place, &out0)?,
-            Op::ConvTranspose(t) if k == 0 => {
+            Op::MatMul => self.step_matmul(w, ci, k, tensor, place, &out0)?,
+            _ => {
+                return Err(format!(
+                    "nnzip cannot follow channels through {} input {k}",
+                    n.op_type
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the channels are in the output of an op that carries them through unchanged
+    /// (element-wise activations, normalizations and pooling that keep them apart,
+    /// transposes); `None` for any other op.
+    fn passed_through(
+        &self,
+        n: &NodeProto,
+        op: &Op,
+        k: usize,
+        rank: usize,
+        place: Placement,
+    ) -> Result<Option<Placement>, String> {
+        Ok(match op {
+            _ if op.is_channelwise_unary() => {
+                if matches!(op, Op::Clip { .. })
+                    && n.input
+                        .iter()
+                        .skip(1)
+                        .any(|x| !x.is_empty() && !self.a.is_const(x))
+                {
+                    return Err("clip bounds are not constants".into());
+                }
+                Some(place)
+            }
+            Op::Softmax { axis, coerced } => {
+                let a = norm_axis(*axis, rank).ok_or("bad axis")?;
+                if a == place.axis || (*coerced && place.axis > a) {
+                    return Err("normalizes across the channels".into());
+                }
+                Some(place)
+            }
+            Op::LayerNorm { axis, .. } => {
+                let a = norm_axis(*axis, rank).ok_or("bad axis")?;
+                if k != 0 || place.axis >= a {
+                    return Err("normalizes across the channels".into());
+                }
+                Some(place)
+            }
+            Op::Pool(_) | Op::GlobalPool(_) => {
+                if place.axis != 1 {
+                    return Err("channels not on axis 1".into());
+                }
+                Some(place)
+            }
+            Op::Transpose { perm } => {
+                let perm: Vec<i64> = perm
+                    .clone()
+                    .unwrap_or_else(|| (0..rank as i64).rev().collect());
+                let a = perm
+                    .iter()
+                    .position(|&p| usize::try_from(p).ok() == Some(place.axis))
+                    .ok_or("bad perm")?;
+                Some(Placement { axis: a, ..place })
+            }
+            _ => None,
+        })
+    }
+
+    /// A convolution-transpose or Gemm input 0: the channels are contracted with a constant
+    /// weight, whose matching slices are coupled to the group.
+    fn couple_consumer_weight(
+        &mut self,
+        w: &mut Walk,
+        ci: NodeId,
+        n: &NodeProto,
+        op: &Op,
+        place: Placement,
+    ) -> Result<(), String> {
+        match op {
+            Op::ConvTranspose(t) => {
                 let wt = n.input.get(1).ok_or("no weight")?;
                 if place.axis != 1 || t.window.group != 1 || !self.a.is_const(wt) {
                     return Err("unsupported transposed convolution input".into());
@@ -462,7 +511,7 @@ impl Tracer<'_> {
             }
             Op::Gemm {
                 trans_a, trans_b, ..
-            } if k == 0 => {
+            } => {
                 let wt = n.input.get(1).ok_or("no weight")?;
                 if (*trans_a && place.axis != 0)
                     || (!*trans_a && place.axis != 1)
@@ -481,10 +530,9 @@ impl Tracer<'_> {
                 );
                 w.t.consumers.insert(ci);
             }
-            Op::MatMul => self.step_matmul(w, ci, k, tensor, place, &out0)?,
             _ => {
                 return Err(format!(
-                    "nnzip cannot follow channels through {} input {k}",
+                    "nnzip cannot follow channels through {}",
                     n.op_type
                 ))
             }
@@ -1202,4 +1250,16 @@ fn assemble(
     }
     out.sort_by_key(|g| g.sources.first().and_then(order));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_size_that_depends_on_the_input_names_its_symbols_not_a_flag() {
+        let e = known(&Expr::sym("H"), "the kernel's height").unwrap_err();
+        assert!(e.contains("(symbols: H)") && !e.contains("--"), "{e}");
+        assert_eq!(known(&Expr::int(3), "x"), Ok(3));
+    }
 }

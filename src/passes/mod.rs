@@ -31,6 +31,12 @@ pub enum PassError {
     NeedsCalibration { pass: &'static str },
     #[error("{pass} needs concrete input sizes to run the model: {reason}")]
     NeedsInputs { pass: &'static str, reason: String },
+    /// The sizes to run the model at could not be planned (the input error says why).
+    #[error("{pass} needs concrete input sizes to run the model: {input}")]
+    Inputs {
+        pass: &'static str,
+        input: crate::runtime::inputs::InputError,
+    },
 }
 
 impl PassError {
@@ -44,7 +50,8 @@ impl PassError {
             PassError::Runtime(_) => C::Runtime,
             PassError::Invalid { .. }
             | PassError::NeedsCalibration { .. }
-            | PassError::NeedsInputs { .. } => C::Usage,
+            | PassError::NeedsInputs { .. }
+            | PassError::Inputs { .. } => C::Usage,
         }
     }
 }

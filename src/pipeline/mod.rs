@@ -7,6 +7,7 @@
 //! at most two sessions exist at once (only while timing, interleaved).
 
 pub mod prune;
+pub mod simplify;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,7 @@ pub use crate::report::{PruneResult, Quantization};
 use crate::rowscale::RowPrints;
 use crate::runtime::{peak_rss_bytes, Runtime, RuntimeError, Session, SessionOptions};
 pub use prune::{prune_file, PruneJob, PruneOutput};
+pub use simplify::{simplify_file, SimplifyJob, SimplifyOutput};
 
 #[derive(Debug, Error)]
 pub enum PipelineError {

@@ -1,5 +1,5 @@
 //! Model inputs for benchmarks and checks: seeded random data by type and shape, with symbolic
-//! dimensions resolved from `--shape NAME=1x3x224x224` (or batch = 1), or arrays from an `.npz`.
+//! dimensions resolved from given sizes (`NAME=1x3x224x224`; or batch = 1), or arrays from an `.npz`.
 
 use std::collections::HashMap;
 
@@ -7,32 +7,39 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 
+use crate::graph::infer::{declared, infer, InputDims};
+use crate::graph::ops::InferCx;
+use crate::graph::sym::Expr;
 use crate::onnx::{Dim, ValueInfo};
 use crate::tensor::{DType, Tensor, TensorError};
 
 #[derive(Debug, Error)]
 pub enum InputError {
-    #[error("input '{input}' has symbolic dimension(s) {dims} with no value: pass --shape {input}=... (e.g. --shape {input}={example})")]
+    #[error("input '{input}' has symbolic dimension(s) {dims} with no value; give it a concrete size such as {input}={example}")]
     UnresolvedDims {
         input: String,
         dims: String,
         example: String,
     },
-    #[error("bad --shape '{0}': expected NAME=D1xD2x... (e.g. input=1x3x224x224)")]
+    #[error("bad input size '{0}': expected NAME=D1xD2x... (e.g. input=1x3x224x224)")]
     BadShapeArg(String),
-    #[error("--shape {name}: the model has no input of that name (inputs: {inputs})")]
+    #[error(
+        "a size was given for '{name}', but the model has no input of that name (inputs: {inputs})"
+    )]
     UnknownInput { name: String, inputs: String },
-    #[error("--shape {name}={given}: the model fixes this input's shape to {fixed}")]
+    #[error(
+        "the size given for '{name}' ({given}) differs from the shape the model fixes, {fixed}"
+    )]
     ShapeConflict {
         name: String,
         given: String,
         fixed: String,
     },
-    #[error("input '{0}' has an unknown rank: pass --shape or --inputs")]
+    #[error("input '{0}' has an unknown rank: give its size or data for it")]
     UnknownRank(String),
     #[error("input '{name}' has type {dtype}, which nnzip cannot generate")]
     UnsupportedType { name: String, dtype: DType },
-    #[error("no input size nnzip tried runs this model (inputs {inputs}; symbolic sizes {symbols}): pass --shape NAME=DIMS, or calibration data")]
+    #[error("no input size nnzip tried runs this model (inputs {inputs}; symbolic sizes {symbols}): give the input sizes (NAME=DIMS) or calibration data")]
     NoRunnableSize { inputs: String, symbols: String },
     #[error(transparent)]
     Tensor(#[from] TensorError),
@@ -402,20 +409,77 @@ pub fn plans(
     check: &mut dyn FnMut(&InputPlan) -> bool,
     n: usize,
 ) -> Result<Vec<InputPlan>, InputError> {
-    use crate::graph::infer::{declared, infer, InputDims};
-    use crate::graph::ops::InferCx;
-    use crate::graph::sym::Expr;
     let ins = model.inputs();
     // Validate names and conflicts as before.
     check_given(&ins, given)?;
     let mut cx = InferCx::default();
+    let (dims, free) = planned_dims(&ins, given, &mut cx)?;
+    let holds = |env: &HashMap<String, i64>| consistent_at(model, &dims, env);
+    let mut env = batch_symbols(&ins, given, &mut cx);
+    let free: Vec<(String, DType, usize)> = free
+        .into_iter()
+        .filter(|f| !env.contains_key(&f.0))
+        .collect();
+    // Candidate assignments, one symbol at a time; the model's own constraints filter them.
+    for (sym, dtype, rank) in &free {
+        let cands = candidates(*dtype, *rank);
+        let pick = cands.iter().copied().find(|&c| {
+            let mut e = env.clone();
+            e.insert(sym.clone(), c);
+            holds(&e)
+        });
+        env.insert(
+            sym.clone(),
+            pick.unwrap_or(cands.first().copied().unwrap_or(1)),
+        );
+    }
+    let mut attempts = vec![env.clone()];
+    // Alternatives for the runtime check: each symbol's other candidates, in order.
+    for (sym, dtype, rank) in &free {
+        for &c in candidates(*dtype, *rank) {
+            let mut e = env.clone();
+            e.insert(sym.clone(), c);
+            if !attempts.contains(&e) && holds(&e) {
+                attempts.push(e);
+            }
+        }
+    }
+    let mut out: Vec<InputPlan> = Vec::new();
+    for e in &attempts {
+        if out.len() >= n {
+            break;
+        }
+        let Some(p) = plan_at(model, &ins, &dims, e) else {
+            continue;
+        };
+        if !out.contains(&p) && check(&p) {
+            out.push(p);
+        }
+    }
+    if out.is_empty() {
+        return Err(no_size(
+            model,
+            &free.iter().map(|f| f.0.clone()).collect::<Vec<_>>(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Each input's dims (given, else declared with a symbolic first dim as 1) and the symbols
+/// left open, with the dtype and rank of the first input they appear in.
+#[allow(clippy::type_complexity)]
+fn planned_dims(
+    ins: &[ValueInfo],
+    given: &[(String, Vec<usize>)],
+    cx: &mut InferCx,
+) -> Result<(InputDims, Vec<(String, DType, usize)>), InputError> {
     let mut dims: InputDims = HashMap::new();
-    let mut free: Vec<(String, DType, usize)> = Vec::new(); // symbol, dtype, rank of its input
-    for vi in &ins {
+    let mut free: Vec<(String, DType, usize)> = Vec::new();
+    for vi in ins {
         let d: Vec<Expr> = match given.iter().find(|(n, _)| n == &vi.name) {
             Some((_, g)) => crate::graph::sym::known(g).unwrap_or_default(),
             None => {
-                let mut d = declared(vi, &mut cx, true)
+                let mut d = declared(vi, cx, true)
                     .ok_or_else(|| InputError::UnknownRank(vi.name.clone()))?;
                 if let Some(first) = d.first_mut().filter(|x| !x.is_known()) {
                     *first = Expr::int(1);
@@ -432,58 +496,37 @@ pub fn plans(
         }
         dims.insert(vi.name.clone(), d);
     }
-    let make = |env: &HashMap<String, i64>| -> Option<InputPlan> {
-        let mut out = Vec::new();
-        for vi in &ins {
-            let d = dims.get(&vi.name)?;
-            let shape: Vec<usize> = d
+    Ok((dims, free))
+}
+
+/// Whether shape inference finds the model consistent with the symbols set to `env`.
+fn consistent_at(model: &crate::onnx::Model, dims: &InputDims, env: &HashMap<String, i64>) -> bool {
+    let concrete: InputDims = dims
+        .iter()
+        .filter_map(|(k, d)| {
+            let v: Option<Vec<Expr>> = d
                 .iter()
-                .map(|x| {
-                    x.eval(&|s| env.get(s).copied())
-                        .and_then(|v| usize::try_from(v).ok())
-                })
-                .collect::<Option<_>>()?;
-            let fill = if vi.dtype.is_float() {
-                Fill::Normal
-            } else {
-                integer_fill(model, &vi.name)
-            };
-            out.push(PlannedInput {
-                name: vi.name.clone(),
-                dtype: vi.dtype,
-                shape,
-                fill,
-            });
-        }
-        let mut chosen: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        chosen.sort();
-        Some(InputPlan {
-            inputs: out,
-            chosen,
+                .map(|x| x.eval(&|s| env.get(s).copied()).map(Expr::int))
+                .collect();
+            Some((k.clone(), v?))
         })
-    };
-    // Candidate assignments, one symbol at a time; the model's own constraints filter them.
-    let holds = |env: &HashMap<String, i64>| -> bool {
-        let concrete: InputDims = dims
-            .iter()
-            .filter_map(|(k, d)| {
-                let v: Option<Vec<Expr>> = d
-                    .iter()
-                    .map(|x| x.eval(&|s| env.get(s).copied()).map(Expr::int))
-                    .collect();
-                Some((k.clone(), v?))
-            })
-            .collect();
-        infer(model, &concrete).consistent()
-    };
-    // A symbol that is some input's first dimension is the batch: 1 wherever it appears (a
-    // recurrent state carries it on another axis).
+        .collect();
+    infer(model, &concrete).consistent()
+}
+
+/// A symbol that is some input's first dimension is the batch: 1 wherever it appears (a
+/// recurrent state carries it on another axis).
+fn batch_symbols(
+    ins: &[ValueInfo],
+    given: &[(String, Vec<usize>)],
+    cx: &mut InferCx,
+) -> HashMap<String, i64> {
     let mut env: HashMap<String, i64> = HashMap::new();
-    for vi in &ins {
+    for vi in ins {
         if given.iter().any(|(n, _)| n == &vi.name) {
             continue;
         }
-        let declared_first = declared(vi, &mut cx, true).and_then(|d| d.first().cloned());
+        let declared_first = declared(vi, cx, true).and_then(|d| d.first().cloned());
         if let Some(s) = declared_first
             .filter(|d| !d.is_known())
             .and_then(|d| d.symbols().into_iter().next())
@@ -491,51 +534,45 @@ pub fn plans(
             env.insert(s, 1);
         }
     }
-    let free: Vec<(String, DType, usize)> = free
-        .into_iter()
-        .filter(|f| !env.contains_key(&f.0))
-        .collect();
-    let mut attempts: Vec<HashMap<String, i64>> = Vec::new();
-    for (sym, dtype, rank) in &free {
-        let cands = candidates(*dtype, *rank);
-        let pick = cands.iter().copied().find(|&c| {
-            let mut e = env.clone();
-            e.insert(sym.clone(), c);
-            holds(&e)
+    env
+}
+
+/// The plan with the symbols set to `env`: concrete shapes (None where one stays open or
+/// negative) and each input's fill.
+fn plan_at(
+    model: &crate::onnx::Model,
+    ins: &[ValueInfo],
+    dims: &InputDims,
+    env: &HashMap<String, i64>,
+) -> Option<InputPlan> {
+    let mut out = Vec::new();
+    for vi in ins {
+        let d = dims.get(&vi.name)?;
+        let shape: Vec<usize> = d
+            .iter()
+            .map(|x| {
+                x.eval(&|s| env.get(s).copied())
+                    .and_then(|v| usize::try_from(v).ok())
+            })
+            .collect::<Option<_>>()?;
+        let fill = if vi.dtype.is_float() {
+            Fill::Normal
+        } else {
+            integer_fill(model, &vi.name)
+        };
+        out.push(PlannedInput {
+            name: vi.name.clone(),
+            dtype: vi.dtype,
+            shape,
+            fill,
         });
-        env.insert(
-            sym.clone(),
-            pick.unwrap_or(cands.first().copied().unwrap_or(1)),
-        );
     }
-    attempts.push(env.clone());
-    // Alternatives for the runtime check: each symbol's other candidates, in order.
-    for (sym, dtype, rank) in &free {
-        for &c in candidates(*dtype, *rank) {
-            let mut e = env.clone();
-            e.insert(sym.clone(), c);
-            if !attempts.contains(&e) && holds(&e) {
-                attempts.push(e);
-            }
-        }
-    }
-    let mut out: Vec<InputPlan> = Vec::new();
-    for e in &attempts {
-        if out.len() >= n {
-            break;
-        }
-        let Some(p) = make(e) else { continue };
-        if !out.contains(&p) && check(&p) {
-            out.push(p);
-        }
-    }
-    if out.is_empty() {
-        return Err(no_size(
-            model,
-            &free.iter().map(|f| f.0.clone()).collect::<Vec<_>>(),
-        ));
-    }
-    Ok(out)
+    let mut chosen: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    chosen.sort();
+    Some(InputPlan {
+        inputs: out,
+        chosen,
+    })
 }
 
 /// `resolve_shapes`' checks of `--shape` values (unknown names, conflicts with fixed dims),
@@ -612,7 +649,7 @@ mod tests {
         let e = resolve_shapes(std::slice::from_ref(&b), &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("seq") && e.contains("--shape ids="), "{e}");
+        assert!(e.contains("seq") && e.contains("such as ids=1x"), "{e}");
         let s = parse_shape_arg("ids=2x16").unwrap();
         assert_eq!(resolve_shapes(&[b], &[s]).unwrap(), vec![vec![2, 16]]);
         assert!(resolve_shapes(std::slice::from_ref(&a), &[("x".into(), vec![1, 4])]).is_err());

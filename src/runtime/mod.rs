@@ -25,7 +25,7 @@ pub enum RuntimeError {
         "the ONNX Runtime shared library (libonnxruntime.so) was not found.\n\
          Searched: {searched}.\n\
          Get it with `bash scripts/setup-ort.sh` (fetches the onnxruntime==1.31.1 wheel from PyPI into .ort/), \
-         or pass --ort-lib PATH, or set ORT_DYLIB_PATH=/path/to/libonnxruntime.so"
+         or give its path, or set ORT_DYLIB_PATH=/path/to/libonnxruntime.so"
     )]
     LibraryNotFound { searched: String },
     #[error("cannot load the ONNX Runtime library {path}: {reason}")]
@@ -164,7 +164,7 @@ pub fn locate_library(explicit: Option<&Path>) -> Result<(PathBuf, LibrarySource
         return as_lib(p)
             .map(|l| (l, LibrarySource::Explicit))
             .ok_or_else(|| RuntimeError::LibraryNotFound {
-                searched: format!("--ort-lib {} (no such library)", p.display()),
+                searched: format!("{} (given; no such library)", p.display()),
             });
     }
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {

@@ -26,7 +26,9 @@ pub enum PlacementError {
     Runtime(#[from] RuntimeError),
     #[error("cannot read ONNX Runtime's profile {path}: {reason}")]
     Profile { path: PathBuf, reason: String },
-    #[error("--strict-ep: {fell_back} of {total} nodes fell back from {ep} to the CPU ({ops})")]
+    #[error(
+        "strict placement: {fell_back} of {total} nodes fell back from {ep} to the CPU ({ops})"
+    )]
     Fallback {
         ep: String,
         fell_back: usize,

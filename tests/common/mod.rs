@@ -25,6 +25,33 @@ pub fn fixture(name: &str) -> PathBuf {
     repo().join("fixtures").join(name)
 }
 
+/// The `nnzip` binary. Cargo names it only when it builds the command's own tests, so the
+/// root package's tests, which include this file too, never call the helpers below.
+pub fn nnzip_bin() -> &'static str {
+    match option_env!("CARGO_BIN_EXE_nnzip") {
+        Some(p) => p,
+        None => panic!("only the nnzip-cli package's tests run the binary"),
+    }
+}
+
+/// Runs `nnzip` with `args` (stdin empty) and waits for it.
+pub fn nnzip(args: &[&str]) -> std::process::Output {
+    nnzip_env(args, &[] as &[(&str, &str)])
+}
+
+/// [`nnzip`] with extra environment variables.
+pub fn nnzip_env<K: AsRef<std::ffi::OsStr>, V: AsRef<std::ffi::OsStr>>(
+    args: &[&str],
+    env: &[(K, V)],
+) -> std::process::Output {
+    std::process::Command::new(nnzip_bin())
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run nnzip")
+}
+
 /// The trained fixture models (name, held-out data file).
 pub const TRAINED: &[(&str, &str)] = &[
     ("cnn.onnx", "mnist_test.npz"),

@@ -16,6 +16,9 @@ fn main() -> ExitCode {
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
+            if let Some(h) = cli::hint(&e) {
+                eprintln!("  hint: {h}");
+            }
             ExitCode::from(cli::exit_code(&e))
         }
     }

@@ -6,10 +6,12 @@
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 
+use common::{nnzip, nnzip_env};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 const NNZIP: &str = env!("CARGO_BIN_EXE_nnzip");
 
@@ -33,15 +35,6 @@ fn fast(id: &str) -> String {
     } else {
         FAST.into()
     }
-}
-
-fn nnzip(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut c = Command::new(NNZIP);
-    c.args(args);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.output().unwrap()
 }
 
 /// A manifest of the six fixtures, a corrupt model and a missing one.
@@ -125,7 +118,7 @@ fn concurrent_shards_with_one_killed_give_the_single_process_result() {
 
     // The reference: one process, the whole fleet.
     let single = dir.path().join("single");
-    let o = nnzip(&run_args(m, single.to_str().unwrap(), &[]), &[]);
+    let o = nnzip(&run_args(m, single.to_str().unwrap(), &[]));
     assert_eq!(
         o.status.code(),
         Some(3),
@@ -194,7 +187,7 @@ fn concurrent_shards_with_one_killed_give_the_single_process_result() {
     // The killed item is unfinished: no record, maybe a claim and temp files.
     assert!(!sharded.join(&started).join("report.json").exists());
     let shard = format!("{victim}/3");
-    let o = nnzip(&run_args(m, out, &["--shard", &shard]), &[]);
+    let o = nnzip(&run_args(m, out, &["--shard", &shard]));
     assert!(
         matches!(o.status.code(), Some(0 | 3)),
         "{}",
@@ -226,7 +219,7 @@ fn concurrent_shards_with_one_killed_give_the_single_process_result() {
     assert!(left.is_empty(), "left behind: {left:?}");
 
     // The report: one row per id, six done and two failed.
-    let o = nnzip(&["batch", "report", out, "--json"], &[]);
+    let o = nnzip(&["batch", "report", out, "--json"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let rows = r["rows"].as_array().unwrap();
@@ -246,10 +239,7 @@ fn concurrent_shards_with_one_killed_give_the_single_process_result() {
         .sum();
     assert_eq!(r["totals"]["bitstream_bytes"].as_u64().unwrap(), total);
     let csv = dir.path().join("fleet.csv");
-    let o = nnzip(
-        &["batch", "report", out, "--csv", csv.to_str().unwrap()],
-        &[],
-    );
+    let o = nnzip(&["batch", "report", out, "--csv", csv.to_str().unwrap()]);
     assert!(o.status.success());
     assert_eq!(std::fs::read_to_string(&csv).unwrap().lines().count(), 9);
 }
@@ -260,7 +250,7 @@ fn a_rerun_skips_finished_items_and_a_changed_option_redoes_only_its_item() {
     let m = manifest(dir.path(), &fast);
     let out = dir.path().join("out");
     let (ms, os) = (m.to_str().unwrap(), out.to_str().unwrap());
-    let o = nnzip(&run_args(ms, os, &["--jobs", "2"]), &[]);
+    let o = nnzip(&run_args(ms, os, &["--jobs", "2"]));
     assert_eq!(o.status.code(), Some(3));
     let first = events(&o.stdout);
     let run = first.iter().find(|e| e["event"] == "run").unwrap();
@@ -269,12 +259,12 @@ fn a_rerun_skips_finished_items_and_a_changed_option_redoes_only_its_item() {
     assert!(run["intra_threads"].as_u64().unwrap() * 2 <= cores.max(2));
 
     // Unchanged: nothing is done again; the failures stay failures (exit 3).
-    let o = nnzip(&run_args(ms, os, &[]), &[]);
+    let o = nnzip(&run_args(ms, os, &[]));
     assert_eq!(o.status.code(), Some(3));
     let evs = events(&o.stdout);
     assert!(ids_of(&evs, "done").is_empty(), "{evs:?}");
     assert_eq!(ids_of(&evs, "skip").len(), 8);
-    let st = nnzip(&["batch", "status", os, "--json"], &[]);
+    let st = nnzip(&["batch", "status", os, "--json"]);
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     assert_eq!(st["counts"]["done"], 6);
     assert_eq!(st["counts"]["failed"], 2);
@@ -289,21 +279,18 @@ fn a_rerun_skips_finished_items_and_a_changed_option_redoes_only_its_item() {
         }
     };
     let m2 = manifest(dir.path(), &changed);
-    let st = nnzip(
-        &[
-            "batch",
-            "status",
-            os,
-            "--manifest",
-            m2.to_str().unwrap(),
-            "--json",
-        ],
-        &[],
-    );
+    let st = nnzip(&[
+        "batch",
+        "status",
+        os,
+        "--manifest",
+        m2.to_str().unwrap(),
+        "--json",
+    ]);
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     assert_eq!(st["counts"]["stale"], 1, "{st}");
     let before = std::fs::read(out.join("mlp/model.nnc")).unwrap();
-    let o = nnzip(&run_args(m2.to_str().unwrap(), os, &[]), &[]);
+    let o = nnzip(&run_args(m2.to_str().unwrap(), os, &[]));
     assert_eq!(o.status.code(), Some(3));
     let evs = events(&o.stdout);
     assert_eq!(ids_of(&evs, "done"), vec!["mlp".to_string()]);
@@ -319,10 +306,7 @@ fn a_rerun_skips_finished_items_and_a_changed_option_redoes_only_its_item() {
     assert!(!out.join("cnn/model.onnx").exists(), "only where asked");
 
     // --retry-failed tries the failures again (they fail again: still exit 3).
-    let o = nnzip(
-        &run_args(m2.to_str().unwrap(), os, &["--retry-failed"]),
-        &[],
-    );
+    let o = nnzip(&run_args(m2.to_str().unwrap(), os, &["--retry-failed"]));
     assert_eq!(o.status.code(), Some(3));
     let evs = events(&o.stdout);
     let f: BTreeSet<String> = ids_of(&evs, "fail").into_iter().collect();
@@ -346,7 +330,7 @@ fn shard_ids(m: &Path, out: &Path, env: &[(&str, &str)], extra: &[&str]) -> Vec<
         &["--shard", "auto"],
     );
     args.extend_from_slice(extra);
-    let o = nnzip(&args, env);
+    let o = nnzip_env(&args, env);
     assert_eq!(
         o.status.code(),
         Some(3),
@@ -418,7 +402,7 @@ fn shard_auto_reads_kubernetes_and_slurm() {
     // A non-contiguous array (--array=1,3,5) and a missing count are refused (exit 2).
     let out = dir.path().join("refused");
     let (ms, os) = (m.to_str().unwrap(), out.to_str().unwrap());
-    let o = nnzip(
+    let o = nnzip_env(
         &run_args(ms, os, &["--shard", "auto"]),
         &[
             ("SLURM_ARRAY_TASK_ID", "3"),
@@ -430,11 +414,14 @@ fn shard_auto_reads_kubernetes_and_slurm() {
     );
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("not contiguous"));
-    let o = nnzip(
+    let o = nnzip_env(
         &run_args(ms, os, &["--shard", "auto"]),
         &[("JOB_COMPLETION_INDEX", "0")],
     );
     assert_eq!(o.status.code(), Some(2));
+    // The library says the count is missing; the command says which flag gives it.
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("hint: pass --shard-count N"), "{err}");
 }
 
 #[test]
@@ -447,16 +434,13 @@ fn manifest_mistakes_name_their_line_and_plan_writes_a_manifest() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    let o = nnzip(
-        &[
-            "batch",
-            "run",
-            m.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let o = nnzip(&[
+        "batch",
+        "run",
+        m.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("line 2") && err.contains("max_dorp"), "{err}");
@@ -465,18 +449,15 @@ fn manifest_mistakes_name_their_line_and_plan_writes_a_manifest() {
     let good = cheap_manifest(dir.path(), 2);
     let blocker = dir.path().join("a-file");
     std::fs::write(&blocker, b"x").unwrap();
-    let o = nnzip(
-        &[
-            "batch",
-            "run",
-            good.to_str().unwrap(),
-            "--out",
-            blocker.join("out").to_str().unwrap(),
-            "--log-format",
-            "json",
-        ],
-        &[],
-    );
+    let o = nnzip(&[
+        "batch",
+        "run",
+        good.to_str().unwrap(),
+        "--out",
+        blocker.join("out").to_str().unwrap(),
+        "--log-format",
+        "json",
+    ]);
     assert_eq!(
         o.status.code(),
         Some(5),
@@ -486,20 +467,17 @@ fn manifest_mistakes_name_their_line_and_plan_writes_a_manifest() {
     assert!(events(&o.stdout).is_empty(), "no item was started");
     // No ONNX Runtime: exit 4 before any item, and nothing recorded as failed.
     let fresh = dir.path().join("out-no-ort");
-    let o = nnzip(
-        &[
-            "--ort-lib",
-            "/nonexistent/libonnxruntime.so",
-            "batch",
-            "run",
-            good.to_str().unwrap(),
-            "--out",
-            fresh.to_str().unwrap(),
-            "--log-format",
-            "json",
-        ],
-        &[],
-    );
+    let o = nnzip(&[
+        "--ort-lib",
+        "/nonexistent/libonnxruntime.so",
+        "batch",
+        "run",
+        good.to_str().unwrap(),
+        "--out",
+        fresh.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ]);
     assert_eq!(
         o.status.code(),
         Some(4),
@@ -515,16 +493,13 @@ fn manifest_mistakes_name_their_line_and_plan_writes_a_manifest() {
     )
     .unwrap();
     let pattern = common::fixture("*.onnx").display().to_string();
-    let o = nnzip(
-        &[
-            "batch",
-            "plan",
-            &pattern,
-            "--defaults",
-            defaults.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let o = nnzip(&[
+        "batch",
+        "plan",
+        &pattern,
+        "--defaults",
+        defaults.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
         .lines()
@@ -547,16 +522,13 @@ fn manifest_mistakes_name_their_line_and_plan_writes_a_manifest() {
     assert!(Path::new(cnn["model"].as_str().unwrap()).is_absolute());
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "rnus = 0\n").unwrap();
-    let o = nnzip(
-        &[
-            "batch",
-            "plan",
-            &pattern,
-            "--defaults",
-            bad.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let o = nnzip(&[
+        "batch",
+        "plan",
+        &pattern,
+        "--defaults",
+        bad.to_str().unwrap(),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("rnus"));
 }

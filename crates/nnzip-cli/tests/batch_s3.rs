@@ -9,10 +9,12 @@
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 
+use common::{nnzip, nnzip_env};
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const NNZIP: &str = env!("CARGO_BIN_EXE_nnzip");
@@ -162,14 +164,6 @@ impl Drop for Moto {
     }
 }
 
-fn nnzip(args: &[&str], env: &[(String, String)]) -> Output {
-    Command::new(NNZIP)
-        .args(args)
-        .envs(env.iter().cloned())
-        .output()
-        .unwrap()
-}
-
 fn events(stdout: &[u8]) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(stdout)
         .lines()
@@ -242,7 +236,6 @@ fn an_s3_fleet_resumes_waits_for_claims_and_survives_a_stopped_server() {
         &strs(&run(
             local_manifest.to_str().unwrap(),
             reference.to_str().unwrap(),
-            &[],
         )),
         &[],
     );
@@ -250,7 +243,7 @@ fn an_s3_fleet_resumes_waits_for_claims_and_survives_a_stopped_server() {
 
     // The fleet from the bucket into the bucket: the models done, the missing one failed.
     let args = run("s3://fleet/fleet.jsonl", "s3://fleet/out", &[]);
-    let o = nnzip(&strs(&args), &env);
+    let o = nnzip_env(&strs(&args), &env);
     assert_eq!(
         o.status.code(),
         Some(3),
@@ -274,7 +267,7 @@ fn an_s3_fleet_resumes_waits_for_claims_and_survives_a_stopped_server() {
     assert!(moto.keys("out/").iter().all(|k| !k.ends_with(".claim")));
 
     // Resumption: nothing is done again.
-    let o = nnzip(&strs(&args), &env);
+    let o = nnzip_env(&strs(&args), &env);
     assert_eq!(o.status.code(), Some(3));
     let evs = events(&o.stdout);
     assert!(ids_of(&evs, "done").is_empty());
@@ -282,7 +275,7 @@ fn an_s3_fleet_resumes_waits_for_claims_and_survives_a_stopped_server() {
 
     // A claim of another live runner (another host): create-if-absent is refused, the run
     // waits; once the claim's lease is over, it is replaced (If-Match) and the item redone.
-    let o = nnzip(
+    let o = nnzip_env(
         &[
             "batch",
             "run",
@@ -382,7 +375,7 @@ fn an_s3_fleet_resumes_waits_for_claims_and_survives_a_stopped_server() {
         !done_before.is_empty() && done_before.len() < MODELS.len(),
         "{first:?}"
     );
-    let o = nnzip(
+    let o = nnzip_env(
         &strs(&run("s3://fleet/fleet.jsonl", "s3://fleet/stopped", &[])),
         &env,
     );
@@ -405,7 +398,7 @@ fn an_s3_fleet_resumes_waits_for_claims_and_survives_a_stopped_server() {
     }
 
     // The report from the bucket: one row per id.
-    let o = nnzip(&["batch", "report", "s3://fleet/out", "--json"], &env);
+    let o = nnzip_env(&["batch", "report", "s3://fleet/out", "--json"], &env);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["rows"].as_array().unwrap().len(), 7);

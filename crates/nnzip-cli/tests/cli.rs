@@ -4,18 +4,11 @@
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 use nnzip::onnx::proto::{tensor_shape_proto, type_proto};
 use nnzip::onnx::Model;
-
-fn nnzip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nnzip"))
-        .args(args)
-        .output()
-        .expect("run nnzip")
-}
 
 fn json(out: &Output) -> serde_json::Value {
     assert!(
@@ -182,6 +175,41 @@ fn bench_names_unresolved_symbolic_dims() {
         "x=1x4",
     ]));
     assert_eq!(v["model"]["runs"].as_u64(), Some(3));
+}
+
+/// The library says what is wrong in its own terms; every command adds the flag that fixes it.
+#[test]
+fn every_command_adds_the_flag_to_a_library_error() {
+    let cnn = fixture("cnn.onnx");
+    let cnn = cnn.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = |name: &str| dir.path().join(name).display().to_string();
+    let (nnc, simple, pruned) = (out("o.nnc"), out("s.onnx"), out("p.onnx"));
+    let wrong_input = ["--shape", "nope=1x1x28x28", "-q"];
+    let runs: Vec<Vec<&str>> = vec![
+        vec!["bench", cnn, "--runs", "1"],
+        vec!["compress", cnn, "-o", &nnc, "--runs", "0"],
+        vec!["simplify", cnn, "-o", &simple],
+        vec!["prune", cnn, "--sparsity", "0.3", "-o", &pruned],
+    ];
+    for mut args in runs {
+        args.extend(wrong_input);
+        let o = nnzip(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        let (message, hint) = err.split_once("hint: ").unwrap_or((&err, ""));
+        assert!(
+            message.contains("'nope'") && !message.contains("--"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            hint.starts_with("check --shape NAME=DIMS"),
+            "{args:?}: {err}"
+        );
+    }
+    let o = nnzip(&["bench", cnn, "--runs", "0", "-q"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("hint: pass --runs 1 or more"), "{err}");
 }
 
 #[test]

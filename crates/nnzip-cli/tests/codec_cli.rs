@@ -1,20 +1,15 @@
 //! `nnzip codec`: the command line over the NNC codec, checked against the reference vectors.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
+
+use common::nnzip;
 
 fn conformance(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/conformance/nnc")
-        .join(name)
-}
-
-fn nnzip(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_nnzip"))
-        .args(args)
-        .output()
-        .unwrap()
+    common::fixture("conformance/nnc").join(name)
 }
 
 /// The command-line flags of a vector's manifest settings.

@@ -7,6 +7,8 @@
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 
+use common::nnzip;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -208,14 +210,6 @@ fn assert_device_idle(sshd: &Sshd) {
 fn ort_lib() -> PathBuf {
     let (p, _) = nnzip::runtime::locate_library(None).expect("scripts/setup-ort.sh");
     p
-}
-
-fn nnzip(args: &[&str]) -> Output {
-    Command::new(NNZIP)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
 }
 
 fn json(out: &Output) -> Value {

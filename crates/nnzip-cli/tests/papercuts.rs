@@ -10,13 +10,6 @@ use std::process::{Command, Output};
 
 use common::*;
 
-fn nnzip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_nnzip"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

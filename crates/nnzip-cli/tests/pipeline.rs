@@ -4,18 +4,9 @@
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use nnzip::calib::{evaluate, run_model, Calibration, Metric};
 use nnzip::onnx::Model;
-
-fn nnzip(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_nnzip"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn ok(out: &std::process::Output) -> serde_json::Value {
     assert!(

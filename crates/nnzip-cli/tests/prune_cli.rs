@@ -4,8 +4,6 @@
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use nnzip::onnx::Model;
 use nnzip::passes::prune::{census, prunable_weights};
@@ -18,13 +16,6 @@ fn count(m: &Model) -> (usize, usize) {
 
 fn prunable_names(m: &Model) -> Vec<String> {
     prunable_weights(m).into_iter().map(|w| w.name).collect()
-}
-
-fn nnzip(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_nnzip"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 #[test]

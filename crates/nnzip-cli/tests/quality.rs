@@ -6,8 +6,6 @@
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use nnc_codec::{EncoderConfig, TensorData};
 use nnzip::onnx::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
@@ -69,13 +67,6 @@ fn conv_bn(gamma: f32) -> ModelProto {
     m.opset_import.push(op);
     m.graph = Some(g).into();
     m
-}
-
-fn nnzip(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_nnzip"))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// The rule on its own: a folded weight of RMS 1e-4 (the reference's step is 1.4e-3) keeps

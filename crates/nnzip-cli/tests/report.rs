@@ -14,11 +14,7 @@ use common::*;
 use serde_json::Value;
 
 fn nnzip(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_nnzip"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
+    nnzip_env(args, &[("NO_COLOR", "1")])
 }
 
 fn ok(out: &std::process::Output) -> String {

@@ -5,18 +5,9 @@
 #[path = "../../../tests/common/mod.rs"]
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use nnzip::onnx::Model;
 use nnzip::tensor::Tensor;
-
-fn nnzip(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_nnzip"))
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a

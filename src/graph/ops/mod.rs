@@ -335,6 +335,69 @@ impl Op {
                 axis: a.int("axis", if opset >= 13 { -1 } else { 1 }),
                 coerced: opset < 13,
             },
+            "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1"
+            | "ReduceL2" | "ReduceSumSquare" | "ReduceLogSum" | "ReduceLogSumExp" => {
+                let since = if op == "ReduceSum" { 13 } else { 18 };
+                Op::Reduce(Reduce {
+                    axes: axes_from(since, 1),
+                    keepdims: a.int("keepdims", 1) != 0,
+                    noop_with_empty_axes: a.flag("noop_with_empty_axes"),
+                })
+            }
+            "ArgMax" | "ArgMin" => Op::ArgReduce {
+                axis: a.int("axis", 0),
+                keepdims: a.int("keepdims", 1) != 0,
+            },
+            "Clip" => {
+                let (min, max) = if opset < 11 {
+                    (
+                        Some(a.float("min", f32::MIN)),
+                        Some(a.float("max", f32::MAX)),
+                    )
+                } else {
+                    (None, None)
+                };
+                Op::Clip { min, max }
+            }
+            "LSTM" | "GRU" | "RNN" => Op::Recurrent {
+                hidden: a.get("hidden_size").map(|x| x.i),
+                layout: a.int("layout", 0),
+                gates: match op {
+                    "LSTM" => 4,
+                    "GRU" => 3,
+                    _ => 1,
+                },
+            },
+            "If" | "Loop" | "Scan" => Op::Control(op.to_string()),
+            _ => match (
+                Op::parse_layout(n, opset)?,
+                Unary::parse(op, &a),
+                Binary::parse(op),
+            ) {
+                (Some(l), _, _) => l,
+                (_, Some(u), _) => Op::Unary(u),
+                (_, _, Some(b)) => Op::Binary(b),
+                _ => Op::Other {
+                    op_type: n.op_type.clone(),
+                    domain: String::new(),
+                },
+            },
+        })
+    }
+
+    /// The reshaping, slicing, concatenating, shape-arithmetic and resizing ops (`layout.rs`);
+    /// `None` for any other op.
+    fn parse_layout(n: &NodeProto, opset: i64) -> Result<Option<Op>, OpError> {
+        let op = n.op_type.as_str();
+        let a = Attrs(n);
+        let axes_from = |since: i64, input: usize| {
+            if opset >= since {
+                Source::Input(input)
+            } else {
+                a.ints("axes").map(Source::Attr).unwrap_or(Source::None)
+            }
+        };
+        Ok(Some(match op {
             "Reshape" => Op::Reshape {
                 allowzero: a.flag("allowzero"),
             },
@@ -382,49 +445,8 @@ impl Op {
                 mode: a.string("mode").unwrap_or_else(|| "constant".into()),
             },
             "Resize" | "Upsample" => Op::Resize(Resize::parse(n, opset)),
-            "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1"
-            | "ReduceL2" | "ReduceSumSquare" | "ReduceLogSum" | "ReduceLogSumExp" => {
-                let since = if op == "ReduceSum" { 13 } else { 18 };
-                Op::Reduce(Reduce {
-                    axes: axes_from(since, 1),
-                    keepdims: a.int("keepdims", 1) != 0,
-                    noop_with_empty_axes: a.flag("noop_with_empty_axes"),
-                })
-            }
-            "ArgMax" | "ArgMin" => Op::ArgReduce {
-                axis: a.int("axis", 0),
-                keepdims: a.int("keepdims", 1) != 0,
-            },
-            "Clip" => {
-                let (min, max) = if opset < 11 {
-                    (
-                        Some(a.float("min", f32::MIN)),
-                        Some(a.float("max", f32::MAX)),
-                    )
-                } else {
-                    (None, None)
-                };
-                Op::Clip { min, max }
-            }
-            "LSTM" | "GRU" | "RNN" => Op::Recurrent {
-                hidden: a.get("hidden_size").map(|x| x.i),
-                layout: a.int("layout", 0),
-                gates: match op {
-                    "LSTM" => 4,
-                    "GRU" => 3,
-                    _ => 1,
-                },
-            },
-            "If" | "Loop" | "Scan" => Op::Control(op.to_string()),
-            _ => match (Unary::parse(op, &a), Binary::parse(op)) {
-                (Some(u), _) => Op::Unary(u),
-                (_, Some(b)) => Op::Binary(b),
-                _ => Op::Other {
-                    op_type: n.op_type.clone(),
-                    domain: String::new(),
-                },
-            },
-        })
+            _ => return Ok(None),
+        }))
     }
 
     /// Output facts from input facts (one entry per node input, `present: false` for an

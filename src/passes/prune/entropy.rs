@@ -28,11 +28,12 @@ use super::structured::zero_channels;
 use super::{census, check_fraction, prunable_weights, ratio, Filter, PruneOutcome, Skipped};
 use crate::calib::capture::{capture, Source};
 use crate::calib::states::{rectifier_states, NeuronStates};
-use crate::calib::{evaluate, run_model, Metric};
+use crate::calib::{evaluate, run_model, Calibration, Metric};
 use crate::graph::editor::Editor;
 use crate::graph::groups::{channel_groups, ChannelGroup, CoupledParam, ParamRole};
 use crate::graph::ops::Op;
 use crate::passes::{Pass, PassContext, PassError, PassReport, Preserves};
+use crate::runtime::Runtime;
 use crate::tensor::Tensor;
 
 #[derive(Debug, Clone)]
@@ -139,8 +140,8 @@ fn read_const(ed: &Editor, name: &str) -> Result<Tensor, PassError> {
 /// calibration samples, accumulated batch by batch.
 fn probe_stats(
     ed: &Editor,
-    rt: &crate::runtime::Runtime,
-    calib: &crate::calib::Calibration,
+    rt: &Runtime,
+    calib: &Calibration,
     tensor: &str,
     axis: usize,
     samples: usize,
@@ -182,8 +183,8 @@ fn probe_stats(
 
 fn probe_means(
     ed: &Editor,
-    rt: &crate::runtime::Runtime,
-    calib: &crate::calib::Calibration,
+    rt: &Runtime,
+    calib: &Calibration,
     tensor: &str,
     axis: usize,
     samples: usize,
@@ -239,8 +240,8 @@ fn silence_to_mean(
     ed: &mut Editor,
     l: &Layer,
     states: &[NeuronStates],
-    rt: &crate::runtime::Runtime,
-    calib: &crate::calib::Calibration,
+    rt: &Runtime,
+    calib: &Calibration,
     mask: &[bool],
 ) -> Result<bool, PassError> {
     let Some((st, rect_out)) = single_rectifier(ed, l, states) else {
@@ -420,8 +421,8 @@ fn settle_layer(
     ed: &mut Editor,
     l: &Layer,
     states: &[NeuronStates],
-    rt: &crate::runtime::Runtime,
-    calib: &crate::calib::Calibration,
+    rt: &Runtime,
+    calib: &Calibration,
 ) -> Result<Option<usize>, PassError> {
     let Some((st, rect_out)) = single_rectifier(ed, l, states) else {
         return Ok(None);
@@ -550,34 +551,52 @@ impl EntropyPrune {
         let weights = prunable_weights(ed.model());
         let before = census(ed.model(), &weights)?;
         // The unpruned model's outputs: the reference of the layer-removal tolerance.
-        let metric_of = |m: &crate::onnx::Model,
-                         reference: Option<&Tensor>|
-         -> Result<(Tensor, f64), PassError> {
-            let out =
-                crate::calib::into_metric_output(run_model(rt, m, calib)?).ok_or_else(|| {
-                    PassError::Invalid {
-                        pass: "entropy",
-                        reason: "the model has no output".into(),
-                    }
-                })?;
-            let r = reference.unwrap_or(&out);
-            let v = evaluate(Metric::for_data(calib, r), calib, r, &out)?;
-            Ok((out, v))
-        };
         let reference = match self.layer_drop {
-            Some(_) => Some(metric_of(ed.model(), None)?),
+            Some(_) => Some(metric_of(rt, calib, ed.model(), None)?),
             None => None,
         };
         let states0 = rectifier_states(rt, ed, calib)?;
         let (layers, skipped) = self.layers(ed, &states0)?;
         let h0: Vec<f64> = layers.iter().map(|l| mean_entropy(&states0, l)).collect();
+        self.prune_by_relevance(ed, rt, calib, &layers, states0)?;
+        let mut account = vec![LayerAccount::default(); layers.len()];
+        if self.collapse > 0.0 {
+            self.zero_dead_neurons(ed, rt, calib, &layers, &mut account)?;
+        }
+        if let (Some(tol), Some((ref_out, base))) = (self.layer_drop, reference.as_ref()) {
+            let budget = Tolerance {
+                reference: ref_out,
+                base: *base,
+                tol,
+            };
+            remove_layers(ed, rt, calib, &layers, &h0, &budget, &mut account)?;
+        }
+        let st = rectifier_states(rt, ed, calib)?;
+        let after = census(ed.model(), &weights)?;
+        let mut out = PruneOutcome::from_census("entropy", &weights, &before, &after);
+        let report = entropy_report(ed, &layers, &st, &h0, &account)?;
+        annotate_layers(&mut out, &layers, &report);
+        out.skipped = skipped;
+        out.entropy = report.clone();
+        Ok((out, report))
+    }
+
+    /// The NEPENTHE rounds: each prunes its share of what is left of the budget by magnitude,
+    /// split over the layers by relevance, then measures the neuron states again.
+    fn prune_by_relevance(
+        &self,
+        ed: &mut Editor,
+        rt: &Runtime,
+        calib: &Calibration,
+        layers: &[Layer],
+        mut states: Vec<NeuronStates>,
+    ) -> Result<(), PassError> {
         let total: usize = layers
             .iter()
             .map(|l| layer_norms(ed, l).map(|x| x.2))
             .sum::<Result<usize, _>>()?;
         let target = (self.sparsity * total as f64).round() as usize;
         let rounds = self.rounds.max(1);
-        let mut states = states0.clone();
         for round in 0..rounds {
             if round > 0 {
                 states = rectifier_states(rt, ed, calib)?;
@@ -591,32 +610,7 @@ impl EntropyPrune {
                 break;
             }
             let this_round = (target - zeros).div_ceil(rounds - round);
-            // I_l and R_l.
-            let irr: Vec<f64> = layers
-                .iter()
-                .zip(&norms)
-                .map(|(l, (l1, nnz, _))| {
-                    let n = l.group.channels.max(1) as f64;
-                    let s: f64 = (0..l.group.channels)
-                        .map(|c| neuron_entropy(&states, &l.rects, c) * l1[c])
-                        .sum();
-                    if *nnz == 0 {
-                        0.0
-                    } else {
-                        s / n / *nnz as f64
-                    }
-                })
-                .collect();
-            let sum_i: f64 = irr.iter().sum();
-            let rel: Vec<f64> = irr
-                .iter()
-                .map(|&i| if i > 0.0 { sum_i / i } else { 0.0 })
-                .collect();
-            let weight: Vec<f64> = rel
-                .iter()
-                .zip(&norms)
-                .map(|(r, n)| r * n.1 as f64)
-                .collect();
+            let weight = round_weights(layers, &norms, &states);
             let wsum: f64 = weight.iter().sum();
             if wsum <= 0.0 {
                 break; // every layer is at zero entropy already
@@ -626,127 +620,232 @@ impl EntropyPrune {
                 let share = ((this_round as f64) * weight[li] / wsum).round() as usize;
                 // Keep at least one weight per layer.
                 let share = share.min(nnz.saturating_sub(1));
-                let k = (tot - nnz) + share;
-                let mut vals: Vec<(usize, Vec<f32>, Vec<usize>)> = Vec::new();
-                for (si, (name, _)) in l.sources.iter().enumerate() {
-                    let t = read_const(ed, name)?;
-                    let dims = t.dims.clone();
-                    vals.push((si, t.to_f32()?, dims));
-                }
-                let mut refs: Vec<&mut Vec<f32>> = vals.iter_mut().map(|v| &mut v.1).collect();
-                super::zero_smallest(&mut refs, k);
-                for (si, v, dims) in &vals {
-                    ed.write_constant(&l.sources[*si].0, &Tensor::from_f32(dims.clone(), v)?)?;
-                }
+                zero_smallest_of_layer(ed, l, (tot - nnz) + share)?;
             }
         }
-        // Remove what the data says is dead.
-        let mut collapsed = vec![0usize; layers.len()];
-        if self.collapse > 0.0 {
-            let st = rectifier_states(rt, ed, calib)?;
-            for (li, l) in layers.iter().enumerate() {
-                if !l.group.prunable() {
-                    continue;
-                }
-                let dead: Vec<usize> = (0..l.group.channels)
-                    .filter(|&c| {
-                        on_fraction(&st, &l.rects, c) <= self.collapse
-                            && neuron_entropy(&st, &l.rects, c) > 0.0
-                    })
-                    .collect();
-                // Never the whole layer: the collapse is for the simplify stage to do.
-                if dead.len() < l.group.channels {
-                    zero_channels(ed, &l.group, &dead)?;
-                    collapsed[li] = dead.len();
-                }
-            }
-        }
-        // Silence whole layers, the lowest-entropy first, within the tolerance.
-        let mut removed = vec![false; layers.len()];
-        let mut linearized = vec![0usize; layers.len()];
-        if let (Some(tol), Some((ref_out, base))) = (self.layer_drop, reference.as_ref()) {
-            let mut order: Vec<usize> = (0..layers.len()).collect();
-            order.sort_by(|&a, &b| h0[a].total_cmp(&h0[b]));
-            for li in order {
-                let l = &layers[li];
-                if !l.group.prunable() {
-                    continue;
-                }
-                // Settling keeps the majority-ON neurons' information; silencing the whole
-                // layer is the fallback.
-                let now = rectifier_states(rt, ed, calib)?;
-                let snap = ed.snapshot();
-                if let Some(n_on) = settle_layer(ed, l, &now, rt, calib)? {
-                    let (_, v) = metric_of(ed.model(), Some(ref_out))?;
-                    if base - v <= tol {
-                        removed[li] = true;
-                        linearized[li] = n_on;
-                        collapsed[li] = l.group.channels - n_on;
-                        continue;
-                    }
-                }
-                ed.restore(snap);
-                let snap = ed.snapshot();
-                let all = vec![true; l.group.channels];
-                if silence_to_mean(ed, l, &now, rt, calib, &all)? {
-                    let (_, v) = metric_of(ed.model(), Some(ref_out))?;
-                    if base - v <= tol {
-                        removed[li] = true;
-                        collapsed[li] = l.group.channels;
-                        continue;
-                    }
-                }
-                ed.restore(snap);
-            }
-        }
+        Ok(())
+    }
+
+    /// Zeroes, as whole channels, the neurons the data says are dead (ON on at most `collapse`
+    /// of the observations), never a whole layer: that collapse is the simplify stage's.
+    fn zero_dead_neurons(
+        &self,
+        ed: &mut Editor,
+        rt: &Runtime,
+        calib: &Calibration,
+        layers: &[Layer],
+        account: &mut [LayerAccount],
+    ) -> Result<(), PassError> {
         let st = rectifier_states(rt, ed, calib)?;
-        let after = census(ed.model(), &weights)?;
-        let mut out = PruneOutcome::from_census("entropy", &weights, &before, &after);
-        let mut report = Vec::new();
-        for (li, l) in layers.iter().enumerate() {
-            let h1 = mean_entropy(&st, l);
-            let zero_n = (0..l.group.channels)
-                .filter(|&c| neuron_entropy(&st, &l.rects, c) == 0.0)
-                .count();
-            let (_, nnz, tot) = layer_norms(ed, l)?;
-            report.push(LayerEntropy {
-                layer: l.group.name.clone(),
-                rectifiers: l
-                    .rects
-                    .iter()
-                    .filter_map(|&r| st.get(r).map(|s| s.name.clone()))
-                    .collect(),
-                neurons: l.group.channels,
-                entropy_before: h0[li],
-                entropy_after: h1,
-                zero_entropy_neurons: zero_n,
-                zero_entropy: zero_n == l.group.channels,
-                sparsity_after: ratio(tot - nnz, tot),
-                collapsed: collapsed[li],
-                linearized: linearized[li],
-                removed: removed[li],
-            });
-            let names: Vec<&str> = l
-                .group
-                .params
-                .iter()
-                .filter(|p| p.role == ParamRole::SourceWeight)
-                .map(|p| p.name.as_str())
+        for (l, acc) in layers.iter().zip(account.iter_mut()) {
+            if !l.group.prunable() {
+                continue;
+            }
+            let dead: Vec<usize> = (0..l.group.channels)
+                .filter(|&c| {
+                    on_fraction(&st, &l.rects, c) <= self.collapse
+                        && neuron_entropy(&st, &l.rects, c) > 0.0
+                })
                 .collect();
-            for lr in out
-                .layers
-                .iter_mut()
-                .filter(|x| names.contains(&x.name.as_str()))
-            {
-                lr.entropy_before = Some(h0[li]);
-                lr.entropy_after = Some(h1);
-                lr.channels = Some(l.group.channels);
-                lr.channels_removed = Some(collapsed[li]);
+            if dead.len() < l.group.channels {
+                zero_channels(ed, &l.group, &dead)?;
+                acc.collapsed = dead.len();
             }
         }
-        out.skipped = skipped;
-        out.entropy = report.clone();
-        Ok((out, report))
+        Ok(())
+    }
+}
+
+/// What the last two steps did to a layer.
+#[derive(Debug, Clone, Copy, Default)]
+struct LayerAccount {
+    /// Neurons made constant (dead ones zeroed, or settled/silenced).
+    collapsed: usize,
+    /// Neurons settled ON everywhere on the data.
+    linearized: usize,
+    /// Settled or silenced as a whole.
+    removed: bool,
+}
+
+/// The metric budget of whole-layer removal: the unpruned model's output and metric.
+struct Tolerance<'a> {
+    reference: &'a Tensor,
+    base: f64,
+    tol: f64,
+}
+
+impl Tolerance<'_> {
+    fn holds(&self, rt: &Runtime, calib: &Calibration, ed: &Editor) -> Result<bool, PassError> {
+        let (_, v) = metric_of(rt, calib, ed.model(), Some(self.reference))?;
+        Ok(self.base - v <= self.tol)
+    }
+}
+
+/// The model's main output on the calibration data and its metric against `reference` (itself
+/// when `None`).
+fn metric_of(
+    rt: &Runtime,
+    calib: &Calibration,
+    m: &crate::onnx::Model,
+    reference: Option<&Tensor>,
+) -> Result<(Tensor, f64), PassError> {
+    let out = crate::calib::into_metric_output(run_model(rt, m, calib)?).ok_or_else(|| {
+        PassError::Invalid {
+            pass: "entropy",
+            reason: "the model has no output".into(),
+        }
+    })?;
+    let r = reference.unwrap_or(&out);
+    let v = evaluate(Metric::for_data(calib, r), calib, r, &out)?;
+    Ok((out, v))
+}
+
+/// Each layer's share of a round: relevance R_l (from irrelevance I_l) times its non-zero weights.
+fn round_weights(
+    layers: &[Layer],
+    norms: &[(Vec<f64>, usize, usize)],
+    states: &[NeuronStates],
+) -> Vec<f64> {
+    let irr: Vec<f64> = layers
+        .iter()
+        .zip(norms)
+        .map(|(l, (l1, nnz, _))| {
+            let n = l.group.channels.max(1) as f64;
+            let s: f64 = (0..l.group.channels)
+                .map(|c| neuron_entropy(states, &l.rects, c) * l1[c])
+                .sum();
+            if *nnz == 0 {
+                0.0
+            } else {
+                s / n / *nnz as f64
+            }
+        })
+        .collect();
+    let sum_i: f64 = irr.iter().sum();
+    irr.iter()
+        .zip(norms)
+        .map(|(&i, n)| {
+            let r = if i > 0.0 { sum_i / i } else { 0.0 };
+            r * n.1 as f64
+        })
+        .collect()
+}
+
+/// Zeroes the `k` smallest-magnitude weights over a layer's source weights together.
+fn zero_smallest_of_layer(ed: &mut Editor, l: &Layer, k: usize) -> Result<(), PassError> {
+    let mut vals: Vec<(usize, Vec<f32>, Vec<usize>)> = Vec::new();
+    for (si, (name, _)) in l.sources.iter().enumerate() {
+        let t = read_const(ed, name)?;
+        let dims = t.dims.clone();
+        vals.push((si, t.to_f32()?, dims));
+    }
+    let mut refs: Vec<&mut Vec<f32>> = vals.iter_mut().map(|v| &mut v.1).collect();
+    super::zero_smallest(&mut refs, k);
+    for (si, v, dims) in &vals {
+        ed.write_constant(&l.sources[*si].0, &Tensor::from_f32(dims.clone(), v)?)?;
+    }
+    Ok(())
+}
+
+/// Brings whole layers to zero entropy, the lowest-entropy first, while the metric stays within
+/// the tolerance: settled where it can be (it keeps the majority-ON neurons' information), else
+/// silenced; a layer that costs too much either way is left as it was.
+fn remove_layers(
+    ed: &mut Editor,
+    rt: &Runtime,
+    calib: &Calibration,
+    layers: &[Layer],
+    h0: &[f64],
+    budget: &Tolerance,
+    account: &mut [LayerAccount],
+) -> Result<(), PassError> {
+    let mut order: Vec<usize> = (0..layers.len()).collect();
+    order.sort_by(|&a, &b| h0[a].total_cmp(&h0[b]));
+    for li in order {
+        let (l, acc) = (&layers[li], &mut account[li]);
+        if !l.group.prunable() {
+            continue;
+        }
+        let now = rectifier_states(rt, ed, calib)?;
+        let snap = ed.snapshot();
+        if let Some(n_on) = settle_layer(ed, l, &now, rt, calib)? {
+            if budget.holds(rt, calib, ed)? {
+                *acc = LayerAccount {
+                    collapsed: l.group.channels - n_on,
+                    linearized: n_on,
+                    removed: true,
+                };
+                continue;
+            }
+        }
+        ed.restore(snap);
+        let snap = ed.snapshot();
+        let all = vec![true; l.group.channels];
+        if silence_to_mean(ed, l, &now, rt, calib, &all)? && budget.holds(rt, calib, ed)? {
+            acc.collapsed = l.group.channels;
+            acc.removed = true;
+            continue;
+        }
+        ed.restore(snap);
+    }
+    Ok(())
+}
+
+/// Every layer's entropy before and after, with what the steps did to it.
+fn entropy_report(
+    ed: &Editor,
+    layers: &[Layer],
+    st: &[NeuronStates],
+    h0: &[f64],
+    account: &[LayerAccount],
+) -> Result<Vec<LayerEntropy>, PassError> {
+    let mut report = Vec::new();
+    for ((l, h_before), acc) in layers.iter().zip(h0).zip(account) {
+        let zero_n = (0..l.group.channels)
+            .filter(|&c| neuron_entropy(st, &l.rects, c) == 0.0)
+            .count();
+        let (_, nnz, tot) = layer_norms(ed, l)?;
+        report.push(LayerEntropy {
+            layer: l.group.name.clone(),
+            rectifiers: l
+                .rects
+                .iter()
+                .filter_map(|&r| st.get(r).map(|s| s.name.clone()))
+                .collect(),
+            neurons: l.group.channels,
+            entropy_before: *h_before,
+            entropy_after: mean_entropy(st, l),
+            zero_entropy_neurons: zero_n,
+            zero_entropy: zero_n == l.group.channels,
+            sparsity_after: ratio(tot - nnz, tot),
+            collapsed: acc.collapsed,
+            linearized: acc.linearized,
+            removed: acc.removed,
+        });
+    }
+    Ok(report)
+}
+
+/// Copies each layer's entropy account onto the per-weight rows of its source weights.
+fn annotate_layers(out: &mut PruneOutcome, layers: &[Layer], report: &[LayerEntropy]) {
+    for (l, e) in layers.iter().zip(report) {
+        let names: Vec<&str> = l
+            .group
+            .params
+            .iter()
+            .filter(|p| p.role == ParamRole::SourceWeight)
+            .map(|p| p.name.as_str())
+            .collect();
+        for lr in out
+            .layers
+            .iter_mut()
+            .filter(|x| names.contains(&x.name.as_str()))
+        {
+            lr.entropy_before = Some(e.entropy_before);
+            lr.entropy_after = Some(e.entropy_after);
+            lr.channels = Some(l.group.channels);
+            lr.channels_removed = Some(e.collapsed);
+        }
     }
 }
 

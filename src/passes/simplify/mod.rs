@@ -130,9 +130,9 @@ pub fn input_plans(
             .is_ok()
     };
     crate::runtime::inputs::plans(model, &given, &mut session_ok, n).map_err(|e| {
-        PassError::NeedsInputs {
+        PassError::Inputs {
             pass: "simplify",
-            reason: e.to_string(),
+            input: e,
         }
     })
 }
@@ -228,9 +228,9 @@ fn outputs_on(
     let (mut values, mut sizes) = (Vec::new(), Vec::new());
     for p in plans {
         for seed in 0..4u64 {
-            let x = p.random(seed).map_err(|e| PassError::NeedsInputs {
+            let x = p.random(seed).map_err(|e| PassError::Inputs {
                 pass: "verify",
-                reason: e.to_string(),
+                input: e,
             })?;
             values.extend(s.run(&x)?);
         }

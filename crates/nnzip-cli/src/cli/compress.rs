@@ -149,7 +149,7 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
     progress.finish();
     let out = out.map_err(|e| {
         let what = format!("cannot compress {}", a.model.display());
-        let hint = super::hint(&e);
+        let hint = super::collapse_hint(&e);
         anyhow::Error::new(e).context(match hint {
             Some(h) => format!("{what}: {h}"),
             None => what,

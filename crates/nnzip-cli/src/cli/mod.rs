@@ -42,8 +42,8 @@ pub mod code {
     pub const VERIFICATION: u8 = 6;
 }
 
-/// What to do about a verification failure (the library's error says what happened).
-pub fn hint(e: &nnzip::pipeline::PipelineError) -> Option<&'static str> {
+/// What to do about a collapsed `compress` result (the library's error says what happened).
+pub fn collapse_hint(e: &nnzip::pipeline::PipelineError) -> Option<&'static str> {
     use nnzip::fidelity::FidelityError;
     use nnzip::pipeline::PipelineError as P;
     match e {
@@ -57,36 +57,120 @@ pub fn hint(e: &nnzip::pipeline::PipelineError) -> Option<&'static str> {
     }
 }
 
-/// The shared verification of a written model against its input (exit 6 on a collapse unless
-/// `force`, which only warns).
-pub fn guard(
-    rt: &nnzip::runtime::Runtime,
-    input: &nnzip::onnx::Model,
-    output: &nnzip::onnx::Model,
-    calib: Option<&nnzip::calib::Calibration>,
-    shapes: &[(String, Vec<usize>)],
-    (g, force): (&nnzip::fidelity::Guard, bool),
-    suspects: &dyn Fn() -> Vec<nnzip::fidelity::Suspect>,
-) -> Result<nnzip::fidelity::Fidelity> {
-    use anyhow::Context;
-    let e = match nnzip::fidelity::verify(rt, input, output, calib, shapes, g, suspects) {
-        Ok(f) => return Ok(f),
-        Err(e) => e,
-    };
-    let what = match &e {
-        nnzip::fidelity::FidelityError::Collapsed { .. } if force => {
-            eprintln!("warning: writing anyway (--force): {e}");
-            if let nnzip::fidelity::FidelityError::Collapsed { fidelity, .. } = e {
-                return Ok(*fidelity);
+/// The flag that gives what a library error says is missing. The library speaks of inputs,
+/// sizes and runs; only the command knows its flags, so every command's failure passes here
+/// (`main` prints the hint under the error). The first error of the chain with a hint decides.
+pub fn hint(e: &anyhow::Error) -> Option<String> {
+    e.chain().find_map(hint_of)
+}
+
+/// The hint of one error of the chain, looking through the typed wrappers (their
+/// `#[error(transparent)]` variants hide the inner error from the chain).
+fn hint_of(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use nnzip::bench::BenchError as B;
+    use nnzip::fidelity::FidelityError as F;
+    use nnzip::passes::PassError as Pa;
+    use nnzip::pipeline::PipelineError as P;
+    use nnzip::runtime::placement::PlacementError as Pl;
+    if let Some(e) = cause.downcast_ref::<P>() {
+        return match e {
+            P::Pass(e) => hint_of(e),
+            P::Bench(e) => hint_of(e),
+            P::Runtime(e) => hint_of(e),
+            P::Fidelity(e) => hint_of(e),
+            P::Calib(e) => hint_of(e),
+            P::Rate(e) => hint_of(e),
+            _ => None,
+        };
+    }
+    if let Some(e) = cause.downcast_ref::<F>() {
+        return match e {
+            F::Input(e) => hint_of(e),
+            F::Runtime(e) => hint_of(e),
+            F::Calib(e) => hint_of(e),
+            _ => None,
+        };
+    }
+    if let Some(e) = cause.downcast_ref::<B>() {
+        return match e {
+            B::Input(e) => hint_of(e),
+            B::Runtime(e) => hint_of(e),
+            B::InputsDiffer { .. } => Some("--vs takes a model with the same inputs".into()),
+            B::NoRuns => Some("pass --runs 1 or more".into()),
+            _ => None,
+        };
+    }
+    if let Some(e) = cause.downcast_ref::<Pa>() {
+        return match e {
+            Pa::Runtime(e) => hint_of(e),
+            Pa::Calib(e) => hint_of(e),
+            Pa::Inputs { input, .. } => input_hint(input),
+            Pa::NeedsInputs { .. } => Some(SIZES.into()),
+            _ => None,
+        };
+    }
+    if let Some(e) = cause.downcast_ref::<Pl>() {
+        return match e {
+            Pl::Runtime(e) => hint_of(e),
+            Pl::Fallback { .. } => {
+                Some("--strict-ep refuses any fallback; without it the run goes on".into())
             }
-            "cannot verify the result against the input"
-        }
-        nnzip::fidelity::FidelityError::Collapsed { .. } => {
-            "nothing was written; pass --force to write it anyway"
-        }
-        _ => "cannot verify the result against the input",
-    };
-    Err(anyhow::Error::new(e)).context(what)
+            Pl::Profile { .. } => None,
+        };
+    }
+    if let Some(nnzip::calib::CalibError::Runtime(e)) = cause.downcast_ref() {
+        return hint_of(e);
+    }
+    if let Some(nnzip::ratecontrol::RateError::Runtime(e)) = cause.downcast_ref() {
+        return hint_of(e);
+    }
+    if let Some(nnzip::container::ContainerError::NoTopology) = cause.downcast_ref() {
+        return Some(
+            "decode plain tensors with `nnzip codec decode`; for a reference-compatible pair \
+             give the graph file written beside it (--graph FILE)"
+                .into(),
+        );
+    }
+    if let Some(nnzip::runtime::RuntimeError::LibraryNotFound { .. }) = cause.downcast_ref() {
+        return Some("pass --ort-lib PATH (the library or its folder)".into());
+    }
+    if let Some(nnzip::batch::BatchError::Shard(e)) = cause.downcast_ref() {
+        return shard_hint(e);
+    }
+    cause
+        .downcast_ref::<nnzip::runtime::inputs::InputError>()
+        .and_then(input_hint)
+}
+
+/// Where the flags to give sizes or data are.
+const SIZES: &str = "pass --shape NAME=DIMS for each input with open sizes, or calibration data \
+                     with --calib FILE.npz";
+
+fn input_hint(e: &nnzip::runtime::inputs::InputError) -> Option<String> {
+    use nnzip::runtime::inputs::InputError as I;
+    match e {
+        I::UnresolvedDims { input, example, .. } => Some(format!("pass --shape {input}={example}")),
+        I::BadShapeArg(_) | I::UnknownInput { .. } | I::ShapeConflict { .. } => Some(
+            "check --shape NAME=DIMS against the model's inputs (`nnzip inspect` lists them)"
+                .into(),
+        ),
+        I::UnknownRank(name) => Some(format!(
+            "pass --shape {name}=DIMS, or data for it (--calib FILE.npz; bench: --inputs FILE.npz)"
+        )),
+        I::NoRunnableSize { .. } => Some(SIZES.into()),
+        I::UnsupportedType { .. } | I::Tensor(_) => None,
+    }
+}
+
+fn shard_hint(e: &nnzip::batch::shard::ShardError) -> Option<String> {
+    use nnzip::batch::shard::ShardError as S;
+    match e {
+        S::NotIndexOfCount(_) => Some("pass --shard I/N with 0 <= I < N, or --shard auto".into()),
+        S::CountMissing => Some("pass --shard-count N".into()),
+        S::CountDiffers { .. } => Some("drop --shard-count or make it the array's size".into()),
+        S::NoScheduler => Some("--shard auto is for scheduled jobs; pass --shard I/N".into()),
+        S::NotInteger { .. } | S::SlurmMissing(_) | S::NotContiguous { .. } => None,
+    }
 }
 
 /// The exit code of a failure class.

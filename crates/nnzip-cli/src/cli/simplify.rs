@@ -1,9 +1,9 @@
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
-use nnzip::calib::Calibration;
-use nnzip::onnx::{Model, SaveOptions};
-use nnzip::passes::simplify::simplify;
+use anyhow::{Context, Result};
+use nnzip::fidelity::FidelityError;
+use nnzip::onnx::SaveOptions;
+use nnzip::pipeline::{simplify_file, PipelineError, SimplifyJob};
 use nnzip::runtime::Runtime;
 
 #[derive(Debug, clap::Args)]
@@ -33,60 +33,36 @@ pub struct Args {
 }
 
 pub fn run(a: Args, ort_lib: Option<&Path>) -> Result<()> {
-    let mut model =
-        Model::load(&a.model).with_context(|| format!("cannot load {}", a.model.display()))?;
-    let input = model.clone();
     let rt = Runtime::get(ort_lib).context("cannot start ONNX Runtime")?;
-    let calib = match &a.calib {
-        Some(p) => Some(
-            Calibration::load(p, &model)
-                .with_context(|| format!("cannot use calibration data {}", p.display()))?,
-        ),
-        None => None,
+    let job = SimplifyJob {
+        model: &a.model,
+        calib: a.calib.as_deref(),
+        shapes: &a.shapes,
+        force: a.force,
     };
-    let report =
-        simplify(&mut model, rt, calib.as_ref(), &a.shapes).context("simplification failed")?;
-    if !report.verification.within_tolerance && !a.force {
-        bail!(nnzip::pipeline::PipelineError::SimplifyMismatch {
-            diff: report.verification.max_abs_diff,
-            scale: report.verification.max_abs_output,
-        });
+    let out = simplify_file(rt, &job).map_err(|e| {
+        let what = format!("cannot simplify {}", a.model.display());
+        let collapsed = matches!(e, PipelineError::Fidelity(FidelityError::Collapsed { .. }));
+        anyhow::Error::new(e).context(if collapsed {
+            format!("{what}: nothing was written; pass --force to write it anyway")
+        } else {
+            what
+        })
+    })?;
+    if let Some(e) = &out.forced {
+        eprintln!("warning: writing anyway (--force): {e}");
     }
-    let changed: Vec<String> = report
-        .passes
-        .iter()
-        .filter(|p| p.changed)
-        .map(|p| p.pass.clone())
-        .collect();
-    super::guard(
-        rt,
-        &input,
-        &model,
-        calib.as_ref(),
-        &a.shapes,
-        (&nnzip::fidelity::Guard::default(), a.force),
-        &|| {
-            changed
-                .iter()
-                .map(|p| nnzip::fidelity::Suspect {
-                    tensor: format!("pass {p}"),
-                    detail: "changed the model".into(),
-                })
-                .collect()
-        },
-    )?;
-    drop(input);
     let opts = SaveOptions {
         external_threshold: a.external_data,
         ..Default::default()
     };
-    model
+    out.model
         .save(&a.output, &opts)
         .with_context(|| format!("cannot write {}", a.output.display()))?;
     if a.json {
-        super::print_json(&report)
+        super::print_json(&out.report)
     } else {
-        print!("{}", nnzip::report::saved::simplify_text(&report));
+        print!("{}", nnzip::report::saved::simplify_text(&out.report));
         Ok(())
     }
 }
