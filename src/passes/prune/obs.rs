@@ -111,7 +111,7 @@ fn column_pass(
     let mut err = Mat::<f64>::zeros(w.nrows(), width);
     for j in start..end {
         if let Some((n, m)) = nm {
-            if (j - start) % m == 0 {
+            if (j - start).is_multiple_of(m) {
                 group_mask(w, u, j, (j + m).min(end), n, start, prune);
             }
         }
@@ -360,7 +360,7 @@ impl ObsPrune {
         dense_layers(ed)
             .into_iter()
             .filter(|l| match self.pattern {
-                Pattern::Nm { m, .. } => !l.depthwise() && m > 0 && l.channels % m == 0,
+                Pattern::Nm { m, .. } => !l.depthwise() && m > 0 && l.channels.is_multiple_of(m),
                 Pattern::Unstructured(_) => true,
             })
             .filter(|l| {
