@@ -295,7 +295,7 @@ pub fn magnitude(w: &Mat<f64>, pattern: Pattern) -> Mat<f64> {
 }
 
 /// `‖(w_r − w'_r)X‖² / ‖w_r X‖²` averaged over the output channels `r`, on the rows
-/// `H = Σ x xᵀ` was accumulated from: what the mask minimises (see [`block_mask`]).
+/// `H = Σ x xᵀ` was accumulated from: what the unstructured mask minimises.
 pub fn relative_error(w: &Mat<f64>, pruned: &Mat<f64>, h: &Mat<f64>) -> f64 {
     let (e, d) = (row_energy(w, h), row_energy(&(w - pruned), h));
     d.iter().zip(&e).map(|(d, e)| d / e).sum::<f64>() / e.len().max(1) as f64
