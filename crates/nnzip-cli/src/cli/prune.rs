@@ -107,10 +107,9 @@ pub struct Args {
 }
 
 fn parse_method(s: &str) -> Result<Method, String> {
-    Method::parse(s)
-        .ok_or_else(|| {
-            format!("'{s}' is not one of magnitude (unstructured), structured, nm, entropy")
-        })
+    Method::parse(s).ok_or_else(|| {
+        format!("'{s}' is not one of magnitude (unstructured), structured, nm, entropy")
+    })
 }
 
 fn parse_score(s: &str) -> Result<nnzip::passes::prune::alloc::Score, String> {
