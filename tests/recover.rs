@@ -318,3 +318,86 @@ fn real_models_keep_held_out_accuracy_after_structured_pruning() {
         assert!(a0 - a1 <= 1.0, "{name}: {a0} -> {a1}");
     }
 }
+
+/// Unstructured 50% and 70% on the trained mobilenet fixture: SparseGPT's column pass with OBS
+/// updates (on 256 calibration images) against magnitude pruning, on 512 held-out images.
+#[test]
+fn obs_pruning_beats_magnitude_on_a_fixture() {
+    let orig = Model::load(fixture("mobilenet.onnx")).unwrap();
+    let all = Calibration::load(&fixture("mnist_test.npz"), &orig).unwrap();
+    let (calib, held) = (all.part(0, 256).unwrap(), all.part(256, 768).unwrap());
+    let ctx = PassContext {
+        calib: Some(&calib),
+        runtime: Some(runtime()),
+        inputs: None,
+    };
+    let acc = |m: &Model| {
+        let out =
+            nnzip::calib::into_metric_output(nnzip::calib::run_model(runtime(), m, &held).unwrap())
+                .unwrap();
+        nnzip::calib::evaluate(nnzip::calib::Metric::Accuracy, &held, &out, &out).unwrap()
+    };
+    for sparsity in [0.5, 0.7] {
+        let mut cfg = PruneConfig::new(Method::Magnitude);
+        let mut plain = orig.clone();
+        cfg.pass(sparsity)
+            .run(&mut common::ed(&mut plain), &ctx)
+            .unwrap();
+        cfg.recover = Some(RecoverOptions::default());
+        let mut obs = orig.clone();
+        let rep = cfg
+            .pass(sparsity)
+            .run(&mut common::ed(&mut obs), &ctx)
+            .unwrap();
+        let nnzip::passes::PassDetails::Prune(o) = &rep.details else {
+            panic!()
+        };
+        assert_eq!(o.method, "sparsegpt");
+        let r = o.recover.as_ref().unwrap();
+        for l in &r.layers {
+            eprintln!(
+                "DBG {} {} f{} rows{} {:.4} {:.4}",
+                l.layer, l.op, l.features, l.rows, l.error_before, l.error_after
+            );
+        }
+        for l in &o.layers {
+            eprintln!("DBG2 {} {} {:.3}", l.name, l.params, l.sparsity_after);
+        }
+        assert!(r.layers.len() >= 5, "{} layers", r.layers.len());
+        assert!(r.layers.iter().all(|l| l.error_after.is_finite()));
+        // Every prunable tensor at the requested sparsity, OBS or (depthwise) magnitude.
+        for l in &o.layers {
+            let want = (sparsity * l.params as f64).round() / l.params as f64;
+            assert!(
+                (l.sparsity_after - want).abs() < 1e-9,
+                "{}: {} (wanted {want})",
+                l.name,
+                l.sparsity_after
+            );
+        }
+        let (e_plain, e_obs) = (
+            logits_mse(&orig, &plain, &held),
+            logits_mse(&orig, &obs, &held),
+        );
+        let (a0, a1, a2) = (acc(&orig), acc(&plain), acc(&obs));
+        eprintln!(
+            "{sparsity}: held-out logit MSE magnitude {e_plain:.4}, OBS {e_obs:.4}; \
+             accuracy original {a0:.1}, magnitude {a1:.1}, OBS {a2:.1}"
+        );
+        // Measured: at 50% MSE 22.9 -> 3.09 and accuracy 25.4 -> 94.3 (original 97.9); at 70%
+        // MSE 29.3 -> 10.2 and accuracy 20.1 -> 74.2.
+        let (factor, gain) = if sparsity == 0.5 {
+            (5.0, 60.0)
+        } else {
+            (2.0, 40.0)
+        };
+        assert!(
+            e_obs * factor < e_plain,
+            "{sparsity}: OBS {e_obs} vs {e_plain}"
+        );
+        assert!(
+            a2 > a1 + gain,
+            "{sparsity}: accuracy OBS {a2} vs magnitude {a1}"
+        );
+    }
+}

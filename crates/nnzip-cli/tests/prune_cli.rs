@@ -108,3 +108,79 @@ fn cli_prune_json_and_errors() {
     );
     assert_eq!(o.status.code(), Some(3));
 }
+
+/// With `--calib`, `--method unstructured` and `nm` prune with OBS updates (SparseGPT) to exactly
+/// the requested pattern; `--no-recover` is magnitude pruning. On the mlp fixture at 2:4, OBS
+/// loses less accuracy on the 300 calibration samples than magnitude (measured: 1.0 against 4.7
+/// points).
+#[test]
+fn cli_prune_obs_unstructured_and_nm() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("p.onnx");
+    let (m, data) = (fixture("mlp.onnx"), fixture("mnist_test_flat.npz"));
+    let run = |extra: &[&str]| {
+        let base = [
+            "prune",
+            m.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--calib",
+            data.to_str().unwrap(),
+            "--calib-samples",
+            "300",
+            "--json",
+            "-q",
+        ];
+        let o = nnzip(&[&base[..], extra].concat());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (j, Model::load(&out).unwrap())
+    };
+    let (j, pruned) = run(&["--method", "unstructured", "--sparsity", "0.6"]);
+    assert_eq!(j["method"], "sparsegpt");
+    assert_eq!(j["recover"]["layers"].as_array().unwrap().len(), 3);
+    for w in prunable_weights(&pruned) {
+        let t = pruned.read(&w.id).unwrap();
+        let want = (0.6 * t.numel() as f64).round() as usize;
+        assert_eq!(t.count_zeros(), want, "{}", w.name);
+    }
+    let nm_metric = |extra: &[&str]| {
+        let (j, pruned) = run(&[&["--method", "nm", "--n-m", "2:4"], extra].concat());
+        for w in prunable_weights(&pruned) {
+            // Runs of 4 along the reduction axis of the 2-D weight.
+            let v = pruned.read(&w.id).unwrap().to_f32().unwrap();
+            let (d0, d1) = (w.dims[0], w.dims[1]);
+            let (len, outs) = if w.reduce_axis == 0 {
+                (d0, d1)
+            } else {
+                (d1, d0)
+            };
+            let at = |i: usize, o: usize| {
+                if w.reduce_axis == 0 {
+                    i * d1 + o
+                } else {
+                    o * d1 + i
+                }
+            };
+            for o in 0..outs {
+                for g in (0..len).step_by(4) {
+                    let kept = (g..g + 4).filter(|&i| v[at(i, o)] != 0.0).count();
+                    assert!(kept <= 2, "{}: output {o} group {g}: {kept}", w.name);
+                }
+            }
+        }
+        (
+            j["method"].as_str().unwrap().to_string(),
+            j["metric"]["before"].as_f64().unwrap() - j["metric"]["after"].as_f64().unwrap(),
+        )
+    };
+    let (obs_method, obs_drop) = nm_metric(&[]);
+    let (mag_method, mag_drop) = nm_metric(&["--no-recover"]);
+    assert_eq!(obs_method, "sparsegpt nm 2:4");
+    assert_eq!(mag_method, "nm 2:4");
+    eprintln!("2:4 drop in points: OBS {obs_drop:.2}, magnitude {mag_drop:.2}");
+    assert!(
+        obs_drop < mag_drop,
+        "OBS {obs_drop} vs magnitude {mag_drop}"
+    );
+}

@@ -13,6 +13,7 @@ pub mod layers;
 pub mod lsq;
 pub mod magnitude;
 pub mod nm;
+pub mod obs;
 pub mod planned;
 pub mod recover;
 pub mod search;
@@ -431,7 +432,7 @@ pub enum Method {
 impl Method {
     pub fn parse(s: &str) -> Option<Method> {
         Some(match s {
-            "magnitude" => Method::Magnitude,
+            "magnitude" | "unstructured" => Method::Magnitude,
             "structured" => Method::Structured,
             "nm" | "n:m" => Method::Nm,
             "entropy" => Method::Entropy,
@@ -475,7 +476,8 @@ pub struct PruneConfig {
     pub collapse: f64,
     /// Entropy method: tolerance (points) for silencing whole layers; None: never.
     pub layer_drop: Option<f64>,
-    /// Re-fit the layers after structured pruning on the calibration data (None: do not).
+    /// Re-fit the layers after structured pruning on the calibration data; unstructured
+    /// (per layer, not `global`) and N:M: prune with OBS weight updates (None: neither).
     pub recover: Option<recover::RecoverOptions>,
     /// Structured: channel score and allocation over the groups (None: the weight norm above,
     /// uniform or `global`); `by_macs`: the amount is the fraction of MACs to remove.
@@ -526,15 +528,36 @@ impl PruneConfig {
 
     /// The pass pruning `amount` (sparsity, or channel fraction for structured; N:M ignores it).
     pub fn pass(&self, amount: f64) -> Box<dyn Pass> {
+        let obs = |pattern| {
+            let opts = self.recover?;
+            let p: Box<dyn Pass> = Box::new(obs::ObsPrune::new(pattern, self.filter.clone(), opts));
+            Some(p)
+        };
         match self.method {
+            Method::Magnitude if !self.global => {
+                if let Some(p) = obs(obs::Pattern::Unstructured(amount)) {
+                    return p;
+                }
+                Box::new(MagnitudePrune {
+                    sparsity: amount,
+                    global: false,
+                    filter: self.filter.clone(),
+                })
+            }
+            Method::Nm => match obs(obs::Pattern::Nm {
+                n: self.n,
+                m: self.m,
+            }) {
+                Some(p) => p,
+                None => Box::new(NmPrune {
+                    n: self.n,
+                    m: self.m,
+                    filter: self.filter.clone(),
+                }),
+            },
             Method::Magnitude => Box::new(MagnitudePrune {
                 sparsity: amount,
                 global: self.global,
-                filter: self.filter.clone(),
-            }),
-            Method::Nm => Box::new(NmPrune {
-                n: self.n,
-                m: self.m,
                 filter: self.filter.clone(),
             }),
             Method::Structured => {

@@ -297,7 +297,7 @@ fn changed_nodes(ed: &Editor, original: &Model) -> Result<Vec<NodeId>, PassError
 }
 
 /// Tensors downstream of the outputs of `from` (their outputs included).
-fn downstream(ed: &Editor, from: &[NodeId]) -> HashSet<String> {
+pub(super) fn downstream(ed: &Editor, from: &[NodeId]) -> HashSet<String> {
     let a = ed.analysis();
     let mut seen = HashSet::new();
     let mut work: Vec<String> = from
@@ -320,7 +320,7 @@ fn downstream(ed: &Editor, from: &[NodeId]) -> HashSet<String> {
 
 /// Which positions of a batch to fit on: up to `per_sample` per sample, seeded; positions a
 /// row mask excludes (padding tokens) are never taken.
-fn pick_rows(
+pub(super) fn pick_rows(
     samples: usize,
     per_pos: usize,
     per_sample: usize,
@@ -344,7 +344,7 @@ fn pick_rows(
 
 /// A padding mask for token inputs: the values of an integer model input named like an
 /// attention mask, per (sample, position), when the layer's rows are exactly those.
-fn row_mask(
+pub(super) fn row_mask(
     calib: &Calibration,
     start: usize,
     end: usize,
@@ -402,16 +402,10 @@ pub fn reconstruct(
         ..Default::default()
     };
     while !todo.is_empty() {
-        let (wave, rest): (Vec<DenseLayer>, Vec<DenseLayer>) =
-            todo.iter().cloned().partition(|l| {
-                !todo.iter().any(|m| {
-                    m.node != l.node && after.get(&m.node).is_some_and(|d| d.contains(&l.input))
-                })
-            });
+        let wave = next_wave(&mut todo, &after);
         if wave.is_empty() {
             break; // a cycle: cannot happen in a valid graph
         }
-        todo = rest;
         report.waves += 1;
         fit_wave(ed, &orig, rt, calib, samples, wave, opts, &mut report)?;
     }
@@ -419,9 +413,24 @@ pub fn reconstruct(
     Ok(report)
 }
 
+/// Takes out of `todo` the layers no other layer of `todo` feeds (`after`: what each layer's
+/// output reaches); they can be fitted from one run.
+pub(super) fn next_wave(
+    todo: &mut Vec<DenseLayer>,
+    after: &HashMap<NodeId, HashSet<String>>,
+) -> Vec<DenseLayer> {
+    let (wave, rest): (Vec<DenseLayer>, Vec<DenseLayer>) = todo.iter().cloned().partition(|l| {
+        !todo
+            .iter()
+            .any(|m| m.node != l.node && after.get(&m.node).is_some_and(|d| d.contains(&l.input)))
+    });
+    *todo = rest;
+    wave
+}
+
 /// `model` computing only `tensors`: its outputs replaced by them, the nodes they do not need
 /// removed.
-fn prefix(model: &Model, tensors: &[String]) -> Model {
+pub(super) fn prefix(model: &Model, tensors: &[String]) -> Model {
     let mut m = model.clone();
     m.graph_mut().output.clear();
     crate::graph::edit::expose_float_outputs(&mut m, tensors);

@@ -14,7 +14,7 @@ pub struct Args {
     /// Where to write the pruned model (same shapes, pruned weights zeroed).
     #[arg(short, long)]
     pub output: PathBuf,
-    /// magnitude, structured, nm or entropy.
+    /// magnitude (or unstructured), structured, nm or entropy.
     #[arg(long, default_value = "magnitude", value_parser = parse_method)]
     pub method: Method,
     /// Fraction of weights to zero (structured: of channels). With --max-drop, the search's upper
@@ -89,7 +89,8 @@ pub struct Args {
     pub target_macs: Option<f64>,
     /// Re-fit the layers after structured pruning: each layer whose input changed is fitted by
     /// least squares so that, on the calibration data, its output from the pruned model's input
-    /// matches the original model's (sequentially, in graph order). On by default with --calib.
+    /// matches the original model's (sequentially, in graph order). Unstructured (per layer)
+    /// and N:M: prune with OBS weight updates (SparseGPT). On by default with --calib.
     #[arg(long, overrides_with = "no_recover")]
     pub recover: bool,
     /// Prune without reconstruction (the weights as the pruning left them).
@@ -106,8 +107,9 @@ pub struct Args {
 }
 
 fn parse_method(s: &str) -> Result<Method, String> {
-    Method::parse(s)
-        .ok_or_else(|| format!("'{s}' is not one of magnitude, structured, nm, entropy"))
+    Method::parse(s).ok_or_else(|| {
+        format!("'{s}' is not one of magnitude (unstructured), structured, nm, entropy")
+    })
 }
 
 fn parse_score(s: &str) -> Result<nnzip::passes::prune::alloc::Score, String> {
