@@ -232,13 +232,11 @@ fn an_s3_fleet_resumes_waits_for_claims_and_survives_a_stopped_server() {
     let dir = tempfile::tempdir().unwrap();
     let local_manifest = stage(&moto, dir.path());
     let reference = dir.path().join("reference");
-    let o = nnzip(
-        &strs(&run(
-            local_manifest.to_str().unwrap(),
-            reference.to_str().unwrap(),
-        )),
+    let o = nnzip(&strs(&run(
+        local_manifest.to_str().unwrap(),
+        reference.to_str().unwrap(),
         &[],
-    );
+    )));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
     // The fleet from the bucket into the bucket: the models done, the missing one failed.
