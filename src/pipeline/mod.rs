@@ -373,7 +373,8 @@ fn reference_sizes(
         .collect();
     let mut tensors: HashMap<String, KnownRate> = HashMap::new();
     let mut failed = None;
-    // Every value taken goes back, whatever failed.
+    // Every value a finished encode took goes back, even when another failed (a failed job's
+    // value is lost with it; compress then stops with that error).
     for (w, r) in weights.iter().zip(per) {
         match r {
             Ok((known, back)) => {
