@@ -233,16 +233,23 @@ pub struct Prepared {
 }
 
 /// Takes `model` apart without copying its graph: each weight's data leaves the graph as it
-/// is converted, so the peak is the model plus one tensor.
+/// is converted, so the peak is the model plus one tensor's floats.
 pub fn into_prepared(model: Model, opts: &ContainerOptions) -> Result<Prepared, ContainerError> {
     let weights = model.weights();
     let names = ndu_names(&model);
     let mut acc = Accumulated::new(opts, &model);
     let mut model = model;
     for (w, name) in weights.iter().zip(names) {
-        let t = model.read(&w.id)?;
-        if acc.add(t, w, name, opts)?.is_none() {
-            strip(&mut model.proto, w);
+        // Inline bytes leave the graph rather than being copied: the largest tensor would
+        // otherwise be in memory three times (graph, copy, floats) while it is converted.
+        let (t, taken) = match model.take_raw(&w.id) {
+            Some(t) => (t, true),
+            None => (model.read(&w.id)?, false),
+        };
+        match acc.add(t, w, name, opts)? {
+            Some(kept) if taken => model.restore_raw(&w.id, kept),
+            Some(_) => {}
+            None => strip(&mut model.proto, w),
         }
     }
     let mut topology = model.proto;
@@ -292,40 +299,61 @@ pub fn weight_tensors(
     Ok((acc.tensors, acc.cfg))
 }
 
-/// [`weight_tensors`] of a value `t` the caller took out of the model
-/// ([`Model::take_raw`](crate::onnx::Model::take_raw)), and the value to give back: unchanged
-/// either way, from the graph's copy when the graph keeps it, else from its codec tensor.
-/// `opts` must not code rows with their scales apart (the codec tensor would hold other values).
+/// How a value taken out of the model ([`Model::take_raw`](crate::onnx::Model::take_raw))
+/// goes back after its encode: as the graph kept it, or rebuilt from its codec tensor.
+pub enum TakenBack {
+    Kept(Tensor),
+    Coded {
+        name: String,
+        dtype: DType,
+        dims: Vec<usize>,
+    },
+}
+
+/// [`weight_tensors`] of a value `t` the caller took out of the model, and how to give it
+/// back ([`give_back`]) once its codec tensors are no longer needed. Until then its values are
+/// in memory once, as the codec tensor's floats: the model's bytes are rebuilt only after the
+/// encode. `opts` must not code rows with their scales apart (the codec tensor would hold
+/// other values).
 pub fn weight_tensors_taken(
     model: &Model,
     t: Tensor,
     w: &crate::onnx::WeightInfo,
     name: String,
     opts: &ContainerOptions,
-) -> Result<(Vec<nnc_codec::Tensor>, EncoderConfig, Tensor), ContainerError> {
+) -> Result<(Vec<nnc_codec::Tensor>, EncoderConfig, TakenBack), ContainerError> {
     debug_assert!(opts.row_prints.is_none());
     let (dtype, dims) = (t.dtype, t.dims.clone());
     let mut acc = Accumulated::new(opts, model);
     let back = match acc.add(t, w, name.clone(), opts)? {
-        Some(kept) => kept,
-        None => {
-            let bytes = acc
-                .tensors
-                .iter()
-                .find(|c| c.name == name)
-                .and_then(|c| match &c.data {
-                    nnc_codec::TensorData::F32(v) if dtype == DType::F32 => {
-                        Some(crate::tensor::le_bytes(v))
-                    }
-                    _ => None,
-                })
-                .ok_or_else(|| {
-                    ContainerError::UnknownTensor(format!("{name} (not a float weight)"))
-                })?;
-            Tensor::from_bytes(dtype, dims, bytes)?
-        }
+        Some(kept) => TakenBack::Kept(kept),
+        None => TakenBack::Coded { name, dtype, dims },
     };
     Ok((acc.tensors, acc.cfg, back))
+}
+
+/// The value [`weight_tensors_taken`] took, unchanged, from `tensors` (its codec tensors).
+pub fn give_back(
+    back: TakenBack,
+    tensors: Vec<nnc_codec::Tensor>,
+) -> Result<Tensor, ContainerError> {
+    let (name, dtype, dims) = match back {
+        TakenBack::Kept(t) => return Ok(t),
+        TakenBack::Coded { name, dtype, dims } => (name, dtype, dims),
+    };
+    let values = tensors
+        .into_iter()
+        .find(|c| c.name == name)
+        .and_then(|c| match c.data {
+            nnc_codec::TensorData::F32(v) if dtype == DType::F32 => Some(v),
+            _ => None,
+        })
+        .ok_or_else(|| ContainerError::UnknownTensor(format!("{name} (not a float weight)")))?;
+    Ok(Tensor::from_bytes(
+        dtype,
+        dims,
+        crate::tensor::le_bytes(&values),
+    )?)
 }
 
 /// The codec tensors as the weights are visited.

@@ -41,6 +41,46 @@ fn positions(width: usize) -> [usize; SAMPLES] {
     p
 }
 
+fn f32_le(b: &[u8]) -> f32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(b);
+    f32::from_le_bytes(a)
+}
+
+/// Per row of `numel` values in `rows` rows: sum of squares and the sampled values; `None`
+/// when there is nothing to print.
+fn row_prints(
+    rows: usize,
+    numel: usize,
+    values: impl Iterator<Item = f32>,
+) -> Option<Vec<(f64, [f32; SAMPLES])>> {
+    if rows == 0 || numel == 0 {
+        return None;
+    }
+    let width = (numel / rows).max(1);
+    let pos = positions(width);
+    let mut out = Vec::with_capacity(numel.div_ceil(width));
+    let (mut ss, mut s, mut col) = (0f64, [0f32; SAMPLES], 0usize);
+    for x in values {
+        ss += f64::from(x) * f64::from(x);
+        // Positions are increasing; several may coincide when the row is short.
+        for (k, &p) in pos.iter().enumerate() {
+            if p == col {
+                s[k] = x;
+            }
+        }
+        col += 1;
+        if col == width {
+            out.push((ss, s));
+            (ss, s, col) = (0.0, [0.0; SAMPLES], 0);
+        }
+    }
+    if col > 0 {
+        out.push((ss, s));
+    }
+    Some(out)
+}
+
 impl RowPrints {
     /// Fingerprints of every float weight of rank ≥ 2 in the main graph.
     pub fn of(model: &Model) -> RowPrints {
@@ -49,31 +89,26 @@ impl RowPrints {
             if !w.scope.is_empty() || w.dtype != DType::F32 || w.dims.len() < 2 {
                 continue;
             }
-            let Ok(v) = model.read(&w.id).and_then(|t| {
-                t.to_f32().map_err(|source| crate::onnx::OnnxError::Tensor {
-                    name: w.name.clone(),
-                    source,
-                })
-            }) else {
+            let rows = w.dims[0];
+            // Inline bytes are read in place: a copy of the largest weight would add to the
+            // peak memory of `compress`.
+            let prints = match model.raw_bytes(&w.id) {
+                Some(b) => row_prints(rows, b.len() / 4, b.chunks(4).map(f32_le)),
+                None => {
+                    let Ok(v) = model.read(&w.id).and_then(|t| {
+                        t.to_f32().map_err(|source| crate::onnx::OnnxError::Tensor {
+                            name: w.name.clone(),
+                            source,
+                        })
+                    }) else {
+                        continue;
+                    };
+                    row_prints(rows, v.len(), v.iter().copied())
+                }
+            };
+            let Some(prints) = prints else {
                 continue;
             };
-            let rows = w.dims[0];
-            if rows == 0 || v.is_empty() {
-                continue;
-            }
-            let width = v.len() / rows;
-            let pos = positions(width);
-            let prints = v
-                .chunks(width.max(1))
-                .map(|r| {
-                    let ss = r.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
-                    let mut s = [0f32; SAMPLES];
-                    for (k, &p) in pos.iter().enumerate() {
-                        s[k] = r.get(p).copied().unwrap_or(0.0);
-                    }
-                    (ss, s)
-                })
-                .collect();
             tensors.insert(
                 w.qualified_name(),
                 Print {
@@ -135,6 +170,31 @@ impl RowPrints {
 mod tests {
     use super::*;
     use crate::tensor::Tensor;
+
+    /// The streaming prints equal the row-by-row computation they replaced, including rows
+    /// shorter than the sample count and tensors with fewer values than rows.
+    #[test]
+    fn streamed_prints_equal_rows_taken_whole() {
+        for (rows, numel) in [(4, 40), (3, 3), (5, 2), (2, 9), (7, 7 * 13)] {
+            let v: Vec<f32> = (0..numel).map(|i| (i as f32 * 0.37).sin()).collect();
+            let width = v.len() / rows;
+            let pos = positions(width);
+            let expected: Vec<(f64, [f32; SAMPLES])> = v
+                .chunks(width.max(1))
+                .map(|r| {
+                    let ss = r.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+                    let mut s = [0f32; SAMPLES];
+                    for (k, &p) in pos.iter().enumerate() {
+                        s[k] = r.get(p).copied().unwrap_or(0.0);
+                    }
+                    (ss, s)
+                })
+                .collect();
+            let got = row_prints(rows, v.len(), v.iter().copied()).unwrap();
+            assert_eq!(got, expected, "{rows} rows of {numel} values");
+        }
+        assert!(row_prints(0, 4, [1.0f32; 4].into_iter()).is_none());
+    }
 
     fn model_with(w: &[f32], dims: Vec<usize>) -> Model {
         let mut proto = onnx_protobuf::ModelProto::new();

@@ -444,17 +444,19 @@ pub fn reconstruct(tensors: &[Tensor], cfg: &EncoderConfig) -> Result<Vec<Tensor
         .collect()
 }
 
+/// The QP a float tensor's NDU signals relative to `mps_quantization_parameter`.
+fn float_qp(p: &Prepared) -> Option<i32> {
+    match p {
+        Prepared::Coded(_, c) if c.payload_type == PayloadType::Float => Some(c.qp),
+        _ => None,
+    }
+}
+
 /// `mps_quantization_parameter`: 0 as the reference writes it, unless some tensor's QP does
 /// not fit the `iae_v(6 + qp_density)` offset; then the middle of the QP range.
-fn base_qp(prepared: &[Prepared], density: u8) -> Result<i32> {
-    let qps: Vec<i32> = prepared
-        .iter()
-        .filter_map(|p| match p {
-            Prepared::Coded(_, c) if c.payload_type == PayloadType::Float => Some(c.qp),
-            _ => None,
-        })
-        .collect();
-    let (Some(&lo), Some(&hi)) = (qps.iter().min(), qps.iter().max()) else {
+fn base_qp(qps: &[Option<i32>], density: u8) -> Result<i32> {
+    let qps = qps.iter().flatten();
+    let (Some(&lo), Some(&hi)) = (qps.clone().min(), qps.max()) else {
         return Ok(0);
     };
     let lim = 1i64 << (5 + u32::from(density));
@@ -491,21 +493,25 @@ pub fn encode_with_topology(
         return Err(Error::setting("int_quant_bw", b));
     }
     // Each tensor is quantized and coded in one job, against the base QP 0 the reference
-    // writes unless some QP does not fit next to it; only then are the NDUs coded again.
-    // (One job per tensor lets a big tensor's coding start without waiting for the others'
-    // quantization.)
-    let job = |(i, t): (usize, &Tensor)| -> Result<(Prepared, Result<Vec<u8>>)> {
+    // writes unless some QP does not fit next to it; only then are the tensors quantized and
+    // coded again. A job keeps its NDU and QP, not its levels: all of a model's levels would
+    // sit beside the floats until the last tensor is coded. (One job per tensor lets a big
+    // tensor's coding start without waiting for the others' quantization.)
+    // A tensor's float QP, and its NDU coded against base QP 0 (an error there may be cured
+    // by another base).
+    type Job = (Option<i32>, Result<Vec<u8>>);
+    let job = |(i, t): (usize, &Tensor)| -> Result<Job> {
         let p = prepare_ndu(t, i, cfg)?;
         let ndu = write_ndu(t, i, &p, cfg, 0);
-        Ok((p, ndu))
+        Ok((float_qp(&p), ndu))
     };
-    let jobs: Result<Vec<(Prepared, Result<Vec<u8>>)>> = if cfg.parallel {
+    let jobs: Result<Vec<Job>> = if cfg.parallel {
         tensors.par_iter().enumerate().map(job).collect()
     } else {
         tensors.iter().enumerate().map(job).collect()
     };
-    let (prepared, ndus): (Vec<Prepared>, Vec<Result<Vec<u8>>>) = jobs?.into_iter().unzip();
-    let base_qp = base_qp(&prepared, cfg.qp_density)?;
+    let (qps, ndus): (Vec<Option<i32>>, Vec<Result<Vec<u8>>>) = jobs?.into_iter().unzip();
+    let base_qp = base_qp(&qps, cfg.qp_density)?;
     let mut out = StartUnit {
         general_profile_idc: 1,
     }
@@ -531,17 +537,31 @@ pub fn encode_with_topology(
         },
     };
     out.extend(tpl.write(NnrUnitType::Tpl)?);
-    let ndus: Result<Vec<Vec<u8>>> = if base_qp == 0 {
-        ndus.into_iter().collect()
+    let ndus: Vec<Vec<u8>> = if base_qp == 0 {
+        ndus.into_iter().collect::<Result<_>>()?
     } else {
-        let rewrite = |(i, p): (usize, &Prepared)| write_ndu(&tensors[i], i, p, cfg, base_qp);
+        drop(ndus);
+        let rewrite = |(i, t): (usize, &Tensor)| {
+            let p = prepare_ndu(t, i, cfg)?;
+            write_ndu(t, i, &p, cfg, base_qp)
+        };
         if cfg.parallel {
-            prepared.par_iter().enumerate().map(rewrite).collect()
+            tensors
+                .par_iter()
+                .enumerate()
+                .map(rewrite)
+                .collect::<Result<_>>()?
         } else {
-            prepared.iter().enumerate().map(rewrite).collect()
+            tensors
+                .iter()
+                .enumerate()
+                .map(rewrite)
+                .collect::<Result<_>>()?
         }
     };
-    for n in ndus? {
+    // Exactly sized: a doubling buffer would hold up to twice the stream beside the NDUs.
+    out.reserve_exact(ndus.iter().map(Vec::len).sum());
+    for n in ndus {
         out.extend(n);
     }
     Ok(out)

@@ -353,3 +353,36 @@ fn big_tensor_codes_the_same_on_one_thread() {
         );
     }
 }
+
+/// QPs that do not fit beside `mps_quantization_parameter` 0 move it to the middle of their
+/// range; every tensor is then coded again against it, and decodes to its reconstruction.
+#[test]
+fn spread_qps_move_the_base_qp() {
+    let tensors = random_tensors(11, 4)
+        .into_iter()
+        .filter(|t| matches!(t.data, TensorData::F32(_)))
+        .collect::<Vec<_>>();
+    assert!(tensors.len() >= 2);
+    let mut cfg = EncoderConfig::default();
+    for (t, qp) in tensors.iter().zip([150, 50, 120, 60]) {
+        let ov = TensorOverride {
+            qp: Some(qp),
+            ..Default::default()
+        };
+        cfg.overrides.insert(t.name.clone(), ov);
+    }
+    let bs = encode(&tensors, &cfg).unwrap();
+    let qps: Vec<Option<i32>> = units(&bs)
+        .unwrap()
+        .iter()
+        .filter_map(|u| u.ndu.as_ref().map(|n| n.qp))
+        .collect();
+    let want: Vec<Option<i32>> = [150, 50, 120, 60]
+        .into_iter()
+        .take(tensors.len())
+        .map(Some)
+        .collect();
+    assert_eq!(qps, want);
+    let dec = decode(&bs, &Limits::default()).unwrap();
+    assert_eq!(dec, reconstruct(&tensors, &cfg).unwrap());
+}

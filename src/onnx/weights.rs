@@ -281,6 +281,21 @@ impl Model {
         self.read(id).map(drop)
     }
 
+    /// An inline initializer's little-endian bytes, borrowed (checked against its type and
+    /// dims); `None` for other weights, which [`Model::read`] decodes.
+    pub fn raw_bytes(&self, id: &WeightId) -> Option<&[u8]> {
+        let WeightSlot::Initializer(i) = id.slot else {
+            return None;
+        };
+        let tp = graph_at(self.graph(), &id.graph)?.initializer.get(i)?;
+        if tp.data_location.value() == 1 || tp.raw_data.is_empty() {
+            return None;
+        }
+        let dims = super::proto_dims(tp).ok()?;
+        crate::tensor::check_len(DType::from_onnx(tp.data_type), &dims, tp.raw_data.len()).ok()?;
+        Some(&tp.raw_data)
+    }
+
     /// Moves an inline initializer's data out of the model (the proto keeps its name, type and
     /// dims), for a stage that converts the values anyway and gives them back with
     /// [`Model::restore_raw`]; `None` for other weights. Until then the model lacks the data.

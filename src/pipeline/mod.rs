@@ -357,18 +357,16 @@ fn reference_sizes(
         .par_iter()
         .zip(names.into_par_iter())
         .zip(taken.into_par_iter())
-        .map(|((w, name), t)| {
-            let (tensors, cfg, back) = match t {
-                Some(t) => {
-                    let (c, cfg, back) = crate::container::weight_tensors_taken(m, t, w, name, &o)?;
-                    (c, cfg, Some(back))
-                }
-                None => {
-                    let (c, cfg) = crate::container::weight_tensors(m, w, name, &o)?;
-                    (c, cfg, None)
-                }
-            };
-            Ok((known_rates(&tensors, &cfg)?, back))
+        .map(|((w, name), t)| match t {
+            Some(t) => {
+                let (c, cfg, back) = crate::container::weight_tensors_taken(m, t, w, name, &o)?;
+                let known = known_rates(&c, &cfg)?;
+                Ok((known, Some(crate::container::give_back(back, c)?)))
+            }
+            None => {
+                let (c, cfg) = crate::container::weight_tensors(m, w, name, &o)?;
+                Ok((known_rates(&c, &cfg)?, None))
+            }
         })
         .collect();
     let mut tensors: HashMap<String, KnownRate> = HashMap::new();
