@@ -60,19 +60,18 @@ fn row_prints(
     let width = (numel / rows).max(1);
     let pos = positions(width);
     let mut out = Vec::with_capacity(numel.div_ceil(width));
-    let (mut ss, mut s, mut col) = (0f64, [0f32; SAMPLES], 0usize);
+    let (mut ss, mut s, mut col, mut next) = (0f64, [0f32; SAMPLES], 0usize, 0usize);
     for x in values {
         ss += f64::from(x) * f64::from(x);
-        // Positions are increasing; several may coincide when the row is short.
-        for (k, &p) in pos.iter().enumerate() {
-            if p == col {
-                s[k] = x;
-            }
+        // Positions never decrease; several coincide when the row is short.
+        while pos.get(next) == Some(&col) {
+            s[next] = x;
+            next += 1;
         }
         col += 1;
         if col == width {
             out.push((ss, s));
-            (ss, s, col) = (0.0, [0.0; SAMPLES], 0);
+            (ss, s, col, next) = (0.0, [0.0; SAMPLES], 0, 0);
         }
     }
     if col > 0 {
