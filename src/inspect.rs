@@ -13,6 +13,25 @@ use crate::onnx::{Dim, Model, OnnxError};
 use crate::runtime::inputs::InputError;
 use crate::tensor::DType;
 
+/// Why a model could not be described.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    /// A given input size names no input of the model, or contradicts its fixed dims.
+    #[error(transparent)]
+    Input(#[from] InputError),
+}
+
+impl InspectError {
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        match self {
+            InspectError::Onnx(e) => e.class(),
+            InspectError::Input(e) => e.class(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct IoDesc {
     pub name: String,
@@ -175,12 +194,14 @@ fn dims_json(d: &[Expr]) -> Vec<serde_json::Value> {
 }
 
 /// Builds the report. `given` resolves symbolic input dims (others default to batch 1); inputs
-/// whose shapes stay unresolved leave their MACs unknown.
+/// whose shapes stay unresolved leave their MACs unknown. A `given` size for an input the model
+/// does not have, or against its fixed dims, is refused.
 pub fn inspect(
     model: &Model,
     path: &Path,
     given: &[(String, Vec<usize>)],
-) -> Result<InspectReport, OnnxError> {
+) -> Result<InspectReport, InspectError> {
+    let dims = mac_dims(model, given)?;
     let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let external_data_bytes = crate::onnx::external_files(model).values().sum();
     let mut ops = BTreeMap::new();
@@ -223,7 +244,6 @@ pub fn inspect(
             is_parameter,
         });
     }
-    let dims = mac_dims(model, given).unwrap_or_default();
     let count = count_macs(model, &dims);
     let macs_by_op = count
         .by_op

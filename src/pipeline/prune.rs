@@ -52,6 +52,8 @@ pub fn prune_file(
     on_step: &mut dyn FnMut(&SearchStep),
 ) -> Result<PruneOutput, PipelineError> {
     let model = Model::load(job.model)?;
+    // Sizes are used last (verification): a wrong one must not wait for the pruning.
+    crate::runtime::inputs::check_given(&model.inputs(), job.shapes).map_err(PassError::from)?;
     let calib = match job.calib {
         Some(p) => {
             let c = Calibration::load(p, &model)?;
