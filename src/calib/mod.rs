@@ -416,7 +416,8 @@ impl Metric {
     }
 }
 
-fn argmax_rows(t: &Tensor) -> Result<Vec<usize>, CalibError> {
+/// The class each row of a `[N, C]` output predicts (the first of equal maxima).
+pub(crate) fn argmax_rows(t: &Tensor) -> Result<Vec<usize>, CalibError> {
     let v = t.to_f32()?;
     if t.dims.len() != 2 || t.dims[1] == 0 {
         return Err(CalibError::NotClassifier(t.dims.clone()));

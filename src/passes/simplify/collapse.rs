@@ -392,13 +392,7 @@ fn zero_off_channels(ed: &mut Editor, st: &NeuronStates) -> Result<usize, PassEr
     let Some(p) = ed.node(pi).cloned() else {
         return Ok(0);
     };
-    let Some(w) = p
-        .input
-        .get(1)
-        .map(|w| ed.constant(w))
-        .transpose()?
-        .flatten()
-    else {
+    let Some(w) = ed.input_constant(pi, 1)? else {
         return Ok(0);
     };
     let Ok(mut wv) = w.to_f32() else { return Ok(0) };

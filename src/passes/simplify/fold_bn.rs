@@ -118,13 +118,7 @@ fn plan(ed: &Editor, bn: NodeId) -> Result<Option<Fold>, PassError> {
         .zip(&var)
         .map(|(&g, &v)| f64::from(g) / (f64::from(v) + eps).sqrt())
         .collect();
-    let Some(w) = p
-        .input
-        .get(1)
-        .map(|w| ed.constant(w))
-        .transpose()?
-        .flatten()
-    else {
+    let Some(w) = ed.input_constant(layer, 1)? else {
         return Ok(None);
     };
     let Ok(mut wv) = w.to_f32() else {
