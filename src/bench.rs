@@ -301,34 +301,28 @@ pub fn bench(
     bench_subjects(rt, &a, b.as_ref(), &inputs, opts, progress)
 }
 
-/// Benchmarks model files on `inputs`, interleaved when there are two.
-pub fn bench_subjects(
+/// A session for `subject`, warmed up.
+fn warmed(
     rt: &Runtime,
     subject: &Subject<'_>,
-    vs: Option<&Subject<'_>>,
     inputs: &[(String, Tensor)],
     opts: &BenchOptions,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<BenchReport, BenchError> {
-    if opts.runs == 0 && opts.time_budget.is_none() {
-        return Err(BenchError::NoRuns);
-    }
-    let mut a = Contender::new(rt, subject, inputs, &opts.session)?;
+) -> Result<Contender, BenchError> {
+    let mut c = Contender::new(rt, subject, inputs, &opts.session)?;
     for _ in 0..opts.warmup {
-        a.run_once()?;
+        c.run_once()?;
     }
-    let rss_a = rss_bytes();
-    let mut b = match vs {
-        Some(v) => {
-            let mut c = Contender::new(rt, v, inputs, &opts.session)?;
-            for _ in 0..opts.warmup {
-                c.run_once()?;
-            }
-            Some(c)
-        }
-        None => None,
-    };
-    let rss_b = rss_bytes();
+    Ok(c)
+}
+
+/// The timed runs: `runs` of them, or as many as the time budget allows (between the least
+/// and the most asked for); with a second model, one run of each a round.
+fn interleave(
+    a: &mut Contender,
+    mut b: Option<&mut Contender>,
+    opts: &BenchOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(), BenchError> {
     let start = Instant::now();
     let total = opts.runs.max(opts.min_runs);
     let mut i = 0usize;
@@ -344,7 +338,7 @@ pub fn bench_subjects(
             break;
         }
         // Alternate the order within each pair so neither model always runs on a warm cache.
-        match b.as_mut() {
+        match b.as_deref_mut() {
             Some(b) if i % 2 == 1 => {
                 let tb = b.run_once()?;
                 let ta = a.run_once()?;
@@ -365,6 +359,26 @@ pub fn bench_subjects(
         i += 1;
         progress(i, if opts.time_budget.is_some() { 0 } else { total });
     }
+    Ok(())
+}
+
+/// Benchmarks model files on `inputs`, interleaved when there are two.
+pub fn bench_subjects(
+    rt: &Runtime,
+    subject: &Subject<'_>,
+    vs: Option<&Subject<'_>>,
+    inputs: &[(String, Tensor)],
+    opts: &BenchOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<BenchReport, BenchError> {
+    if opts.runs == 0 && opts.time_budget.is_none() {
+        return Err(BenchError::NoRuns);
+    }
+    let mut a = warmed(rt, subject, inputs, opts)?;
+    let rss_a = rss_bytes();
+    let mut b = vs.map(|v| warmed(rt, v, inputs, opts)).transpose()?;
+    let rss_b = rss_bytes();
+    interleave(&mut a, b.as_mut(), opts, progress)?;
     let pairs: Option<Vec<f64>> = b.as_ref().map(|b| {
         let mut r: Vec<f64> = a
             .samples

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::calib::{concat0, metric_output, run_all, CalibError, Calibration};
+use crate::graph::ops::{norm_axis, Op};
 use crate::onnx::Model;
 use crate::runtime::inputs::{plan, InputError, InputPlan};
 use crate::runtime::{Runtime, RuntimeError, Session, SessionOptions};
@@ -411,22 +412,14 @@ fn class_axis(model: &Model, output: &str, rank: usize) -> Option<usize> {
         .node
         .iter()
         .find(|n| n.output.iter().any(|o| o == output));
-    if let Some(n) = node.filter(|n| matches!(n.op_type.as_str(), "Softmax" | "LogSoftmax")) {
-        // Opset 13 made the default -1; before it the input was coerced to 2-D at `axis` (1).
-        let default = if model.opset().unwrap_or(13) >= 13 {
-            -1
-        } else {
-            1
-        };
-        let axis = n
-            .attribute
-            .iter()
-            .find(|a| a.name == "axis")
-            .map_or(default, |a| a.i);
-        let a = if axis < 0 { rank as i64 + axis } else { axis };
+    let softmax = node
+        .filter(|n| matches!(n.op_type.as_str(), "Softmax" | "LogSoftmax"))
+        .and_then(|n| Op::parse(n, model.opset().unwrap_or(13)).ok());
+    if let Some(Op::Softmax { axis, coerced }) = softmax {
+        let a = norm_axis(axis, rank)?;
         // Before opset 13 a non-last axis means a flattened distribution: not a class axis.
-        let last = rank.checked_sub(1)? as i64;
-        return (a >= 1 && a <= last && (default == -1 || a == last)).then_some(a as usize);
+        let last = rank.checked_sub(1)?;
+        return (a >= 1 && (!coerced || a == last)).then_some(a);
     }
     (rank == 2).then_some(1)
 }
@@ -548,6 +541,45 @@ mod tests {
         assert_eq!(agreement(&r, &noisy, &[2, 3], 1), 100.0);
         let flipped = [1.0, -2.0, 0.0, 0.5, 2.0, -1.0];
         assert_eq!(agreement(&r, &flipped, &[2, 3], 1), 50.0);
+    }
+
+    /// The class axis is the Softmax's, read as ONNX reads it for the model's opset; a node of
+    /// another domain that is named Softmax says nothing.
+    #[test]
+    fn class_axis_follows_the_softmax() {
+        use crate::onnx::proto::{ModelProto, NodeProto, OperatorSetIdProto};
+        let model = |opset: i64, axis: Option<i64>, domain: &str| {
+            let mut n = NodeProto::new();
+            n.op_type = "Softmax".into();
+            n.domain = domain.into();
+            n.input = vec!["x".into()];
+            n.output = vec!["y".into()];
+            if let Some(v) = axis {
+                let mut a = crate::onnx::proto::AttributeProto::new();
+                a.name = "axis".into();
+                a.i = v;
+                n.attribute.push(a);
+            }
+            let mut m = ModelProto::new();
+            let mut o = OperatorSetIdProto::new();
+            o.version = opset;
+            m.opset_import.push(o);
+            m.graph.mut_or_insert_default().node.push(n);
+            Model::unchecked(m)
+        };
+        // Opset 13: default -1, any axis but the batch one.
+        assert_eq!(class_axis(&model(13, None, ""), "y", 3), Some(2));
+        assert_eq!(class_axis(&model(13, Some(1), ""), "y", 3), Some(1));
+        assert_eq!(class_axis(&model(13, Some(-3), ""), "y", 3), None);
+        // Before 13: default 1, coerced to 2-D there, so only the last axis is a class axis.
+        assert_eq!(class_axis(&model(11, None, ""), "y", 2), Some(1));
+        assert_eq!(class_axis(&model(11, None, ""), "y", 3), None);
+        // Another domain's Softmax: a rank-2 output's axis 1, as for any other producer.
+        assert_eq!(class_axis(&model(13, None, "com.example"), "y", 3), None);
+        assert_eq!(
+            class_axis(&model(13, Some(0), "com.example"), "y", 2),
+            Some(1)
+        );
     }
 
     #[test]

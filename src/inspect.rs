@@ -13,6 +13,25 @@ use crate::onnx::{Dim, Model, OnnxError};
 use crate::runtime::inputs::InputError;
 use crate::tensor::DType;
 
+/// Why a model could not be described.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error(transparent)]
+    Onnx(#[from] OnnxError),
+    /// A given input size names no input of the model, or contradicts its fixed dims.
+    #[error(transparent)]
+    Input(#[from] InputError),
+}
+
+impl InspectError {
+    pub fn class(&self) -> crate::errors::ErrorClass {
+        match self {
+            InspectError::Onnx(e) => e.class(),
+            InspectError::Input(e) => e.class(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct IoDesc {
     pub name: String,
@@ -174,27 +193,8 @@ fn dims_json(d: &[Expr]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Builds the report. `given` resolves symbolic input dims (others default to batch 1); inputs
-/// whose shapes stay unresolved leave their MACs unknown.
-pub fn inspect(
-    model: &Model,
-    path: &Path,
-    given: &[(String, Vec<usize>)],
-) -> Result<InspectReport, OnnxError> {
-    let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-    let external_data_bytes = crate::onnx::external_files(model).values().sum();
-    let mut ops = BTreeMap::new();
-    let mut nodes = 0;
-    let mut subgraphs = 0;
-    visit_graphs(model.graph(), &mut |p, _, g| {
-        if !p.is_empty() {
-            subgraphs += 1;
-        }
-        for n in &g.node {
-            *ops.entry(n.op_type.clone()).or_insert(0) += 1;
-            nodes += 1;
-        }
-    });
+/// Every weight described, and the parameters' element count, bytes and zeros.
+fn tensor_descs(model: &Model) -> Result<(Vec<TensorDesc>, u64, u64, u64), OnnxError> {
     let mut tensors = Vec::new();
     let (mut parameters, mut weight_bytes, mut zeros) = (0u64, 0u64, 0u64);
     for w in model.weights() {
@@ -223,7 +223,52 @@ pub fn inspect(
             is_parameter,
         });
     }
-    let dims = mac_dims(model, given).unwrap_or_default();
+    Ok((tensors, parameters, weight_bytes, zeros))
+}
+
+/// Domain (`ai.onnx` for the default) to opset version.
+fn opsets(model: &Model) -> BTreeMap<String, i64> {
+    model
+        .proto
+        .opset_import
+        .iter()
+        .map(|o| {
+            (
+                if o.domain.is_empty() {
+                    "ai.onnx".to_string()
+                } else {
+                    o.domain.clone()
+                },
+                o.version,
+            )
+        })
+        .collect()
+}
+
+/// Builds the report. `given` resolves symbolic input dims (others default to batch 1); inputs
+/// whose shapes stay unresolved leave their MACs unknown. A `given` size for an input the model
+/// does not have, or against its fixed dims, is refused.
+pub fn inspect(
+    model: &Model,
+    path: &Path,
+    given: &[(String, Vec<usize>)],
+) -> Result<InspectReport, InspectError> {
+    let dims = mac_dims(model, given)?;
+    let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let external_data_bytes = crate::onnx::external_files(model).values().sum();
+    let mut ops = BTreeMap::new();
+    let mut nodes = 0;
+    let mut subgraphs = 0;
+    visit_graphs(model.graph(), &mut |p, _, g| {
+        if !p.is_empty() {
+            subgraphs += 1;
+        }
+        for n in &g.node {
+            *ops.entry(n.op_type.clone()).or_insert(0) += 1;
+            nodes += 1;
+        }
+    });
+    let (tensors, parameters, weight_bytes, zeros) = tensor_descs(model)?;
     let count = count_macs(model, &dims);
     let macs_by_op = count
         .by_op
@@ -245,21 +290,7 @@ pub fn inspect(
         )
         .trim()
         .to_string(),
-        opsets: model
-            .proto
-            .opset_import
-            .iter()
-            .map(|o| {
-                (
-                    if o.domain.is_empty() {
-                        "ai.onnx".to_string()
-                    } else {
-                        o.domain.clone()
-                    },
-                    o.version,
-                )
-            })
-            .collect(),
+        opsets: opsets(model),
         inputs: model.inputs().iter().map(io_desc).collect(),
         outputs: model.outputs().iter().map(io_desc).collect(),
         ops,

@@ -15,8 +15,7 @@ use nnc_codec::{encode, quant, reconstruct, EncoderConfig, Tensor, TensorData, T
 #[allow(dead_code)]
 mod speed;
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use speed::common;
 
 fn load(path: &str) -> Vec<Tensor> {
     common::load_npz(std::path::Path::new(path))

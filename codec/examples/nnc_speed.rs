@@ -11,8 +11,9 @@ use nnc_codec::{decode, encode, EncoderConfig, Limits, ScanOrder, Tensor, Tensor
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 
+// Public for `nnc_baselines`, which includes this file as a module.
 #[path = "../tests/common/mod.rs"]
-mod common;
+pub mod common;
 
 /// ResNet-18 convolution / linear weight shapes plus BatchNorm-like vectors.
 /// Synthetic model used by the speed example and the baselines.

@@ -274,6 +274,8 @@ struct Inputs {
     key: String,
 }
 
+/// One item: its key, skipped when recorded under that key, claimed, compressed under a
+/// heartbeat, recorded last.
 fn process(
     rt: &'static Runtime,
     out: &Out,
@@ -289,82 +291,31 @@ fn process(
         Ok(i) => Ok(i),
         Err(e) => Err(input_or_stop(e)?),
     };
-    // An item whose inputs cannot be read gets a key from their locations, so a rerun skips
-    // it until they appear (then the key is their bytes').
-    let key = match &inputs {
-        Ok(i) => i.key.clone(),
-        Err(_) => unreadable_key(
-            &resolve(&item.model, &opts.base),
-            &canonical,
-            item.options
-                .calib
-                .as_deref()
-                .map(|c| resolve(c, &opts.base))
-                .as_deref(),
-        ),
-    };
-    let rel = |f: &str| format!("{}/{f}", item.id);
-    if let Some((bytes, _)) = out.read(&rel(RECORD)).map_err(out_err)? {
-        if let Ok(r) = serde_json::from_slice::<Record>(&bytes) {
-            if r.key == key && (r.status == Status::Done || !opts.retry_failed) {
-                let reason = match r.status {
-                    Status::Done => "done",
-                    Status::Failed => "failed",
-                };
-                sink(&Event::Skip {
-                    id: item.id.clone(),
-                    key,
-                    reason: reason.into(),
-                });
-                return Ok(match r.status {
-                    Status::Done => Outcome::Skipped,
-                    Status::Failed => Outcome::Failed,
-                });
-            }
-        }
+    let key = item_key(item, opts, &canonical, &inputs);
+    if let Some(done) = recorded(out, item, &key, opts, sink)? {
+        return Ok(done);
     }
-    // Claim it: created exclusively, or a stale claim replaced by exactly its version.
-    let claim = Claim::new(owner, &key, opts.lease);
-    if !out
-        .create_new(&rel(CLAIM), &claim.to_bytes())
-        .map_err(out_err)?
-    {
-        let taken = match out.read(&rel(CLAIM)).map_err(out_err)? {
-            None => out
-                .create_new(&rel(CLAIM), &claim.to_bytes())
-                .map_err(out_err)?,
-            Some((bytes, version)) => match serde_json::from_slice::<Claim>(&bytes) {
-                Ok(c) if !c.stale(now_unix()) => {
-                    sink(&Event::Wait {
-                        id: item.id.clone(),
-                        key,
-                        owner: format!("{} pid {}", c.owner.host, c.owner.pid),
-                    });
-                    return Ok(Outcome::Busy(Instant::now() + Duration::from_secs(1)));
-                }
-                // Stale, or unreadable (not written by a runner of this format).
-                _ => out
-                    .replace(&rel(CLAIM), &version, &claim.to_bytes())
-                    .map_err(out_err)?,
-            },
-        };
-        if !taken {
-            return Ok(Outcome::Busy(Instant::now() + Duration::from_secs(1)));
-        }
+    if let Some(busy) = claim(out, item, &key, owner, opts, sink)? {
+        return Ok(busy);
     }
     out.clean_item(&item.id);
-    let (model_sha256, model_bytes) = match &inputs {
-        Ok(i) => (Some(i.model.sha256.clone()), Some(i.model.bytes)),
-        Err(_) => (None, None),
-    };
+    let model = inputs
+        .as_ref()
+        .ok()
+        .map(|i| (i.model.sha256.clone(), i.model.bytes));
     sink(&Event::Start {
         id: item.id.clone(),
         key: key.clone(),
     });
     let result = match inputs {
-        Ok(i) => with_heartbeat(out, &rel(CLAIM), owner, &key, opts.lease, || {
-            compress_item(rt, out, item, opts, &i, shared)
-        }),
+        Ok(i) => with_heartbeat(
+            out,
+            &item_path(item, CLAIM),
+            owner,
+            &key,
+            opts.lease,
+            || compress_item(rt, out, item, opts, &i, shared),
+        ),
         Err(e) => Ok(Err(e)),
     };
     let result = match result {
@@ -372,11 +323,124 @@ fn process(
         Err(e) => {
             // The claim stays until its lease ends when the store is failing; a rerun on
             // the same host takes it over at once.
-            let _ = out.delete(&rel(CLAIM));
+            let _ = out.delete(&item_path(item, CLAIM));
             return Err(e);
         }
     };
-    let seconds = t0.elapsed().as_secs_f64();
+    finish(
+        out,
+        item,
+        key,
+        model,
+        result,
+        t0.elapsed().as_secs_f64(),
+        sink,
+    )
+}
+
+fn item_path(item: &Item, file: &str) -> String {
+    format!("{}/{file}", item.id)
+}
+
+/// The work key. An item whose inputs cannot be read gets a key from their locations, so a
+/// rerun skips it until they appear (then the key is their bytes').
+fn item_key(
+    item: &Item,
+    opts: &RunOptions,
+    canonical: &str,
+    inputs: &Result<Inputs, ItemError>,
+) -> String {
+    match inputs {
+        Ok(i) => i.key.clone(),
+        Err(_) => unreadable_key(
+            &resolve(&item.model, &opts.base),
+            canonical,
+            item.options
+                .calib
+                .as_deref()
+                .map(|c| resolve(c, &opts.base))
+                .as_deref(),
+        ),
+    }
+}
+
+/// The outcome of an item already recorded under `key` (done, or failed unless
+/// `--retry-failed`), announced as a skip; `None` when it is to be done.
+fn recorded(
+    out: &Out,
+    item: &Item,
+    key: &str,
+    opts: &RunOptions,
+    sink: &(dyn Fn(&Event) + Sync),
+) -> Result<Option<Outcome>, BatchError> {
+    let Some((bytes, _)) = out.read(&item_path(item, RECORD)).map_err(out_err)? else {
+        return Ok(None);
+    };
+    let Ok(r) = serde_json::from_slice::<Record>(&bytes) else {
+        return Ok(None);
+    };
+    if r.key != key || (r.status != Status::Done && opts.retry_failed) {
+        return Ok(None);
+    }
+    let (reason, outcome) = match r.status {
+        Status::Done => ("done", Outcome::Skipped),
+        Status::Failed => ("failed", Outcome::Failed),
+    };
+    sink(&Event::Skip {
+        id: item.id.clone(),
+        key: key.to_string(),
+        reason: reason.into(),
+    });
+    Ok(Some(outcome))
+}
+
+/// Claims the item: created exclusively, or a stale claim replaced by exactly its version.
+/// `Some(Busy)` when another runner holds it.
+fn claim(
+    out: &Out,
+    item: &Item,
+    key: &str,
+    owner: &Owner,
+    opts: &RunOptions,
+    sink: &(dyn Fn(&Event) + Sync),
+) -> Result<Option<Outcome>, BatchError> {
+    let path = item_path(item, CLAIM);
+    let claim = Claim::new(owner, key, opts.lease);
+    let busy = || Some(Outcome::Busy(Instant::now() + Duration::from_secs(1)));
+    if out.create_new(&path, &claim.to_bytes()).map_err(out_err)? {
+        return Ok(None);
+    }
+    let taken = match out.read(&path).map_err(out_err)? {
+        None => out.create_new(&path, &claim.to_bytes()).map_err(out_err)?,
+        Some((bytes, version)) => match serde_json::from_slice::<Claim>(&bytes) {
+            Ok(c) if !c.stale(now_unix()) => {
+                sink(&Event::Wait {
+                    id: item.id.clone(),
+                    key: key.to_string(),
+                    owner: format!("{} pid {}", c.owner.host, c.owner.pid),
+                });
+                return Ok(busy());
+            }
+            // Stale, or unreadable (not written by a runner of this format).
+            _ => out
+                .replace(&path, &version, &claim.to_bytes())
+                .map_err(out_err)?,
+        },
+    };
+    Ok(if taken { None } else { busy() })
+}
+
+/// Records the item's result (the record last, then the claim goes) and announces it. A
+/// transient failure is not recorded: a rerun tries again (the run exits 75).
+fn finish(
+    out: &Out,
+    item: &Item,
+    key: String,
+    model: Option<(String, u64)>,
+    result: Result<Finished, ItemError>,
+    seconds: f64,
+    sink: &(dyn Fn(&Event) + Sync),
+) -> Result<Outcome, BatchError> {
     let (status, error, report, files, event) = match result {
         Ok(done) => {
             let ev = Event::Done {
@@ -390,8 +454,7 @@ fn process(
             (Status::Done, None, Some(done.report), done.files, ev)
         }
         Err(e) if e.class == ErrorClass::Transient.name() => {
-            // Not recorded: a rerun tries again (the run exits 75).
-            out.delete(&rel(CLAIM)).map_err(out_err)?;
+            out.delete(&item_path(item, CLAIM)).map_err(out_err)?;
             sink(&Event::Fail {
                 id: item.id.clone(),
                 key: Some(key),
@@ -412,6 +475,7 @@ fn process(
             (Status::Failed, Some(e), None, Vec::new(), ev)
         }
     };
+    let (model_sha256, model_bytes) = model.unzip();
     let record = Record {
         nnzip_batch: super::state::FORMAT,
         id: item.id.clone(),
@@ -429,8 +493,9 @@ fn process(
         report,
     };
     let bytes = serde_json::to_vec_pretty(&record).unwrap_or_default();
-    out.write(&rel(RECORD), bytes).map_err(out_err)?;
-    out.delete(&rel(CLAIM)).map_err(out_err)?;
+    out.write(&item_path(item, RECORD), bytes)
+        .map_err(out_err)?;
+    out.delete(&item_path(item, CLAIM)).map_err(out_err)?;
     sink(&event);
     Ok(match status {
         Status::Done => Outcome::Done,

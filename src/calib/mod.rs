@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::npz::{read_npz, NpzError};
-use crate::onnx::{Dim, Model, OnnxError};
+use crate::onnx::{Dim, Model, OnnxError, ValueInfo};
 use crate::runtime::{Runtime, RuntimeError, Session, SessionOptions};
 use crate::tensor::{DType, Tensor, TensorError};
 
@@ -160,68 +160,7 @@ impl Calibration {
         let mut samples: Option<(usize, String)> = None;
         let mut batchable = true;
         for (vi, (axis, symbolic)) in model.inputs().into_iter().zip(batch_axes(model)) {
-            let (_, t) = arrays.iter().find(|(n, _)| n == &vi.name).ok_or_else(|| {
-                CalibError::MissingInput {
-                    path: path.to_path_buf(),
-                    input: vi.name.clone(),
-                    arrays: arrays
-                        .iter()
-                        .map(|(n, _)| n.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                }
-            })?;
-            if t.dtype != vi.dtype && vi.dtype != DType::Other(0) {
-                return Err(CalibError::BadType {
-                    path: path.to_path_buf(),
-                    input: vi.name.clone(),
-                    got: t.dtype,
-                    expected: vi.dtype,
-                });
-            }
-            let dims = vi.dims.clone().unwrap_or_default();
-            let fits = |d: &[usize]| {
-                d.len() == dims.len()
-                    && d.iter()
-                        .zip(&dims)
-                        .all(|(a, b)| !matches!(b, Dim::Fixed(n) if n != a))
-            };
-            let bad = || CalibError::BadShape {
-                path: path.to_path_buf(),
-                input: vi.name.clone(),
-                got: t.dims.clone(),
-                expected: format!(
-                    "[{}]",
-                    dims.iter()
-                        .map(|d| d.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            };
-            let stacked = if t.dims.len() == dims.len() + 1 && fits(&t.dims[1..]) {
-                match axis {
-                    // Samples of several batch rows each: every row is a sample.
-                    Some(0) if t.dims.get(1).is_some_and(|&b| b != 1) => {
-                        let (n, b) = (t.dims[0], t.dims[1]);
-                        let mut d = t.dims.clone();
-                        d[0] = n * b;
-                        d[1] = 1;
-                        Tensor::from_bytes(t.dtype, d, t.bytes().to_vec())?
-                    }
-                    Some(a) if t.dims.get(a + 1) != Some(&1) => return Err(bad()),
-                    _ => t.clone(),
-                }
-            } else if t.dims.len() == dims.len() && axis.is_some() {
-                let a = axis.unwrap_or(0);
-                let mut probe = t.dims.clone();
-                probe[a] = 1;
-                if !fits(&probe) {
-                    return Err(bad());
-                }
-                stack_along(t, a)?
-            } else {
-                return Err(bad());
-            };
+            let stacked = stacked_input(path, &arrays, &vi, axis)?;
             if !symbolic {
                 batchable = false;
             }
@@ -245,20 +184,7 @@ impl Calibration {
                 path: path.to_path_buf(),
             });
         }
-        let labels = match arrays.iter().find(|(n, _)| n == "labels") {
-            None => None,
-            Some((_, t)) => {
-                let v = t.to_i64_lossy().ok_or_else(|| CalibError::BadLabels {
-                    path: path.to_path_buf(),
-                })?;
-                if v.len() != samples {
-                    return Err(CalibError::BadLabels {
-                        path: path.to_path_buf(),
-                    });
-                }
-                Some(v)
-            }
-        };
+        let labels = labels(path, &arrays, samples)?;
         Ok(Calibration {
             inputs,
             batch_axis: axes,
@@ -490,7 +416,8 @@ impl Metric {
     }
 }
 
-fn argmax_rows(t: &Tensor) -> Result<Vec<usize>, CalibError> {
+/// The class each row of a `[N, C]` output predicts (the first of equal maxima).
+pub(crate) fn argmax_rows(t: &Tensor) -> Result<Vec<usize>, CalibError> {
     let v = t.to_f32()?;
     if t.dims.len() != 2 || t.dims[1] == 0 {
         return Err(CalibError::NotClassifier(t.dims.clone()));
@@ -578,6 +505,104 @@ pub fn max_abs_diff(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> (f64, f64
         }
     }
     (d, m)
+}
+
+/// The array for input `vi` as samples stacked on a leading axis, its type and shape checked
+/// against the input: one more dimension than the input's (samples of its full shape), or the
+/// input's rank with samples along its batch `axis`.
+fn stacked_input(
+    path: &Path,
+    arrays: &[(String, Tensor)],
+    vi: &ValueInfo,
+    axis: Option<usize>,
+) -> Result<Tensor, CalibError> {
+    let (_, t) =
+        arrays
+            .iter()
+            .find(|(n, _)| n == &vi.name)
+            .ok_or_else(|| CalibError::MissingInput {
+                path: path.to_path_buf(),
+                input: vi.name.clone(),
+                arrays: arrays
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+    if t.dtype != vi.dtype && vi.dtype != DType::Other(0) {
+        return Err(CalibError::BadType {
+            path: path.to_path_buf(),
+            input: vi.name.clone(),
+            got: t.dtype,
+            expected: vi.dtype,
+        });
+    }
+    let dims = vi.dims.clone().unwrap_or_default();
+    let fits = |d: &[usize]| {
+        d.len() == dims.len()
+            && d.iter()
+                .zip(&dims)
+                .all(|(a, b)| !matches!(b, Dim::Fixed(n) if n != a))
+    };
+    let bad = || CalibError::BadShape {
+        path: path.to_path_buf(),
+        input: vi.name.clone(),
+        got: t.dims.clone(),
+        expected: format!(
+            "[{}]",
+            dims.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let stacked = if t.dims.len() == dims.len() + 1 && fits(&t.dims[1..]) {
+        match axis {
+            // Samples of several batch rows each: every row is a sample.
+            Some(0) if t.dims.get(1).is_some_and(|&b| b != 1) => {
+                let (n, b) = (t.dims[0], t.dims[1]);
+                let mut d = t.dims.clone();
+                d[0] = n * b;
+                d[1] = 1;
+                Tensor::from_bytes(t.dtype, d, t.bytes().to_vec())?
+            }
+            Some(a) if t.dims.get(a + 1) != Some(&1) => return Err(bad()),
+            _ => t.clone(),
+        }
+    } else if t.dims.len() == dims.len() && axis.is_some() {
+        let a = axis.unwrap_or(0);
+        let mut probe = t.dims.clone();
+        probe[a] = 1;
+        if !fits(&probe) {
+            return Err(bad());
+        }
+        stack_along(t, a)?
+    } else {
+        return Err(bad());
+    };
+    Ok(stacked)
+}
+
+/// The optional `labels` array: one integer class a sample.
+fn labels(
+    path: &Path,
+    arrays: &[(String, Tensor)],
+    samples: usize,
+) -> Result<Option<Vec<i64>>, CalibError> {
+    Ok(match arrays.iter().find(|(n, _)| n == "labels") {
+        None => None,
+        Some((_, t)) => {
+            let v = t.to_i64_lossy().ok_or_else(|| CalibError::BadLabels {
+                path: path.to_path_buf(),
+            })?;
+            if v.len() != samples {
+                return Err(CalibError::BadLabels {
+                    path: path.to_path_buf(),
+                });
+            }
+            Some(v)
+        }
+    })
 }
 
 #[cfg(test)]

@@ -315,6 +315,14 @@ impl Editor {
         self.analysis().index.constant(&self.model, tensor)
     }
 
+    /// The value of input `k` of a node, if that input is a constant.
+    pub fn input_constant(&self, id: NodeId, k: usize) -> Result<Option<Tensor>, OnnxError> {
+        match self.node(id).and_then(|n| n.input.get(k)) {
+            Some(name) => self.constant(name),
+            None => Ok(None),
+        }
+    }
+
     /// Writes a constant in place: every reader sees the new value.
     pub fn write_constant(&mut self, tensor: &str, t: &Tensor) -> Result<(), OnnxError> {
         let id = self.analysis().index.constants.get(tensor).cloned();

@@ -1078,8 +1078,23 @@ pub fn channel_groups(ed: &Editor) -> Vec<ChannelGroup> {
         arrivals: HashMap::new(),
         head_split: HashMap::new(),
     };
-    // (node, channels, trace) per source
-    let mut sources: Vec<(NodeId, usize, Trace)> = Vec::new();
+    let sources = trace_sources(&mut tracer);
+    let pos: HashMap<NodeId, usize> = sources.iter().enumerate().map(|(i, s)| (s.0, i)).collect();
+    let mut parent: Vec<usize> = (0..sources.len()).collect();
+    let mut extra_block: HashMap<NodeId, Vec<String>> = HashMap::new();
+    let mut join_nodes: Vec<NodeId> = tracer.arrivals.keys().copied().collect();
+    join_nodes.sort_unstable_by_key(|id| a.position(*id));
+    for ni in join_nodes {
+        join_at(&tracer, ni, &pos, &mut parent, &mut extra_block);
+    }
+    assemble(ed, sources, &mut parent, &extra_block)
+}
+
+/// (node, channels, trace) of every source in graph order; one that cannot be pruned is
+/// blocked with its reason.
+fn trace_sources(tracer: &mut Tracer<'_>) -> Vec<(NodeId, usize, Trace)> {
+    let (ed, a) = (tracer.ed, tracer.a);
+    let mut sources = Vec::new();
     for &id in a.order() {
         let Some(info) = source_info(ed, id) else {
             continue;
@@ -1089,27 +1104,8 @@ pub fn channel_groups(ed: &Editor) -> Vec<ChannelGroup> {
             .and_then(|n| n.output.first().cloned())
             .unwrap_or_default();
         match info {
-            Ok((c, mut ps)) => {
-                let mut c = c;
-                let mut t = tracer.trace(id, &out, c, 1);
-                // Split into heads and stopped only there: prune whole heads instead.
-                if let Some(&(heads, size)) = tracer.head_split.get(&id) {
-                    if !t.blocked.is_empty()
-                        && t.blocked.iter().all(|b| b.contains(" heads of "))
-                        && heads.checked_mul(size) == Some(c)
-                    {
-                        for v in tracer.arrivals.values_mut() {
-                            v.retain(|x| x.0 != id);
-                        }
-                        t = tracer.trace(id, &out, heads, size);
-                        c = heads;
-                        for p in &mut ps {
-                            p.place.block = size;
-                            p.place.count = heads;
-                        }
-                    }
-                }
-                t.params.extend(ps);
+            Ok((c, ps)) => {
+                let (c, t) = trace_source(tracer, id, &out, c, ps);
                 sources.push((id, c, t));
             }
             Err(reason) => {
@@ -1129,70 +1125,113 @@ pub fn channel_groups(ed: &Editor) -> Vec<ChannelGroup> {
             }
         }
     }
-    let pos: HashMap<NodeId, usize> = sources.iter().enumerate().map(|(i, s)| (s.0, i)).collect();
-    let mut parent: Vec<usize> = (0..sources.len()).collect();
-    let mut extra_block: HashMap<NodeId, Vec<String>> = HashMap::new();
-    // Joins: at an element-wise node every non-constant input must carry the same channels.
-    let mut join_nodes: Vec<NodeId> = tracer.arrivals.keys().copied().collect();
-    join_nodes.sort_unstable_by_key(|id| a.position(*id));
-    for ni in join_nodes {
-        let (Some(arr), Some(n)) = (tracer.arrivals.get(&ni), ed.node(ni)) else {
-            continue;
-        };
-        // Inputs that carry channels: not constants, and not broadcast along the channel
-        // axis (an attention mask of one row for all heads).
-        let out_axis = arr.first().map(|x| x.2.axis);
-        let out_rank = n.output.first().and_then(|o| a.rank(o));
-        let broadcast = |x: &str| -> bool {
-            let (Some(axis), Some(rank), Some(s)) = (out_axis, out_rank, a.shape(x)) else {
-                return false;
-            };
-            let from_right = rank.saturating_sub(axis);
-            match s.len().checked_sub(from_right) {
-                None => true,
-                Some(i) => s.get(i).and_then(Expr::as_int) == Some(1),
+    sources
+}
+
+/// Traces one source's `c` channels. Where a Reshape splits them into heads and only that
+/// stops the trace, traces whole heads instead (the channels become the heads).
+fn trace_source(
+    tracer: &mut Tracer<'_>,
+    id: NodeId,
+    out: &str,
+    mut c: usize,
+    mut ps: Vec<CoupledParam>,
+) -> (usize, Trace) {
+    let mut t = tracer.trace(id, out, c, 1);
+    if let Some(&(heads, size)) = tracer.head_split.get(&id) {
+        if !t.blocked.is_empty()
+            && t.blocked.iter().all(|b| b.contains(" heads of "))
+            && heads.checked_mul(size) == Some(c)
+        {
+            for v in tracer.arrivals.values_mut() {
+                v.retain(|x| x.0 != id);
             }
-        };
-        let live: Vec<usize> = n
-            .input
-            .iter()
-            .enumerate()
-            .filter(|(_, x)| !x.is_empty() && stored_const(ed, x).is_none() && !broadcast(x))
-            .map(|(j, _)| j)
-            .collect();
-        // placement -> per input, the sources arriving with it
-        let mut by_place: HashMap<PlaceKey, HashMap<usize, Vec<NodeId>>> = HashMap::new();
-        for &(s, k, p) in arr {
-            by_place
-                .entry((p.offset, p.block, p.first, p.count))
-                .or_default()
-                .entry(k)
-                .or_default()
-                .push(s);
-        }
-        for inputs in by_place.values() {
-            let all: Vec<NodeId> = inputs.values().flatten().copied().collect();
-            if live.iter().all(|j| inputs.contains_key(j)) {
-                for pair in all.windows(2) {
-                    if let (Some(&x), Some(&y)) = (
-                        pair.first().and_then(|s| pos.get(s)),
-                        pair.get(1).and_then(|s| pos.get(s)),
-                    ) {
-                        union(&mut parent, x, y);
-                    }
-                }
-            } else {
-                for s in all {
-                    extra_block.entry(s).or_default().push(format!(
-                        "{} ({}): joined with a tensor whose channels nnzip cannot trace",
-                        label(ed, ni),
-                        n.op_type
-                    ));
-                }
+            t = tracer.trace(id, out, heads, size);
+            c = heads;
+            for p in &mut ps {
+                p.place.block = size;
+                p.place.count = heads;
             }
         }
     }
-    assemble(ed, sources, &mut parent, &extra_block)
+    t.params.extend(ps);
+    (c, t)
+}
+
+/// A join: at an element-wise node every input that carries channels must carry the same
+/// ones. Sources arriving together at the same placement on all of them become one group;
+/// where one input's channels are untraced, the sources that arrive are blocked.
+fn join_at(
+    tracer: &Tracer<'_>,
+    ni: NodeId,
+    pos: &HashMap<NodeId, usize>,
+    parent: &mut [usize],
+    extra_block: &mut HashMap<NodeId, Vec<String>>,
+) {
+    let ed = tracer.ed;
+    let (Some(arr), Some(n)) = (tracer.arrivals.get(&ni), ed.node(ni)) else {
+        return;
+    };
+    let live = channel_inputs(tracer, n, arr);
+    // placement -> per input, the sources arriving with it
+    let mut by_place: HashMap<PlaceKey, HashMap<usize, Vec<NodeId>>> = HashMap::new();
+    for &(s, k, p) in arr {
+        by_place
+            .entry((p.offset, p.block, p.first, p.count))
+            .or_default()
+            .entry(k)
+            .or_default()
+            .push(s);
+    }
+    for inputs in by_place.values() {
+        let all: Vec<NodeId> = inputs.values().flatten().copied().collect();
+        if live.iter().all(|j| inputs.contains_key(j)) {
+            for pair in all.windows(2) {
+                if let (Some(&x), Some(&y)) = (
+                    pair.first().and_then(|s| pos.get(s)),
+                    pair.get(1).and_then(|s| pos.get(s)),
+                ) {
+                    union(parent, x, y);
+                }
+            }
+        } else {
+            for s in all {
+                extra_block.entry(s).or_default().push(format!(
+                    "{} ({}): joined with a tensor whose channels nnzip cannot trace",
+                    label(ed, ni),
+                    n.op_type
+                ));
+            }
+        }
+    }
+}
+
+/// The inputs of join node `n` that carry channels: not constants, and not broadcast along
+/// the channel axis (an attention mask of one row for all heads).
+fn channel_inputs(
+    tracer: &Tracer<'_>,
+    n: &NodeProto,
+    arr: &[(NodeId, usize, Placement)],
+) -> Vec<usize> {
+    let (ed, a) = (tracer.ed, tracer.a);
+    let out_axis = arr.first().map(|x| x.2.axis);
+    let out_rank = n.output.first().and_then(|o| a.rank(o));
+    let broadcast = |x: &str| -> bool {
+        let (Some(axis), Some(rank), Some(s)) = (out_axis, out_rank, a.shape(x)) else {
+            return false;
+        };
+        let from_right = rank.saturating_sub(axis);
+        match s.len().checked_sub(from_right) {
+            None => true,
+            Some(i) => s.get(i).and_then(Expr::as_int) == Some(1),
+        }
+    };
+    n.input
+        .iter()
+        .enumerate()
+        .filter(|(_, x)| !x.is_empty() && stored_const(ed, x).is_none() && !broadcast(x))
+        .map(|(j, _)| j)
+        .collect()
 }
 
 fn assemble(

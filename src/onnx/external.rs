@@ -304,27 +304,72 @@ fn align_up(x: u64, a: u64) -> u64 {
     x.div_ceil(a) * a
 }
 
+/// The model's proto with large tensors moved to a data file beside `path` (`opts` says which:
+/// over a threshold, or all above 1 KiB when the whole would pass `auto_external_above`) and
+/// the rest inline; both files written atomically, the data file first.
 pub(crate) fn save(model: &Model, path: &Path, opts: &SaveOptions) -> Result<(), OnnxError> {
-    let werr = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| OnnxError::Write { path: p, source }
-    };
     let mut proto = model.proto.clone();
     let store = model.external_store();
-    let threshold = match opts.external_threshold {
-        Some(t) => Some(t),
+    let threshold = external_threshold(model, &proto, opts)?;
+    let (data_name, data_path) = data_file(path, opts)?;
+    let graph = proto.graph.mut_or_insert_default();
+    let data = match threshold {
         None => {
-            // The inline size: the proto as it is plus whatever now lives in external files.
-            let mut ext = 0u64;
-            for_each_tensor(model.graph(), &mut |t| {
-                if t.data_location.value() == EXTERNAL {
-                    ext += data_len(t);
-                }
-                Ok(())
-            })?;
-            (proto.compute_size() + ext > opts.auto_external_above).then_some(1024)
+            for_each_tensor_mut(graph, &mut |t| make_inline(t, store))?;
+            None
         }
+        Some(th) => write_external(graph, store, th, &data_name, &data_path)?,
     };
+    let size = proto.compute_size();
+    if size > PROTOBUF_LIMIT {
+        return Err(OnnxError::Serialize(format!(
+            "the model is {size} bytes, over protobuf's 2 GiB limit; save it with external data"
+        )));
+    }
+    let mut f = AtomicFile::create(path).map_err(werr(path))?;
+    {
+        let mut w = BufWriter::with_capacity(1 << 20, f.file());
+        proto
+            .write_to_writer(&mut w)
+            .map_err(|e| OnnxError::Serialize(e.to_string()))?;
+        w.flush().map_err(werr(path))?;
+    }
+    // Data first: a model file never points at a data file that is not complete.
+    if let Some(d) = data {
+        d.commit().map_err(werr(&data_path))?;
+    }
+    f.commit().map_err(werr(path))?;
+    Ok(())
+}
+
+fn werr(p: &Path) -> impl FnOnce(std::io::Error) -> OnnxError {
+    let p = p.to_path_buf();
+    move |source| OnnxError::Write { path: p, source }
+}
+
+/// The size from which tensors go to the data file: the one asked for, or 1 KiB when the
+/// inline model (the proto as it is plus whatever now lives in external files) would pass
+/// `auto_external_above`; `None` for all inline.
+fn external_threshold(
+    model: &Model,
+    proto: &ModelProto,
+    opts: &SaveOptions,
+) -> Result<Option<u64>, OnnxError> {
+    if let Some(t) = opts.external_threshold {
+        return Ok(Some(t));
+    }
+    let mut ext = 0u64;
+    for_each_tensor(model.graph(), &mut |t| {
+        if t.data_location.value() == EXTERNAL {
+            ext += data_len(t);
+        }
+        Ok(())
+    })?;
+    Ok((proto.compute_size() + ext > opts.auto_external_above).then_some(1024))
+}
+
+/// The data file's name (a plain file name, checked) and its path beside the model.
+fn data_file(path: &Path, opts: &SaveOptions) -> Result<(String, PathBuf), OnnxError> {
     let file_name = path
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
@@ -349,83 +394,71 @@ pub(crate) fn save(model: &Model, path: &Path, opts: &SaveOptions) -> Result<(),
         _ => PathBuf::from("."),
     };
     let data_path = dir.join(&data_name);
+    Ok((data_name, data_path))
+}
 
-    let mut data: Option<(AtomicFile, u64)> = None;
-    let graph = proto.graph.mut_or_insert_default();
-    match threshold {
-        None => for_each_tensor_mut(graph, &mut |t| make_inline(t, store))?,
-        Some(th) => {
-            let mut pending: Result<(), std::io::Error> = Ok(());
-            let mut out: Option<(BufWriter<File>, u64)> = None;
-            let mut tmp: Option<AtomicFile> = None;
-            for_each_tensor_mut(graph, &mut |t| {
-                if data_len(t) < th || t.data_type == crate::tensor::DType::Str.onnx_code() {
-                    return make_inline(t, store);
-                }
-                let dense = decode_tensor_with(t, Some(store))?;
-                if out.is_none() {
-                    let f = AtomicFile::create(&data_path).map_err(werr(&data_path))?;
-                    let file = f.file_try_clone().map_err(werr(&data_path))?;
-                    tmp = Some(f);
-                    out = Some((BufWriter::with_capacity(1 << 20, file), 0));
-                }
-                let Some((w, pos)) = out.as_mut() else {
-                    return Ok(());
-                };
-                // 64-byte alignment keeps tensors aligned for SIMD loads once mapped.
-                let start = align_up(*pos, 64);
-                let r = (|| {
-                    w.write_all(&vec![0u8; (start - *pos) as usize])?;
-                    w.write_all(dense.bytes())
-                })();
-                if let Err(e) = r {
-                    pending = Err(e);
-                    return Ok(());
-                }
-                *pos = start + dense.bytes().len() as u64;
-                super::store_tensor(t, &dense);
-                t.raw_data.clear();
-                t.data_location = protobuf::EnumOrUnknown::from_i32(EXTERNAL);
-                let kv = |k: &str, v: String| {
-                    let mut e = StringStringEntryProto::new();
-                    e.key = k.into();
-                    e.value = v;
-                    e
-                };
-                t.external_data = vec![
-                    kv("location", data_name.clone()),
-                    kv("offset", start.to_string()),
-                    kv("length", dense.bytes().len().to_string()),
-                ];
-                Ok(())
-            })?;
-            pending.map_err(werr(&data_path))?;
-            if let (Some((mut w, len)), Some(f)) = (out, tmp) {
-                w.flush().map_err(werr(&data_path))?;
-                data = Some((f, len));
-            }
+/// Moves every tensor of at least `th` bytes (strings excepted) into a new data file at
+/// `data_path`, 64-byte aligned, and inlines the rest. The file, not yet committed, when any
+/// tensor went there.
+fn write_external(
+    graph: &mut GraphProto,
+    store: &ExternalStore,
+    th: u64,
+    data_name: &str,
+    data_path: &Path,
+) -> Result<Option<AtomicFile>, OnnxError> {
+    let mut pending: Result<(), std::io::Error> = Ok(());
+    let mut out: Option<(BufWriter<File>, u64)> = None;
+    let mut tmp: Option<AtomicFile> = None;
+    for_each_tensor_mut(graph, &mut |t| {
+        if data_len(t) < th || t.data_type == crate::tensor::DType::Str.onnx_code() {
+            return make_inline(t, store);
         }
+        let dense = decode_tensor_with(t, Some(store))?;
+        if out.is_none() {
+            let f = AtomicFile::create(data_path).map_err(werr(data_path))?;
+            let file = f.file_try_clone().map_err(werr(data_path))?;
+            tmp = Some(f);
+            out = Some((BufWriter::with_capacity(1 << 20, file), 0));
+        }
+        let Some((w, pos)) = out.as_mut() else {
+            return Ok(());
+        };
+        // 64-byte alignment keeps tensors aligned for SIMD loads once mapped.
+        let start = align_up(*pos, 64);
+        let r = (|| {
+            w.write_all(&vec![0u8; (start - *pos) as usize])?;
+            w.write_all(dense.bytes())
+        })();
+        if let Err(e) = r {
+            pending = Err(e);
+            return Ok(());
+        }
+        *pos = start + dense.bytes().len() as u64;
+        super::store_tensor(t, &dense);
+        t.raw_data.clear();
+        t.data_location = protobuf::EnumOrUnknown::from_i32(EXTERNAL);
+        let kv = |k: &str, v: String| {
+            let mut e = StringStringEntryProto::new();
+            e.key = k.into();
+            e.value = v;
+            e
+        };
+        t.external_data = vec![
+            kv("location", data_name.to_string()),
+            kv("offset", start.to_string()),
+            kv("length", dense.bytes().len().to_string()),
+        ];
+        Ok(())
+    })?;
+    pending.map_err(werr(data_path))?;
+    match (out, tmp) {
+        (Some((mut w, _)), Some(f)) => {
+            w.flush().map_err(werr(data_path))?;
+            Ok(Some(f))
+        }
+        _ => Ok(None),
     }
-    let size = proto.compute_size();
-    if size > PROTOBUF_LIMIT {
-        return Err(OnnxError::Serialize(format!(
-            "the model is {size} bytes, over protobuf's 2 GiB limit; save it with external data"
-        )));
-    }
-    let mut f = AtomicFile::create(path).map_err(werr(path))?;
-    {
-        let mut w = BufWriter::with_capacity(1 << 20, f.file());
-        proto
-            .write_to_writer(&mut w)
-            .map_err(|e| OnnxError::Serialize(e.to_string()))?;
-        w.flush().map_err(werr(path))?;
-    }
-    // Data first: a model file never points at a data file that is not complete.
-    if let Some((d, _)) = data {
-        d.commit().map_err(werr(&data_path))?;
-    }
-    f.commit().map_err(werr(path))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -31,6 +31,10 @@ pub enum PassError {
     NeedsCalibration { pass: &'static str },
     #[error("{pass} needs concrete input sizes to run the model: {reason}")]
     NeedsInputs { pass: &'static str, reason: String },
+    /// Input sizes given for the job that do not fit the model: an input it does not have, or
+    /// a size against its rank or fixed dims.
+    #[error(transparent)]
+    Sizes(#[from] crate::runtime::inputs::InputError),
     /// The sizes to run the model at could not be planned (the input error says why).
     #[error("{pass} needs concrete input sizes to run the model: {input}")]
     Inputs {
@@ -51,7 +55,8 @@ impl PassError {
             PassError::Invalid { .. }
             | PassError::NeedsCalibration { .. }
             | PassError::NeedsInputs { .. }
-            | PassError::Inputs { .. } => C::Usage,
+            | PassError::Inputs { .. }
+            | PassError::Sizes(_) => C::Usage,
         }
     }
 }

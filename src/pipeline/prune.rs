@@ -35,6 +35,17 @@ pub struct PruneJob<'a> {
     pub force: bool,
 }
 
+impl PruneJob<'_> {
+    /// The model, with the sizes checked against it: they are used last (verification), and a
+    /// wrong one must not wait for the pruning.
+    fn load(&self) -> Result<Model, PipelineError> {
+        let model = Model::load(self.model)?;
+        crate::runtime::inputs::check_given(&model.inputs(), self.shapes)
+            .map_err(PassError::from)?;
+        Ok(model)
+    }
+}
+
 /// The pruned (and maybe simplified) model and its report.
 pub struct PruneOutput {
     pub model: Model,
@@ -51,7 +62,7 @@ pub fn prune_file(
     job: &PruneJob,
     on_step: &mut dyn FnMut(&SearchStep),
 ) -> Result<PruneOutput, PipelineError> {
-    let model = Model::load(job.model)?;
+    let model = job.load()?;
     let calib = match job.calib {
         Some(p) => {
             let c = Calibration::load(p, &model)?;

@@ -38,6 +38,9 @@ pub fn simplify_file(
     job: &SimplifyJob,
 ) -> Result<SimplifyOutput, PipelineError> {
     let input = Model::load(job.model)?;
+    // Before the calibration data is read: a wrong size is the first thing to hear of.
+    crate::runtime::inputs::check_given(&input.inputs(), job.shapes)
+        .map_err(crate::passes::PassError::from)?;
     let calib = job
         .calib
         .map(|p| Calibration::load(p, &input))

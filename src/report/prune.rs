@@ -75,11 +75,11 @@ fn breakdown_text(o: &mut String, b: &crate::calib::breakdown::Breakdown) {
     );
 }
 
-/// The prune report as text.
+/// The prune report as text: the layer table, notes, search, metrics, then what followed the
+/// pruning (plan, reconstruction, simplification).
 pub fn text(r: &PruneReport) -> String {
     use std::fmt::Write;
     let mut o = String::new();
-    let pct = |f: f64| format!("{:.1}%", 100.0 * f);
     let _ = writeln!(
         o,
         "{} -> {} ({})",
@@ -87,12 +87,29 @@ pub fn text(r: &PruneReport) -> String {
         r.output.display(),
         r.outcome.method
     );
+    layers_text(&mut o, &r.outcome);
+    notes_text(&mut o, &r.outcome);
+    if let Some(s) = &r.search {
+        search_text(&mut o, s);
+    }
+    metrics_text(&mut o, r);
+    followups_text(&mut o, r);
+    o
+}
+
+fn pct(f: f64) -> String {
+    format!("{:.1}%", 100.0 * f)
+}
+
+/// One row a pruned layer, and the overall sparsity.
+fn layers_text(o: &mut String, outcome: &PruneOutcome) {
+    use std::fmt::Write;
     let _ = writeln!(
         o,
         "{:<32} {:<13} {:>9} {:>8} {:>8} {:>9} {:>13}",
         "layer", "op", "params", "before", "after", "channels", "entropy"
     );
-    for l in &r.outcome.layers {
+    for l in &outcome.layers {
         let ch = match (l.channels, l.channels_removed) {
             (Some(c), Some(x)) => format!("-{x}/{c}"),
             _ => String::new(),
@@ -116,51 +133,59 @@ pub fn text(r: &PruneReport) -> String {
     let _ = writeln!(
         o,
         "sparsity {} -> {} of {} prunable weights",
-        pct(r.outcome.sparsity_before),
-        pct(r.outcome.sparsity),
-        r.outcome.prunable_params
+        pct(outcome.sparsity_before),
+        pct(outcome.sparsity),
+        outcome.prunable_params
     );
-    if let Some(e) = Some(&r.outcome.entropy).filter(|e| !e.is_empty()) {
-        for l in e {
-            if l.zero_entropy {
-                let how = match (l.removed, l.linearized) {
-                    (true, 0) => " after silencing every neuron".to_string(),
-                    (true, n) => format!(
-                        " after settling: {n} neuron(s) made always ON, {} constant",
-                        l.neurons - n
-                    ),
-                    _ => String::new(),
-                };
-                let _ = writeln!(
-                    o,
-                    "{}: zero entropy on the calibration data{how} (simplify --calib collapses it)",
-                    l.layer
-                );
-            }
-        }
-    }
-    for s in &r.outcome.skipped {
-        let _ = writeln!(o, "left alone: {}: {}", s.name, s.reason);
-    }
-    if let Some(s) = &r.search {
+}
+
+/// Layers left at zero entropy (for `simplify --calib`) and layers left alone, with why.
+fn notes_text(o: &mut String, outcome: &PruneOutcome) {
+    use std::fmt::Write;
+    for l in outcome.entropy.iter().filter(|l| l.zero_entropy) {
+        let how = match (l.removed, l.linearized) {
+            (true, 0) => " after silencing every neuron".to_string(),
+            (true, n) => format!(
+                " after settling: {n} neuron(s) made always ON, {} constant",
+                l.neurons - n
+            ),
+            _ => String::new(),
+        };
         let _ = writeln!(
             o,
-            "search ({}, {} samples, baseline {:.2}, max drop {}):",
-            s.metric_name, s.samples, s.baseline, s.max_drop
+            "{}: zero entropy on the calibration data{how} (simplify --calib collapses it)",
+            l.layer
         );
-        for st in &s.steps {
-            let _ = writeln!(
-                o,
-                "  amount {:.4}  {:.2}  drop {:+.2} ± {:.2}  {}",
-                st.amount,
-                st.metric,
-                st.drop,
-                st.stderr,
-                if st.accepted { "accepted" } else { "rejected" }
-            );
-        }
-        let _ = writeln!(o, "chosen amount {:.4}", s.amount);
     }
+    for s in &outcome.skipped {
+        let _ = writeln!(o, "left alone: {}: {}", s.name, s.reason);
+    }
+}
+
+fn search_text(o: &mut String, s: &SearchReport) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        o,
+        "search ({}, {} samples, baseline {:.2}, max drop {}):",
+        s.metric_name, s.samples, s.baseline, s.max_drop
+    );
+    for st in &s.steps {
+        let _ = writeln!(
+            o,
+            "  amount {:.4}  {:.2}  drop {:+.2} ± {:.2}  {}",
+            st.amount,
+            st.metric,
+            st.drop,
+            st.stderr,
+            if st.accepted { "accepted" } else { "rejected" }
+        );
+    }
+    let _ = writeln!(o, "chosen amount {:.4}", s.amount);
+}
+
+/// The metric on the calibration data, on the held-out data, and the breakdown.
+fn metrics_text(o: &mut String, r: &PruneReport) {
+    use std::fmt::Write;
     if let Some(m) = &r.metric {
         let _ = writeln!(
             o,
@@ -180,8 +205,13 @@ pub fn text(r: &PruneReport) -> String {
         );
     }
     if let Some(b) = &r.breakdown {
-        breakdown_text(&mut o, b);
+        breakdown_text(o, b);
     }
+}
+
+/// The planned allocation, the reconstruction and the simplification, where they ran.
+fn followups_text(o: &mut String, r: &PruneReport) {
+    use std::fmt::Write;
     if let Some(p) = &r.outcome.plan {
         let _ = writeln!(
             o,
@@ -221,7 +251,6 @@ pub fn text(r: &PruneReport) -> String {
             s.verification.max_abs_diff
         );
     }
-    o
 }
 
 impl PruneReport {

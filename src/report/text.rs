@@ -27,7 +27,17 @@ fn fact(key: impl Into<String>, value: impl Into<String>) -> Fact {
 
 /// Every fact of the report, in reading order.
 pub fn facts(r: &CompressReport) -> Vec<Fact> {
-    let mut v = vec![
+    let mut v = Vec::new();
+    size_facts(r, &mut v);
+    quality_facts(r, &mut v);
+    comparison_facts(r, &mut v);
+    tail_facts(r, &mut v);
+    v
+}
+
+/// Parameters, sizes, compression ratios and MACs.
+fn size_facts(r: &CompressReport, v: &mut Vec<Fact>) {
+    v.extend([
         fact("parameters", r.parameters.to_string()),
         fact(
             "parameters after prune+simplify",
@@ -35,7 +45,7 @@ pub fn facts(r: &CompressReport) -> Vec<Fact> {
         ),
         fact("pruned", format!("{:.1}%", r.pruned_fraction * 100.0)),
         fact("ONNX size", bytes_h(r.onnx_bytes)),
-    ];
+    ]);
     if let Some(z) = r.onnx_zstd_bytes {
         v.push(fact("ONNX size, zstd -19", bytes_h(z)));
     }
@@ -57,6 +67,10 @@ pub fn facts(r: &CompressReport) -> Vec<Fact> {
         "MACs before / after",
         format!("{} / {}", macs(r.macs), macs(r.macs_after)),
     ));
+}
+
+/// The metric, fidelity, quantization and rate control, and the worst tensor.
+fn quality_facts(r: &CompressReport, v: &mut Vec<Fact>) {
     if let Some(m) = &r.metric {
         let pct = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.3} %"));
         v.push(fact(format!("{m} before"), pct(r.metric_before)));
@@ -107,6 +121,10 @@ pub fn facts(r: &CompressReport) -> Vec<Fact> {
             ),
         ));
     }
+}
+
+/// Latency, and the best single QPs (ours and the reference's) at the same budget.
+fn comparison_facts(r: &CompressReport, v: &mut Vec<Fact>) {
     if let Some(l) = &r.latency {
         v.push(fact(
             "latency original (ORT, median)",
@@ -141,6 +159,10 @@ pub fn facts(r: &CompressReport) -> Vec<Fact> {
             ),
         ));
     }
+}
+
+/// The per-class summary, then time and memory.
+fn tail_facts(r: &CompressReport, v: &mut Vec<Fact>) {
     if let Some(b) = &r.breakdown {
         let mut s = format!("{:.2} % of predictions changed", b.flip_rate);
         match (b.worst_class, b.worst_class_drop) {
@@ -160,7 +182,6 @@ pub fn facts(r: &CompressReport) -> Vec<Fact> {
             r.peak_rss_bytes.map_or("-".into(), bytes_h)
         ),
     ));
-    v
 }
 
 /// The latency ratio with its spread and whether it is stable.

@@ -75,49 +75,12 @@ pub fn resolve_shapes(
     inputs: &[ValueInfo],
     given: &[(String, Vec<usize>)],
 ) -> Result<Vec<Vec<usize>>, InputError> {
-    let names = || {
-        inputs
-            .iter()
-            .map(|i| i.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    for (n, _) in given {
-        if !inputs.iter().any(|i| &i.name == n) {
-            return Err(InputError::UnknownInput {
-                name: n.clone(),
-                inputs: names(),
-            });
-        }
-    }
+    check_given(inputs, given)?;
     let given: HashMap<&str, &Vec<usize>> = given.iter().map(|(n, d)| (n.as_str(), d)).collect();
     inputs
         .iter()
         .map(|vi| {
-            let fmt = |d: &[Dim]| {
-                d.iter()
-                    .map(|x| x.to_string())
-                    .collect::<Vec<_>>()
-                    .join("x")
-            };
             if let Some(g) = given.get(vi.name.as_str()) {
-                if let Some(d) = &vi.dims {
-                    let conflict = d.len() != g.len()
-                        || d.iter()
-                            .zip(g.iter())
-                            .any(|(a, b)| matches!(a, Dim::Fixed(n) if n != b));
-                    if conflict {
-                        return Err(InputError::ShapeConflict {
-                            name: vi.name.clone(),
-                            given: g
-                                .iter()
-                                .map(|x| x.to_string())
-                                .collect::<Vec<_>>()
-                                .join("x"),
-                            fixed: fmt(d),
-                        });
-                    }
-                }
                 return Ok((*g).clone());
             }
             let dims = vi
@@ -575,8 +538,9 @@ fn plan_at(
     })
 }
 
-/// `resolve_shapes`' checks of `--shape` values (unknown names, conflicts with fixed dims),
-/// without requiring every symbolic dim to be given.
+/// The one check of given input sizes (`NAME=DIMS`) against the model's inputs: every name is an
+/// input, and its size has the input's rank and agrees with its fixed dims. Symbolic dims need
+/// not all be given. Every job that takes sizes calls it before any work.
 pub fn check_given(inputs: &[ValueInfo], given: &[(String, Vec<usize>)]) -> Result<(), InputError> {
     let names = inputs
         .iter()

@@ -534,25 +534,19 @@ fn shape_of(t: &Tensor) -> Vec<i64> {
 }
 
 fn to_ort(t: &Tensor) -> Result<DynValue, RuntimeError> {
+    use crate::tensor::from_le;
     use ort::value::Tensor as OT;
     let shape = shape_of(t);
     let b = t.bytes();
-    macro_rules! le {
-        ($ty:ty, $n:expr) => {
-            b.chunks_exact($n)
-                .map(|c| <$ty>::from_le_bytes(c.try_into().unwrap_or([0; $n])))
-                .collect::<Vec<$ty>>()
-        };
-    }
     let v: DynValue = match t.dtype {
-        DType::F32 => OT::from_array((shape, le!(f32, 4)))?.into_dyn(),
-        DType::F64 => OT::from_array((shape, le!(f64, 8)))?.into_dyn(),
-        DType::I64 => OT::from_array((shape, le!(i64, 8)))?.into_dyn(),
-        DType::I32 => OT::from_array((shape, le!(i32, 4)))?.into_dyn(),
-        DType::I16 => OT::from_array((shape, le!(i16, 2)))?.into_dyn(),
-        DType::U16 => OT::from_array((shape, le!(u16, 2)))?.into_dyn(),
-        DType::U32 => OT::from_array((shape, le!(u32, 4)))?.into_dyn(),
-        DType::U64 => OT::from_array((shape, le!(u64, 8)))?.into_dyn(),
+        DType::F32 => OT::from_array((shape, from_le::<f32>(b)))?.into_dyn(),
+        DType::F64 => OT::from_array((shape, from_le::<f64>(b)))?.into_dyn(),
+        DType::I64 => OT::from_array((shape, from_le::<i64>(b)))?.into_dyn(),
+        DType::I32 => OT::from_array((shape, from_le::<i32>(b)))?.into_dyn(),
+        DType::I16 => OT::from_array((shape, from_le::<i16>(b)))?.into_dyn(),
+        DType::U16 => OT::from_array((shape, from_le::<u16>(b)))?.into_dyn(),
+        DType::U32 => OT::from_array((shape, from_le::<u32>(b)))?.into_dyn(),
+        DType::U64 => OT::from_array((shape, from_le::<u64>(b)))?.into_dyn(),
         DType::U8 => OT::from_array((shape, b.to_vec()))?.into_dyn(),
         DType::I8 => {
             OT::from_array((shape, b.iter().map(|&x| x as i8).collect::<Vec<i8>>()))?.into_dyn()
@@ -574,11 +568,7 @@ fn from_ort(v: &ort::value::DynValueRef<'_>) -> Result<Tensor, RuntimeError> {
         ($ty:ty, $d:expr) => {{
             let (shape, data) = v.try_extract_tensor::<$ty>()?;
             let dims = shape.iter().map(|&d| d.max(0) as usize).collect();
-            Tensor::from_bytes(
-                $d,
-                dims,
-                data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )?
+            Tensor::from_bytes($d, dims, crate::tensor::le_bytes(data))?
         }};
     }
     Ok(match ty {

@@ -70,6 +70,45 @@ fn unwritable_outputs_exit_5_before_any_work() {
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
 }
 
+/// `--shape` naming an input the model lacks, or contradicting its fixed dims, is refused by
+/// every command that takes it, before any data is read (the calibration file here does not
+/// exist, which would be exit 3) and with the model's inputs named.
+#[test]
+fn sizes_for_inputs_the_model_lacks_are_usage_errors_at_the_door() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("cnn.onnx");
+    let missing_calib = dir.path().join("missing.npz");
+    let out = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let (nnc, onnx, pruned) = (out("x.nnc"), out("x.onnx"), out("p.onnx"));
+    let calib = s(&missing_calib);
+    for shape in ["nope=1x3", "input=1x2x28x28"] {
+        for args in [
+            vec!["inspect", s(&model)],
+            vec!["compress", s(&model), "-o", &nnc, "--calib", calib],
+            vec!["simplify", s(&model), "-o", &onnx, "--calib", calib],
+            vec!["prune", s(&model), "-o", &pruned, "--method", "magnitude"],
+            vec!["prune", s(&model), "-o", &pruned, "--calib", calib],
+            vec!["bench", s(&model), "--runs", "1"],
+        ] {
+            let mut args = args.clone();
+            args.extend(["-q", "--shape", shape]);
+            let o = nnzip(&args);
+            let e = stderr(&o);
+            assert_eq!(o.status.code(), Some(2), "{args:?}: {e}");
+            let named = if shape.starts_with("nope") {
+                e.contains("'nope'") && e.contains("inputs: input")
+            } else {
+                e.contains("'input'") && e.contains("batchx1x28x28")
+            };
+            assert!(named, "{args:?}: {e}");
+            assert!(e.contains("hint: check --shape NAME=DIMS"), "{args:?}: {e}");
+        }
+    }
+    for f in [&nnc, &onnx, &pruned] {
+        assert!(!Path::new(f).exists(), "{f} written");
+    }
+}
+
 #[test]
 fn pruning_flags_without_prune_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();

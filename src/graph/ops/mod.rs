@@ -257,6 +257,14 @@ impl Attrs<'_> {
     fn float(&self, name: &str, default: f32) -> f32 {
         self.get(name).map(|a| a.f).unwrap_or(default)
     }
+    /// Where the op's `axes` are: input `input` from opset `since`, the attribute before.
+    fn axes(&self, opset: i64, since: i64, input: usize) -> Source {
+        if opset >= since {
+            Source::Input(input)
+        } else {
+            self.ints("axes").map(Source::Attr).unwrap_or(Source::None)
+        }
+    }
     fn ints(&self, name: &str) -> Option<Vec<i64>> {
         self.get(name).map(|a| a.ints.clone())
     }
@@ -298,13 +306,7 @@ impl Op {
             });
         }
         let a = Attrs(n);
-        let axes_from = |since: i64, input: usize| {
-            if opset >= since {
-                Source::Input(input)
-            } else {
-                a.ints("axes").map(Source::Attr).unwrap_or(Source::None)
-            }
-        };
+        let axes_from = |since: i64, input: usize| a.axes(opset, since, input);
         Ok(match op {
             "Constant" => Op::Constant,
             "Conv" => Op::Conv(Window::parse(n, op)?),
@@ -390,13 +392,7 @@ impl Op {
     fn parse_layout(n: &NodeProto, opset: i64) -> Result<Option<Op>, OpError> {
         let op = n.op_type.as_str();
         let a = Attrs(n);
-        let axes_from = |since: i64, input: usize| {
-            if opset >= since {
-                Source::Input(input)
-            } else {
-                a.ints("axes").map(Source::Attr).unwrap_or(Source::None)
-            }
-        };
+        let axes_from = |since: i64, input: usize| a.axes(opset, since, input);
         Ok(Some(match op {
             "Reshape" => Op::Reshape {
                 allowzero: a.flag("allowzero"),

@@ -386,6 +386,29 @@ pub fn positions(l: &DenseLayer, dims: &[usize]) -> Option<(usize, usize)> {
     }
 }
 
+/// The input value under kernel tap (`ky`, `kx`) of channel `c` for the output position of
+/// row `at` (of `c_all` input channels); 0 in the padding.
+fn conv_tap(
+    g: &Geometry,
+    x: &[f32],
+    at: &RowAt,
+    c_all: usize,
+    c: usize,
+    ky: usize,
+    kx: usize,
+) -> f32 {
+    let (oy, ox) = (at.pos / g.output[1].max(1), at.pos % g.output[1].max(1));
+    let iy = (oy * g.stride[0] + ky * g.dilation[0]).checked_sub(g.pad[0]);
+    let ix = (ox * g.stride[1] + kx * g.dilation[1]).checked_sub(g.pad[1]);
+    match (iy, ix) {
+        (Some(iy), Some(ix)) if iy < g.input[0] && ix < g.input[1] => {
+            let base = (at.sample * c_all + c) * g.input[0] * g.input[1];
+            x.get(base + iy * g.input[1] + ix).copied().unwrap_or(0.0)
+        }
+        _ => 0.0,
+    }
+}
+
 /// The input rows at `rows` for the features of channels `chans` (a convolution: every kernel
 /// position of each), plus a column of ones when `intercept`; `x` is the input tensor's values.
 pub fn gather_rows(
@@ -402,23 +425,12 @@ pub fn gather_rows(
     match (l.kind, l.geometry(dims)) {
         (Kind::Conv { .. }, Some(g)) => {
             let c_all = dims.get(1).copied().unwrap_or(0);
-            let plane = g.input[0] * g.input[1];
             for (r, at) in rows.iter().enumerate() {
-                let (oy, ox) = (at.pos / g.output[1].max(1), at.pos % g.output[1].max(1));
                 for (ci, &c) in chans.iter().enumerate() {
-                    let base = (at.sample * c_all + c) * plane;
-                    for ky in 0..g.kernel[0] {
-                        let iy = (oy * g.stride[0] + ky * g.dilation[0]).checked_sub(g.pad[0]);
-                        for kx in 0..g.kernel[1] {
-                            let ix = (ox * g.stride[1] + kx * g.dilation[1]).checked_sub(g.pad[1]);
-                            let v = match (iy, ix) {
-                                (Some(iy), Some(ix)) if iy < g.input[0] && ix < g.input[1] => {
-                                    x.get(base + iy * g.input[1] + ix).copied().unwrap_or(0.0)
-                                }
-                                _ => 0.0,
-                            };
-                            m[(r, ci * kk + ky * g.kernel[1] + kx)] = f64::from(v);
-                        }
+                    let taps =
+                        (0..g.kernel[0]).flat_map(|ky| (0..g.kernel[1]).map(move |kx| (ky, kx)));
+                    for (t, (ky, kx)) in taps.enumerate() {
+                        m[(r, ci * kk + t)] = f64::from(conv_tap(&g, x, at, c_all, c, ky, kx));
                     }
                 }
             }

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::calib::{evaluate, run_model, Calibration, Metric};
+use crate::calib::{argmax_rows, evaluate, run_model, Calibration, Metric};
 use crate::graph::editor::Editor;
 use crate::graph::infer::InputDims;
 use crate::onnx::Model;
@@ -61,27 +61,6 @@ fn first_output(
     })
 }
 
-fn argmax_rows(t: &crate::tensor::Tensor) -> Option<Vec<usize>> {
-    let v = t.to_f32().ok()?;
-    let c = *t.dims.get(1)?;
-    if t.dims.len() != 2 || c == 0 {
-        return None;
-    }
-    Some(
-        v.chunks_exact(c)
-            .map(|r| {
-                r.iter()
-                    .enumerate()
-                    .fold(
-                        (0, f32::NEG_INFINITY),
-                        |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-                    )
-                    .0
-            })
-            .collect(),
-    )
-}
-
 /// Standard error (points) of a top-1 drop measured on the same samples: with `k` samples whose
 /// outcome changed out of `n`, the paired difference has variance about k / n².
 fn drop_stderr(
@@ -90,7 +69,7 @@ fn drop_stderr(
     reference: &crate::tensor::Tensor,
     candidate: &crate::tensor::Tensor,
 ) -> f64 {
-    let (Some(a), Some(b)) = (argmax_rows(reference), argmax_rows(candidate)) else {
+    let (Some(a), Some(b)) = (argmax_rows(reference).ok(), argmax_rows(candidate).ok()) else {
         return 0.0;
     };
     let n = a.len().max(1) as f64;

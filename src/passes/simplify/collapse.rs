@@ -255,54 +255,12 @@ fn merge_conv(ed: &mut Editor, pi: NodeId, qi: NodeId) -> Result<bool, PassError
         return Ok(false);
     }
     let merged: Option<MergedConv> = if is_pointwise(&qwin, &qd) {
-        // W[m,c,:,:] = Σ_j Q[m,j] P[j,c,:,:]; b = Q·pb + qb
-        let taps = pd[2] * pd[3];
-        let mut w = vec![0.0; m * c * taps];
-        for mo in 0..m {
-            for j in 0..h {
-                let a = qw[mo * h + j];
-                if a == 0.0 {
-                    continue;
-                }
-                for ci in 0..c {
-                    for t in 0..taps {
-                        w[(mo * c + ci) * taps + t] += a * pw[(j * c + ci) * taps + t];
-                    }
-                }
-            }
-        }
-        let b = (0..m)
-            .map(|mo| qb[mo] + (0..h).map(|j| qw[mo * h + j] * pb[j]).sum::<f64>())
-            .collect();
+        let (w, b) = pointwise_after(&pd, &pw, &pb, &qw, &qb, m);
         Some((w, vec![m, c, pd[2], pd[3]], b, pi)) // the merged conv keeps p's geometry
     } else if is_pointwise(&pwin, &pd) && (qwin.unpadded() || pb.iter().all(|&x| x == 0.0)) {
-        // W[m,c,:,:] = Σ_j Q[m,j,:,:] P[j,c]; p's bias spreads through q's taps, which padding
-        // would cut at the borders: only exact without padding or with a zero bias.
-        let taps = qd[2] * qd[3];
-        let mut w = vec![0.0; m * c * taps];
-        for mo in 0..m {
-            for j in 0..h {
-                for t in 0..taps {
-                    let a = qw[(mo * h + j) * taps + t];
-                    if a == 0.0 {
-                        continue;
-                    }
-                    for ci in 0..c {
-                        w[(mo * c + ci) * taps + t] += a * pw[j * c + ci];
-                    }
-                }
-            }
-        }
-        let b = (0..m)
-            .map(|mo| {
-                qb[mo]
-                    + (0..h)
-                        .map(|j| {
-                            pb[j] * (0..taps).map(|t| qw[(mo * h + j) * taps + t]).sum::<f64>()
-                        })
-                        .sum::<f64>()
-            })
-            .collect();
+        // p's bias spreads through q's taps, which padding would cut at the borders: only
+        // exact without padding or with a zero bias.
+        let (w, b) = pointwise_before(&pd, &pw, &pb, &qd, &qw, &qb);
         Some((w, vec![m, c, qd[2], qd[3]], b, qi))
     } else {
         None
@@ -339,6 +297,75 @@ fn merge_conv(ed: &mut Editor, pi: NodeId, qi: NodeId) -> Result<bool, PassError
     Ok(true)
 }
 
+/// Conv P `[h, c, kh, kw]` then pointwise Q `[m, h]`: W[m,c,:,:] = Σ_j Q[m,j] P[j,c,:,:],
+/// b = Q·pb + qb.
+fn pointwise_after(
+    pd: &[usize],
+    pw: &[f64],
+    pb: &[f64],
+    qw: &[f64],
+    qb: &[f64],
+    m: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    let (h, c) = (pd[0], pd[1]);
+    let taps = pd[2] * pd[3];
+    let mut w = vec![0.0; m * c * taps];
+    for mo in 0..m {
+        for j in 0..h {
+            let a = qw[mo * h + j];
+            if a == 0.0 {
+                continue;
+            }
+            for ci in 0..c {
+                for t in 0..taps {
+                    w[(mo * c + ci) * taps + t] += a * pw[(j * c + ci) * taps + t];
+                }
+            }
+        }
+    }
+    let b = (0..m)
+        .map(|mo| qb[mo] + (0..h).map(|j| qw[mo * h + j] * pb[j]).sum::<f64>())
+        .collect();
+    (w, b)
+}
+
+/// Pointwise P `[h, c]` then Conv Q `[m, h, kh, kw]`: W[m,c,:,:] = Σ_j Q[m,j,:,:] P[j,c], and
+/// p's bias summed over q's taps.
+fn pointwise_before(
+    pd: &[usize],
+    pw: &[f64],
+    pb: &[f64],
+    qd: &[usize],
+    qw: &[f64],
+    qb: &[f64],
+) -> (Vec<f64>, Vec<f64>) {
+    let (h, c, m) = (pd[0], pd[1], qd[0]);
+    let taps = qd[2] * qd[3];
+    let mut w = vec![0.0; m * c * taps];
+    for mo in 0..m {
+        for j in 0..h {
+            for t in 0..taps {
+                let a = qw[(mo * h + j) * taps + t];
+                if a == 0.0 {
+                    continue;
+                }
+                for ci in 0..c {
+                    w[(mo * c + ci) * taps + t] += a * pw[j * c + ci];
+                }
+            }
+        }
+    }
+    let b = (0..m)
+        .map(|mo| {
+            qb[mo]
+                + (0..h)
+                    .map(|j| pb[j] * (0..taps).map(|t| qw[(mo * h + j) * taps + t]).sum::<f64>())
+                    .sum::<f64>()
+        })
+        .collect();
+    (w, b)
+}
+
 /// Zeroes the incoming weights of always-OFF channels of a rectifier fed directly by a layer
 /// (the only producer of its input): the channel's output stays the constant OFF value.
 fn zero_off_channels(ed: &mut Editor, st: &NeuronStates) -> Result<usize, PassError> {
@@ -365,13 +392,7 @@ fn zero_off_channels(ed: &mut Editor, st: &NeuronStates) -> Result<usize, PassEr
     let Some(p) = ed.node(pi).cloned() else {
         return Ok(0);
     };
-    let Some(w) = p
-        .input
-        .get(1)
-        .map(|w| ed.constant(w))
-        .transpose()?
-        .flatten()
-    else {
+    let Some(w) = ed.input_constant(pi, 1)? else {
         return Ok(0);
     };
     let Ok(mut wv) = w.to_f32() else { return Ok(0) };

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::graph::editor::{Editor, NodeId};
 use crate::graph::groups::label;
 use crate::graph::ops::Op;
+use crate::onnx::proto::NodeProto;
 use crate::passes::{Pass, PassContext, PassDetails, PassError, PassReport, Preserves};
 use crate::tensor::Tensor;
 
@@ -28,6 +29,41 @@ struct Fold {
 
 fn f32s(ed: &Editor, name: &str) -> Result<Option<Vec<f32>>, PassError> {
     Ok(ed.constant(name)?.and_then(|t| t.to_f32().ok()))
+}
+
+/// Scale, bias, mean and variance of a BatchNormalization node: constants of one length.
+fn bn_params(ed: &Editor, n: &NodeProto) -> Result<Option<[Vec<f32>; 4]>, PassError> {
+    let mut params = Vec::with_capacity(4);
+    for k in 1..=4 {
+        match n.input.get(k) {
+            Some(name) => params.push(f32s(ed, name)?),
+            None => return Ok(None),
+        }
+    }
+    let Ok([Some(gamma), Some(beta), Some(mean), Some(var)]) = <[_; 4]>::try_from(params) else {
+        return Ok(None);
+    };
+    let c = gamma.len();
+    if beta.len() != c || mean.len() != c || var.len() != c {
+        return Ok(None);
+    }
+    Ok(Some([gamma, beta, mean, var]))
+}
+
+/// The bias of the layer before a BatchNormalization, per channel (none is zero, a scalar is
+/// spread); `None` when it is not a constant of 1 or `c` values.
+fn layer_bias(ed: &Editor, p: &NodeProto, c: usize) -> Result<Option<Vec<f64>>, PassError> {
+    let Some(b) = p.input.get(2).filter(|b| !b.is_empty()) else {
+        return Ok(Some(vec![0.0f64; c]));
+    };
+    let Some(bv) = f32s(ed, b)? else {
+        return Ok(None);
+    };
+    Ok(match bv.as_slice() {
+        [one] => Some(vec![f64::from(*one); c]),
+        v if v.len() == c => Some(v.iter().map(|&x| f64::from(x)).collect()),
+        _ => None,
+    })
 }
 
 /// The fold of BatchNormalization `bn` into its producer, when it is exact and possible.
@@ -72,33 +108,17 @@ fn plan(ed: &Editor, bn: NodeId) -> Result<Option<Fold>, PassError> {
         ),
         _ => return Ok(None),
     };
-    let mut params = Vec::with_capacity(4);
-    for k in 1..=4 {
-        match n.input.get(k) {
-            Some(name) => params.push(f32s(ed, name)?),
-            None => return Ok(None),
-        }
-    }
-    let [Some(gamma), Some(beta), Some(mean), Some(var)] = params.as_slice() else {
+    let Some([gamma, beta, mean, var]) = bn_params(ed, n)? else {
         return Ok(None);
     };
     let c = gamma.len();
-    if beta.len() != c || mean.len() != c || var.len() != c {
-        return Ok(None);
-    }
     let eps = f64::from(*epsilon);
     let s: Vec<f64> = gamma
         .iter()
-        .zip(var)
+        .zip(&var)
         .map(|(&g, &v)| f64::from(g) / (f64::from(v) + eps).sqrt())
         .collect();
-    let Some(w) = p
-        .input
-        .get(1)
-        .map(|w| ed.constant(w))
-        .transpose()?
-        .flatten()
-    else {
+    let Some(w) = ed.input_constant(layer, 1)? else {
         return Ok(None);
     };
     let Ok(mut wv) = w.to_f32() else {
@@ -107,17 +127,9 @@ fn plan(ed: &Editor, bn: NodeId) -> Result<Option<Fold>, PassError> {
     if w.dims.get(axis) != Some(&c) {
         return Ok(None);
     }
-    let mut bias = vec![0.0f64; c];
-    if let Some(b) = p.input.get(2).filter(|b| !b.is_empty()) {
-        let Some(bv) = f32s(ed, b)? else {
-            return Ok(None);
-        };
-        match bv.as_slice() {
-            [one] => bias.iter_mut().for_each(|x| *x = f64::from(*one)),
-            v if v.len() == c => bias = v.iter().map(|&x| f64::from(x)).collect(),
-            _ => return Ok(None),
-        }
-    }
+    let Some(bias) = layer_bias(ed, p, c)? else {
+        return Ok(None);
+    };
     for (ch, sc) in s.iter().enumerate() {
         for o in w.axis_offsets(axis, ch) {
             if let Some(x) = wv.get_mut(o) {

@@ -61,7 +61,8 @@ impl ModelStats {
             .filter(|w| w.dtype != crate::tensor::DType::I64)
             .map(|w| w.numel() as u64)
             .sum();
-        let dims = crate::inspect::mac_dims(model, shapes).unwrap_or_default();
+        // The first look at a job's model: sizes that do not fit it are refused here.
+        let dims = crate::inspect::mac_dims(model, shapes)?;
         let count = crate::inspect::count_macs(model, &dims);
         Ok(ModelStats {
             parameters,

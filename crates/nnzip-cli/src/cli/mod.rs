@@ -83,6 +83,9 @@ fn hint_of(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
             _ => None,
         };
     }
+    if let Some(nnzip::inspect::InspectError::Input(e)) = cause.downcast_ref() {
+        return input_hint(e);
+    }
     if let Some(e) = cause.downcast_ref::<F>() {
         return match e {
             F::Input(e) => hint_of(e),
@@ -104,7 +107,7 @@ fn hint_of(cause: &(dyn std::error::Error + 'static)) -> Option<String> {
         return match e {
             Pa::Runtime(e) => hint_of(e),
             Pa::Calib(e) => hint_of(e),
-            Pa::Inputs { input, .. } => input_hint(input),
+            Pa::Inputs { input, .. } | Pa::Sizes(input) => input_hint(input),
             Pa::NeedsInputs { .. } => Some(SIZES.into()),
             _ => None,
         };
@@ -330,6 +333,7 @@ fn class_of(cause: &(dyn std::error::Error + 'static)) -> Option<nnzip::errors::
         nnzip::runtime::RuntimeError,
         nnzip::tensor::TensorError,
         nnzip::report::saved::ReportError,
+        nnzip::inspect::InspectError,
     );
     if let Some(f) = cause.downcast_ref::<FileError>() {
         return Some(match f {

@@ -144,80 +144,9 @@ fn parse_nm(s: &str) -> Result<(usize, usize), String> {
 }
 
 pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
-    for (what, f) in [("--sparsity", a.sparsity), ("--collapse", Some(a.collapse))] {
-        if let Some(f) = f {
-            if !(0.0..=1.0).contains(&f) {
-                bail!(UsageError(format!("{what} must be in [0, 1], got {f}")));
-            }
-        }
-    }
-    if a.max_drop.is_some_and(|x| x.is_nan() || x < 0.0) {
-        bail!(UsageError("--max-drop must be >= 0 (points)".into()));
-    }
-    if a.calib_samples == Some(0) {
-        bail!(UsageError("--calib-samples must be at least 1".into()));
-    }
-    if a.max_drop.is_some() && a.calib.is_none() {
-        bail!(UsageError(
-            "--max-drop needs calibration data (--calib FILE.npz)".into()
-        ));
-    }
-    if a.method.needs_calibration() && a.calib.is_none() {
-        bail!(UsageError(
-            "--method entropy needs calibration data (--calib FILE.npz)".into()
-        ));
-    }
-    if a.max_drop.is_some() && !a.method.searchable() {
-        bail!(UsageError(
-            "--max-drop searches an amount; --method nm has a fixed pattern (use --include/--exclude)"
-                .into()
-        ));
-    }
-    if let Some(f) = a.target_macs {
-        if !(0.0..=1.0).contains(&f) || a.method != Method::Structured {
-            bail!(UsageError(
-                "--target-macs F (in [0, 1]) is for --method structured".into()
-            ));
-        }
-    }
-    let wants_data = a.score.is_some_and(|s| s.needs_data())
-        || a.allocate == Some(nnzip::passes::prune::alloc::Allocation::Measured);
-    if wants_data && a.calib.is_none() {
-        bail!(UsageError(
-            "--score wanda/flap and --allocate measured need calibration data (--calib FILE.npz)"
-                .into()
-        ));
-    }
-    if a.recover && a.calib.is_none() {
-        bail!(UsageError(
-            "--recover fits layers on calibration data (--calib FILE.npz)".into()
-        ));
-    }
-    if a.eval.is_some() && a.calib.is_none() {
-        bail!(UsageError(
-            "--eval compares on ONNX Runtime; give --calib too".into()
-        ));
-    }
+    check_flags(&a)?;
     let rt = Runtime::get(ort_lib).context("cannot start ONNX Runtime")?;
-    let mut cfg = PruneConfig::new(a.method);
-    cfg.global = a.global;
-    cfg.norm = a.norm;
-    (cfg.n, cfg.m) = a.n_m;
-    cfg.round_to = a.round_to.max(1);
-    cfg.filter = Filter {
-        include: a.include.clone(),
-        exclude: a.exclude.clone(),
-    };
-    cfg.rounds = a.rounds;
-    cfg.collapse = a.collapse;
-    // Entropy: whole layers may go silent within the same tolerance as the search.
-    cfg.layer_drop = a.max_drop;
-    cfg.score = a.score;
-    cfg.allocation = a.allocate;
-    cfg.by_macs = a.target_macs.is_some();
-    if a.calib.is_some() && !a.no_recover {
-        cfg.recover = Some(nnzip::passes::prune::recover::RecoverOptions::default());
-    }
+    let cfg = config(&a);
     let searching = a.max_drop.is_some();
     let amount = match a.target_macs {
         Some(f) => 1.0 - f,
@@ -232,17 +161,7 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         steps: a.steps,
         z: a.confidence_z.max(0.0),
     });
-    let bar = if quiet || search.is_none() {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let b = indicatif::ProgressBar::new((a.steps + 1) as u64);
-        b.set_style(
-            indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} steps")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b.set_message("searching");
-        b
-    };
+    let bar = search_bar(quiet || search.is_none(), a.steps);
     let job = PruneJob {
         model: &a.model,
         output: &a.output,
@@ -302,6 +221,103 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         print!("{}", out.report.to_text());
         Ok(())
     }
+}
+
+/// The flag combinations clap cannot check: values in range, and what needs `--calib`.
+fn check_flags(a: &Args) -> Result<()> {
+    for (what, f) in [("--sparsity", a.sparsity), ("--collapse", Some(a.collapse))] {
+        if let Some(f) = f {
+            if !(0.0..=1.0).contains(&f) {
+                bail!(UsageError(format!("{what} must be in [0, 1], got {f}")));
+            }
+        }
+    }
+    if a.max_drop.is_some_and(|x| x.is_nan() || x < 0.0) {
+        bail!(UsageError("--max-drop must be >= 0 (points)".into()));
+    }
+    if a.calib_samples == Some(0) {
+        bail!(UsageError("--calib-samples must be at least 1".into()));
+    }
+    if a.max_drop.is_some() && a.calib.is_none() {
+        bail!(UsageError(
+            "--max-drop needs calibration data (--calib FILE.npz)".into()
+        ));
+    }
+    if a.method.needs_calibration() && a.calib.is_none() {
+        bail!(UsageError(
+            "--method entropy needs calibration data (--calib FILE.npz)".into()
+        ));
+    }
+    if a.max_drop.is_some() && !a.method.searchable() {
+        bail!(UsageError(
+            "--max-drop searches an amount; --method nm has a fixed pattern (use --include/--exclude)"
+                .into()
+        ));
+    }
+    if let Some(f) = a.target_macs {
+        if !(0.0..=1.0).contains(&f) || a.method != Method::Structured {
+            bail!(UsageError(
+                "--target-macs F (in [0, 1]) is for --method structured".into()
+            ));
+        }
+    }
+    let wants_data = a.score.is_some_and(|s| s.needs_data())
+        || a.allocate == Some(nnzip::passes::prune::alloc::Allocation::Measured);
+    if wants_data && a.calib.is_none() {
+        bail!(UsageError(
+            "--score wanda/flap and --allocate measured need calibration data (--calib FILE.npz)"
+                .into()
+        ));
+    }
+    if a.recover && a.calib.is_none() {
+        bail!(UsageError(
+            "--recover fits layers on calibration data (--calib FILE.npz)".into()
+        ));
+    }
+    if a.eval.is_some() && a.calib.is_none() {
+        bail!(UsageError(
+            "--eval compares on ONNX Runtime; give --calib too".into()
+        ));
+    }
+    Ok(())
+}
+
+/// The pruning configuration the flags ask for.
+fn config(a: &Args) -> PruneConfig {
+    let mut cfg = PruneConfig::new(a.method);
+    cfg.global = a.global;
+    cfg.norm = a.norm;
+    (cfg.n, cfg.m) = a.n_m;
+    cfg.round_to = a.round_to.max(1);
+    cfg.filter = Filter {
+        include: a.include.clone(),
+        exclude: a.exclude.clone(),
+    };
+    cfg.rounds = a.rounds;
+    cfg.collapse = a.collapse;
+    // Entropy: whole layers may go silent within the same tolerance as the search.
+    cfg.layer_drop = a.max_drop;
+    cfg.score = a.score;
+    cfg.allocation = a.allocate;
+    cfg.by_macs = a.target_macs.is_some();
+    if a.calib.is_some() && !a.no_recover {
+        cfg.recover = Some(nnzip::passes::prune::recover::RecoverOptions::default());
+    }
+    cfg
+}
+
+/// The search's progress bar (hidden when quiet or not searching).
+fn search_bar(hidden: bool, steps: usize) -> indicatif::ProgressBar {
+    if hidden {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new((steps + 1) as u64);
+    b.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} steps")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b.set_message("searching");
+    b
 }
 
 /// A command-line mistake found after parsing (exit code 2).
