@@ -432,3 +432,45 @@ fn a_model_over_2_gib_round_trips() {
     assert_eq!(w.storage, WeightStorage::External);
     assert_eq!(back.read(&w.id).unwrap().numel(), n);
 }
+
+/// A weight address taken before a structural edit is refused by the editor rather than
+/// written into whatever tensor now sits at its position; one taken afterwards writes.
+#[test]
+fn stale_weight_addresses_are_refused() {
+    use nnzip::graph::editor::Editor;
+    let model = Model::load(&fixture("constant_weights.onnx")).unwrap();
+    let w = model
+        .weights()
+        .into_iter()
+        .find(|w| w.storage == WeightStorage::ConstantTensor)
+        .unwrap();
+    let mut ed = Editor::new(model, Default::default());
+    let value = ed.model().read(&w.id).unwrap();
+    let zeros = Tensor::from_f32(value.dims.clone(), &vec![0.0; value.numel()]).unwrap();
+    // A node inserted before every other shifts the Constant node's position.
+    let first = ed.analysis().order()[0];
+    let mut n = nnzip::onnx::proto::NodeProto::new();
+    n.op_type = "Identity".into();
+    n.input = vec!["input".into()];
+    n.output = vec![ed.fresh_name("shift")];
+    ed.insert_before(first, n).unwrap();
+    let before = ed.model().clone();
+    assert!(matches!(
+        ed.write_weight(&w.id, &w.name, &zeros),
+        Err(OnnxError::StaleWeight(ref name)) if name == &w.name
+    ));
+    assert_eq!(
+        ed.model().proto,
+        before.proto,
+        "a refused write changes nothing"
+    );
+    let fresh = ed
+        .model()
+        .weights()
+        .into_iter()
+        .find(|x| x.name == w.name)
+        .unwrap();
+    assert_ne!(fresh.id, w.id);
+    ed.write_weight(&fresh.id, &fresh.name, &zeros).unwrap();
+    assert_eq!(ed.model().read(&fresh.id).unwrap(), zeros);
+}

@@ -327,20 +327,26 @@ impl Editor {
     pub fn write_constant(&mut self, tensor: &str, t: &Tensor) -> Result<(), OnnxError> {
         let id = self.analysis().index.constants.get(tensor).cloned();
         match id {
-            Some(id) => self.write_weight(&id, t),
+            Some(id) => self.write_weight(&id, tensor, t),
             None => Err(OnnxError::NotConstant(tensor.to_string())),
         }
     }
 
-    /// Writes a weight anywhere in the model (subgraphs too), by an id from
-    /// `self.model().weights()` taken after the last structural edit (weight writes are not
-    /// structural: ids stay valid across them). The analysis survives when only values of a
-    /// float or large tensor changed, which no shape depends on.
+    /// Writes weight `name` (its name in its own graph) at `id`, anywhere in the model
+    /// (subgraphs too). Ids are positions: one taken before a structural edit may address
+    /// another tensor now, so the write is refused ([`OnnxError::StaleWeight`]) unless `id`
+    /// still names `name`. Weight writes are not structural: ids stay valid across them. The
+    /// analysis survives when only values of a float or large tensor changed, which no shape
+    /// depends on.
     pub fn write_weight(
         &mut self,
         id: &crate::onnx::weights::WeightId,
+        name: &str,
         t: &Tensor,
     ) -> Result<(), OnnxError> {
+        if self.model.name_at(id) != Some(name) {
+            return Err(OnnxError::StaleWeight(name.to_string()));
+        }
         let before = self.model.read(id).map(|old| old.dims).ok();
         self.model.write(id, t)?;
         let keeps_shapes = before.as_deref() == Some(t.dims.as_slice())

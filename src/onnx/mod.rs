@@ -70,6 +70,9 @@ pub enum OnnxError {
     NoSuchWeight(WeightId),
     #[error("'{0}' is not a constant of the main graph")]
     NotConstant(String),
+    /// A weight address taken before a structural edit: it now names another tensor, or none.
+    #[error("weight '{0}' was addressed before the graph changed (a bug in the caller)")]
+    StaleWeight(String),
     #[error("weight '{name}' stored as {storage} cannot hold a {dtype} tensor of shape {dims:?}")]
     IncompatibleWrite {
         name: String,
@@ -109,6 +112,7 @@ impl OnnxError {
             | OnnxError::NotConstant(_)
             | OnnxError::IncompatibleWrite { .. }
             | OnnxError::Serialize(_) => C::BadInput,
+            OnnxError::StaleWeight(_) => C::Other,
         }
     }
 }

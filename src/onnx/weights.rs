@@ -23,7 +23,8 @@ pub enum WeightSlot {
     Constant { node: usize, attr: usize },
 }
 
-/// Stable address of a weight for as long as the graph's node and initializer lists are unchanged.
+/// Address of a weight for as long as the graph's node and initializer lists are unchanged
+/// (positions); [`crate::graph::editor::Editor::write_weight`] checks it still names its weight.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WeightId {
     pub graph: Vec<GraphStep>,
@@ -279,6 +280,21 @@ impl Model {
             return super::check_tensor_with(tp, Some(self.external_store()));
         }
         self.read(id).map(drop)
+    }
+
+    /// The name of the tensor `id` addresses now (initializer name, or the Constant node's
+    /// output), to check an id against the weight it was taken for.
+    pub fn name_at(&self, id: &WeightId) -> Option<&str> {
+        let g = graph_at(self.graph(), &id.graph)?;
+        match id.slot {
+            WeightSlot::Initializer(i) => g.initializer.get(i).map(|t| t.name.as_str()),
+            WeightSlot::Constant { node, .. } => g
+                .node
+                .get(node)
+                .filter(|n| is_constant_node(n))
+                .and_then(|n| n.output.first())
+                .map(String::as_str),
+        }
     }
 
     /// An inline initializer's little-endian bytes, borrowed (checked against its type and

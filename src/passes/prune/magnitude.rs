@@ -47,7 +47,7 @@ impl MagnitudePrune {
             }
         }
         for (w, v) in &chosen {
-            write_f32(ed, &w.id, &w.dims, v)?;
+            write_f32(ed, w, v)?;
         }
         let after = census(ed.model(), &weights)?;
         let mut out = PruneOutcome::from_census("magnitude", &weights, &before, &after);

@@ -99,6 +99,8 @@ pub struct PrunableWeight {
     pub id: WeightId,
     /// Name qualified by scope (`scope/name` inside subgraphs).
     pub name: String,
+    /// The tensor's name in its own graph (what `id` must still address when written).
+    pub tensor: String,
     /// The node using it (label) and its op type.
     pub node: String,
     pub op: String,
@@ -186,6 +188,7 @@ pub fn prunable_weights(model: &Model) -> Vec<PrunableWeight> {
             out.push(PrunableWeight {
                 id: w.id.clone(),
                 name: w.qualified_name(),
+                tensor: w.name.clone(),
                 node: node_label(n, ni),
                 op: op.to_string(),
                 dims: w.dims.clone(),
@@ -354,14 +357,9 @@ pub(crate) fn read_f32(ed: &Editor, id: &WeightId) -> Result<Option<Vec<f32>>, P
     Ok(Some(t.to_f32()?))
 }
 
-pub(crate) fn write_f32(
-    ed: &mut Editor,
-    id: &WeightId,
-    dims: &[usize],
-    v: &[f32],
-) -> Result<(), PassError> {
-    let t = Tensor::from_f32(dims.to_vec(), v)?;
-    ed.write_weight(id, &t)?;
+pub(crate) fn write_f32(ed: &mut Editor, w: &PrunableWeight, v: &[f32]) -> Result<(), PassError> {
+    let t = Tensor::from_f32(w.dims.clone(), v)?;
+    ed.write_weight(&w.id, &w.tensor, &t)?;
     Ok(())
 }
 

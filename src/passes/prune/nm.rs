@@ -65,7 +65,7 @@ impl NmPrune {
                 continue;
             };
             apply_nm(&mut v, &w.dims, w.reduce_axis, self.n, self.m);
-            write_f32(ed, &w.id, &w.dims, &v)?;
+            write_f32(ed, w, &v)?;
         }
         let after = census(ed.model(), &weights)?;
         let mut out = PruneOutcome::from_census(
