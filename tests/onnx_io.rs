@@ -438,7 +438,7 @@ fn a_model_over_2_gib_round_trips() {
 #[test]
 fn stale_weight_addresses_are_refused() {
     use nnzip::graph::editor::Editor;
-    let model = Model::load(&fixture("constant_weights.onnx")).unwrap();
+    let model = Model::load(fixture("constant_weights.onnx")).unwrap();
     let w = model
         .weights()
         .into_iter()
