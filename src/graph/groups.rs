@@ -155,9 +155,11 @@ pub fn stored_const(ed: &Editor, name: &str) -> Option<String> {
         }
         let p = a.producer(&cur)?;
         let n = ed.node(p)?;
-        let shape_only = n.op_type == "Identity"
+        // `Identity` is one of the pass-through unary ops; the parse has checked its domain.
+        let op = a.valid_op(p)?;
+        let shape_only = (n.op_type == "Identity" && matches!(op, Op::Unary(_)))
             || matches!(
-                a.valid_op(p)?,
+                op,
                 Op::Reshape { .. } | Op::Unsqueeze(_) | Op::Squeeze(_) | Op::Flatten { .. }
             );
         if !shape_only

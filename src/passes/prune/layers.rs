@@ -8,7 +8,7 @@
 use faer::Mat;
 
 use crate::graph::editor::{Editor, NodeId};
-use crate::graph::ops::{AutoPad, Op, Window};
+use crate::graph::ops::{AutoPad, Binary, Op, Window};
 use crate::graph::sym::Expr;
 use crate::passes::PassError;
 use crate::tensor::{DType, Tensor};
@@ -97,7 +97,10 @@ fn add_after(ed: &Editor, out: &str, rows: usize) -> Bias {
     let [(add, _)] = cons.as_slice() else {
         return Bias::None;
     };
-    let Some(n) = ed.node(*add).filter(|n| n.op_type == "Add") else {
+    if !matches!(a.valid_op(*add), Some(Op::Binary(Binary::Add))) {
+        return Bias::None;
+    }
+    let Some(n) = ed.node(*add) else {
         return Bias::None;
     };
     let Some(c) = n.input.iter().find(|x| x.as_str() != out) else {

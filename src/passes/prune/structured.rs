@@ -148,7 +148,9 @@ pub fn keeps_param(ed: &Editor, p: &CoupledParam) -> bool {
             .position(|x| x == &p.name)
             .is_some_and(|k| k >= 3),
         Op::Binary(Binary::Div) => true,
-        _ => n.op_type == "Pow",
+        // `Pow` is one of the other binary ops; the parse has checked its domain.
+        Op::Binary(_) => n.op_type == "Pow",
+        _ => false,
     }
 }
 
