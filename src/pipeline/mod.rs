@@ -284,6 +284,7 @@ fn prune_stage(
                 max_amount: 0.95,
                 steps: 6,
                 z: 1.0,
+                holdout: crate::ratecontrol::HOLDOUT,
             };
             let (m, pass, search) = crate::passes::prune::search::search_amount(
                 &model,

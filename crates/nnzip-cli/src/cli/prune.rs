@@ -231,6 +231,7 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         max_amount: amount,
         steps: a.steps,
         z: a.confidence_z.max(0.0),
+        holdout: nnzip::ratecontrol::HOLDOUT,
     });
     let bar = if quiet || search.is_none() {
         indicatif::ProgressBar::hidden()
