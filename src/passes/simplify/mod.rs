@@ -162,7 +162,11 @@ pub fn simplify(
     };
     let reports = run_passes(&passes(calib.is_some()), &mut ed, &ctx)?;
     *model = ed.into_model();
-    let candidate = outputs_on(model, rt, calib, &plans)?;
+    // The input ran on these plans: a failure now is the passes' doing.
+    let candidate = outputs_on(model, rt, calib, &plans).map_err(|e| PassError::Broke {
+        pass: "simplify",
+        reason: e.to_string(),
+    })?;
     let verification = compare(&reference, &candidate, weakest(&reports));
     let after = ModelStats::of(model, &at)?;
     let (mut channels_removed, mut batchnorms_folded, mut layers_collapsed) =
