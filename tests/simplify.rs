@@ -591,3 +591,78 @@ fn squeeze_excitation_biases_reshaped_on_their_way_follow_the_removed_channels()
         assert!(m > 0.1 && d <= 1e-5 * m, "seed {seed}: {d} vs {m}");
     }
 }
+
+/// `Conv(x, w, 1e4) -> [Relu ->] BatchNormalization(mean 1e4)`: the outputs are O(1) but pass
+/// through 1e4, where a float32 step is 1e-3. With the BN right after the convolution ONNX
+/// Runtime folds it (the cancellation becomes exact); behind a ReLU (the identity here: the
+/// convolution stays near 1e4) it cannot.
+fn cancelling_model(relu: bool) -> Model {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let w: Vec<f32> = (0..6)
+        .map(|_| rand::Rng::gen_range(&mut rng, -1.0..1.0))
+        .collect();
+    let mut g = nnzip::onnx::proto::GraphProto::new();
+    g.name = "cancel".into();
+    g.input.push(value_info("input", &[1, 2, 4, 4]));
+    g.output.push(value_info("y", &[1, 3, 4, 4]));
+    g.initializer.push(f32_tensor("w", &[3, 2, 1, 1], &w));
+    g.initializer.push(f32_tensor("b", &[3], &[1e4; 3]));
+    g.initializer.push(f32_tensor("gamma", &[3], &[1.0; 3]));
+    g.initializer.push(f32_tensor("beta", &[3], &[0.0; 3]));
+    g.initializer.push(f32_tensor("mean", &[3], &[1e4; 3]));
+    g.initializer.push(f32_tensor("var", &[3], &[1.0; 3]));
+    let bn_in = if relu { "r" } else { "c" };
+    g.node = vec![se_node("Conv", &["input", "w", "b"], "c")];
+    if relu {
+        g.node.push(se_node("Relu", &["c"], "r"));
+    }
+    g.node.push(se_node(
+        "BatchNormalization",
+        &[bn_in, "gamma", "beta", "mean", "var"],
+        "y",
+    ));
+    let mut m = nnzip::onnx::proto::ModelProto::new();
+    m.ir_version = 8;
+    let mut op = nnzip::onnx::proto::OperatorSetIdProto::new();
+    op.version = 17;
+    m.opset_import.push(op);
+    m.graph = Some(g).into();
+    let mut bytes = Vec::new();
+    protobuf::Message::write_to_vec(&m, &mut bytes).unwrap();
+    Model::from_bytes(&bytes).unwrap()
+}
+
+#[test]
+fn the_check_allows_the_input_models_own_float_rounding_and_no_more() {
+    use nnzip::passes::simplify::{input_plans, verify, FLOOR_MARGIN, TOLERANCE};
+    use nnzip::passes::Preserves;
+    let a = cancelling_model(false);
+    let plans = input_plans(runtime(), &a, &[], None, 1).unwrap();
+    // The same function, computed with the cancellation left to float32: an exact rewrite of a
+    // model whose outputs are sensitive to the order of float operations (as re-fitted ones
+    // are).
+    let b = cancelling_model(true);
+    let v = verify(&a, &b, runtime(), None, &plans, Preserves::Outputs).unwrap();
+    assert!(
+        v.max_abs_diff > TOLERANCE * v.max_abs_output.max(1.0),
+        "a scale-only check would refuse it: {v:?}"
+    );
+    eprintln!(
+        "exact rewrite: diff {:.2e}, floor {:.2e}, tolerance {:.2e}",
+        v.max_abs_diff, v.noise_floor, v.tolerance
+    );
+    assert!(v.noise_floor > 0.0 && v.within_tolerance, "{v:?}");
+    assert_eq!(v.tolerance, FLOOR_MARGIN * v.noise_floor);
+    // A real mismatch: one channel's bias off by 0.05, far beyond the rounding.
+    let mut wrong = b.clone();
+    {
+        let mut e = ed(&mut wrong);
+        let t = Tensor::from_f32(vec![3], &[1e4, 1e4 + 0.05, 1e4]).unwrap();
+        e.write_constant("b", &t).unwrap();
+    }
+    let v = verify(&a, &wrong, runtime(), None, &plans, Preserves::Outputs).unwrap();
+    assert!(!v.within_tolerance && v.max_abs_diff > 0.04, "{v:?}");
+    // And where the input has no such rounding, the scale-relative bound alone applies.
+    let v = verify(&b, &b, runtime(), None, &plans, Preserves::Outputs).unwrap();
+    assert_eq!((v.noise_floor, v.max_abs_diff), (0.0, 0.0));
+}
