@@ -692,7 +692,15 @@ fn max_drop_search_holds_on_held_out_samples() {
             .filter(|s| s.accepted)
             .map(|s| s.amount)
             .fold(0.0, f64::max);
-        assert_eq!(rep.amount, best);
+        // ... unless the calibration data's own held-out part refused it: then smaller, and
+        // the last amount checked there is the chosen one, within the budget.
+        if rep.tightened == 0 {
+            assert_eq!(rep.amount, best);
+        } else {
+            assert!(rep.amount < best, "{name}: {rep:?}");
+        }
+        let last = rep.held_out.last().unwrap();
+        assert!(last.amount == rep.amount && (last.holds || rep.amount == 0.0));
         let base = accuracy(&m, &held_out);
         let after = accuracy(&pruned, &held_out);
         let mut fixed = m.clone();
