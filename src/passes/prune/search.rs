@@ -47,7 +47,7 @@ pub struct SearchStep {
     /// measure, which sees a budget used up before whole samples flip).
     pub expected_drop: Option<f64>,
     /// Output SNR against the original, dB.
-    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
+    #[serde(default, deserialize_with = "crate::jsonf64::or_nan")]
     pub snr_db: f64,
     pub accepted: bool,
 }
@@ -76,18 +76,23 @@ pub struct SearchReport {
     pub samples: usize,
     pub steps: Vec<SearchStep>,
     /// Samples held out of the fitting (0: too few calibration samples to hold any out).
+    // Absent from reports saved before the hold-out.
+    #[serde(default)]
     pub held_out_samples: usize,
     /// The unpruned model's metric on the held-out samples.
     pub held_out_baseline: Option<f64>,
     /// The search's choice and every smaller one tried on the held-out samples; the last is the
     /// chosen amount's.
+    #[serde(default)]
     pub held_out: Vec<HeldOutCheck>,
     /// Times the choice was shrunk because the held-out samples broke the budget.
+    #[serde(default)]
     pub tightened: usize,
     /// The chosen amount and its metric on the fitting samples.
     pub amount: f64,
     pub final_metric: f64,
     /// Where the figures cannot be trusted (too few samples, a budget they cannot resolve).
+    #[serde(default)]
     pub warnings: Vec<String>,
 }
 
