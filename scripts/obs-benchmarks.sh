@@ -83,7 +83,9 @@ for n in ${@:-orientation_lcnet ppocr_cls ppocr_rec}; do
     fi
     end=$(date +%s.%N)
     $NN -q decompress "$o.nnc" -o "$o.onnx"
-    echo "{\"prune_seconds\": $(echo "$mid - $start" | bc), \"compress_seconds\": $(echo "$end - $mid" | bc)}" \
+    # awk: bc writes ".5", which is not JSON.
+    secs() { echo "$1 - $2" | bc | awk '{printf "%.1f", $1}'; }
+    echo "{\"prune_seconds\": $(secs "$mid" "$start"), \"compress_seconds\": $(secs "$end" "$mid")}" \
       > "$o.time.json"
     "$PY" fixtures/gen/real_eval.py "$o.onnx" "$D/$n.heldout.npz" --reference "$M/$n.onnx" \
       > "$o.eval.json"
