@@ -5,7 +5,7 @@
 # held-out task metric (fixtures/gen/real_eval.py), its ONNX size, the bitstream size, the MACs
 # and the latency against the original (`nnzip bench --vs`).
 #
-#   bash scripts/obs-benchmarks.sh [MODEL...]    # default: orientation_lcnet ppocr_cls magika
+#   bash scripts/obs-benchmarks.sh [MODEL...]    # default: orientation_lcnet ppocr_cls ppocr_rec
 #
 # Needs the models and data of fixtures/gen/real-data.sh (~/.cache/nnzip-real-models,
 # ~/.cache/nnzip-real-data) and its venv (/tmp/nnzip-real-venv). Results: target/obs-bench/.
@@ -27,8 +27,8 @@ NN=${NNZIP:-./target/release/nnzip}
 structured() {
   case $1 in
     orientation_lcnet) echo "--target-macs 0.5 --score l1 --allocate measured" ;;
-    # Its SE blocks' reshaped biases stop simplification (graph layer, see §6): zeroed only.
-    ppocr_cls) echo "--target-macs 0.8 --score l1 --allocate measured" ;;
+    # 0.8 of the MACs costs 3.5 points here (§6): the 1-point budget needs 0.9.
+    ppocr_cls) echo "--target-macs 0.9 --score l1 --allocate measured" ;;
     *) echo "--target-macs 0.7 --score l1 --allocate measured" ;;
   esac
 }
@@ -37,6 +37,7 @@ structured() {
 shapes() {
   case $1 in
     ppocr_cls) echo "--shape x=1x3x48x192" ;;
+    ppocr_rec) echo "--shape x=1x3x48x320" ;;
     *) echo "" ;;
   esac
 }
@@ -49,14 +50,10 @@ rows() {
   echo "obs30|--method unstructured --sparsity 0.3|1"
   echo "obs-search|--method unstructured --max-drop 0.5 --steps 5|0.5"
   echo "mag50|--method unstructured --sparsity 0.5 --no-recover|1"
-  if [ "$1" = ppocr_cls ]; then
-    echo "structured|--method structured $(structured "$1")|1"
-  else
-    echo "structured|--method structured $(structured "$1") --simplify|1"
-  fi
+  echo "structured|--method structured $(structured "$1") --simplify|1"
 }
 
-for n in ${@:-orientation_lcnet ppocr_cls magika}; do
+for n in ${@:-orientation_lcnet ppocr_cls ppocr_rec}; do
   calib="$D/$n.calib.npz"
   while IFS='|' read -r label flags drop; do
     o="$OUT/$n.$label"
@@ -74,8 +71,8 @@ for n in ${@:-orientation_lcnet ppocr_cls magika}; do
       src="$o.pruned.onnx"
     fi
     mid=$(date +%s.%N)
-    # An unstructured model gains nothing from simplification, whose check (1e-4 of the output)
-    # can refuse its re-fitted weights' float rounding: then compressed without it (noted).
+    # Simplification's check allows the input's own float rounding (docs/cli.md), so this
+    # fallback should not run any more; kept, and noted in the table, should it.
     if ! $NN -q compress "$src" -o "$o.nnc" --calib "$calib" --max-drop "$drop" \
       --search-time "$ST" --runs 0 --json > "$o.compress.json"; then
       grep -q -- --method.unstructured <<<"$flags"
@@ -86,7 +83,9 @@ for n in ${@:-orientation_lcnet ppocr_cls magika}; do
     fi
     end=$(date +%s.%N)
     $NN -q decompress "$o.nnc" -o "$o.onnx"
-    echo "{\"prune_seconds\": $(echo "$mid - $start" | bc), \"compress_seconds\": $(echo "$end - $mid" | bc)}" \
+    # awk: bc writes ".5", which is not JSON.
+    secs() { echo "$1 - $2" | bc | awk '{printf "%.1f", $1}'; }
+    echo "{\"prune_seconds\": $(secs "$mid" "$start"), \"compress_seconds\": $(secs "$end" "$mid")}" \
       > "$o.time.json"
     "$PY" fixtures/gen/real_eval.py "$o.onnx" "$D/$n.heldout.npz" --reference "$M/$n.onnx" \
       > "$o.eval.json"
@@ -115,6 +114,8 @@ def metric(e):
     if not e:
         return "?"
     m = e["metrics"]
+    if "cer" in m:
+        return f"{100*m['line_accuracy']:.2f}% ± {100*m['line_accuracy_se']:.2f} lines, CER {100*m['cer']:.2f}%"
     for k in ("accuracy", "box_f", "pair_ranking_accuracy", "mask_iou"):
         if k in m:
             return f"{100*m[k]:.2f}%" + (f" ± {100*m['se']:.2f}" if "se" in m else "")

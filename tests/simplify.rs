@@ -24,7 +24,9 @@ fn zero_channels(model: &mut Model, g: &ChannelGroup, chans: &BTreeSet<usize>, k
     let mut e = ed(model);
     for p in &g.params {
         let node = e.node(p.node).unwrap().clone();
-        let k = node.input.iter().position(|i| i == &p.name).unwrap();
+        // Not among the inputs: a constant seen through a Reshape (an exporter's bias).
+        let k = node.input.iter().position(|i| i == &p.name);
+        let k = k.unwrap_or(usize::MAX);
         let is_bn = node.op_type == "BatchNormalization";
         if is_bn && k >= 3 {
             continue; // running mean / variance
@@ -456,4 +458,211 @@ fn attention_heads_split_by_a_computed_target_are_pruned_and_removed() {
         let (d, m) = nnzip::calib::max_abs_diff(&a, &b);
         assert!(d <= 1e-4 * m.max(1.0), "length {len}: {d} vs {m}");
     }
+}
+
+/// A node of the SE test model.
+fn se_node(op: &str, inputs: &[&str], output: &str) -> nnzip::onnx::proto::NodeProto {
+    let mut n = nnzip::onnx::proto::NodeProto::new();
+    n.op_type = op.into();
+    n.name = output.into();
+    n.input = inputs.iter().map(|s| s.to_string()).collect();
+    n.output = vec![output.into()];
+    n
+}
+
+/// A `Constant` node holding `t`, as Paddle's exporter writes biases and shapes.
+fn constant_node(output: &str, t: &Tensor) -> nnzip::onnx::proto::NodeProto {
+    let mut n = se_node("Constant", &[], output);
+    let mut a = nnzip::onnx::proto::AttributeProto::new();
+    a.name = "value".into();
+    a.type_ =
+        protobuf::EnumOrUnknown::new(nnzip::onnx::proto::attribute_proto::AttributeType::TENSOR);
+    a.t = Some(nnzip::onnx::tensor_proto(output, t)).into();
+    n.attribute.push(a);
+    n
+}
+
+/// conv 3x3 -> ReLU -> squeeze-excitation (global pool, 1x1 conv + bias, ReLU, 1x1 conv + bias,
+/// sigmoid, scale) -> 1x1 conv. Both SE convolutions take their bias as `Add(Reshape(b, s))`
+/// with `b: [C]` and `s = [1, C, 1, 1]`, as the PP-OCR classifier does (one bias an initializer,
+/// one a `Constant` node).
+fn se_model() -> Model {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let mut w = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| rand::Rng::gen_range(&mut rng, -0.5..0.5))
+            .collect()
+    };
+    let mut g = nnzip::onnx::proto::GraphProto::new();
+    g.name = "se".into();
+    g.input.push(value_info("input", &[1, 4, 6, 6]));
+    g.output.push(value_info("y", &[1, 3, 6, 6]));
+    g.initializer.push(f32_tensor("w1", &[8, 4, 3, 3], &w(288)));
+    g.initializer.push(f32_tensor("b1", &[8], &w(8)));
+    g.initializer
+        .push(f32_tensor("se1_w", &[4, 8, 1, 1], &w(32)));
+    g.initializer.push(f32_tensor("se1_b", &[4], &w(4)));
+    g.initializer
+        .push(f32_tensor("se2_w", &[8, 4, 1, 1], &w(32)));
+    g.initializer.push(f32_tensor("w3", &[3, 8, 1, 1], &w(24)));
+    let se2_b = Tensor::from_f32(vec![8], &w(8)).unwrap();
+    let shape = |c: i64| Tensor::from_i64(vec![4], &[1, c, 1, 1]).unwrap();
+    let mut conv1 = se_node("Conv", &["input", "w1", "b1"], "c1");
+    conv1.attribute.push(ints_attr("pads", &[1, 1, 1, 1]));
+    g.node = vec![
+        conv1,
+        se_node("Relu", &["c1"], "h"),
+        se_node("GlobalAveragePool", &["h"], "s"),
+        se_node("Conv", &["s", "se1_w"], "q1"),
+        constant_node("se1_shape", &shape(4)),
+        se_node("Reshape", &["se1_b", "se1_shape"], "se1_bias"),
+        se_node("Add", &["q1", "se1_bias"], "q1b"),
+        se_node("Relu", &["q1b"], "r1"),
+        se_node("Conv", &["r1", "se2_w"], "q2"),
+        constant_node("se2_b", &se2_b),
+        constant_node("se2_shape", &shape(8)),
+        se_node("Reshape", &["se2_b", "se2_shape"], "se2_bias"),
+        se_node("Add", &["q2", "se2_bias"], "q2b"),
+        se_node("Sigmoid", &["q2b"], "gate"),
+        se_node("Mul", &["h", "gate"], "hs"),
+        se_node("Conv", &["hs", "w3"], "y"),
+    ];
+    let mut m = nnzip::onnx::proto::ModelProto::new();
+    m.ir_version = 8;
+    let mut op = nnzip::onnx::proto::OperatorSetIdProto::new();
+    op.version = 17;
+    m.opset_import.push(op);
+    m.graph = Some(g).into();
+    let mut bytes = Vec::new();
+    protobuf::Message::write_to_vec(&m, &mut bytes).unwrap();
+    Model::from_bytes(&bytes).unwrap()
+}
+
+fn ints_attr(name: &str, v: &[i64]) -> nnzip::onnx::proto::AttributeProto {
+    let mut a = nnzip::onnx::proto::AttributeProto::new();
+    a.name = name.into();
+    a.type_ =
+        protobuf::EnumOrUnknown::new(nnzip::onnx::proto::attribute_proto::AttributeType::INTS);
+    a.ints = v.to_vec();
+    a
+}
+
+#[test]
+fn squeeze_excitation_biases_reshaped_on_their_way_follow_the_removed_channels() {
+    let orig = se_model();
+    let gs = groups(&orig);
+    // Both SE channel groups prune, their reshaped biases among the coupled tensors.
+    for c in [4, 8] {
+        let g = gs.iter().find(|g| g.channels == c).expect("an SE group");
+        assert!(g.prunable(), "{c}: {:?}", g.blocked);
+    }
+    let mut pruned = orig.clone();
+    let mut total = 0;
+    for (c, chans) in [(4, [1, 3]), (8, [0, 5])] {
+        let g = groups(&pruned)
+            .into_iter()
+            .find(|g| g.channels == c)
+            .unwrap();
+        zero_channels(&mut pruned, &g, &chans.into_iter().collect(), false);
+        total += chans.len();
+    }
+    let mut s = pruned.clone();
+    let r = simplify(&mut s, runtime(), None, &[]).unwrap();
+    assert!(r.verification.within_tolerance, "{:?}", r.verification);
+    assert_eq!(r.channels_removed as usize, total, "{:?}", r.passes);
+    // The targets now say the new counts.
+    let e = nnzip::graph::editor::Editor::new(s.clone(), Default::default());
+    let mut counts: Vec<i64> = e
+        .analysis()
+        .order()
+        .iter()
+        .filter_map(|&id| e.node(id).filter(|n| n.op_type == "Reshape").cloned())
+        .map(|n| e.constant(&n.input[1]).unwrap().unwrap().to_i64().unwrap()[1])
+        .collect();
+    counts.sort();
+    assert_eq!(counts, vec![2, 6]);
+    // Saved and run from disk, on inputs of its own: the pruned model's outputs.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("se.onnx");
+    s.save(&out, &Default::default()).unwrap();
+    for seed in 0..3 {
+        let x = planned_inputs(&pruned, seed);
+        let (d, m) = nnzip::calib::max_abs_diff(&run_model(&pruned, &x), &run_file(&out, &x));
+        assert!(m > 0.1 && d <= 1e-5 * m, "seed {seed}: {d} vs {m}");
+    }
+}
+
+/// `Conv(x, w, 1e4) -> [Relu ->] BatchNormalization(mean 1e4)`: the outputs are O(1) but pass
+/// through 1e4, where a float32 step is 1e-3. With the BN right after the convolution ONNX
+/// Runtime folds it (the cancellation becomes exact); behind a ReLU (the identity here: the
+/// convolution stays near 1e4) it cannot.
+fn cancelling_model(relu: bool) -> Model {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let w: Vec<f32> = (0..6)
+        .map(|_| rand::Rng::gen_range(&mut rng, -1.0..1.0))
+        .collect();
+    let mut g = nnzip::onnx::proto::GraphProto::new();
+    g.name = "cancel".into();
+    g.input.push(value_info("input", &[1, 2, 4, 4]));
+    g.output.push(value_info("y", &[1, 3, 4, 4]));
+    g.initializer.push(f32_tensor("w", &[3, 2, 1, 1], &w));
+    g.initializer.push(f32_tensor("b", &[3], &[1e4; 3]));
+    g.initializer.push(f32_tensor("gamma", &[3], &[1.0; 3]));
+    g.initializer.push(f32_tensor("beta", &[3], &[0.0; 3]));
+    g.initializer.push(f32_tensor("mean", &[3], &[1e4; 3]));
+    g.initializer.push(f32_tensor("var", &[3], &[1.0; 3]));
+    let bn_in = if relu { "r" } else { "c" };
+    g.node = vec![se_node("Conv", &["input", "w", "b"], "c")];
+    if relu {
+        g.node.push(se_node("Relu", &["c"], "r"));
+    }
+    g.node.push(se_node(
+        "BatchNormalization",
+        &[bn_in, "gamma", "beta", "mean", "var"],
+        "y",
+    ));
+    let mut m = nnzip::onnx::proto::ModelProto::new();
+    m.ir_version = 8;
+    let mut op = nnzip::onnx::proto::OperatorSetIdProto::new();
+    op.version = 17;
+    m.opset_import.push(op);
+    m.graph = Some(g).into();
+    let mut bytes = Vec::new();
+    protobuf::Message::write_to_vec(&m, &mut bytes).unwrap();
+    Model::from_bytes(&bytes).unwrap()
+}
+
+#[test]
+fn the_check_allows_the_input_models_own_float_rounding_and_no_more() {
+    use nnzip::passes::simplify::{input_plans, verify, FLOOR_MARGIN, TOLERANCE};
+    use nnzip::passes::Preserves;
+    let a = cancelling_model(false);
+    let plans = input_plans(runtime(), &a, &[], None, 1).unwrap();
+    // The same function, computed with the cancellation left to float32: an exact rewrite of a
+    // model whose outputs are sensitive to the order of float operations (as re-fitted ones
+    // are).
+    let b = cancelling_model(true);
+    let v = verify(&a, &b, runtime(), None, &plans, Preserves::Outputs).unwrap();
+    assert!(
+        v.max_abs_diff > TOLERANCE * v.max_abs_output.max(1.0),
+        "a scale-only check would refuse it: {v:?}"
+    );
+    eprintln!(
+        "exact rewrite: diff {:.2e}, floor {:.2e}, tolerance {:.2e}",
+        v.max_abs_diff, v.noise_floor, v.tolerance
+    );
+    assert!(v.noise_floor > 0.0 && v.within_tolerance, "{v:?}");
+    assert_eq!(v.tolerance, FLOOR_MARGIN * v.noise_floor);
+    // A real mismatch: one channel's bias off by 0.05, far beyond the rounding.
+    let mut wrong = b.clone();
+    {
+        let mut e = ed(&mut wrong);
+        let t = Tensor::from_f32(vec![3], &[1e4, 1e4 + 0.05, 1e4]).unwrap();
+        e.write_constant("b", &t).unwrap();
+    }
+    let v = verify(&a, &wrong, runtime(), None, &plans, Preserves::Outputs).unwrap();
+    assert!(!v.within_tolerance && v.max_abs_diff > 0.04, "{v:?}");
+    // And where the input has no such rounding, the scale-relative bound alone applies.
+    let v = verify(&b, &b, runtime(), None, &plans, Preserves::Outputs).unwrap();
+    assert_eq!((v.noise_floor, v.max_abs_diff), (0.0, 0.0));
 }

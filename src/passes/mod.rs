@@ -35,6 +35,10 @@ pub enum PassError {
     /// a size against its rank or fixed dims.
     #[error(transparent)]
     Sizes(#[from] crate::runtime::inputs::InputError),
+    /// The passes left a model ONNX Runtime cannot run (a rewrite nnzip got wrong): nothing of
+    /// it may be written.
+    #[error("{pass}: the rewritten model does not run in ONNX Runtime, so it was not kept (the input model runs; please report this): {reason}")]
+    Broke { pass: &'static str, reason: String },
     /// The sizes to run the model at could not be planned (the input error says why).
     #[error("{pass} needs concrete input sizes to run the model: {input}")]
     Inputs {
@@ -52,6 +56,7 @@ impl PassError {
             PassError::Tensor(e) => e.class(),
             PassError::Calib(e) => e.class(),
             PassError::Runtime(_) => C::Runtime,
+            PassError::Broke { .. } => C::Verification,
             PassError::Invalid { .. }
             | PassError::NeedsCalibration { .. }
             | PassError::NeedsInputs { .. }

@@ -63,8 +63,13 @@ pub enum PipelineError {
     Fidelity(#[from] FidelityError),
     #[error("a metric-drop budget needs calibration data")]
     MaxDropNeedsCalib,
-    #[error("simplification changed the outputs by {diff:.3e} (largest output {scale:.3e}); nothing was written")]
-    SimplifyMismatch { diff: f64, scale: f64 },
+    #[error("simplification changed the outputs by {diff:.3e}, more than the {tolerance:.1e} allowed (largest output {scale:.3e}; the input's own float rounding under ONNX Runtime's optimizations {floor:.1e}); nothing was written")]
+    SimplifyMismatch {
+        diff: f64,
+        scale: f64,
+        floor: f64,
+        tolerance: f64,
+    },
     #[error("interrupted")]
     Cancelled,
     #[error("I/O on {path}")]
@@ -284,6 +289,7 @@ fn prune_stage(
                 max_amount: 0.95,
                 steps: 6,
                 z: 1.0,
+                holdout: crate::ratecontrol::HOLDOUT,
             };
             let (m, pass, search) = crate::passes::prune::search::search_amount(
                 &model,
@@ -761,6 +767,8 @@ pub fn compress_file(
             return Err(PipelineError::SimplifyMismatch {
                 diff: r.verification.max_abs_diff,
                 scale: r.verification.max_abs_output,
+                floor: r.verification.noise_floor,
+                tolerance: r.verification.tolerance,
             });
         }
         Some(r)

@@ -127,6 +127,8 @@ pub fn prune_file(
             return Err(PipelineError::SimplifyMismatch {
                 diff: r.verification.max_abs_diff,
                 scale: r.verification.max_abs_output,
+                floor: r.verification.noise_floor,
+                tolerance: r.verification.tolerance,
             });
         }
         Some(r)

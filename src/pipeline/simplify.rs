@@ -51,6 +51,8 @@ pub fn simplify_file(
         return Err(PipelineError::SimplifyMismatch {
             diff: report.verification.max_abs_diff,
             scale: report.verification.max_abs_output,
+            floor: report.verification.noise_floor,
+            tolerance: report.verification.tolerance,
         });
     }
     let suspects = || {

@@ -80,6 +80,10 @@ impl RateError {
     }
 }
 
+/// Default share of the calibration samples held out to check a choice (rate control and the
+/// pruning search).
+pub const HOLDOUT: f64 = 0.25;
+
 /// How the search runs.
 #[derive(Debug, Clone)]
 pub struct RateOptions {
@@ -99,7 +103,7 @@ impl RateOptions {
     pub fn new(max_drop: f64) -> RateOptions {
         RateOptions {
             max_drop,
-            holdout: 0.25,
+            holdout: HOLDOUT,
             time_budget: Duration::from_secs(240),
             probe_share: 0.95,
             max_probes: 96,

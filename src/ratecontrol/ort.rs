@@ -40,9 +40,10 @@ pub struct OrtEvaluator {
     slots: Vec<Option<Slot>>,
 }
 
-/// How the calibration data is split: (search, check) sample counts.
+/// How the calibration data is split: (search, check) sample counts; nothing is held out of
+/// fewer than 8 samples, or with a share of 0.
 pub fn split(samples: usize, holdout: f64) -> (usize, usize) {
-    if samples < 8 {
+    if samples < 8 || holdout.is_nan() || holdout <= 0.0 {
         return (samples, 0);
     }
     let check = ((samples as f64 * holdout).round() as usize).clamp(2, samples / 2);
@@ -335,7 +336,7 @@ fn changed_se(r: &[f32], c: &[f32], samples: usize) -> Option<f64> {
 }
 
 /// Top-1 margin (largest minus second largest score) of every row of a `[N, C]` output.
-fn margins(reference: &Tensor) -> Option<Vec<f64>> {
+pub fn margins(reference: &Tensor) -> Option<Vec<f64>> {
     if reference.dims.len() != 2 || reference.dims[1] < 2 {
         return None;
     }
@@ -395,24 +396,45 @@ impl Evaluator for OrtEvaluator {
         let s = &self.sets[&set];
         let metric = evaluate(self.metric, &s.calib, &s.reference, &out)?;
         let (r, c) = (s.reference.to_f32()?, out.to_f32()?);
-        let signal: f64 = r.iter().map(|x| f64::from(*x).powi(2)).sum();
-        let noise: f64 = r
-            .iter()
-            .zip(&c)
-            .map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2))
-            .sum();
-        let expected_drop = s.margins.as_ref().map(|m| expected_drop(&r, &c, m));
-        let drop_se = match self.metric {
-            Metric::Cosine => cosine_se(&r, &c, s.calib.samples),
-            _ => changed_se(&r, &c, s.calib.samples),
-        };
-        Ok(Outcome {
-            metric,
-            drop: s.metric_reference - metric,
-            expected_drop,
-            drop_se,
-            noise: if signal > 0.0 { noise / signal } else { noise },
-            samples: s.calib.samples,
-        })
+        Ok(outcome(
+            self.metric,
+            s.calib.samples,
+            &r,
+            &c,
+            (s.metric_reference, metric),
+            s.margins.as_deref(),
+        ))
+    }
+}
+
+/// What a changed model's outputs `c` say against the original's `r` on `samples` samples:
+/// `metrics` is (the original's metric, this one's), `margins` the original's top-1 margins
+/// (top-1 metrics). Shared by rate control and the pruning search, which hold a budget the same
+/// way.
+pub fn outcome(
+    metric: Metric,
+    samples: usize,
+    r: &[f32],
+    c: &[f32],
+    metrics: (f64, f64),
+    margins: Option<&[f64]>,
+) -> Outcome {
+    let signal: f64 = r.iter().map(|x| f64::from(*x).powi(2)).sum();
+    let noise: f64 = r
+        .iter()
+        .zip(c)
+        .map(|(a, b)| (f64::from(*a) - f64::from(*b)).powi(2))
+        .sum();
+    let drop_se = match metric {
+        Metric::Cosine => cosine_se(r, c, samples),
+        _ => changed_se(r, c, samples),
+    };
+    Outcome {
+        metric: metrics.1,
+        drop: metrics.0 - metrics.1,
+        expected_drop: margins.map(|m| expected_drop(r, c, m)),
+        drop_se,
+        noise: if signal > 0.0 { noise / signal } else { noise },
+        samples,
     }
 }

@@ -172,15 +172,45 @@ fn search_text(o: &mut String, s: &SearchReport) {
     for st in &s.steps {
         let _ = writeln!(
             o,
-            "  amount {:.4}  {:.2}  drop {:+.2} ± {:.2}  {}",
+            "  amount {:.4}  {:.2}  drop {:+.2} ± {:.2}{}  SNR {:.1} dB  {}",
             st.amount,
             st.metric,
             st.drop,
             st.stderr,
+            st.expected_drop
+                .map(|e| format!(" (expected {e:.2})"))
+                .unwrap_or_default(),
+            st.snr_db,
             if st.accepted { "accepted" } else { "rejected" }
         );
     }
+    if let Some(b) = s.held_out_baseline {
+        let _ = writeln!(
+            o,
+            "held out ({} samples, baseline {b:.2}):",
+            s.held_out_samples
+        );
+    }
+    for h in &s.held_out {
+        let _ = writeln!(
+            o,
+            "  amount {:.4}  {:.2}  drop {:+.2}{}  SNR {:.1} dB  {}",
+            h.amount,
+            h.metric,
+            h.drop,
+            h.stderr.map(|e| format!(" ± {e:.2}")).unwrap_or_default(),
+            h.snr_db,
+            if h.holds {
+                "holds"
+            } else {
+                "breaks the budget"
+            }
+        );
+    }
     let _ = writeln!(o, "chosen amount {:.4}", s.amount);
+    for w in &s.warnings {
+        let _ = writeln!(o, "warning: {w}");
+    }
 }
 
 /// The metric on the calibration data, on the held-out data, and the breakdown.

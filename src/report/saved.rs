@@ -399,11 +399,12 @@ pub fn simplify_text(r: &SimplifyReport) -> String {
     let v = &r.verification;
     let _ = writeln!(
         o,
-        "verified on {} {} sample(s): max |difference| {:.3e} (largest output {:.3e}){}",
+        "verified on {} {} sample(s): max |difference| {:.3e} (largest output {:.3e}, tolerance {:.1e}){}",
         v.samples,
         v.data,
         v.max_abs_diff,
         v.max_abs_output,
+        v.tolerance,
         if v.exact_only_on_calibration_like_inputs {
             "; zero-entropy decisions hold on calibration-like inputs"
         } else {

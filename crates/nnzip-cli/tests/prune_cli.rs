@@ -80,7 +80,21 @@ fn cli_prune_json_and_errors() {
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(j["search"]["steps"].as_array().unwrap().len(), 4);
+    // A probe at the bound, three bisection steps, one more per shrink the held-out part asked
+    // for; a quarter of the 300 samples held out.
+    let search = &j["search"];
+    let tightened = search["tightened"].as_u64().unwrap() as usize;
+    assert_eq!(search["steps"].as_array().unwrap().len(), 4 + tightened);
+    assert_eq!(
+        (
+            search["samples"].as_u64(),
+            search["held_out_samples"].as_u64()
+        ),
+        (Some(225), Some(75))
+    );
+    let checks = search["held_out"].as_array().unwrap();
+    assert_eq!(checks.len(), 1 + tightened);
+    assert_eq!(checks.last().unwrap()["amount"], search["amount"]);
     let (z, total) = count(&Model::load(&out).unwrap());
     assert!((j["sparsity"].as_f64().unwrap() - z as f64 / total as f64).abs() < 1e-12);
     assert!(

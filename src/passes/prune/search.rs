@@ -25,31 +25,132 @@ pub struct SearchOptions {
     /// whose outcome changed). 0 accepts on the measured drop alone; 1 guards the tolerance on
     /// unseen data of the same kind.
     pub z: f64,
+    /// Share of the calibration samples held out to check the choice, split as rate control
+    /// splits them ([`crate::ratecontrol::ort::split`]; none under 8 samples).
+    pub holdout: f64,
 }
+
+/// How many times a choice the held-out samples refuse is shrunk (by [`TIGHTEN`]) before the
+/// search gives up on pruning: rate control's rule.
+const MAX_TIGHTEN: usize = 4;
+const TIGHTEN: f64 = 0.7;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SearchStep {
     pub amount: f64,
-    /// The metric of the pruned candidate, in percent.
+    /// The metric of the pruned candidate on the fitting samples, in percent.
     pub metric: f64,
     pub drop: f64,
     /// Standard error of `drop`, in points (0 for the cosine metric).
     pub stderr: f64,
+    /// Top-1 metrics: the drop expected from each sample's margin (rate control's continuous
+    /// measure, which sees a budget used up before whole samples flip).
+    pub expected_drop: Option<f64>,
+    /// Output SNR against the original, dB.
+    #[serde(default, deserialize_with = "crate::jsonf64::or_nan")]
+    pub snr_db: f64,
     pub accepted: bool,
+}
+
+/// A candidate on the held-out samples.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeldOutCheck {
+    pub amount: f64,
+    pub metric: f64,
+    pub drop: f64,
+    pub stderr: Option<f64>,
+    pub expected_drop: Option<f64>,
+    #[serde(deserialize_with = "crate::jsonf64::or_nan")]
+    pub snr_db: f64,
+    pub holds: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SearchReport {
     pub metric: Metric,
     pub metric_name: String,
-    /// The unpruned model's metric on the calibration data.
+    /// The unpruned model's metric on the fitting samples.
     pub baseline: f64,
     pub max_drop: f64,
+    /// Fitting samples: reconstruction and the search use these.
     pub samples: usize,
     pub steps: Vec<SearchStep>,
-    /// The chosen amount and its metric.
+    /// Samples held out of the fitting (0: too few calibration samples to hold any out).
+    // Absent from reports saved before the hold-out.
+    #[serde(default)]
+    pub held_out_samples: usize,
+    /// The unpruned model's metric on the held-out samples.
+    pub held_out_baseline: Option<f64>,
+    /// The search's choice and every smaller one tried on the held-out samples; the last is the
+    /// chosen amount's.
+    #[serde(default)]
+    pub held_out: Vec<HeldOutCheck>,
+    /// Times the choice was shrunk because the held-out samples broke the budget.
+    #[serde(default)]
+    pub tightened: usize,
+    /// The chosen amount and its metric on the fitting samples.
     pub amount: f64,
     pub final_metric: f64,
+    /// Where the figures cannot be trusted (too few samples, a budget they cannot resolve).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// One part of the calibration data with the original's outputs on it.
+struct Part {
+    calib: Calibration,
+    reference: crate::tensor::Tensor,
+    baseline: f64,
+    margins: Option<Vec<f64>>,
+}
+
+impl Part {
+    fn new(
+        rt: &'static Runtime,
+        model: &Model,
+        calib: Calibration,
+        metric: Option<Metric>,
+    ) -> Result<(Part, Metric), PassError> {
+        let reference = first_output(run_model(rt, model, &calib)?)?;
+        let metric = metric.unwrap_or_else(|| Metric::for_data(&calib, &reference));
+        let baseline = evaluate(metric, &calib, &reference, &reference)?;
+        let margins = matches!(metric, Metric::Accuracy | Metric::Agreement)
+            .then(|| crate::ratecontrol::ort::margins(&reference))
+            .flatten();
+        let part = Part {
+            calib,
+            reference,
+            baseline,
+            margins,
+        };
+        Ok((part, metric))
+    }
+
+    fn measure(
+        &self,
+        rt: &'static Runtime,
+        m: &Model,
+        metric: Metric,
+    ) -> Result<Measured, PassError> {
+        let out = first_output(run_model(rt, m, &self.calib)?)?;
+        let value = evaluate(metric, &self.calib, &self.reference, &out)?;
+        let o = crate::ratecontrol::ort::outcome(
+            metric,
+            self.calib.samples,
+            &self.reference.to_f32()?,
+            &out.to_f32()?,
+            (self.baseline, value),
+            self.margins.as_deref(),
+        );
+        let stderr = drop_stderr(metric, &self.calib, &self.reference, &out);
+        Ok(Measured { o, stderr })
+    }
+}
+
+struct Measured {
+    o: crate::ratecontrol::Outcome,
+    /// This search's own standard error of the drop (labels counted where there are some).
+    stderr: f64,
 }
 
 fn first_output(
@@ -86,9 +187,11 @@ fn drop_stderr(
     100.0 * (changed as f64).sqrt() / n
 }
 
-/// Searches the largest amount whose pruned model stays within `opts.max_drop` of the original
-/// on `calib`. `make(amount)` builds the pass for an amount. Returns the pruned model, the pass
-/// report at the chosen amount, and the search report. `progress` sees every step.
+/// Searches the largest amount whose pruned model stays within `opts.max_drop` of the original:
+/// bisection on the fitting part of `calib` (which reconstruction fits on too), then the choice
+/// checked on the held-out part and shrunk while that breaks the budget. `make(amount)` builds
+/// the pass for an amount. Returns the pruned model, the pass report at the chosen amount, and
+/// the search report. `progress` sees every step.
 pub fn search_amount(
     model: &Model,
     rt: &'static Runtime,
@@ -106,11 +209,14 @@ pub fn search_amount(
             ),
         });
     }
-    let reference = first_output(run_model(rt, model, calib)?)?;
-    let metric = Metric::for_data(calib, &reference);
-    let baseline = evaluate(metric, calib, &reference, &reference)?;
+    let (nf, nc) = crate::ratecontrol::ort::split(calib.samples, opts.holdout);
+    let (fit, metric) = Part::new(rt, model, calib.part(0, nf)?, None)?;
+    let check = match nc {
+        0 => None,
+        _ => Some(Part::new(rt, model, calib.part(nf, nf + nc)?, Some(metric))?.0),
+    };
     let ctx = PassContext {
-        calib: Some(calib),
+        calib: Some(&fit.calib),
         runtime: Some(rt),
         inputs: None,
     };
@@ -121,21 +227,22 @@ pub fn search_amount(
         let mut ed = Editor::new(model.clone(), InputDims::new());
         let report = make(amount).run(&mut ed, &ctx)?;
         let m = ed.into_model();
-        let out = first_output(run_model(rt, &m, calib)?)?;
-        let value = evaluate(metric, calib, &reference, &out)?;
-        let drop = baseline - value;
-        let stderr = drop_stderr(metric, calib, &reference, &out);
-        let accepted = drop + opts.z * stderr <= opts.max_drop;
+        let Measured { o, stderr } = fit.measure(rt, &m, metric)?;
+        // The search's own z-guard, and rate control's: where the samples cannot resolve the
+        // budget, the expected drop must stay within it too.
+        let accepted = o.drop + opts.z * stderr <= opts.max_drop && o.within(opts.max_drop);
         let step = SearchStep {
             amount,
-            metric: value,
-            drop,
+            metric: o.metric,
+            drop: o.drop,
             stderr,
+            expected_drop: o.expected_drop,
+            snr_db: o.snr_db(),
             accepted,
         };
         progress(&step);
         steps.push(step);
-        Ok((m, report, value, accepted))
+        Ok((m, report, o.metric, accepted))
     };
     let mut best = try_amount(opts.max_amount, &mut steps)?;
     let mut best_amount = opts.max_amount;
@@ -164,6 +271,34 @@ pub fn search_amount(
             }
         }
     }
+    let mut held_out = Vec::new();
+    let mut tightened = 0;
+    if let Some(check) = &check {
+        loop {
+            let Measured { o, .. } = check.measure(rt, &best.0, metric)?;
+            let holds = o.holds(opts.max_drop);
+            held_out.push(HeldOutCheck {
+                amount: best_amount,
+                metric: o.metric,
+                drop: o.drop,
+                stderr: o.drop_se,
+                expected_drop: o.expected_drop,
+                snr_db: o.snr_db(),
+                holds,
+            });
+            if holds || best_amount == 0.0 {
+                break;
+            }
+            tightened += 1;
+            best_amount = if tightened > MAX_TIGHTEN {
+                0.0
+            } else {
+                best_amount * TIGHTEN
+            };
+            best = try_amount(best_amount, &mut steps)?;
+        }
+    }
+    let warnings = search_warnings(&fit, check.as_ref(), opts, tightened);
     let (m, report, value, _) = best;
     Ok((
         m,
@@ -171,12 +306,55 @@ pub fn search_amount(
         SearchReport {
             metric,
             metric_name: metric.name().to_string(),
-            baseline,
+            baseline: fit.baseline,
             max_drop: opts.max_drop,
-            samples: calib.samples,
+            samples: fit.calib.samples,
             steps,
+            held_out_samples: nc,
+            held_out_baseline: check.as_ref().map(|c| c.baseline),
+            held_out,
+            tightened,
             amount: best_amount,
             final_metric: value,
+            warnings,
         },
     ))
+}
+
+/// What the sample counts say about the figures.
+fn search_warnings(
+    fit: &Part,
+    check: Option<&Part>,
+    opts: &SearchOptions,
+    tightened: usize,
+) -> Vec<String> {
+    let mut w = Vec::new();
+    let point = |n: usize| 100.0 / n.max(1) as f64;
+    let top1 = fit.margins.is_some();
+    if top1 && point(fit.calib.samples) > opts.max_drop / 2.0 {
+        w.push(format!(
+            "{} fitting samples cannot resolve a budget of {} points (one sample is {:.1} points): the budget was held by the expected drop (from each sample's margin)",
+            fit.calib.samples,
+            opts.max_drop,
+            point(fit.calib.samples)
+        ));
+    }
+    match check {
+        None => w.push(
+            "fewer than 8 calibration samples: nothing was held out, the choice is checked only on the data it was fitted on".into(),
+        ),
+        Some(c) if top1 && point(c.calib.samples) > opts.max_drop => w.push(format!(
+            "{} held-out samples cannot resolve a budget of {} points (one sample is {:.1} points): give more calibration samples",
+            c.calib.samples,
+            opts.max_drop,
+            point(c.calib.samples)
+        )),
+        Some(_) => {}
+    }
+    if tightened > MAX_TIGHTEN {
+        w.push(format!(
+            "the held-out samples broke the budget after shrinking the choice {MAX_TIGHTEN} times: no pruning"
+        ));
+    }
+    w
 }

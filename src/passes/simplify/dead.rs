@@ -673,6 +673,7 @@ fn apply(
         }
         let nt = t.remove_indices(*axis, idx)?;
         ed.write_constant(name, &nt)?;
+        fix_reshaped_constant(ed, name, nt.numel())?;
     }
     // Depthwise convolutions keep one group per remaining channel: rows per group (the channel
     // multiplier) stay, the group count follows the rows.
@@ -711,6 +712,71 @@ fn apply(
         bias_maps: maps,
         border_convolutions: borders,
     })
+}
+
+/// A per-channel constant that reaches its reader through shape-only ops (exporters write a
+/// bias `[C]` reshaped to `[1, C, 1, 1]`): every `Reshape` on the way gets the new channel count
+/// `len` in its target, else the runtime refuses the old count. Targets that follow by
+/// themselves (`-1`, `0`) stay; one with more than one non-unit element is not a per-channel
+/// layout and is left for the verification to catch.
+fn fix_reshaped_constant(ed: &mut Editor, name: &str, len: usize) -> Result<(), PassError> {
+    let mut frontier = vec![name.to_string()];
+    let mut rewritten = HashSet::new();
+    // Bounded like `stored_const`, which found these chains.
+    for _ in 0..4 {
+        let mut next = Vec::new();
+        for x in &frontier {
+            for (ni, slot) in ed.analysis().consumers(x) {
+                let Some(n) = ed.node(ni).cloned() else {
+                    continue;
+                };
+                let shape_only = n.op_type == "Identity"
+                    || matches!(
+                        ed.analysis().valid_op(ni),
+                        Some(
+                            Op::Reshape { .. }
+                                | Op::Unsqueeze(_)
+                                | Op::Squeeze(_)
+                                | Op::Flatten { .. }
+                        )
+                    );
+                let Some(y) = n.output.first().filter(|_| shape_only && slot == 0) else {
+                    continue;
+                };
+                next.push(y.clone());
+                if n.op_type != "Reshape" {
+                    continue;
+                }
+                let Some(target) = n.input.get(1) else {
+                    continue;
+                };
+                let Some(t) = ed.constant(target)? else {
+                    continue;
+                };
+                let Some(mut v) = t.to_i64_lossy() else {
+                    continue;
+                };
+                if v.iter().any(|&e| e <= 0) {
+                    continue;
+                }
+                let mut wide = v.iter_mut().filter(|e| **e != 1);
+                if let (Some(e), None) = (wide.next(), wide.next()) {
+                    if *e == len as i64 {
+                        continue;
+                    }
+                    *e = len as i64;
+                    let nt = Tensor::from_i64(t.dims.clone(), &v)?;
+                    ed.set_input_constant(ni, 1, &nt, &format!("{y}.shape"))?;
+                    rewritten.insert(y.clone());
+                }
+            }
+        }
+        frontier = next;
+    }
+    if !rewritten.is_empty() {
+        ed.forget_shapes(&rewritten);
+    }
+    Ok(())
 }
 
 /// Shape constants on the group's path: flatten-like `Reshape` targets and `Split` sizes.

@@ -160,6 +160,7 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
         max_amount: amount,
         steps: a.steps,
         z: a.confidence_z.max(0.0),
+        holdout: nnzip::ratecontrol::HOLDOUT,
     });
     let bar = search_bar(quiet || search.is_none(), a.steps);
     let job = PruneJob {
