@@ -23,7 +23,7 @@ use crate::graph::groups::{
     channel_groups, label, reshape_target_element, ChannelGroup, ParamRole, Placement,
     TargetElement,
 };
-use crate::graph::ops::{Op, Window};
+use crate::graph::ops::{Binary, Op, Window};
 use crate::passes::{Pass, PassContext, PassDetails, PassError, PassReport, Preserves};
 use crate::tensor::Tensor;
 
@@ -449,7 +449,7 @@ fn add_bias(ed: &mut Editor, node: NodeId, add: &[f64]) -> Result<(), PassError>
         let cons = a.consumers(&out);
         if let ([(ai, k)], false) = (cons.as_slice(), a.is_graph_output(&out)) {
             let (ai, k) = (*ai, *k);
-            if ed.node(ai).is_some_and(|x| x.op_type == "Add") {
+            if matches!(a.valid_op(ai), Some(Op::Binary(Binary::Add))) {
                 let other = ed
                     .node(ai)
                     .and_then(|x| x.input.get(1 - k.min(1)))
@@ -730,9 +730,11 @@ fn fix_reshaped_constant(ed: &mut Editor, name: &str, len: usize) -> Result<(), 
                 let Some(n) = ed.node(ni).cloned() else {
                     continue;
                 };
-                let shape_only = n.op_type == "Identity"
+                // `Identity` is one of the pass-through unary ops; the parse checks its domain.
+                let op = ed.analysis().valid_op(ni);
+                let shape_only = (n.op_type == "Identity" && matches!(op, Some(Op::Unary(_))))
                     || matches!(
-                        ed.analysis().valid_op(ni),
+                        op,
                         Some(
                             Op::Reshape { .. }
                                 | Op::Unsqueeze(_)
