@@ -108,6 +108,39 @@ fn quantize_tensor(t: &Tensor, w: &[f32], cfg: &EncoderConfig) -> Result<Coded> 
             codebook: None,
         });
     }
+    let q = Quantizing {
+        qp,
+        dq,
+        width,
+        scan_order: so,
+        clip_bw,
+        g_trial,
+    };
+    quantize_codebook(w, &q, cfg)
+}
+
+/// What [`quantize_tensor`] decided before choosing between uniform levels and a codebook.
+struct Quantizing {
+    qp: i32,
+    dq: bool,
+    width: usize,
+    scan_order: ScanOrder,
+    clip_bw: Option<u32>,
+    g_trial: u32,
+}
+
+/// `CodebookMode::Codebook` or `Smaller`: the codebook of the uniform levels, with
+/// its cheapest `CbZeroOffset`; under `Smaller`, uniform levels instead when they code smaller.
+fn quantize_codebook(w: &[f32], q: &Quantizing, cfg: &EncoderConfig) -> Result<Coded> {
+    let Quantizing {
+        qp,
+        dq,
+        width,
+        scan_order: so,
+        clip_bw,
+        g_trial,
+    } = *q;
+    let d = cfg.qp_density;
     // Codebook: uniform levels without DQ (QP lowered to match DQ's resolution).
     let qp_off = if dq { 1 << d } else { 0 };
     let (mut levels, cb_qp) = quant::quantize(w, width, qp.saturating_sub(qp_off), d, false, so);
