@@ -243,105 +243,145 @@ fn consumer_update(
         .iter()
         .map(|p| p.first().copied().unwrap_or(0.0))
         .collect();
+    let seen = Seen {
+        idx,
+        va,
+        values: &values,
+        uniform,
+    };
     match a.valid_op(ci) {
-        Some(Op::Gemm { .. }) | Some(Op::MatMul) => {
-            // Each removed feature must be the same on every row/token.
-            if !uniform {
-                return Ok(Err("removed features vary across positions".into()));
-            }
-            let (trans_b, alpha) = match a.valid_op(ci) {
-                Some(Op::Gemm { trans_b, alpha, .. }) => (*trans_b, f64::from(*alpha)),
-                _ => (false, 1.0),
-            };
-            let (rows, cols) = (
-                w.dims.first().copied().unwrap_or(0),
-                w.dims.get(1).copied().unwrap_or(0),
-            );
-            let wv = w.to_f32()?;
-            let out = if trans_b { rows } else { cols };
-            let mut add = vec![0.0f64; out];
-            for (&i, &val) in idx.iter().zip(&values) {
-                for (j, s) in add.iter_mut().enumerate() {
-                    let wij = if trans_b {
-                        wv[j * cols + i]
-                    } else {
-                        wv[i * cols + j]
-                    };
-                    *s += alpha * f64::from(val) * f64::from(wij);
-                }
-            }
-            Ok(Ok(Some(Update::Bias { node: ci, add })))
+        Some(Op::Gemm { trans_b, alpha, .. }) => {
+            dense_update(ci, &w, *trans_b, f64::from(*alpha), &seen)
         }
+        Some(Op::MatMul) => dense_update(ci, &w, false, 1.0, &seen),
         Some(Op::Conv(win)) => {
-            if w.dims.len() != 4 {
-                return Ok(Err("only 2-D convolutions take a constant input".into()));
-            }
             let out0 = n.output.first().cloned().unwrap_or_default();
-            // Fixed spatial sizes allow a map (the batch, symbolic or not, broadcasts).
-            let spatial = |t: &str| {
-                let d = a.shape(t)?;
-                crate::graph::sym::concrete(d.get(2..)?)?;
-                Some(
-                    d.iter()
-                        .map(|x| x.as_usize().unwrap_or(1))
-                        .collect::<Vec<_>>(),
-                )
-            };
-            match spatial(tensor).zip(spatial(&out0)) {
-                Some((_, ys)) => {
-                    let Some(g) = geometry(win, &w.dims, observed, &ys) else {
-                        return Ok(Err("convolution geometry unknown".into()));
-                    };
-                    let out = conv_contribution(va, idx, &w, &g)?;
-                    let hw = g.out_hw.0 * g.out_hw.1;
-                    let m = w.dims[0];
-                    let flat = (0..m).all(|mo| {
-                        out[mo * hw..(mo + 1) * hw]
-                            .iter()
-                            .all(|&x| x == out[mo * hw])
-                    });
-                    Ok(Ok(Some(if flat {
-                        Update::Bias {
-                            node: ci,
-                            add: (0..m).map(|mo| out[mo * hw]).collect(),
-                        }
-                    } else {
-                        Update::Map {
-                            node: ci,
-                            map: out,
-                            dims: vec![1, m, g.out_hw.0, g.out_hw.1],
-                        }
-                    })))
-                }
-                None if !uniform => Ok(Err(
-                    "the removed channels vary near the borders and the input size is symbolic"
-                        .into(),
-                )),
-                None if win.unpadded() => {
-                    let k = summed_kernel(&w, idx, &values)?;
-                    let kv = k.to_f32()?;
-                    let m = w.dims[0];
-                    let taps = kv.len() / m.max(1);
-                    let add = (0..m)
-                        .map(|mo| {
-                            kv[mo * taps..(mo + 1) * taps]
-                                .iter()
-                                .map(|&x| f64::from(x))
-                                .sum()
-                        })
-                        .collect();
-                    Ok(Ok(Some(Update::Bias { node: ci, add })))
-                }
-                None => Ok(Ok(Some(Update::Border {
-                    node: ci,
-                    kernel: summed_kernel(&w, idx, &values)?,
-                }))),
-            }
+            conv_update(ed, ci, win, &w, (tensor, &out0), observed, &seen)
         }
         _ => Ok(Err(format!(
             "{} consumers cannot take a constant input",
             n.op_type
         ))),
+    }
+}
+
+/// The removed channels' values as a consumer sees them.
+struct Seen<'a> {
+    idx: &'a [usize],
+    /// [channel][position].
+    va: &'a [Vec<f32>],
+    /// Each channel's first value.
+    values: &'a [f32],
+    /// Every channel the same at every position.
+    uniform: bool,
+}
+
+/// A `Gemm`/`MatMul` consumer: the removed features' contribution as a bias.
+fn dense_update(
+    ci: NodeId,
+    w: &Tensor,
+    trans_b: bool,
+    alpha: f64,
+    seen: &Seen,
+) -> Result<Result<Option<Update>, String>, PassError> {
+    // Each removed feature must be the same on every row/token.
+    if !seen.uniform {
+        return Ok(Err("removed features vary across positions".into()));
+    }
+    let (rows, cols) = (
+        w.dims.first().copied().unwrap_or(0),
+        w.dims.get(1).copied().unwrap_or(0),
+    );
+    let wv = w.to_f32()?;
+    let out = if trans_b { rows } else { cols };
+    let mut add = vec![0.0f64; out];
+    for (&i, &val) in seen.idx.iter().zip(seen.values) {
+        for (j, s) in add.iter_mut().enumerate() {
+            let wij = if trans_b {
+                wv[j * cols + i]
+            } else {
+                wv[i * cols + j]
+            };
+            *s += alpha * f64::from(val) * f64::from(wij);
+        }
+    }
+    Ok(Ok(Some(Update::Bias { node: ci, add })))
+}
+
+/// A 2-D `Conv` consumer reading `tensor` into `out0`: a bias when the contribution is flat,
+/// a map at fixed spatial sizes, else a border correction (or a refusal).
+fn conv_update(
+    ed: &Editor,
+    ci: NodeId,
+    win: &Window,
+    w: &Tensor,
+    (tensor, out0): (&str, &str),
+    observed: &[usize],
+    seen: &Seen,
+) -> Result<Result<Option<Update>, String>, PassError> {
+    if w.dims.len() != 4 {
+        return Ok(Err("only 2-D convolutions take a constant input".into()));
+    }
+    let a = ed.analysis();
+    // Fixed spatial sizes allow a map (the batch, symbolic or not, broadcasts).
+    let spatial = |t: &str| {
+        let d = a.shape(t)?;
+        crate::graph::sym::concrete(d.get(2..)?)?;
+        Some(
+            d.iter()
+                .map(|x| x.as_usize().unwrap_or(1))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let (idx, values) = (seen.idx, seen.values);
+    match spatial(tensor).zip(spatial(out0)) {
+        Some((_, ys)) => {
+            let Some(g) = geometry(win, &w.dims, observed, &ys) else {
+                return Ok(Err("convolution geometry unknown".into()));
+            };
+            let out = conv_contribution(seen.va, idx, w, &g)?;
+            let hw = g.out_hw.0 * g.out_hw.1;
+            let m = w.dims[0];
+            let flat = (0..m).all(|mo| {
+                out[mo * hw..(mo + 1) * hw]
+                    .iter()
+                    .all(|&x| x == out[mo * hw])
+            });
+            Ok(Ok(Some(if flat {
+                Update::Bias {
+                    node: ci,
+                    add: (0..m).map(|mo| out[mo * hw]).collect(),
+                }
+            } else {
+                Update::Map {
+                    node: ci,
+                    map: out,
+                    dims: vec![1, m, g.out_hw.0, g.out_hw.1],
+                }
+            })))
+        }
+        None if !seen.uniform => Ok(Err(
+            "the removed channels vary near the borders and the input size is symbolic".into(),
+        )),
+        None if win.unpadded() => {
+            let k = summed_kernel(w, idx, values)?;
+            let kv = k.to_f32()?;
+            let m = w.dims[0];
+            let taps = kv.len() / m.max(1);
+            let add = (0..m)
+                .map(|mo| {
+                    kv[mo * taps..(mo + 1) * taps]
+                        .iter()
+                        .map(|&x| f64::from(x))
+                        .sum()
+                })
+                .collect();
+            Ok(Ok(Some(Update::Bias { node: ci, add })))
+        }
+        None => Ok(Ok(Some(Update::Border {
+            node: ci,
+            kernel: summed_kernel(w, idx, values)?,
+        }))),
     }
 }
 
