@@ -221,9 +221,7 @@ pub fn search_amount(
         inputs: None,
     };
     let mut steps = Vec::new();
-    let mut try_amount = |amount: f64,
-                          steps: &mut Vec<SearchStep>|
-     -> Result<(Model, PassReport, f64, bool), PassError> {
+    let mut try_amount = |amount: f64, steps: &mut Vec<SearchStep>| -> Result<Tried, PassError> {
         let mut ed = Editor::new(model.clone(), InputDims::new());
         let report = make(amount).run(&mut ed, &ctx)?;
         let m = ed.into_model();
@@ -244,60 +242,19 @@ pub fn search_amount(
         steps.push(step);
         Ok((m, report, o.metric, accepted))
     };
-    let mut best = try_amount(opts.max_amount, &mut steps)?;
-    let mut best_amount = opts.max_amount;
-    if !best.3 {
-        let (mut lo, mut hi) = (0.0f64, opts.max_amount);
-        let mut found: Option<((Model, PassReport, f64, bool), f64)> = None;
-        for _ in 0..opts.steps {
-            let mid = (lo + hi) / 2.0;
-            let r = try_amount(mid, &mut steps)?;
-            if r.3 {
-                lo = mid;
-                found = Some((r, mid));
-            } else {
-                hi = mid;
-            }
-        }
-        match found {
-            Some((r, a)) => {
-                best = r;
-                best_amount = a;
-            }
-            None => {
-                // Nothing tolerated: the amount-0 pass (the model as it is, reported).
-                best = try_amount(0.0, &mut steps)?;
-                best_amount = 0.0;
-            }
-        }
-    }
-    let mut held_out = Vec::new();
-    let mut tightened = 0;
-    if let Some(check) = &check {
-        loop {
-            let Measured { o, .. } = check.measure(rt, &best.0, metric)?;
-            let holds = o.holds(opts.max_drop);
-            held_out.push(HeldOutCheck {
-                amount: best_amount,
-                metric: o.metric,
-                drop: o.drop,
-                stderr: o.drop_se,
-                expected_drop: o.expected_drop,
-                snr_db: o.snr_db(),
-                holds,
-            });
-            if holds || best_amount == 0.0 {
-                break;
-            }
-            tightened += 1;
-            best_amount = if tightened > MAX_TIGHTEN {
-                0.0
-            } else {
-                best_amount * TIGHTEN
-            };
-            best = try_amount(best_amount, &mut steps)?;
-        }
-    }
+    let (best, best_amount) = bisect(&mut try_amount, opts, &mut steps)?;
+    let (best, best_amount, held_out, tightened) = match &check {
+        Some(check) => hold_out(
+            &mut try_amount,
+            check,
+            rt,
+            metric,
+            opts,
+            (best, best_amount),
+            &mut steps,
+        )?,
+        None => (best, best_amount, Vec::new(), 0),
+    };
     let warnings = search_warnings(&fit, check.as_ref(), opts, tightened);
     let (m, report, value, _) = best;
     Ok((
@@ -319,6 +276,79 @@ pub fn search_amount(
             warnings,
         },
     ))
+}
+
+/// One amount tried: the pruned model, its report, its metric on the fitting part, accepted.
+type Tried = (Model, PassReport, f64, bool);
+
+/// Tries one amount and records its step.
+type TryAmount<'a> = dyn FnMut(f64, &mut Vec<SearchStep>) -> Result<Tried, PassError> + 'a;
+
+/// The largest accepted amount: the bound itself, else bisection below it, else 0 (the model
+/// as it is, reported).
+fn bisect(
+    try_amount: &mut TryAmount,
+    opts: &SearchOptions,
+    steps: &mut Vec<SearchStep>,
+) -> Result<(Tried, f64), PassError> {
+    let first = try_amount(opts.max_amount, steps)?;
+    if first.3 {
+        return Ok((first, opts.max_amount));
+    }
+    let (mut lo, mut hi) = (0.0f64, opts.max_amount);
+    let mut found: Option<(Tried, f64)> = None;
+    for _ in 0..opts.steps {
+        let mid = (lo + hi) / 2.0;
+        let r = try_amount(mid, steps)?;
+        if r.3 {
+            lo = mid;
+            found = Some((r, mid));
+        } else {
+            hi = mid;
+        }
+    }
+    match found {
+        Some(f) => Ok(f),
+        None => Ok((try_amount(0.0, steps)?, 0.0)),
+    }
+}
+
+/// Checks the choice on the held-out part, shrinking it while it breaks the budget there (at
+/// most `MAX_TIGHTEN` times, then 0). Returns the choice, the checks and how often it shrank.
+fn hold_out(
+    try_amount: &mut TryAmount,
+    check: &Part,
+    rt: &'static Runtime,
+    metric: Metric,
+    opts: &SearchOptions,
+    (mut best, mut best_amount): (Tried, f64),
+    steps: &mut Vec<SearchStep>,
+) -> Result<(Tried, f64, Vec<HeldOutCheck>, usize), PassError> {
+    let mut held_out = Vec::new();
+    let mut tightened = 0;
+    loop {
+        let Measured { o, .. } = check.measure(rt, &best.0, metric)?;
+        let holds = o.holds(opts.max_drop);
+        held_out.push(HeldOutCheck {
+            amount: best_amount,
+            metric: o.metric,
+            drop: o.drop,
+            stderr: o.drop_se,
+            expected_drop: o.expected_drop,
+            snr_db: o.snr_db(),
+            holds,
+        });
+        if holds || best_amount == 0.0 {
+            return Ok((best, best_amount, held_out, tightened));
+        }
+        tightened += 1;
+        best_amount = if tightened > MAX_TIGHTEN {
+            0.0
+        } else {
+            best_amount * TIGHTEN
+        };
+        best = try_amount(best_amount, steps)?;
+    }
 }
 
 /// What the sample counts say about the figures.
