@@ -33,6 +33,16 @@ structured() {
   esac
 }
 
+# name -> the channel multiple of the rounded structured row (`--round-to`): ONNX Runtime's
+# blocked convolution kernels are 16 wide on AVX-512 and 8 on AVX2; the classifier's narrow
+# layers (8..48 channels) would lose whole groups at 16.
+round_to() {
+  case $1 in
+    orientation_lcnet) echo 16 ;;
+    *) echo 8 ;;
+  esac
+}
+
 # name -> concrete input shapes where the model's are symbolic (bench, inspect)
 shapes() {
   case $1 in
@@ -51,6 +61,7 @@ rows() {
   echo "obs-search|--method unstructured --max-drop 0.5 --steps 5|0.5"
   echo "mag50|--method unstructured --sparsity 0.5 --no-recover|1"
   echo "structured|--method structured $(structured "$1") --simplify|1"
+  echo "structured-rounded|--method structured $(structured "$1") --round-to $(round_to "$1") --simplify|1"
 }
 
 for n in ${@:-orientation_lcnet ppocr_cls ppocr_rec}; do

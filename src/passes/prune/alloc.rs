@@ -387,7 +387,25 @@ pub fn output_damage(reference: &crate::tensor::Tensor, candidate: &crate::tenso
     }
 }
 
-/// Damage of each group pruned alone at each of `levels` (fractions), lowest scores first,
+/// The removal counts a group of `channels` is measured and allocated at: each of `levels`
+/// (fractions), the kept count rounded up to a multiple of `round_to`, ascending, without repeats
+/// or zero. The allocator chooses among exactly the counts that will be applied, so a plan with
+/// `--round-to` still meets its MAC budget and its damage is the one that was measured.
+pub fn level_counts(channels: usize, levels: &[f64], round_to: usize) -> Vec<usize> {
+    let mut out: Vec<usize> = levels
+        .iter()
+        .map(|&f| {
+            let want = (f * channels as f64).round() as usize;
+            super::structured::rounded_removal(channels, want, round_to.max(1))
+        })
+        .filter(|&c| c > 0)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Damage of each group pruned alone at each of its removal `counts` (lowest scores first),
 /// measured on `calib`.
 pub fn measure_sensitivity(
     ed: &Editor,
@@ -395,7 +413,7 @@ pub fn measure_sensitivity(
     calib: &Calibration,
     groups: &[&ChannelGroup],
     scores: &[Vec<f64>],
-    levels: &[f64],
+    counts: &[Vec<usize>],
 ) -> Result<Vec<Vec<f64>>, PassError> {
     let first = |m: &crate::onnx::Model| -> Result<crate::tensor::Tensor, PassError> {
         crate::calib::into_metric_output(crate::calib::run_model(rt, m, calib)?).ok_or(
@@ -407,10 +425,10 @@ pub fn measure_sensitivity(
     };
     let reference = first(ed.model())?;
     let mut out = Vec::with_capacity(groups.len());
-    for (g, s) in groups.iter().zip(scores) {
-        let mut row = Vec::with_capacity(levels.len());
-        for &f in levels {
-            let chans = lowest(s, (f * g.channels as f64).round() as usize);
+    for ((g, s), cs) in groups.iter().zip(scores).zip(counts) {
+        let mut row = Vec::with_capacity(cs.len());
+        for &c in cs {
+            let chans = lowest(s, c);
             let mut probe = Editor::new(ed.model().clone(), ed.inputs().clone());
             zero_channels(&mut probe, g, &chans)?;
             row.push(output_damage(&reference, &first(probe.model())?));
@@ -421,36 +439,47 @@ pub fn measure_sensitivity(
 }
 
 /// Greedy measured allocation: starting from nothing removed, repeatedly moves the group whose
-/// next level costs the least damage per MAC saved, until the MACs are at most `target` (a
-/// fraction of the original's). Returns each group's fraction removed.
+/// next count costs the least damage per MAC saved, until the MACs are at most `target` (a
+/// fraction of the original's). `counts[g]` are group `g`'s candidate removal counts
+/// (ascending, as [`level_counts`] gives them) of its `channels[g]`, `damage[g]` their measured
+/// damage. Returns each group's removal count.
 pub fn allocate_measured(
     macs: &MacModel,
     damage: &[Vec<f64>],
-    levels: &[f64],
+    counts: &[Vec<usize>],
+    channels: &[usize],
     target: f64,
-) -> Vec<f64> {
+) -> Vec<usize> {
     let mut level = vec![0usize; damage.len()];
-    let frac = |lv: &[usize]| -> Vec<f64> {
+    let removed = |lv: &[usize]| -> Vec<usize> {
         lv.iter()
-            .map(|&l| 1.0 - if l == 0 { 0.0 } else { levels[l - 1] })
+            .zip(counts)
+            .map(|(&l, cs)| if l == 0 { 0 } else { cs[l - 1] })
+            .collect()
+    };
+    let kept = |lv: &[usize]| -> Vec<f64> {
+        removed(lv)
+            .iter()
+            .zip(channels)
+            .map(|(&r, &c)| 1.0 - r as f64 / c.max(1) as f64)
             .collect()
     };
     let goal = target * macs.total;
     loop {
-        let now = macs.after(&frac(&level));
+        let now = macs.after(&kept(&level));
         if now <= goal {
             break;
         }
         let mut best: Option<(f64, usize)> = None;
         for g in 0..damage.len() {
             let l = level[g];
-            if l >= levels.len() {
+            if l >= damage[g].len().min(counts[g].len()) {
                 continue;
             }
             let cost = damage[g][l] - if l == 0 { 0.0 } else { damage[g][l - 1] };
             let mut next = level.clone();
             next[g] += 1;
-            let saved = now - macs.after(&frac(&next));
+            let saved = now - macs.after(&kept(&next));
             if saved <= 0.0 {
                 continue;
             }
@@ -462,8 +491,59 @@ pub fn allocate_measured(
         let Some((_, g)) = best else { break };
         level[g] += 1;
     }
-    level
-        .iter()
-        .map(|&l| if l == 0 { 0.0 } else { levels[l - 1] })
-        .collect()
+    removed(&level)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn level_counts_keep_multiples_of_the_rounding() {
+        let levels = [0.125, 0.25, 0.375, 0.5, 0.625, 0.75];
+        assert_eq!(level_counts(64, &levels, 1), vec![8, 16, 24, 32, 40, 48]);
+        // Kept 56 and 40 round up to 64 and 48: those levels merge with their neighbours.
+        assert_eq!(level_counts(64, &levels, 16), vec![16, 32, 48]);
+        // Nothing fits a 16-wide block below 16 channels.
+        assert!(level_counts(16, &levels, 16).is_empty());
+        // A group that is not a multiple keeps a multiple once pruned: 24, 16 and 8 of 30.
+        assert_eq!(level_counts(30, &levels, 8), vec![6, 14, 22]);
+        for c in level_counts(100, &levels, 8) {
+            assert_eq!((100 - c) % 8, 0);
+        }
+    }
+
+    /// Two groups feeding one node each: the allocator takes the cheaper damage per MAC and
+    /// stops once the budget holds, choosing only among the counts offered.
+    #[test]
+    fn measured_allocation_chooses_only_offered_counts_under_the_budget() {
+        let macs = MacModel {
+            total: 200.0,
+            terms: vec![
+                MacTerm {
+                    macs: 100.0,
+                    ins: Vec::new(),
+                    out: Some(0),
+                },
+                MacTerm {
+                    macs: 100.0,
+                    ins: Vec::new(),
+                    out: Some(1),
+                },
+            ],
+        };
+        let counts = vec![vec![16, 32, 48], vec![8, 16, 24, 32, 40, 48]];
+        let channels = [64, 64];
+        // Group 0 is cheap to prune, group 1 costly.
+        let damage = vec![vec![0.01, 0.02, 0.03], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]];
+        let got = allocate_measured(&macs, &damage, &counts, &channels, 0.7);
+        assert_eq!(got[0], 48, "{got:?}");
+        // 48/64 of group 0 removes 75 MACs of 100: 125 left of 200 ≤ 140, group 1 untouched.
+        assert_eq!(got[1], 0, "{got:?}");
+        let tight = allocate_measured(&macs, &damage, &counts, &channels, 0.5);
+        assert_eq!(tight[0], 48);
+        assert!(counts[1].contains(&tight[1]), "{tight:?}");
+        let left = 100.0 * (1.0 - 48.0 / 64.0) + 100.0 * (1.0 - tight[1] as f64 / 64.0);
+        assert!(left <= 100.0, "{left}");
+    }
 }

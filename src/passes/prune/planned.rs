@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use super::alloc::{
-    allocate_measured, consumer_moments, group_scores, lowest, measure_sensitivity, normalise,
-    threshold_counts, Allocation, MacModel, Score,
+    allocate_measured, consumer_moments, group_scores, level_counts, lowest, measure_sensitivity,
+    normalise, threshold_counts, Allocation, MacModel, Score,
 };
 use super::structured::{
     rounded_removal, selected_groups, source_weight_names, zero_channels, GroupReport,
@@ -129,13 +129,18 @@ impl PlannedPrune {
             }
             Allocation::Measured => {
                 let (calib, rt) = data(ctx)?;
+                let k = self.round_to.max(1);
+                let options: Vec<Vec<usize>> = groups
+                    .iter()
+                    .map(|g| level_counts(g.channels, &self.levels, k))
+                    .collect();
                 let damage = measure_sensitivity(
                     ed,
                     rt,
                     &calib.take(self.samples)?,
                     groups,
                     scores,
-                    &self.levels,
+                    &options,
                 )?;
                 // Without a MAC target: the MACs one fraction everywhere would leave.
                 let goal = if self.by_macs {
@@ -143,18 +148,8 @@ impl PlannedPrune {
                 } else {
                     macs_of(&uniform(self.amount))
                 };
-                let fr = allocate_measured(macs, &damage, &self.levels, goal);
-                groups
-                    .iter()
-                    .zip(fr)
-                    .map(|(g, f)| {
-                        rounded_removal(
-                            g.channels,
-                            (f * g.channels as f64).round() as usize,
-                            self.round_to.max(1),
-                        )
-                    })
-                    .collect()
+                let channels: Vec<usize> = groups.iter().map(|g| g.channels).collect();
+                allocate_measured(macs, &damage, &options, &channels, goal)
             }
         })
     }
