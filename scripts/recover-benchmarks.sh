@@ -4,6 +4,7 @@
 # metric by fixtures/gen/real_eval.py, latency side by side by `nnzip bench --vs`.
 #
 #   bash scripts/recover-benchmarks.sh [MODEL...]    # default: orientation_lcnet ppocr_cls minilm_l3 ppocr_det
+#   ONLY="ours ours-none" bash scripts/recover-benchmarks.sh minilm_l3   # some methods only
 #
 # Needs the models and data of fixtures/gen/real-data.sh (~/.cache/nnzip-real-models,
 # ~/.cache/nnzip-real-data) and its venv (/tmp/nnzip-real-venv). Results: target/recover-bench/.
@@ -57,6 +58,7 @@ METHODS=(
   "flap-ls:--score flap --allocate standardized"
   "ours:--score l1 --allocate measured"
   "ours-r16:--score l1 --allocate measured --round-to 16"
+  "ours-none:--score l1 --allocate measured --no-recover"
 )
 
 for name in "${@:-orientation_lcnet ppocr_cls minilm_l3 ppocr_det}"; do
@@ -65,6 +67,8 @@ for name in "${@:-orientation_lcnet ppocr_cls minilm_l3 ppocr_det}"; do
     read -r target calib extra <<<"$(settings "$n")"
     for m in "${METHODS[@]}"; do
       label=${m%%:*}; flags=${m#*:}
+      # ONLY="ours ours-none" runs only those methods.
+      if [ -n "${ONLY:-}" ] && ! tr ' ' '\n' <<<"$ONLY" | grep -qx -- "$label"; then continue; fi
       o="$OUT/$n.$label"
       start=$(date +%s.%N)
       # shellcheck disable=SC2086
