@@ -252,6 +252,9 @@ fn followups_text(o: &mut String, r: &PruneReport) {
             p.macs_planned,
             100.0 * (1.0 - p.macs_planned / p.macs_before.max(1.0))
         );
+        if let Some(why) = p.shortfall() {
+            let _ = writeln!(o, "  short of the target: {why}");
+        }
     }
     if let Some(rc) = &r.outcome.recover {
         let worst = rc

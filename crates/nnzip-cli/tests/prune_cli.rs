@@ -198,3 +198,40 @@ fn cli_prune_obs_unstructured_and_nm() {
         "OBS {obs_drop} vs magnitude {mag_drop}"
     );
 }
+
+/// A MAC target the measured levels cannot reach (each group loses at most 3/4 of its channels,
+/// here in steps of 16) is written with a warning that names both fractions, not silently.
+#[test]
+fn an_unreachable_mac_target_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("p.onnx");
+    let o = nnzip(&[
+        "prune",
+        fixture("mobilenet.onnx").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--method",
+        "structured",
+        "--target-macs",
+        "0.05",
+        "--allocate",
+        "measured",
+        "--round-to",
+        "16",
+        "--calib",
+        fixture("mnist_test.npz").to_str().unwrap(),
+        "--calib-samples",
+        "32",
+        "--no-recover",
+        "--force",
+        "--json",
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("more than the target's 5.0%"), "{stderr}");
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let plan = &j["plan"];
+    assert!((plan["target_macs"].as_f64().unwrap() - 0.05).abs() < 1e-9);
+    assert!(plan["macs_planned"].as_f64().unwrap() > 0.05 * plan["macs_before"].as_f64().unwrap());
+}

@@ -44,9 +44,30 @@ pub struct PlanReport {
     /// count after simplification is in the simplify report).
     pub macs_before: f64,
     pub macs_planned: f64,
+    /// With `--target-macs`: the fraction of the MACs asked to be left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_macs: Option<f64>,
     /// Per group: fraction removed.
     pub fractions: Vec<(String, f64)>,
     pub seconds: f64,
+}
+
+impl PlanReport {
+    /// Why the plan leaves more MACs than `--target-macs` asked, when it does: every group at
+    /// its deepest level, or (with `--round-to`) no rounded count left to take.
+    pub fn shortfall(&self) -> Option<String> {
+        let target = self.target_macs?;
+        let left = self.macs_planned / self.macs_before.max(1.0);
+        (left > target + 1e-6).then(|| {
+            format!(
+                "the plan leaves {:.1}% of the MACs, more than the target's {:.1}%: the groups \
+                 cannot be pruned further at the measured levels (at most 3/4 of a group, in \
+                 steps of --round-to)",
+                100.0 * left,
+                100.0 * target
+            )
+        })
+    }
 }
 
 impl PlannedPrune {
@@ -212,6 +233,7 @@ impl PlannedPrune {
             allocation: self.allocation,
             macs_before: macs.total,
             macs_planned: macs.after(&kept),
+            target_macs: self.by_macs.then_some(1.0 - self.amount),
             fractions: reports
                 .iter()
                 .map(|r| {

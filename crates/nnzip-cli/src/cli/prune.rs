@@ -202,6 +202,9 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
     if let Some(why) = &out.forced {
         eprintln!("warning: writing anyway (--force): {why}");
     }
+    if let Some(why) = out.report.outcome.plan.as_ref().and_then(|p| p.shortfall()) {
+        eprintln!("warning: {why}");
+    }
     let fidelity = &out.report.fidelity;
     let warn_below = nnzip::fidelity::Guard::default().min_cosine;
     if fidelity.verifiable() && fidelity.cosine < warn_below {
