@@ -33,13 +33,11 @@ structured() {
   esac
 }
 
-# name -> the channel multiple of the rounded structured row (`--round-to`): ONNX Runtime's
-# blocked convolution kernels are 16 wide on AVX-512 and 8 on AVX2; at 16 the narrow layers
-# (8..48 channels) can only lose whole halves (PP-LCNet at 0.5 of the MACs: 97.0% held-out with
-# 16, 97.75% with 8, 99.25% unrounded).
-round_to() {
-  echo 8
-}
+# The channel multiple of the rounded structured row (`--round-to`): ONNX Runtime's blocked
+# convolution kernels are 16 wide on AVX-512 and 8 on AVX2; at 16 the narrow layers (8..48
+# channels) can only lose whole halves (PP-LCNet at 0.5 of the MACs: 97.0% held-out with 16,
+# 97.75% with 8, 99.25% unrounded).
+ROUND_TO=8
 
 # name -> structured prune flags of the rounded row: the rounded allocation has coarser levels
 # (a 32-channel group can only lose 8, 16 or 24), so PP-LCNet is given 0.6 of the MACs, not 0.5.
@@ -68,7 +66,7 @@ rows() {
   echo "obs-search|--method unstructured --max-drop 0.5 --steps 5|0.5"
   echo "mag50|--method unstructured --sparsity 0.5 --no-recover|1"
   echo "structured|--method structured $(structured "$1") --simplify|1"
-  echo "structured-rounded|--method structured $(structured_rounded "$1") --round-to $(round_to "$1") --simplify|1"
+  echo "structured-rounded|--method structured $(structured_rounded "$1") --round-to $ROUND_TO --simplify|1"
 }
 
 for n in ${@:-orientation_lcnet ppocr_cls ppocr_rec}; do

@@ -200,33 +200,53 @@ fn cli_prune_obs_unstructured_and_nm() {
 }
 
 /// A MAC target the measured levels cannot reach (each group loses at most 3/4 of its channels,
-/// here in steps of 16) is written with a warning that names both fractions, not silently.
+/// here in steps of 16) is written with a warning that names both fractions, not silently: in
+/// the text report, and on stderr with `--json`.
 #[test]
 fn an_unreachable_mac_target_warns() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("p.onnx");
-    let o = nnzip(&[
-        "prune",
-        fixture("mobilenet.onnx").to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--method",
-        "structured",
-        "--target-macs",
-        "0.05",
-        "--allocate",
-        "measured",
-        "--round-to",
-        "16",
-        "--calib",
-        fixture("mnist_test.npz").to_str().unwrap(),
-        "--calib-samples",
-        "32",
-        "--no-recover",
-        "--force",
-        "--json",
-        "-q",
-    ]);
+    let (model, calib) = (fixture("mobilenet.onnx"), fixture("mnist_test.npz"));
+    let args = |json: bool| {
+        let mut v = vec![
+            "prune",
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--method",
+            "structured",
+            "--target-macs",
+            "0.05",
+            "--allocate",
+            "measured",
+            "--round-to",
+            "16",
+            "--calib",
+            calib.to_str().unwrap(),
+            "--calib-samples",
+            "32",
+            "--no-recover",
+            "--force",
+            "-q",
+        ];
+        if json {
+            v.push("--json");
+        }
+        v
+    };
+    let text = nnzip(&args(false));
+    assert!(
+        text.status.success(),
+        "{}",
+        String::from_utf8_lossy(&text.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        stdout.contains("short of the target: the plan leaves"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("more than the target's 5.0%"), "{stdout}");
+    let o = nnzip(&args(true));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("more than the target's 5.0%"), "{stderr}");

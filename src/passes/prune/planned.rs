@@ -58,11 +58,14 @@ impl PlanReport {
     pub fn shortfall(&self) -> Option<String> {
         let target = self.target_macs?;
         let left = self.macs_planned / self.macs_before.max(1.0);
+        let limit = match self.allocation {
+            Allocation::Measured => "at most 3/4 of each group, in steps of --round-to",
+            _ => "each group keeps at least one channel, or a multiple of --round-to",
+        };
         (left > target + 1e-6).then(|| {
             format!(
                 "the plan leaves {:.1}% of the MACs, more than the target's {:.1}%: the groups \
-                 cannot be pruned further at the measured levels (at most 3/4 of a group, in \
-                 steps of --round-to)",
+                 cannot be pruned further ({limit})",
                 100.0 * left,
                 100.0 * target
             )

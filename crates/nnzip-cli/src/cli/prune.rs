@@ -202,8 +202,11 @@ pub fn run(a: Args, ort_lib: Option<&Path>, quiet: bool) -> Result<()> {
     if let Some(why) = &out.forced {
         eprintln!("warning: writing anyway (--force): {why}");
     }
+    // The text report carries it; with --json, stderr is where a person sees it.
     if let Some(why) = out.report.outcome.plan.as_ref().and_then(|p| p.shortfall()) {
-        eprintln!("warning: {why}");
+        if a.json {
+            eprintln!("warning: {why}");
+        }
     }
     let fidelity = &out.report.fidelity;
     let warn_below = nnzip::fidelity::Guard::default().min_cosine;
